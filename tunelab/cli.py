@@ -1,0 +1,229 @@
+"""The ``tunelab`` command line: one table {command: function}; help comes from docstrings.
+
+Every command is a thin layer over a library call (``tunelab.run``, ``tunelab.evaluate`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    """Fine-tune smollm2-135m-instruct with LoRA on built-in arithmetic problems; evaluate before/after."""
+    from tunelab.runner.run import load_results, run
+
+    recipe = RECIPES / "quickstart.yaml"
+    run_dir = run(recipe, a.overrides, out=a.out, force=a.force, resume=a.resume)
+    res = load_results(run_dir)
+    print("\n[tunelab] quickstart results (held-out, exact verifier, 95% CI):")
+    for task, r in res.items():
+        if task == "run" or "base" not in r:
+            continue
+        b, t = r["base"], r["tuned"]
+        print(f"  {task:10s} base {b['value']:6.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  ->  "
+              f"tuned {t['value']:6.1%} [{t['ci'][0]:.1%}, {t['ci'][1]:.1%}]  (n={t['n']})")
+    print(f"[tunelab] run folder: {run_dir}  ({res['run']['seconds']:.0f}s)")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Run a recipe: data -> train -> eval -> results (skipped if results exist; --force redoes)."""
+    from tunelab.runner.run import run
+
+    run_dir = run(a.recipe, a.overrides, out=a.out, resume=a.resume, force=a.force)
+    print(f"[tunelab] run folder: {run_dir}")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    """Check a recipe (keys, types, names, files) without doing any work."""
+    from tunelab.config import load_recipe
+    from tunelab.runner.validate import validate
+
+    problems = validate(load_recipe(a.recipe, a.overrides))
+    for p in problems:
+        print(f"error: {a.recipe}: {p}", file=sys.stderr)
+    if not problems:
+        print(f"{a.recipe}: ok")
+    return 1 if problems else 0
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms."""
+    from tunelab.data.formats import FORMATS
+    from tunelab.data.tasks import TASK_FAMILIES
+    from tunelab.data.transforms.base import TRANSFORMS
+    from tunelab.eval.tasks import task_names
+    from tunelab.methods import METHODS
+    from tunelab.models.load import ALIASES
+    from tunelab.registry import first_doc_line
+    from tunelab.regularizers import REGULARIZERS
+
+    sections = {
+        "models": [(n, a_.description) for n, a_ in ALIASES.items()] + [("<owner/name>", "any hub id"),
+                                                                         ("<dir>", "any local HF folder")],
+        "sources": [(f"task: {n}", first_doc_line(c)) for n, c in TASK_FAMILIES.items()]
+        + [(f"format: {n}", "file format") for n in FORMATS],
+        "methods": [(n, first_doc_line(c)) for n, c in METHODS.items()]
+        + [(f"regularizer: {n}", first_doc_line(c)) for n, c in REGULARIZERS.items()],
+        "tasks": [(n, "") for n in task_names()],
+        "transforms": [(n, first_doc_line(c)) for n, c in TRANSFORMS.items()],
+    }
+    for name, rows in sections.items():
+        if a.what and a.what != name:
+            continue
+        print(f"{name}:")
+        for key, desc in rows:
+            print(f"  {key:28s} {desc}")
+    return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    """Inspect the realised data of a recipe: mixture, samples with loss masks, length histograms."""
+    from tunelab.data.report import inspect_recipe
+
+    return inspect_recipe(a.recipe, a.overrides, as_json=a.json, n_samples=a.samples)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """Evaluate a model or run on tasks, with confidence intervals (per-item rows written)."""
+    from tunelab.eval.cli import eval_command
+
+    return eval_command(a)
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Paired statistics between two runs (joins per-item results by id)."""
+    from tunelab.runner.compare import compare_runs
+
+    out = compare_runs(a.run_a, a.run_b)
+    print(json.dumps(out, indent=2) if a.json else _fmt_compare(out))
+    return 0
+
+
+def _fmt_compare(out: dict) -> str:
+    lines = []
+    for task, r in out.items():
+        lines.append(f"{task}: delta {r['delta']:+.3f} CI [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] "
+                     f"p={r['p_value']:.3g} n={r['n']} ({r['method']}) -> {r['verdict']}")
+    return "\n".join(lines)
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    """Talk to a model or a fine-tuned run (``--prompt`` for one shot)."""
+    from tunelab.generate.base import GenerationConfig
+    from tunelab.generate.hf import HFGenerator
+    from tunelab.runner.artifacts import load_for_inference
+
+    model, tok, _ = load_for_inference(a.model)
+    gen = HFGenerator(model, tok, progress=False)
+    cfg = GenerationConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature)
+    history: list[dict] = [{"role": "system", "content": a.system}] if a.system else []
+    prompts = [a.prompt] if a.prompt else None
+    while True:
+        text = prompts.pop(0) if prompts else (None if a.prompt else _read_user())
+        if text is None:
+            return 0
+        history.append({"role": "user", "content": text})
+        reply = gen.generate([history], cfg)[0][0]
+        history.append({"role": "assistant", "content": reply})
+        print(reply if a.prompt else f"assistant> {reply}")
+        if a.prompt and not prompts:
+            return 0
+
+
+def _read_user() -> str | None:
+    try:
+        text = input("you> ").strip()
+    except EOFError:
+        return None
+    return None if text in ("/exit", "/quit") else text
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """Write a run's weights as standard artefacts (peft adapter / HF checkpoint; --merge: merged HF model)."""
+    from tunelab.runner.artifacts import export
+
+    print(f"[tunelab] exported to {export(a.run, a.out, a.merge)}")
+    return 0
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    table: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
+        "quickstart": (cmd_quickstart, lambda p: (
+            p.add_argument("--out", default="runs", help="folder for the run folder (default: runs)"),
+            p.add_argument("--force", action="store_true", help="redo even if results exist"),
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint"),
+            _overrides(p))),
+        "run": (cmd_run, lambda p: (
+            p.add_argument("recipe", help="recipe YAML"), _overrides(p),
+            p.add_argument("--out", help="folder for the run folder (default: recipe's `out`, else runs)"),
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint exactly"),
+            p.add_argument("--force", action="store_true", help="redo even if results exist"))),
+        "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
+        "ls": (cmd_ls, lambda p: p.add_argument(
+            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms"])),
+        "data": (cmd_data, lambda p: (
+            p.add_argument("action", choices=["inspect"]), p.add_argument("recipe"), _overrides(p),
+            p.add_argument("--json", action="store_true", help="print only the mixture report as JSON"),
+            p.add_argument("--samples", type=int, default=3, help="samples to render with their loss mask"))),
+        "eval": (cmd_eval, lambda p: (
+            p.add_argument("model", nargs="?", help="model name/dir or run folder (not needed with --predictions)"),
+            p.add_argument("--tasks", "--task", dest="tasks", required=True, help="comma-separated task names"),
+            p.add_argument("--limit", type=int, default=None, help="items per task"),
+            p.add_argument("--k", default=None, help="pass@k values to report, e.g. 1,10"),
+            p.add_argument("--samples", type=int, default=1, help="completions per item"),
+            p.add_argument("--temperature", type=float, default=0.0),
+            p.add_argument("--max-new-tokens", type=int, default=None),
+            p.add_argument("--batch-size", type=int, default=16),
+            p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
+            p.add_argument("--out", help="folder for per-item results"),
+            p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
+        "compare": (cmd_compare, lambda p: (
+            p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
+        "chat": (cmd_chat, lambda p: (
+            p.add_argument("model", help="model name/dir or run folder"),
+            p.add_argument("--prompt", help="one message, print the reply and exit"),
+            p.add_argument("--system", help="system prompt"),
+            p.add_argument("--max-new-tokens", type=int, default=256),
+            p.add_argument("--temperature", type=float, default=0.0))),
+        "export": (cmd_export, lambda p: (
+            p.add_argument("run"), p.add_argument("--out"),
+            p.add_argument("--merge", action="store_true", help="fold adapters into the base weights"))),
+    }
+    for name, (fn, add_args) in table.items():
+        doc = (fn.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        add_args(p)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tunelab.config import ConfigError
+    from tunelab.data.formats import DataError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

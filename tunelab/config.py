@@ -1,0 +1,343 @@
+"""Recipes: YAML + ``a.b=c`` overrides -> typed, validated dataclasses.
+
+The dataclass fields below *are* the recipe keys; their attribute docstrings are the
+reference (``tunelab validate --help`` points here). Unknown keys and wrong types fail
+before any work, naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem; the message names the file, the key and what is valid."""
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """Alias (see ``tunelab ls models``), hub id, or local HF directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``name`` is a hub id."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the hub. Off unless the recipe turns it on."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` | ``eager`` | ``flash_attention_2`` (GPU)."""
+    dropout: float | None = None
+    """Override the base model's attention/hidden dropout rates (None keeps its own)."""
+    chat_template: str | None = None
+    """A Jinja chat template to use instead of the tokenizer's (base models get a default)."""
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    """The provenance tag carried by every example of this source."""
+    task: str | None = None
+    """A built-in task family (``tunelab ls tasks``); examples are generated in code."""
+    path: str | None = None
+    """A local JSON/JSONL/Parquet file (relative: against $TUNELAB_DATA_DIR, then the recipe folder)."""
+    hub: str | None = None
+    """A ``datasets`` hub id (needs network)."""
+    split: str = "train"
+    """Split of the task family or hub dataset."""
+    format: str = "auto"
+    """``messages`` | ``alpaca`` | ``sharegpt`` | ``prompt_completion`` | ``gsm8k`` | ``auto``."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Field mapping, e.g. ``{instruction: question, output: answer}``."""
+    system: str | None = None
+    """A system prompt to prepend to every sample of this source."""
+    weight: float = 1.0
+    """Mixture weight (fractions are normalised over sources)."""
+    count: int | None = None
+    """Examples to take (``fixed`` strategy) or to generate (task families)."""
+    max_examples: int | None = None
+    """Cap on examples drawn from this source (after filters)."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """Malformed rows: fail before training (file, row, field named) or skip and count them."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Task-family options (e.g. ``{variant: ood}``) or loader options."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The data sources and their weights."""
+    strategy: Literal["concat", "proportional", "temperature", "fixed"] = "proportional"
+    """How sources are mixed (see the data issue and README)."""
+    unit: Literal["examples", "tokens"] = "examples"
+    """What the mixture fractions count."""
+    temperature: float = 1.0
+    """For ``temperature``: p_i proportional to n_i^(1/T)."""
+    total: int | None = None
+    """Examples in the mixture (default: as many as the fractions allow without repeats)."""
+    upsample: bool = False
+    """Allow repeating examples of a small source to reach its fraction (reported)."""
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+    """Curation steps applied in order, each ``{name: ..., **params}``."""
+    max_length: int = 512
+    """Tokens per training sequence."""
+    packing: bool = True
+    """Pack samples into rows of ``max_length`` (attention never crosses samples)."""
+    truncation: Literal["right", "drop"] = "right"
+    """Over-long samples: cut on the right or drop them (counted)."""
+    heldout: int = 32
+    """Held-out examples per source for held-out loss (taken before mixing)."""
+    seed: int = 0
+    """Seed for sampling, mixing and shuffling."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Sequences (packed rows, or samples without packing) per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (loss normalised by target tokens over all of them)."""
+    lr: float = 3.0e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_ratio: float = 0.05
+    """Linear warm-up as a fraction of ``max_steps``."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    min_lr_ratio: float = 0.0
+    """Final LR as a fraction of the peak."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 disables)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto`` picks bf16 only where this host runs it fast; recorded in env.json."""
+    seed: int = 0
+    """Seed for initialisation, dropout and data order."""
+    save_every: int = 50
+    """Checkpoint every N steps (0: only at the end and on Ctrl-C)."""
+    eval_every: int = 0
+    """Held-out loss per source every N steps (0: only at the end)."""
+    log_every: int = 1
+    """Write a metrics row every N steps."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    compile: bool = False
+    """``torch.compile`` the model (pays off on long runs)."""
+    threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+    keep_checkpoints: int = 2
+    """How many of the newest step checkpoints to keep (0: keep all)."""
+    loss_chunk: int = 2048
+    """Target positions per chunk of the LM-head + cross-entropy (bounds logits memory)."""
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)
+    """Evaluation tasks (``tunelab ls tasks``)."""
+    limit: int | None = 200
+    """Items per task (None: all)."""
+    baseline: bool = True
+    """Also evaluate the untrained model on the same items (base vs tuned)."""
+    max_new_tokens: int = 256
+    """Generation budget per item."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    samples: int = 1
+    """Completions per item (pass@k, maj@k)."""
+    seed: int = 1234
+    """Seed for held-out item generation and sampling."""
+    backend: str = "hf"
+    """Generator backend: ``hf`` | ``openai`` | ``vllm``."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to fine-tune (a string is shorthand for ``model.name``)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Sources, mixture, curation, tokenisation."""
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
+    """``{name: ..., **params}``; see ``tunelab ls methods``."""
+    regularizers: list[dict[str, Any]] = field(default_factory=list)
+    """Each ``{name: ..., **params}``."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """What to evaluate after training."""
+    name: str | None = None
+    """Run name (default: derived from the recipe name and a hash of the config)."""
+    out: str = "runs"
+    """Folder under which the run folder is created."""
+    recipe_dir: str | None = None
+    """Folder of the recipe file (set by the loader; relative data paths resolve against it)."""
+
+
+# ----------------------------------------------------------------------------- typed loading
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: got {value!r}, expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: got {value!r}; valid choices: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1] if args else Any, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "3e-4" as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if cls is ModelConfig and isinstance(data, str):
+        data = {"name": data}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where or 'recipe'}: missing required key(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-able data."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def parse_params(cls: type, spec: dict[str, Any], where: str) -> Any:
+    """Validate a component's ``{name: ..., **params}`` against its Params dataclass."""
+    params = {k: v for k, v in spec.items() if k != "name"}
+    return from_dict(cls, params, where)
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def apply_override(tree: dict[str, Any], dotted: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML; list items by index)."""
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like key.sub=value")
+    key, raw = dotted.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    parts = key.strip().split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt_is_index = parts[i + 1].isdigit()
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if part == "model" and isinstance(node.get(part), str):
+            node[part] = {"name": node[part]}
+        node = node.setdefault(part, [] if nxt_is_index else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx >= len(node):
+            raise ConfigError(f"override {key!r}: index {idx} out of range (list has {len(node)} items)")
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe file (or the defaults when ``path`` is None) with overrides applied."""
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+        where = str(path)
+    for ov in overrides or []:
+        apply_override(tree, ov)
+    try:
+        cfg = from_dict(RunConfig, tree)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if path is not None and cfg.recipe_dir is None:
+        cfg.recipe_dir = str(Path(path).resolve().parent)
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,91 @@
+"""sources -> transforms -> mixture (with provenance) -> tokenize -> pack.
+
+The one place that composes the data layer; ``tunelab run`` and ``tunelab data inspect``
+both call :func:`build_data`, so what is inspected is what is trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config import RunConfig
+from tunelab.data.mixing import mix
+from tunelab.data.sources import load_source
+from tunelab.data.tokenize import Encoded, Row, encode, pack
+from tunelab.data.transforms.base import TransformContext, apply_transforms, build_transforms
+from tunelab.types import Sample
+
+
+@dataclass
+class DataBundle:
+    sources: list[str]
+    samples: list[Sample]  # the realised mixture, in training order
+    rows: list[Row]  # packed training rows
+    heldout_rows: list[Row]
+    report: dict[str, Any]
+    encoded: dict[int, Encoded | None] = field(default_factory=dict, repr=False)
+
+
+class Encoder:
+    """Tokenize samples once (cached by object identity) for filters, mixing and packing."""
+
+    def __init__(self, tok, max_length: int, truncation: str) -> None:
+        self.tok, self.max_length, self.truncation = tok, max_length, truncation
+        self.cache: dict[int, Encoded | None] = {}
+        self._keep: list[Sample] = []  # keep samples alive so ids stay unique
+
+    def __call__(self, sample: Sample) -> Encoded | None:
+        key = id(sample)
+        if key not in self.cache:
+            self._keep.append(sample)
+            self.cache[key] = encode(sample, self.tok, self.max_length, self.truncation)
+        return self.cache[key]
+
+    def count_tokens(self, sample: Sample) -> int:
+        e = self(sample)
+        return len(e.input_ids) if e is not None else self.max_length + 1
+
+
+def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None) -> DataBundle:
+    """Realise the recipe's data: per-source loading and curation, mixing, tokenising, packing."""
+    d = cfg.data
+    enc = Encoder(tok, d.max_length, d.truncation)
+    ctx = TransformContext(count_tokens=enc.count_tokens, eval_texts=list(eval_texts or []), seed=d.seed)
+    transforms = build_transforms(d.transforms)
+    pools: dict[str, list[Sample]] = {}
+    heldout: list[Sample] = []
+    removed: dict[str, dict[str, int]] = {}
+    origins: dict[str, str] = {}
+    for src in d.sources:
+        loaded = load_source(src, cfg.recipe_dir, d.seed, d.heldout)
+        kept, rem = apply_transforms(loaded.train, transforms, ctx)
+        pools[src.name], heldout = kept, heldout + loaded.heldout
+        removed[src.name] = {**loaded.removed, **rem}
+        origins[src.name] = loaded.origin
+    names = [s.name for s in d.sources]
+    samples, report = mix(pools, d, {s.name: s.weight for s in d.sources},
+                          {s.name: s.count for s in d.sources}, enc.count_tokens)
+    encoded = [enc(s) for s in samples]
+    too_long = {n: 0 for n in names}
+    for s, e in zip(samples, encoded):
+        if e is None:
+            too_long[s.source] += 1
+    for entry in report["sources"]:
+        entry["removed"] = {**removed[entry["name"]], **({"too_long": too_long[entry["name"]]}
+                                                         if too_long[entry["name"]] else {})}
+        entry["origin"] = origins[entry["name"]]
+    rows = pack([e for e in encoded if e is not None], names, d.max_length, d.packing)
+    held = [e for e in (enc(s) for s in heldout) if e is not None]
+    heldout_rows = pack(held, names, d.max_length, d.packing)
+    n_tok = sum(len(r.input_ids) for r in rows)
+    report.update({
+        "rows": len(rows), "tokens": n_tok,
+        "target_tokens": sum(e.n_targets for e in encoded if e is not None),
+        "packing": d.packing, "max_length": d.max_length,
+        "fill": round(n_tok / max(1, len(rows) * d.max_length), 4) if d.packing else None,
+        "heldout_examples": len(held), "transforms": d.transforms,
+    })
+    if ctx.stats:
+        report["transform_stats"] = ctx.stats
+    return DataBundle(names, samples, rows, heldout_rows, report, enc.cache)

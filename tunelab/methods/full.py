@@ -1,0 +1,28 @@
+"""Full fine-tuning: every parameter trains; the result is a standard HF checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from tunelab.methods.base import METHODS, Method
+
+
+@METHODS.register("full")
+class Full(Method):
+    """Full fine-tuning (all parameters)."""
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    @classmethod
+    def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model

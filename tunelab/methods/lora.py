@@ -1,0 +1,74 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685) through ``peft``.
+
+h = W0 x + (alpha / r) * B A x, with A random and B zero at init, so training starts
+from the base model. DoRA (``use_dora``) and rsLoRA (``use_rslora``: scale alpha/sqrt(r))
+are peft switches. The result is a standard peft adapter folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunelab.methods.base import METHODS, Method
+
+
+@dataclass
+class LoRAParams:
+    r: int = 16
+    """Rank of the update."""
+    alpha: float = 32
+    """Scale numerator (update scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] = "all-linear"
+    """``all-linear`` (every linear layer but the LM head) or module names (q_proj, ...)."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+    bias: str = "none"
+    """``none`` | ``all`` | ``lora_only``."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Extra modules trained in full and saved with the adapter."""
+
+
+@METHODS.register("lora")
+class LoRA(Method):
+    """LoRA adapters via peft (rank, alpha, dropout, targets; DoRA and rsLoRA switches)."""
+
+    Params = LoRAParams
+    mergeable = True
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        p = self.params
+        cfg = LoraConfig(
+            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules,
+            use_dora=p.use_dora, use_rslora=p.use_rslora, bias=p.bias,
+            modules_to_save=p.modules_to_save or None, task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, cfg)
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+
+    @classmethod
+    def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, path)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()

@@ -1,0 +1,173 @@
+"""One run: recipe -> data -> (baseline eval) -> train -> save -> eval -> results.
+
+The run folder is data, not logs: config.yaml (resolved), env.json, data/mixture.json,
+metrics.jsonl, checkpoints/step-N/, final/, eval/<when>/<task>.jsonl, results.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from tunelab.config import RunConfig, dump_yaml, load_recipe, to_dict
+from tunelab.data.pipeline import build_data
+from tunelab.eval.harness import evaluate
+from tunelab.eval.stats import compare_paired
+from tunelab.eval.tasks import get_task
+from tunelab.generate.hf import HFGenerator
+from tunelab.methods import build_method, count_parameters
+from tunelab.models.load import load_model
+from tunelab.regularizers import build_regularizers
+from tunelab.runner.env import environment
+from tunelab.runner.validate import validate
+from tunelab.train.loop import TrainJob, train
+from tunelab.train.precision import decide
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def run_name(cfg: RunConfig, recipe: str | Path | None) -> str:
+    """Deterministic: recipe stem + a hash of the resolved config (minus where it is written)."""
+    if cfg.name:
+        return cfg.name
+    tree = to_dict(cfg)
+    for k in ("out", "recipe_dir", "name"):
+        tree.pop(k, None)
+    digest = hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    stem = Path(recipe).stem if recipe else "run"
+    return f"{stem}-{digest}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool = False) -> dict[str, Any]:
+    """Run every eval task of the recipe; returns {task: {"scores", "rows", "seconds"}}."""
+    gen = HFGenerator(model, tok, batch_size=cfg.eval.batch_size, precision=precision, progress=not quiet)
+    out = {}
+    for name in cfg.eval.tasks:
+        task = get_task(name)
+        res = evaluate(task, gen, limit=cfg.eval.limit, seed=cfg.eval.seed, max_new_tokens=cfg.eval.max_new_tokens,
+                       samples=cfg.eval.samples, temperature=cfg.eval.temperature, out=folder / f"{name}.jsonl")
+        out[name] = {"scores": res.scores, "rows": res.rows, "seconds": round(res.seconds, 2)}
+        if not quiet:
+            s = res.scores[task.primary]
+            print(f"  {name}: {task.primary} {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] "
+                  f"n={s['n']} ({res.seconds:.0f}s)")
+    return out
+
+
+def _results(cfg: RunConfig, base: dict | None, tuned: dict, summary: dict, extra: dict) -> dict[str, Any]:
+    """results.json: {task: {"base": score, "tuned": score, "delta": paired test, ...}, "run": {...}}."""
+    results: dict[str, Any] = {}
+    for name, t in tuned.items():
+        primary = get_task(name).primary
+        entry: dict[str, Any] = {"metric": primary, "tuned": t["scores"][primary], "tuned_all": t["scores"]}
+        if base and name in base:
+            entry["base"] = base[name]["scores"][primary]
+            entry["base_all"] = base[name]["scores"]
+            b = {r["id"]: r for r in base[name]["rows"]}
+            pairs = [(b[r["id"]]["correct"], r["correct"]) for r in t["rows"] if r["id"] in b and "correct" in r]
+            if pairs:
+                entry["delta"] = compare_paired([p[0] for p in pairs], [p[1] for p in pairs])
+        results[name] = entry
+    results["run"] = {"train": summary, **extra}
+    return results
+
+
+def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | None = None, *,
+        out: str | None = None, resume: bool = False, force: bool = False, quiet: bool = False) -> Path:
+    """Run a recipe end to end; returns the run folder (skipped if its results exist)."""
+    cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)
+    if out:
+        cfg.out = out
+    validate(cfg, raise_errors=True)
+    run_dir = Path(cfg.out) / run_name(cfg, None if isinstance(recipe, RunConfig) else recipe)
+    if (run_dir / "results.json").is_file() and not (force or resume):
+        print(f"[tunelab] results exist, skipping (use --force to redo): {run_dir}")
+        return run_dir
+    if force and not resume and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision, why = decide(cfg.train.precision, device)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    seed_everything(cfg.train.seed)
+    model, tok, model_info = load_model(cfg.model, device=device)
+    write_json(run_dir / "env.json", {**environment(precision, why), "model": model_info})
+    if not resume:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    eval_texts = []
+    for name in cfg.eval.tasks:  # for decontamination
+        eval_texts += [json.dumps(it.prompt) for it in get_task(name).items(cfg.eval.limit, cfg.eval.seed)]
+    data = build_data(cfg, tok, eval_texts)
+    (run_dir / "data").mkdir(exist_ok=True)
+    write_json(run_dir / "data" / "mixture.json", data.report)
+    if not quiet:
+        print(f"[tunelab] data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
+
+    base_eval = None
+    if cfg.eval.tasks and cfg.eval.baseline:
+        if not quiet:
+            print("[tunelab] evaluating the base model")
+        base_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "base", quiet)
+
+    seed_everything(cfg.train.seed)
+    method = build_method(cfg.method)
+    model = method.apply(model)
+    for reg in build_regularizers(cfg.regularizers):
+        reg.apply(model)
+    trainable, total = count_parameters(model)
+    job = TrainJob(model, method, data.rows, data.sources, cfg.train, precision, run_dir,
+                   tok.pad_token_id, cfg.data.packing, data.heldout_rows, resume)
+    summary = train(job)
+    summary.update({"trainable_parameters": trainable, "total_parameters": total,
+                    "train_seconds": round(time.perf_counter() - t_start, 1)})
+    model = job.model
+    final = run_dir / "final"
+    method.save_final(model, tok, final)
+    (final / "tunelab.json").write_text(json.dumps({"method": cfg.method, "base_model": model_info}, indent=1))
+
+    tuned_eval = {}
+    if cfg.eval.tasks:
+        if not quiet:
+            print("[tunelab] evaluating the fine-tuned model")
+        tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
+    results = _results(cfg, base_eval, tuned_eval, summary,
+                       {"name": run_dir.name, "precision": precision, "model": model_info,
+                        "seconds": round(time.perf_counter() - t_start, 1)})
+    write_json(run_dir / "results.json", results)
+    return run_dir
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    from tunelab.config import RunConfig, from_dict
+
+    return from_dict(RunConfig, yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))

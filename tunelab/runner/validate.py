@@ -1,0 +1,56 @@
+"""Check a recipe without doing any work: every name, parameter and file it refers to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import ConfigError, RunConfig
+from tunelab.data.sources import check_source
+from tunelab.data.transforms.base import build_transforms
+from tunelab.methods import build_method
+from tunelab.models.load import ALIASES
+from tunelab.regularizers import build_regularizers
+
+
+def _model_problem(name: str) -> str | None:
+    if name in ALIASES or Path(name).expanduser().is_dir():
+        return None
+    if "/" in name and not name.startswith((".", "/")):
+        return None  # a hub id: resolved at run time
+    return f"model.name: {name!r} is not an alias ({', '.join(ALIASES)}), a local folder, or a hub id"
+
+
+def validate(cfg: RunConfig, raise_errors: bool = False) -> list[str]:
+    """All problems found (empty if the recipe is good)."""
+    from tunelab.eval.tasks import get_task
+
+    problems: list[str] = []
+    if (p := _model_problem(cfg.model.name)) is not None:
+        problems.append(p)
+    checks = [("method", lambda: build_method(cfg.method)),
+              ("regularizers", lambda: build_regularizers(cfg.regularizers)),
+              ("data.transforms", lambda: build_transforms(cfg.data.transforms))]
+    checks += [(f"eval.tasks: {t}", lambda t=t: get_task(t)) for t in cfg.eval.tasks]
+    for where, check in checks:
+        try:
+            check()
+        except (ConfigError, KeyError, ValueError, TypeError) as e:
+            msg = str(e).strip("'\"")
+            problems.append(msg if msg.startswith(where.split(":")[0]) else f"{where}: {msg}")
+    if not cfg.data.sources:
+        problems.append("data.sources: at least one source is needed")
+    names = [s.name for s in cfg.data.sources]
+    if len(set(names)) != len(names):
+        problems.append(f"data.sources: source names must be unique, got {names}")
+    for i, src in enumerate(cfg.data.sources):
+        problems += [f"data.sources[{i}] ({src.name}): {p}" for p in check_source(src, cfg.recipe_dir)]
+    t = cfg.train
+    for key, val in (("train.max_steps", t.max_steps), ("train.batch_size", t.batch_size),
+                     ("train.grad_accum", t.grad_accum), ("data.max_length", cfg.data.max_length)):
+        if val < 1:
+            problems.append(f"{key}: must be >= 1, got {val}")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if raise_errors and problems:
+        raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
+    return problems
