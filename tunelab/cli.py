@@ -154,6 +154,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    """Serve a model or run as an OpenAI-compatible endpoint (chat and completions) on HOST:PORT."""
+    from tunelab.generate.server import serve_model
+
+    serve_model(a.model, host=a.host, port=a.port, batch_size=a.batch_size, model_name=a.model_name)
+    return 0
+
+
 def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
 
@@ -202,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export": (cmd_export, lambda p: (
             p.add_argument("run"), p.add_argument("--out"),
             p.add_argument("--merge", action="store_true", help="fold adapters into the base weights"))),
+        "serve": (cmd_serve, lambda p: (
+            p.add_argument("model", help="model name/dir or run folder"),
+            p.add_argument("--host", default="127.0.0.1"), p.add_argument("--port", type=int, default=8000),
+            p.add_argument("--model-name", help="the name clients ask for (default: the model argument)"),
+            p.add_argument("--batch-size", type=int, default=16))),
     }
     for name, (fn, add_args) in table.items():
         doc = (fn.__doc__ or "").strip()
@@ -212,7 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options (`run r.yaml --out x a.b=c`); argparse stops at the option
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     from tunelab.config import ConfigError
     from tunelab.data.formats import DataError
 

@@ -53,7 +53,7 @@ class SourceConfig:
     split: str = "train"
     """Split of the task family or hub dataset."""
     format: str = "auto"
-    """``messages`` | ``alpaca`` | ``sharegpt`` | ``prompt_completion`` | ``gsm8k`` | ``auto``."""
+    """``messages`` | ``alpaca`` | ``sharegpt`` | ``prompt_completion`` | ``gsm8k`` | ``humaneval`` | ``mbpp`` | ``dolly`` | ``auto``."""
     fields: dict[str, str] = field(default_factory=dict)
     """Field mapping, e.g. ``{instruction: question, output: answer}``."""
     system: str | None = None
@@ -63,11 +63,11 @@ class SourceConfig:
     count: int | None = None
     """Examples to take (``fixed`` strategy) or to generate (task families)."""
     max_examples: int | None = None
-    """Cap on examples drawn from this source (after filters)."""
+    """Cap on examples loaded from this source (seeded, before transforms; the ``cap`` transform caps after filters)."""
     on_error: Literal["fail", "skip"] = "fail"
     """Malformed rows: fail before training (file, row, field named) or skip and count them."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Task-family options (e.g. ``{variant: ood}``) or loader options."""
+    """Task-family options (e.g. ``{allow_unsandboxed: true}``), or ``load_dataset`` keyword arguments for hub sources."""
 
 
 @dataclass
@@ -81,7 +81,7 @@ class DataConfig:
     temperature: float = 1.0
     """For ``temperature``: p_i proportional to n_i^(1/T)."""
     total: int | None = None
-    """Examples in the mixture (default: as many as the fractions allow without repeats)."""
+    """Size of the mixture, in examples (tokens when ``unit: tokens``); default: as many as the fractions allow without repeats. Ignored by ``concat``."""
     upsample: bool = False
     """Allow repeating examples of a small source to reach its fraction (reported)."""
     transforms: list[dict[str, Any]] = field(default_factory=list)

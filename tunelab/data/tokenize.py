@@ -114,26 +114,42 @@ def pack(encoded: list[Encoded], sources: list[str], max_length: int, packing: b
 
 
 def collate(rows: list[Row], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
-    """Pad rows to the longest in the batch. Packed batches carry no attention mask."""
+    """Right-pad rows to the longest in the batch; no attention mask is needed.
+
+    Causal attention never looks right, so right padding cannot change any real token's
+    output, and padding carries no targets: the model runs its fast causal kernel. Packed
+    rows restart ``position_ids`` per sample, which transformers turns into a block mask.
+    """
     width = max(len(r.input_ids) for r in rows)
-    out = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx", "attention_mask")}
+    out = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
     for r in rows:
         pad = width - len(r.input_ids)
         out["input_ids"].append(r.input_ids + [pad_id] * pad)
         out["targets"].append(r.targets + [IGNORE] * pad)
-        out["position_ids"].append(r.position_ids + list(range(pad)))  # padding = its own "sample"
+        # packed: padding is one more "sample" (positions restart); unpacked: positions run on
+        tail = range(pad) if packing else range(len(r.input_ids), width)
+        out["position_ids"].append(r.position_ids + list(tail))
         out["source_idx"].append(r.source_idx + [-1] * pad)
-        out["attention_mask"].append([1] * len(r.input_ids) + [0] * pad)
-    batch = {k: torch.tensor(v) for k, v in out.items()}
-    if packing:
-        del batch["attention_mask"]
-    else:
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return batch
+    return {k: torch.tensor(v) for k, v in out.items()}
 
 
-def epoch_order(n_rows: int, epoch: int, seed: int) -> list[int]:
-    """The row order of one epoch: a pure function of (seed, epoch), so resume is exact."""
+def epoch_order(n_rows: int, epoch: int, seed: int, lengths: list[int] | None = None,
+                batch_size: int = 1, window: int = 64) -> list[int]:
+    """The row order of one epoch: a pure function of (seed, epoch), so resume is exact.
+
+    With ``lengths`` (unpacked rows), rows are grouped by length: each window of
+    ``window * batch_size`` shuffled rows is sorted by length and cut into batches, and the
+    batches are shuffled, so a batch pads little while the data order stays random.
+    """
+    rng = random.Random(f"rows/{seed}/{epoch}")
     order = list(range(n_rows))
-    random.Random(f"rows/{seed}/{epoch}").shuffle(order)
-    return order
+    rng.shuffle(order)
+    if lengths is None or batch_size <= 1:
+        return order
+    span = window * batch_size
+    batches = []
+    for i in range(0, n_rows, span):
+        chunk = sorted(order[i : i + span], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [j for b in batches for j in b]

@@ -39,9 +39,12 @@ def evaluate(task: EvalTask, generator: Generator, *, limit: int | None = None, 
     t0 = time.perf_counter()
     completions = generator.generate([it.prompt for it in items], cfg)
     elapsed = time.perf_counter() - t0
+    # tasks that score in bulk (sandboxed code, judges) get all items at once
+    batch = getattr(task, "score_batch", None)
+    scored = batch(items, completions) if batch else [task.score(it, c) for it, c in zip(items, completions)]
     rows = []
-    for it, comps in zip(items, completions):
-        rows.append({"id": it.id, **task.score(it, comps), "completion": comps[0],
+    for it, comps, row in zip(items, completions, scored):
+        rows.append({"id": it.id, **row, "completion": comps[0],
                      **({"completions": comps} if len(comps) > 1 else {})})
     if out is not None:
         write_jsonl(out, rows)

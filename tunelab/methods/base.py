@@ -9,7 +9,9 @@ knows nothing else about it:
   rebuilds the optimizer, keeping the state of parameters that stay trainable);
 - ``trainable_state(model)`` / ``load_trainable_state(model, state)``: what a checkpoint holds;
 - ``state()`` / ``load_state(d)``: the method's own JSON state (e.g. LISA's active layers);
-- ``save_final(model, tok, path)`` and ``load_final(base_model, path)``: standard artefacts.
+- ``save_final(model, tok, path)`` and ``load_final(base_model, path)``: standard artefacts;
+- ``virtual_tokens``: positions the wrapped model prepends to its hidden states (prompt
+  tuning), which the loss drops.
 
 Adding a method touches its own file and a recipe; the contract tests iterate the registry.
 """
@@ -36,6 +38,8 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
     mergeable: ClassVar[bool] = False
+    virtual_tokens: int = 0
+    """Positions prepended to the hidden states (B, virtual + T, C); the loss skips them."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -87,7 +91,7 @@ def build_method(spec: dict[str, Any]) -> Method:
     if not name:
         raise ValueError("method: missing 'name'; valid choices: " + ", ".join(METHODS.names()))
     cls = METHODS.get(name)
-    return cls(parse_params(cls.Params, spec, f"method ({name})"))
+    return cls(parse_params(cls.Params, spec, "method"))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

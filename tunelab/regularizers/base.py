@@ -35,7 +35,7 @@ def build_regularizers(specs: list[dict[str, Any]]) -> list[Regularizer]:
         if not name:
             raise ValueError(f"regularizers[{i}]: missing 'name'; valid: {', '.join(REGULARIZERS.names())}")
         cls = REGULARIZERS.get(name)
-        out.append(cls(parse_params(cls.Params, spec, f"regularizers[{i}] ({name})")))
+        out.append(cls(parse_params(cls.Params, spec, f"regularizers[{i}]")))
     return out
 
 

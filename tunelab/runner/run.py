@@ -64,8 +64,15 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path, qui
     out = {}
     for name in cfg.eval.tasks:
         task = get_task(name)
-        res = evaluate(task, gen, limit=cfg.eval.limit, seed=cfg.eval.seed, max_new_tokens=cfg.eval.max_new_tokens,
-                       samples=cfg.eval.samples, temperature=cfg.eval.temperature, out=folder / f"{name}.jsonl")
+        if getattr(task, "kind", "generate") == "loglik":
+            from tunelab.eval.tasks.choice import HFLoglikScorer, evaluate_loglik
+
+            scorer = HFLoglikScorer(model, tok, batch_size=cfg.eval.batch_size, precision=precision)
+            res = evaluate_loglik(task, scorer, limit=cfg.eval.limit, seed=cfg.eval.seed, out=folder / f"{name}.jsonl")
+        else:
+            res = evaluate(task, gen, limit=cfg.eval.limit, seed=cfg.eval.seed,
+                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                           temperature=cfg.eval.temperature, out=folder / f"{name}.jsonl")
         out[name] = {"scores": res.scores, "rows": res.rows, "seconds": round(res.seconds, 2)}
         if not quiet:
             s = res.scores[task.primary]

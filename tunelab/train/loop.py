@@ -53,14 +53,16 @@ def peak_mem_mb(device: torch.device) -> float:
 class Batches:
     """Row indices for micro-batch k: a pure function of (k, seed), sharded over processes."""
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 lengths: list[int] | None = None):
         self.n, self.bs, self.seed, self.rank, self.world = n_rows, batch_size, seed, rank, world
+        self.lengths = lengths
         self._orders: dict[int, list[int]] = {}
 
     def _row(self, p: int) -> int:
         epoch = p // self.n
         if epoch not in self._orders:
-            self._orders = {epoch: epoch_order(self.n, epoch, self.seed)}
+            self._orders = {epoch: epoch_order(self.n, epoch, self.seed, self.lengths, self.bs * self.world)}
         return self._orders[epoch][p % self.n]
 
     def micro(self, k: int) -> tuple[list[int], float]:
@@ -77,7 +79,7 @@ def heldout_loss(model: nn.Module, rows: list[Row], job: TrainJob, device: torch
     with torch.no_grad(), autocast(device.type, job.precision):
         for i in range(0, len(rows), job.cfg.batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[i : i + job.cfg.batch_size], job.pad_id, job.packing).items()}
-            losses, src = token_losses(model, batch, job.cfg.loss_chunk)
+            losses, src = token_losses(model, batch, job.cfg.loss_chunk, job.method.virtual_tokens)
             s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
             sums, counts = sums + s, counts + c
     model.train(was_training)
@@ -106,7 +108,8 @@ def train(job: TrainJob) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
     model, optimizer = acc.prepare(model, optimizer)
-    batches = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes)
+    lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
+    batches = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     metrics = (job.run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, completed, last_loss = start, start, float("nan")
@@ -137,7 +140,7 @@ def train(job: TrainJob) -> dict[str, Any]:
                 tokens += int((batch["source_idx"] >= 0).sum())
                 sync = contextlib.nullcontext() if i == len(rows) - 1 else acc.no_sync(model)
                 with sync, autocast(device.type, job.precision):
-                    losses, src = token_losses(model, batch, cfg.loss_chunk)
+                    losses, src = token_losses(model, batch, cfg.loss_chunk, method.virtual_tokens)
                     loss = losses.sum() * acc.num_processes / n_tgt.clamp(min=1)
                 acc.backward(loss)
                 s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))

@@ -28,14 +28,17 @@ def head_and_ce(head: nn.Module, softcap: float | None, h: torch.Tensor, y: torc
     return F.cross_entropy(logits, y, reduction="none")  # (n,)
 
 
-def token_losses(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 2048):
-    """Per-target-token losses (n,) and the source index of each (n,)."""
+def token_losses(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 2048, virtual_tokens: int = 0):
+    """Per-target-token losses (n,) and the source index of each (n,).
+
+    ``virtual_tokens``: positions the model prepends (prompt tuning), dropped before the head.
+    """
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
     out = model(input_ids=batch["input_ids"], output_hidden_states=True, logits_to_keep=1,
                 use_cache=False, **kwargs)
-    hidden = out.hidden_states[-1]  # (B, T, C), after the final norm
+    hidden = out.hidden_states[-1][:, virtual_tokens:]  # (B, T, C), after the final norm
     mask = batch["targets"] != IGNORE
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)
     base = _unwrap(model)

@@ -1,7 +1,7 @@
 """``arith``: multi-step arithmetic word problems with a final numeric answer (GSM8K-like).
 
-In distribution: two steps, operands up to 20. OOD (``ood`` split): three steps, operands
-up to 99. The reference answer shows each step as an equation and ends ``#### N``; the
+In distribution: two steps, one-digit by up-to-12 products, small sums. OOD (``ood``
+split): three steps, two-digit factors and three-digit addends. The reference answer shows each step as an equation and ends ``#### N``; the
 verifier extracts the ``#### N`` answer (else the last number) and compares numerically.
 """
 
@@ -22,40 +22,52 @@ BOXES = ["bags", "boxes", "packs", "jars", "crates", "baskets"]
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def _steps_2(rng: random.Random, hi: int) -> tuple[str, list[str], int]:
-    """Two-step templates: returns (question, equations, answer)."""
+def _steps_2(rng: random.Random, ood: bool) -> tuple[str, list[str], int]:
+    """Two-step templates: returns (question, equations, answer).
+
+    In distribution a product has a one-digit factor and a factor up to 12 and sums stay
+    under ~150; OOD operands are two-digit factors and three-digit addends.
+    """
     n, t, box = rng.choice(NAMES), rng.choice(THINGS), rng.choice(BOXES)
-    a, b, c = rng.randint(2, hi), rng.randint(2, hi), rng.randint(2, hi)
+    few = (lambda: rng.randint(11, 49)) if ood else (lambda: rng.randint(2, 9))
+    per = (lambda: rng.randint(11, 99)) if ood else (lambda: rng.randint(2, 12))
+    add = (lambda: rng.randint(30, 500)) if ood else (lambda: rng.randint(2, 30))
     kind = rng.randrange(6)
     if kind == 0:
+        a, b, c = add(), few(), per()
         return (f"{n} has {a} {t}. {n} buys {b} {box} with {c} {t} in each. How many {t} does {n} have now?",
                 [f"{b} * {c} = {b * c}", f"{a} + {b * c} = {a + b * c}"], a + b * c)
     if kind == 1:
-        a = a + b * c
+        b, c = few(), per()
+        a = b * c + add()
         return (f"{n} has {a} {t} and gives away {b} {box} of {c} {t} each. How many {t} are left?",
                 [f"{b} * {c} = {b * c}", f"{a} - {b * c} = {a - b * c}"], a - b * c)
     if kind == 2:
+        a, b, c = add(), per(), few()
         return (f"{n} picks {a} {t} in the morning and {b} in the afternoon. A friend gives {n} {c} times "
                 f"the afternoon amount. How many {t} does {n} have?",
                 [f"{c} * {b} = {c * b}", f"{a} + {b} + {c * b} = {a + b + c * b}"], a + b + c * b)
     if kind == 3:
+        a, c = per(), few()
         total = a * c
         e = rng.randint(1, total - 1)
         return (f"{n} fills {c} {box} with {a} {t} each and then sells {e} of them. How many {t} are left?",
                 [f"{c} * {a} = {total}", f"{total} - {e} = {total - e}"], total - e)
     if kind == 4:
+        a, b, c = per(), few(), add()
         return (f"A {box[:-1]} holds {a} {t}. {n} has {b} full {box} and {c} loose {t}. "
                 f"How many {t} is that in total?",
                 [f"{b} * {a} = {a * b}", f"{a * b} + {c} = {a * b + c}"], a * b + c)
+    a, b = add(), add()
     m = rng.choice([x for x in NAMES if x != n])
     return (f"{n} has {a} {t}. {m} has {b} more than {n}. How many {t} do they have together?",
             [f"{a} + {b} = {a + b}", f"{a} + {a + b} = {2 * a + b}"], 2 * a + b)
 
 
-def _steps_3(rng: random.Random, hi: int) -> tuple[str, list[str], int]:
-    """OOD: a two-step problem extended by a third operation, with larger operands."""
-    q, eqs, ans = _steps_2(rng, hi)
-    d = rng.randint(2, hi)
+def _steps_3(rng: random.Random) -> tuple[str, list[str], int]:
+    """OOD: a two-step problem with larger operands, extended by a third operation."""
+    q, eqs, ans = _steps_2(rng, ood=True)
+    d = rng.randint(2, 9) if rng.random() < 0.5 else rng.randint(11, 99)
     n = re.match(r"(?:A \w+ holds \d+ \w+\. )?(\w+)", q).group(1)
     if rng.random() < 0.5:
         q = q.rsplit(".", 1)[0] + f". Then {n} finds {d} more. " + q.rsplit(".", 1)[1].strip()
@@ -91,12 +103,12 @@ def extract_answer(completion: str) -> str | None:
 
 @TASK_FAMILIES.register("arith")
 class Arith(TaskFamily):
-    """Arithmetic word problems: 2 steps in distribution, 3 steps with larger numbers OOD."""
+    """Arithmetic word problems (GSM8K-like): 2 small steps in distribution, 3 larger steps OOD."""
 
     name = "arith"
 
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:
-        q, eqs, ans = _steps_3(rng, 99) if ood else _steps_2(rng, 20)
+        q, eqs, ans = _steps_3(rng) if ood else _steps_2(rng, ood=False)
         return q, " ".join(e + "." for e in eqs) + f"\n#### {ans}", {"answer": ans}
 
     def verify(self, meta: dict[str, Any], completion: str) -> dict[str, Any]:

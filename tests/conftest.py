@@ -1,0 +1,35 @@
+"""Shared fixtures: one torch thread per test worker, a private cache, the tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("TUNELAB_TEST_THREADS", "1")))
+os.environ.setdefault("TUNELAB_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    os.environ["TUNELAB_CACHE"] = str(tmp_path_factory.mktemp("tunelab-cache"))
+
+
+@pytest.fixture
+def tiny():
+    """(model, tokenizer) of the tiny random Llama built in code."""
+    from tunelab.models.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return tiny_model(len(tok), seed=0), tok
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    from tunelab.models.tiny import build_tiny
+
+    return build_tiny(tmp_path / "tiny-model")

@@ -1,0 +1,97 @@
+"""End to end through the CLI on the tiny model; recipes validate; bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import ConfigError, load_recipe
+from tunelab.runner.validate import validate
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_tiny_run_through_cli_writes_the_run_folder(tmp_path, capsys):
+    assert main(["run", "recipes/tiny.yaml", "--out", str(tmp_path), "train.max_steps=4"]) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "results.json", "data/mixture.json",
+                 "final/adapter_model.safetensors", "final/adapter_config.json", "eval/base/arith.jsonl",
+                 "eval/tuned/arith.jsonl", "checkpoints/step-3/trainable.safetensors"):
+        assert (run_dir / name).is_file(), name
+    res = json.loads((run_dir / "results.json").read_text())
+    for which in ("base", "tuned"):
+        score = res["arith"][which]
+        assert set(score) >= {"value", "ci", "n"} and score["n"] == 8 and 0 <= score["ci"][0] <= score["ci"][1] <= 1
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["precision"] == "fp32" and env["model"]["kind"] in ("tiny", "cached")
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3, 4]
+    assert "heldout_loss/arith" in steps[-1]
+    # a second identical run is skipped, not redone
+    assert main(["run", "recipes/tiny.yaml", "--out", str(tmp_path), "train.max_steps=4"]) == 0
+    assert "skipping" in capsys.readouterr().out
+    # the fine-tuned run answers through `chat`
+    assert main(["chat", str(run_dir), "--prompt", "2+2?", "--max-new-tokens", "4"]) == 0
+
+
+def test_export_merge_writes_a_plain_hf_model(tmp_path):
+    assert main(["run", "recipes/tiny.yaml", "--out", str(tmp_path), "train.max_steps=2", "eval.tasks=[]"]) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert main(["export", str(run_dir), "--merge", "--out", str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_validates(recipe):
+    assert validate(load_recipe(recipe)) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=3", "unknown key 'train.max_step'; valid keys: max_steps"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("train.precision=fp8", "valid choices: auto, fp32, bf16"),
+    ("method.name=lorra", "unknown method 'lorra'; valid choices:"),
+    ("method.rank=3", "unknown key 'method.rank'"),
+    ("data.sources.0.task=arithmetic", "unknown task family"),
+    ("data.sources.0.on_error=ignore", "valid choices: fail, skip"),
+])
+def test_bad_recipes_fail_before_work_naming_the_key(override, message, capsys):
+    assert main(["validate", "recipes/tiny.yaml", override]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_file_names_where_it_looked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path / "data"))
+    r = tmp_path / "r.yaml"
+    r.write_text("model: tiny\ndata:\n  sources:\n    - {name: x, path: nowhere/file.jsonl, format: messages}\n")
+    assert main(["validate", str(r)]) != 0
+    err = capsys.readouterr().err
+    assert "nowhere/file.jsonl" in err and "TUNELAB_DATA_DIR" in err
+
+
+def test_bad_data_row_fails_with_file_line_and_field(tmp_path, capsys):
+    data = tmp_path / "chat.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]}
+    data.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    r = tmp_path / "r.yaml"
+    r.write_text(f"model: tiny\ndata:\n  sources:\n    - {{name: x, path: {data}, format: messages}}\n"
+                 "  heldout: 0\ntrain: {max_steps: 1, precision: fp32}\n")
+    assert main(["run", str(r), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "chat.jsonl:2" in err and "role" in err and "bot" in err
+
+
+def test_yaml_syntax_error_and_missing_recipe(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(tmp_path / "none.yaml")

@@ -1,0 +1,393 @@
+"""LLM-as-a-judge over MT-Bench-style questions (Zheng et al., 2023, arXiv 2306.05685).
+
+* Single grading: a 1-10 rating of the assistant's reply; math, reasoning and coding questions show
+  the judge a reference answer when one exists.
+* Pairwise: A vs B, asked in both orders; a verdict that flips with the order counts as a tie, and
+  the share of order-consistent verdicts is reported (``position_consistency``).
+* Length control: a logistic regression of the outcome (win 1, tie 0.5, loss 0) on the log length
+  ratio ``log(len_a / len_b)``; the length-controlled win rate is the fitted win probability at
+  equal lengths, ``sigmoid(intercept)``, with a bootstrap CI over questions.
+
+Every judgement keeps the judge's fingerprint, the prompt version (the wording below is ours and
+versioned) and the raw response; unparseable responses are counted, never guessed. Judges favour
+answers from their own model family ("preference leakage", arXiv 2502.01534): see
+:func:`circularity_warning`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from tunelab.eval.stats import bootstrap_ci, proportion_score
+from tunelab.generate.base import GenerationConfig, Generator
+
+SINGLE_PROMPT_VERSION = "tunelab-judge-single-v1"
+PAIR_PROMPT_VERSION = "tunelab-judge-pair-v1"
+REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
+
+SYSTEM = "You are a careful and impartial evaluator of answers written by AI assistants."
+SINGLE_TEMPLATE = """Grade the assistant's last reply in the conversation below.
+Consider whether it is correct, helpful, relevant, sufficiently detailed and clear. Length alone is not a merit.{ref_note}
+
+{conversation}{reference}
+
+Write a short justification, then give your grade from 1 (worst) to 10 (best) on the last line, exactly in this form: Rating: [[N]]"""
+PAIR_TEMPLATE = """Two AI assistants replied to the same conversation. Decide which last reply serves the user better.
+Consider correctness, helpfulness, relevance, detail and clarity. Do not let the order of the replies, their length or the assistants' names sway you.{ref_note}
+
+{conversation}
+
+[Reply of assistant A]
+{answer_a}
+[End of reply A]
+
+[Reply of assistant B]
+{answer_b}
+[End of reply B]{reference}
+
+Write a short justification, then end with exactly one verdict: [[A]] if A is better, [[B]] if B is better, [[C]] if they are equally good."""
+REF_NOTE = " A reference answer is given; an answer that contradicts it on facts or results is wrong."
+
+_RATING_PATTERNS = [re.compile(p, re.I) for p in (
+    r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]\]",
+    r"rating\s*[:=]?\s*\[?\s*(\d+(?:\.\d+)?)",
+    r"\b(\d+(?:\.\d+)?)\s*/\s*10\b",
+    r"score\s*[:=]\s*(\d+(?:\.\d+)?)",
+)]  # fmt: skip
+_VERDICT_RE = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.I)
+_VERDICT_FALLBACK = re.compile(r"verdict\s*[:=]?\s*\**\s*(A|B|C|tie)\b", re.I)
+
+FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("smollm", ("smollm",)), ("llama", ("llama", "vicuna", "alpaca")), ("qwen", ("qwen", "qwq")),
+    ("gpt", ("gpt", "openai", "davinci", "chatgpt", "o1-", "o3-", "o4-")), ("gemma", ("gemma",)),
+    ("gemini", ("gemini",)), ("mistral", ("mistral", "mixtral")), ("phi", ("phi-", "phi3", "phi4")),
+    ("claude", ("claude",)), ("deepseek", ("deepseek",)), ("olmo", ("olmo",)),
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_rating(text: str) -> float | None:
+    """A 1-10 rating from a judge response (``[[8]]``, ``Rating: 8``, ``8/10``), else None.
+
+    The last match of the most specific pattern wins; values outside 1-10 count as failures.
+    """
+    for pattern in _RATING_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            value = float(found[-1])
+            return value if 1 <= value <= 10 else None
+    return None
+
+
+def parse_verdict(text: str) -> str | None:
+    """``"A"``, ``"B"`` or ``"tie"`` from ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (last one wins), else None."""
+    found = _VERDICT_RE.findall(text) or _VERDICT_FALLBACK.findall(text)
+    if not found:
+        return None
+    v = found[-1].upper()
+    return "tie" if v in ("C", "TIE") else v
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def model_family(name: str | None) -> str | None:
+    """Model family from a model name or family name (``HuggingFaceTB/SmolLM2-135M`` -> ``smollm``)."""
+    if not name:
+        return None
+    low = name.lower()
+    for family, needles in FAMILIES:
+        if low == family or any(n in low for n in needles):
+            return family
+    return None
+
+
+def circularity_warning(judge_family: str, data_generator_family: str | None) -> str | None:
+    """A warning when the judge comes from the family that generated the training data, else None.
+
+    Args:
+        judge_family: The judge's family or model name.
+        data_generator_family: Family or model name of the model that wrote the training data.
+    """
+    judge = model_family(judge_family) or (judge_family or "").lower()
+    data = model_family(data_generator_family) or (data_generator_family or "").lower()
+    if not judge or not data or judge != data:
+        return None
+    return (
+        f"judge family {judge!r} also generated the training data: judges prefer answers from "
+        "related models (preference leakage, arXiv 2502.01534); use a judge from another family"
+    )
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def render_conversation(turns: list[str], answers: list[str]) -> str:
+    """User turns interleaved with assistant answers (as many answers as given)."""
+    parts = []
+    for i, user in enumerate(turns):
+        parts.append(f"[User]\n{user}")
+        if i < len(answers):
+            parts.append(f"[Assistant]\n{answers[i]}")
+    return "\n\n".join(parts)
+
+
+def _reference_block(question: dict[str, Any], turn: int) -> str:
+    ref = question.get("reference")
+    if question.get("category") not in REFERENCE_CATEGORIES or not ref or turn >= len(ref):
+        return ""
+    return f"\n\n[Reference answer to the last user message]\n{ref[turn]}\n[End of reference answer]"
+
+
+def single_prompt(question: dict[str, Any], answers: list[str], turn: int = 0) -> list[dict[str, str]]:
+    """Judge messages to grade ``answers[turn]`` (the conversation up to that turn is shown)."""
+    ref = _reference_block(question, turn)
+    text = SINGLE_TEMPLATE.format(
+        ref_note=REF_NOTE if ref else "",
+        reference=ref,
+        conversation=render_conversation(question["turns"][: turn + 1], answers[: turn + 1]),
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def pair_prompt(
+    question: dict[str, Any], answers_a: list[str], answers_b: list[str], turn: int = 0
+) -> list[dict[str, str]]:
+    """Judge messages comparing ``answers_a[turn]`` with ``answers_b[turn]`` (A shown first).
+
+    Earlier turns are shown with A's answers (as in a shared conversation history).
+    """
+    ref = _reference_block(question, turn)
+    convo = render_conversation(question["turns"][: turn + 1], answers_a[:turn])
+    text = PAIR_TEMPLATE.format(
+        ref_note=REF_NOTE if ref else "",
+        reference=ref,
+        conversation=convo,
+        answer_a=answers_a[turn],
+        answer_b=answers_b[turn],
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+# ----------------------------------------------------------------------------- the judge
+
+
+class Judge:
+    """A Generator used as a judge (greedy, one response per prompt).
+
+    Args:
+        generator: The judge model (e.g. ``OpenAIGenerator`` or ``HFGenerator``).
+        max_new_tokens: Response budget.
+    """
+
+    def __init__(self, generator: Generator, max_new_tokens: int = 512) -> None:
+        self.generator, self.max_new_tokens = generator, max_new_tokens
+
+    def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0, n=1)
+        return [c[0] for c in self.generator.generate(prompts, cfg)] if prompts else []
+
+    def single(self, questions: list[dict[str, Any]], answers: list[list[str]], turn: int = 0) -> list[dict]:
+        """Grade each question's answer at ``turn``; one record per question."""
+        raws = self._ask([single_prompt(q, a, turn) for q, a in zip(questions, answers)])
+        records = []
+        for q, raw in zip(questions, raws):
+            rating = parse_rating(raw)
+            records.append(
+                {
+                    "id": str(q["id"]),
+                    "turn": turn,
+                    "category": q.get("category", ""),
+                    "rating": rating,
+                    "parse_failed": rating is None,
+                    "reference_used": bool(_reference_block(q, turn)),
+                    "judge": self.generator.fingerprint,
+                    "prompt_version": SINGLE_PROMPT_VERSION,
+                    "raw": raw,
+                }
+            )
+        return records
+
+    def pairwise(
+        self,
+        questions: list[dict[str, Any]],
+        answers_a: list[list[str]],
+        answers_b: list[list[str]],
+        turn: int = 0,
+    ) -> list[dict]:
+        """Compare A and B on each question in both orders; one record per question (see :func:`combine_orders`)."""
+        prompts = []
+        for q, a, b in zip(questions, answers_a, answers_b):
+            prompts += [pair_prompt(q, a, b, turn), pair_prompt(q, b, a, turn)]
+        raws = self._ask(prompts)
+        records = []
+        for i, (q, a, b) in enumerate(zip(questions, answers_a, answers_b)):
+            raw_ab, raw_ba = raws[2 * i], raws[2 * i + 1]
+            rec = combine_orders(parse_verdict(raw_ab), parse_verdict(raw_ba))
+            records.append(
+                {
+                    "id": str(q["id"]),
+                    "turn": turn,
+                    "category": q.get("category", ""),
+                    **rec,
+                    "len_a": len(a[turn]),
+                    "len_b": len(b[turn]),
+                    "judge": self.generator.fingerprint,
+                    "prompt_version": PAIR_PROMPT_VERSION,
+                    "raw_ab": raw_ab,
+                    "raw_ba": raw_ba,
+                }
+            )
+        return records
+
+
+def combine_orders(verdict_ab: str | None, verdict_ba: str | None) -> dict[str, Any]:
+    """Merge the verdicts of both orders into one outcome for model A.
+
+    Args:
+        verdict_ab: Parsed verdict with A shown first (``"A"``/``"B"``/``"tie"``/None).
+        verdict_ba: Parsed verdict with B shown first (its ``"A"`` means model B).
+
+    Returns:
+        ``winner`` (``"a"``, ``"b"``, ``"tie"`` or ``"error"`` when a verdict did not parse),
+        ``consistent`` (both orders agree; None on error) and ``parse_failed``.
+    """
+    first = {"A": "a", "B": "b", "tie": "tie"}.get(verdict_ab or "")
+    second = {"A": "b", "B": "a", "tie": "tie"}.get(verdict_ba or "")
+    if first is None or second is None:
+        return {
+            "winner": "error",
+            "consistent": None,
+            "parse_failed": True,
+            "verdict_ab": verdict_ab,
+            "verdict_ba": verdict_ba,
+        }
+    return {
+        "winner": first if first == second else "tie",
+        "consistent": first == second,
+        "parse_failed": False,
+        "verdict_ab": verdict_ab,
+        "verdict_ba": verdict_ba,
+    }
+
+
+# ----------------------------------------------------------------------------- summaries
+
+OUTCOME = {"a": 1.0, "tie": 0.5, "b": 0.0}
+
+
+def _mean_score(values: list[float]) -> dict:
+    return bootstrap_ci(values) if values else {"value": float("nan"), "ci": [float("nan")] * 2, "n": 0}
+
+
+def summarize_single(records: list[dict]) -> dict[str, dict]:
+    """``rating`` (mean 1-10 over parsed grades, bootstrap CI) and ``parse_failure_rate``."""
+    ratings = [r["rating"] for r in records if r.get("rating") is not None]
+    return {
+        "rating": _mean_score(ratings),
+        "parse_failure_rate": proportion_score([int(r.get("rating") is None) for r in records]),
+    }
+
+
+def summarize_pairwise(records: list[dict]) -> dict[str, dict]:
+    """Win rate of A (ties count half), tie rate, position consistency, parse failures, LC win rate."""
+    ok = [r for r in records if r["winner"] != "error"]
+    out = {
+        "win_rate": _mean_score([OUTCOME[r["winner"]] for r in ok]),
+        "tie_rate": proportion_score([int(r["winner"] == "tie") for r in ok]),
+        "parse_failure_rate": proportion_score([int(r["winner"] == "error") for r in records]),
+    }
+    consistency = [int(r["consistent"]) for r in ok if r.get("consistent") is not None]
+    out["position_consistency"] = proportion_score(consistency)
+    if len(ok) >= 2 and all("len_a" in r for r in ok):
+        out["lc_win_rate"] = length_controlled_win_rate(
+            [OUTCOME[r["winner"]] for r in ok], [r["len_a"] for r in ok], [r["len_b"] for r in ok]
+        )
+    return out
+
+
+def _logistic_intercept(x: np.ndarray, y: np.ndarray, ridge: float = 1e-2, iters: int = 50) -> float:
+    """Intercept of a logistic regression of y (in [0, 1]) on x, by Newton steps (ridge on the slope)."""
+    X = np.column_stack([np.ones_like(x), x])
+    w = np.zeros(2)
+    penalty = np.diag([0.0, ridge])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -30, 30)))
+        grad = X.T @ (y - p) - penalty @ w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + penalty + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w += step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return float(w[0])
+
+
+def length_controlled_win_rate(
+    outcomes: list[float], len_a: list[int], len_b: list[int], n_boot: int = 300, seed: int = 0
+) -> dict:
+    """Win rate of A at equal answer lengths: ``sigmoid(b0)`` of ``logit P(A wins) = b0 + b1 * log(len_a / len_b)``.
+
+    Ties are outcome 0.5 (a quasi-binomial fit). The CI is a seeded bootstrap over questions.
+    """
+    y = np.asarray(outcomes, dtype=float)
+    x = np.log((np.asarray(len_a, dtype=float) + 1) / (np.asarray(len_b, dtype=float) + 1))
+
+    def fit(idx: np.ndarray) -> float:
+        return 1.0 / (1.0 + math.exp(-_logistic_intercept(x[idx], y[idx])))
+
+    rng = np.random.default_rng(seed)
+    boots = [fit(rng.integers(0, len(y), len(y))) for _ in range(n_boot)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"value": fit(np.arange(len(y))), "ci": [float(lo), float(hi)], "n": int(len(y))}
+
+
+def combine_judges(first: list[dict], second: list[dict], mode: str = "single") -> tuple[list[dict], dict]:
+    """Merge two judges' records (same questions, same order) and measure their agreement.
+
+    Single mode averages the parsed ratings (one judge's rating when the other failed) and counts
+    agreement as ratings within 1 point; pairwise mode keeps a winner both judges name, else a tie.
+
+    Returns:
+        (combined records, ``{"judge_agreement": score}``).
+    """
+    merged = []
+    for r1, r2 in zip(first, second):
+        if mode == "single":
+            vals = [r["rating"] for r in (r1, r2) if r["rating"] is not None]
+            rec = {
+                **r1,
+                "rating": sum(vals) / len(vals) if vals else None,
+                "ratings": [r1["rating"], r2["rating"]],
+                "judges": [r1["judge"], r2["judge"]],
+                "raw2": r2["raw"],
+            }
+            rec["judges_agree"] = int(abs(vals[0] - vals[1]) <= 1) if len(vals) == 2 else None
+        else:
+            w1, w2 = r1["winner"], r2["winner"]
+            winner = w2 if w1 == "error" else w1 if w2 == "error" else (w1 if w1 == w2 else "tie")
+            rec = {
+                **r1,
+                "winner": winner,
+                "winners": [w1, w2],
+                "judges": [r1["judge"], r2["judge"]],
+                "raw2_ab": r2["raw_ab"],
+                "raw2_ba": r2["raw_ba"],
+            }
+            rec["judges_agree"] = int(w1 == w2) if "error" not in (w1, w2) else None
+        merged.append(rec)
+    return merged, agreement_score(merged)
+
+
+def agreement_score(records: list[dict]) -> dict:
+    """``{"judge_agreement": score}`` over records where both judges parsed (``judges_agree`` not None)."""
+    return {
+        "judge_agreement": proportion_score(
+            [r["judges_agree"] for r in records if r.get("judges_agree") is not None]
+        )
+    }

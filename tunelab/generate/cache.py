@@ -1,0 +1,102 @@
+"""An on-disk response cache in front of any Generator (sqlite3, safe across threads and processes).
+
+The key is sha256 of (the inner generator's fingerprint, the prompt as JSON, ``GenerationConfig.key()``),
+so a changed model, adapter, template or sampling setting never reuses stale answers. Only prompts
+missing from the cache are sent to the inner generator, in one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from tunelab.generate.base import GenerationConfig, Generator, Prompt
+
+DB_NAME = "generations.sqlite"
+
+
+def cache_key(fingerprint: str, prompt: Prompt, cfg: GenerationConfig) -> str:
+    """sha256 hex of (fingerprint, prompt, generation config), JSON with sorted keys."""
+    blob = json.dumps([fingerprint, prompt, cfg.key()], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class CachedGenerator:
+    """Wraps a Generator with a persistent cache of its completions.
+
+    Args:
+        inner: The generator whose answers are cached.
+        cache_dir: Folder of the sqlite database (created if missing).
+
+    Attributes:
+        hits: Prompts answered from the cache so far.
+        misses: Prompts sent to the inner generator so far.
+    """
+
+    def __init__(self, inner: Generator, cache_dir: str | Path) -> None:
+        self.inner = inner
+        self.path = Path(cache_dir) / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @property
+    def fingerprint(self) -> str:
+        """The inner generator's fingerprint (the cache changes no answer)."""
+        return self.inner.fingerprint
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success and is always closed."""
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def _lookup(self, keys: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        with self._connect() as db:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, value in db.execute(
+                    f"SELECT key, value FROM completions WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = json.loads(value)
+        return found
+
+    def _store(self, entries: dict[str, list[str]]) -> None:
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()],
+            )
+
+    def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
+        """Cached completions; missing prompts (deduplicated) go to the inner generator in one call."""
+        fp = self.inner.fingerprint
+        keys = [cache_key(fp, p, cfg) for p in prompts]
+        found = self._lookup(sorted(set(keys)))
+        missing: dict[str, Prompt] = {}
+        for key, prompt in zip(keys, prompts):
+            if key not in found:
+                missing.setdefault(key, prompt)
+        if missing:
+            fresh = self.inner.generate(list(missing.values()), cfg)
+            new = dict(zip(missing.keys(), fresh))
+            self._store(new)
+            found.update(new)
+        with self._lock:
+            self.misses += len(missing)
+            self.hits += len(prompts) - len(missing)
+        return [list(found[k]) for k in keys]
