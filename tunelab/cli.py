@@ -150,7 +150,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     """Write a run's weights as standard artefacts (peft adapter / HF checkpoint; --merge: merged HF model)."""
     from tunelab.runner.artifacts import export
 
-    print(f"[tunelab] exported to {export(a.run, a.out, a.merge)}")
+    try:
+        print(f"[tunelab] exported to {export(a.run, a.out, a.merge)}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -235,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     from tunelab.config import ConfigError
     from tunelab.data.formats import DataError
+    from tunelab.models.load import ModelError
+    from tunelab.registry import RegistryError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ModelError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

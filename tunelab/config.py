@@ -294,6 +294,9 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
     key, raw = dotted.split("=", 1)
     value = yaml.safe_load(raw) if raw != "" else ""
     parts = key.strip().split(".")
+    if parts == ["method", "name"] and (tree.get("method") or {}).get("name") != value:
+        tree["method"] = {"name": value}  # another method: its own defaults, not the recipe's params
+        return
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
         nxt_is_index = parts[i + 1].isdigit()

@@ -3,6 +3,7 @@ step-by-step decoding, prompt tuning's virtual tokens, text initialisation, IA3'
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -55,6 +56,24 @@ def test_cached_left_padded_generation_matches_stepwise_decoding(spec):
                                   pad_token_id=0, eos_token_id=None, use_cache=False)
     assert out[:, width:].tolist() == ref
     assert uncached[:, width:].tolist() == ref
+
+
+@pytest.mark.parametrize("spec", [{"name": "prefix", "num_virtual_tokens": 4},
+                                  {"name": "prompt", "num_virtual_tokens": 4}])
+def test_a_deep_copy_generates_with_its_own_weights(spec):
+    """tunelab.generate.hf decodes with a (bf16) deep copy: generation must follow the copy."""
+    model = _random_model(spec)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            if p.requires_grad:
+                p.normal_()
+        ids = [5, 9, 13, 17, 21]
+        out = twin.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, 5, dtype=torch.long),
+                            max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+        assert out[0, 5:].tolist() == _stepwise(twin, ids, 6) != _stepwise(model, ids, 6)
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        assert half.generate(input_ids=torch.tensor([ids]), max_new_tokens=3, pad_token_id=0).shape == (1, 8)
 
 
 def test_prompt_tuning_declares_its_virtual_tokens():

@@ -7,10 +7,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.eval.tasks.base import EvalTask
 from tunelab.generate.base import Generator
+
+if TYPE_CHECKING:  # eval.tasks imports this module
+    from tunelab.eval.tasks.base import EvalTask
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -7,9 +7,9 @@ string (sent as is: completion-style prompts such as HumanEval's).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
-Prompt = Union[str, list[dict[str, Any]]]
+Prompt = str | list[dict[str, Any]]
 
 
 @dataclass

@@ -5,6 +5,7 @@ Prompts are sorted by length so each batch pads little; results come back in ord
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -13,7 +14,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop
-from tunelab.train.precision import autocast
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -33,10 +33,15 @@ class HFGenerator:
 
     def __init__(self, model: nn.Module, tok, batch_size: int = 16, precision: str = "fp32",
                  progress: bool = True) -> None:
-        self.model, self.tok, self.batch_size = model.eval(), tok, batch_size
-        self.precision, self.progress = precision, progress
+        self.tok, self.batch_size, self.progress = tok, batch_size, progress
+        self.precision = precision
         self.device = next(model.parameters()).device
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint(model, tok) if precision == "bf16" else None
+        # bf16: decode with a bf16 copy of the weights. Autocast would re-cast every frozen
+        # weight at every decoding step (it caches casts only for weights that require grad).
+        if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
+            model = copy.deepcopy(model).to(torch.bfloat16)
+        self.model = model.eval()
 
     @property
     def fingerprint(self) -> str:
@@ -79,8 +84,7 @@ class HFGenerator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if cfg.stop:
             kwargs.update(stop_strings=cfg.stop, tokenizer=self.tok)
-        with autocast(self.device.type, self.precision):
-            gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         texts = self.tok.batch_decode(gen[:, width:], skip_special_tokens=True)
         texts = [cut_at_stop(t, cfg.stop) for t in texts]
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]

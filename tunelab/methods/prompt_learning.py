@@ -17,7 +17,9 @@ to ``cache``), so we own both places:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 import torch
@@ -58,15 +60,20 @@ def virtual_token_mask(segments: torch.Tensor, n_virtual: int, virtual_queries: 
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def _renamed_cache(model: nn.Module) -> bool:
+    """transformers 5 calls the KV cache ``cache``; peft's generation code predates that."""
+    return "cache" in inspect.signature(model.forward).parameters
+
+
 def _is_eager(model: nn.Module) -> bool:
     return getattr(model.config, "_attn_implementation", "sdpa") == "eager"
 
 
-def _prefix_pre_hook(n_virtual: int) -> Callable:
+def _prefix_pre_hook(n_virtual: int, key: str) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-        if "past_key_values" in kwargs and kwargs.get("cache") is None:
-            kwargs["cache"] = kwargs.pop("past_key_values")  # peft's name for it before transformers 5
-        cache, pos = kwargs.get("cache"), kwargs.get("position_ids")
+        if key == "cache" and "past_key_values" in kwargs and kwargs.get("cache") is None:
+            kwargs["cache"] = kwargs.pop("past_key_values")  # peft's name for it, deprecated by transformers 5
+        cache, pos = kwargs.get(key), kwargs.get("position_ids")
         if kwargs.get("attention_mask") is not None or cache is None or pos is None:
             return args, kwargs
         if cache.get_seq_length() != n_virtual:  # decoding with a filled cache: not a training row
@@ -79,12 +86,15 @@ def _prefix_pre_hook(n_virtual: int) -> Callable:
     return hook
 
 
-def _generation_inputs(peft_model: nn.Module, n_virtual: int, kind: str) -> Callable:
-    """``prepare_inputs_for_generation`` for prefix (``kind='prefix'``) or prompt tuning."""
-    base_prepare = peft_model.base_model_prepare_inputs_for_generation
+def _generation_inputs(n_virtual: int, kind: str) -> Callable:
+    """``prepare_inputs_for_generation`` for prefix (``kind='prefix'``) or prompt tuning.
 
-    def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        mk = base_prepare(*args, **kwargs)
+    Bound to the peft model as a method, so a deep copy (e.g. a bf16 copy for decoding)
+    rebinds it to the copy's own weights.
+    """
+
+    def prepare(self: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        mk = self.base_model_prepare_inputs_for_generation(*args, **kwargs)
         ids, mask, cache = mk["input_ids"], mk.get("attention_mask"), mk.get("cache")
         b, t = ids.shape
         # without use_cache the model still hands back the cache it was given: start afresh each step
@@ -101,10 +111,10 @@ def _generation_inputs(peft_model: nn.Module, n_virtual: int, kind: str) -> Call
         if not prefill:
             return mk
         if kind == "prefix":
-            mk["cache"] = peft_model.get_prompt(batch_size=b)  # the model returns it grown; generate keeps it
+            mk["cache"] = self.get_prompt(batch_size=b)  # the model returns it grown; generate keeps it
         else:
-            embeds = peft_model.word_embeddings(ids)  # (B, T, C)
-            prompts = peft_model.get_prompt(batch_size=b).to(embeds.dtype)  # (B, n_virtual, C)
+            embeds = self.word_embeddings(ids)  # (B, T, C)
+            prompts = self.get_prompt(batch_size=b).to(embeds.dtype)  # (B, n_virtual, C)
             mk["inputs_embeds"], mk["input_ids"] = torch.cat([prompts, embeds], dim=1), None
             virtual = torch.arange(n_virtual, device=ids.device).expand(b, n_virtual)
             mk["position_ids"] = torch.cat([virtual, pos + n_virtual], dim=1)
@@ -115,8 +125,11 @@ def _generation_inputs(peft_model: nn.Module, n_virtual: int, kind: str) -> Call
 
 def install_prefix(peft_model: nn.Module, n_virtual: int) -> None:
     """Packed rows and generation for a peft prefix-tuning model (see the module docstring)."""
-    peft_model.base_model.register_forward_pre_hook(_prefix_pre_hook(n_virtual), with_kwargs=True)
-    peft_model.prepare_inputs_for_generation = _generation_inputs(peft_model, n_virtual, "prefix")
+    renamed = _renamed_cache(peft_model.get_base_model())
+    hook = _prefix_pre_hook(n_virtual, "cache" if renamed else "past_key_values")
+    peft_model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
+    if renamed:  # transformers 5; with older ones peft's own generation path fits
+        peft_model.prepare_inputs_for_generation = MethodType(_generation_inputs(n_virtual, "prefix"), peft_model)
 
 
 def install_prompt(peft_model: nn.Module, n_virtual: int) -> None:
@@ -146,4 +159,5 @@ def install_prompt(peft_model: nn.Module, n_virtual: int) -> None:
 
     peft_model.register_forward_pre_hook(outer, with_kwargs=True)
     peft_model.base_model.register_forward_pre_hook(inner, with_kwargs=True)
-    peft_model.prepare_inputs_for_generation = _generation_inputs(peft_model, n_virtual, "prompt")
+    if _renamed_cache(peft_model.get_base_model()):  # transformers 5; else peft's own path fits
+        peft_model.prepare_inputs_for_generation = MethodType(_generation_inputs(n_virtual, "prompt"), peft_model)

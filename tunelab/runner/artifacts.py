@@ -40,7 +40,10 @@ def export(run_dir: str | Path, out: str | Path | None = None, merge: bool = Fal
     out = Path(out or Path(run_dir) / ("merged" if merge else "export"))
     if merge:
         method = METHODS.get(info["method"].get("name", "lora"))()
-        model = method.merge(model) if method.mergeable else model
+        if not method.mergeable:
+            raise ValueError(f"method {method.name!r} cannot be merged into the base weights; "
+                             f"`tunelab export {run_dir}` writes its standard artefacts")
+        model = method.merge(model)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "tunelab.json").write_text(json.dumps({"from_run": str(run_dir), "merged": merge}, indent=1))

@@ -1,7 +1,7 @@
 """``arith``: multi-step arithmetic word problems with a final numeric answer (GSM8K-like).
 
-In distribution: two steps, one-digit by up-to-12 products, small sums. OOD (``ood``
-split): three steps, two-digit factors and three-digit addends. The reference answer shows each step as an equation and ends ``#### N``; the
+In distribution: two steps with small numbers. OOD (``ood`` split): three steps (one more
+than trained). Option ``big: true`` uses two-digit factors and three-digit addends. The reference answer shows each step as an equation and ends ``#### N``; the
 verifier extracts the ``#### N`` answer (else the last number) and compares numerically.
 """
 
@@ -22,16 +22,17 @@ BOXES = ["bags", "boxes", "packs", "jars", "crates", "baskets"]
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def _steps_2(rng: random.Random, ood: bool) -> tuple[str, list[str], int]:
+def _steps_2(rng: random.Random, big: bool) -> tuple[str, list[str], int]:
     """Two-step templates: returns (question, equations, answer).
 
-    In distribution a product has a one-digit factor and a factor up to 12 and sums stay
-    under ~150; OOD operands are two-digit factors and three-digit addends.
+    Small numbers in distribution (one-digit by up-to-10 products, addends up to 20), so a
+    135M model can learn the skill in a couple of minutes; ``big`` operands are two-digit
+    factors and three-digit addends.
     """
     n, t, box = rng.choice(NAMES), rng.choice(THINGS), rng.choice(BOXES)
-    few = (lambda: rng.randint(11, 49)) if ood else (lambda: rng.randint(2, 9))
-    per = (lambda: rng.randint(11, 99)) if ood else (lambda: rng.randint(2, 12))
-    add = (lambda: rng.randint(30, 500)) if ood else (lambda: rng.randint(2, 30))
+    few = (lambda: rng.randint(11, 49)) if big else (lambda: rng.randint(2, 9))
+    per = (lambda: rng.randint(11, 99)) if big else (lambda: rng.randint(2, 10))
+    add = (lambda: rng.randint(30, 500)) if big else (lambda: rng.randint(2, 20))
     kind = rng.randrange(6)
     if kind == 0:
         a, b, c = add(), few(), per()
@@ -44,9 +45,9 @@ def _steps_2(rng: random.Random, ood: bool) -> tuple[str, list[str], int]:
                 [f"{b} * {c} = {b * c}", f"{a} - {b * c} = {a - b * c}"], a - b * c)
     if kind == 2:
         a, b, c = add(), per(), few()
-        return (f"{n} picks {a} {t} in the morning and {b} in the afternoon. A friend gives {n} {c} times "
-                f"the afternoon amount. How many {t} does {n} have?",
-                [f"{c} * {b} = {c * b}", f"{a} + {b} + {c * b} = {a + b + c * b}"], a + b + c * b)
+        return (f"One of the {box} costs {b} dollars. {n} buys {c} {box} and a book for {a} dollars. "
+                f"How many dollars does {n} spend?",
+                [f"{c} * {b} = {c * b}", f"{c * b} + {a} = {c * b + a}"], c * b + a)
     if kind == 3:
         a, c = per(), few()
         total = a * c
@@ -64,10 +65,10 @@ def _steps_2(rng: random.Random, ood: bool) -> tuple[str, list[str], int]:
             [f"{a} + {b} = {a + b}", f"{a} + {a + b} = {2 * a + b}"], 2 * a + b)
 
 
-def _steps_3(rng: random.Random) -> tuple[str, list[str], int]:
-    """OOD: a two-step problem with larger operands, extended by a third operation."""
-    q, eqs, ans = _steps_2(rng, ood=True)
-    d = rng.randint(2, 9) if rng.random() < 0.5 else rng.randint(11, 99)
+def _steps_3(rng: random.Random, big: bool) -> tuple[str, list[str], int]:
+    """OOD: a two-step problem extended by a third operation (one step more than trained)."""
+    q, eqs, ans = _steps_2(rng, big)
+    d = rng.randint(11, 99) if big else rng.randint(2, 9)
     n = re.match(r"(?:A \w+ holds \d+ \w+\. )?(\w+)", q).group(1)
     if rng.random() < 0.5:
         q = q.rsplit(".", 1)[0] + f". Then {n} finds {d} more. " + q.rsplit(".", 1)[1].strip()
@@ -103,12 +104,13 @@ def extract_answer(completion: str) -> str | None:
 
 @TASK_FAMILIES.register("arith")
 class Arith(TaskFamily):
-    """Arithmetic word problems (GSM8K-like): 2 small steps in distribution, 3 larger steps OOD."""
+    """Arithmetic word problems (GSM8K-like): 2 steps in distribution, 3 steps OOD."""
 
     name = "arith"
 
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:
-        q, eqs, ans = _steps_3(rng) if ood else _steps_2(rng, ood=False)
+        big = bool(self.options.get("big", False))  # larger operands (a harder variant)
+        q, eqs, ans = _steps_3(rng, big) if ood else _steps_2(rng, big)
         return q, " ".join(e + "." for e in eqs) + f"\n#### {ans}", {"answer": ans}
 
     def verify(self, meta: dict[str, Any], completion: str) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class HFLoglikScorer:
         ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch], device=self.device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=self.device)
         with torch.no_grad(), autocast(self.device.type, self.precision):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logits = logits[:, -width:]  # (B, T, V); prompt tuning prepends virtual positions
         out = []
         for row, (x, n_cont) in enumerate(batch):
             start = len(x) - n_cont  # first continuation position; predicted by position start-1
