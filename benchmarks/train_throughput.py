@@ -62,7 +62,7 @@ def _flops(model, encoded: list) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 packing: bool, threads: int | None) -> dict[str, Any]:
+                 packing: bool, threads: int | None, compile: bool = False) -> dict[str, Any]:
     """Train with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -81,7 +81,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     net = method.apply(net)
     total = warmup + steps
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, schedule="cosine",
-                      seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads)
+                      seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads,
+                      compile=compile)
     sources = sorted({s.source for s in train_samples})
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
         job = TrainJob(net, method, rows, sources, cfg, precision, Path(tmp), tok.pad_token_id, packing)
@@ -98,7 +99,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     samples_seen = sum(len(rows[j].ids) for k in range(total) for j in batches.micro(k)[0])
     flops, seq = _flops(job.model, encoded)
     return {
-        "side": "tunelab", "packing": packing, "precision": precision, "threads": used,
+        "side": "tunelab", "packing": packing, "compile": compile, "precision": precision, "threads": used,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "last_train_loss": summary["final_loss"],
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="auto: packing on bf16 hosts, padding on fp32 hosts (TRL's best per METHODS.md)")
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="keep SFTConfig's default gradient checkpointing (off here: faster)")
+    p.add_argument("--tunelab-compile", action="store_true", help="torch.compile tunelab's decoder layers")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
     p.add_argument("--verbose", action="store_true", help="show the sides' progress and warnings (stderr)")
     args = p.parse_args(argv)
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "packing": packing, "threads": args.threads}
             if side == "trl":
                 kw["gradient_checkpointing"] = args.trl_gradient_checkpointing
+            else:
+                kw["compile"] = args.tunelab_compile
             print(f"[bench] repeat {rep + 1}/{args.repeats}: {side} packing={packing} {precision}", flush=True)
             run = common.run_in_subprocess(f"train_throughput:{side}_side", kw, args.threads, verbose=args.verbose)
             run["repeat"] = rep + 1

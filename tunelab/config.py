@@ -133,7 +133,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     compile: bool = False
-    """``torch.compile`` the model (pays off on long runs)."""
+    """``torch.compile`` each decoder layer (CPU: ~1.45x faster steps after ~70 s of compiling; long runs)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
     keep_checkpoints: int = 2

@@ -47,9 +47,8 @@ def assistant_spans(messages: list[dict], tok) -> tuple[str, list[tuple[int, int
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or m.get("train", True) is False:
             continue
+        # a conversation opening with the assistant has no generation prompt to render
         start_text = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        if i == 0:  # a conversation opening with the assistant: no generation prompt to render
-            start_text = ""
         end_text = render(messages[: i + 1], tokenize=False)
         if not text.startswith(end_text) or not end_text.startswith(start_text):
             raise TemplateError(

@@ -95,6 +95,11 @@ def train(job: TrainJob) -> dict[str, Any]:
     device = acc.device
     model = job.model.to(device)
     model.train()
+    if cfg.compile:  # one compiled graph serves every decoder layer (same code, weights as inputs)
+        from tunelab.methods.layers import decoder_layers
+
+        for layer in decoder_layers(model)[1]:
+            layer.compile(dynamic=True)
     ckpt_dir = job.run_dir / "checkpoints"
     start = 0
     state = None
