@@ -22,10 +22,10 @@ quickstart: install
 	$(BIN)/tunelab quickstart
 
 test: install
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-all: install
-	$(BIN)/pytest -q -n 2 -m "not gpu and not network"
+	$(BIN)/pytest -q -n 2 --dist loadgroup -m "not gpu and not network"
 
 lint: install
 	$(BIN)/ruff check tunelab tests benchmarks

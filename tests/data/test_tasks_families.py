@@ -19,6 +19,9 @@ from tunelab.data.tasks.code import OOD_TEMPLATES, TEMPLATES, CodeFamily, build_
 from tunelab.data.tasks.instruct import check_constraint, count_sentences, count_words
 from tunelab.data.tasks.nlp import SUBTASKS, normalize_answer
 
+# Sandboxed runs share a pool of uids: one xdist worker runs them all (see Makefile --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 FAMILIES = ("code", "nlp", "instruct")
 HAS_SANDBOX = importlib.util.find_spec("tunelab.sandbox") is not None
 

@@ -16,6 +16,9 @@ from tunelab.eval.tasks.base import EvalItem
 from tunelab.eval.tasks.code_exec import MBPP, HumanEval, extract_code, parse_ks
 from tunelab.sandbox import SandboxUnavailable
 
+# Sandboxed runs share a pool of uids: one xdist worker runs them all (see Makefile --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 DATA = Path(os.environ.get("TUNELAB_DATA_DIR", "/work/shared/data"))
 BROKEN = ["    raise NotImplementedError\n", "    return (\n", "    return None\n"]
 N_SAMPLES = 4
