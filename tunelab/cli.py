@@ -72,7 +72,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
         + [(f"format: {n}", "file format") for n in FORMATS],
         "methods": [(n, first_doc_line(c)) for n, c in METHODS.items()]
         + [(f"regularizer: {n}", first_doc_line(c)) for n, c in REGULARIZERS.items()],
-        "tasks": [(n, "") for n in task_names()],
+        "tasks": [(n, _task_doc(n)) for n in task_names()],
         "transforms": [(n, first_doc_line(c)) for n, c in TRANSFORMS.items()],
     }
     for name, rows in sections.items():
@@ -82,6 +82,16 @@ def cmd_ls(a: argparse.Namespace) -> int:
         for key, desc in rows:
             print(f"  {key:28s} {desc}")
     return 0
+
+
+def _task_doc(name: str) -> str:
+    from tunelab.eval.tasks import EVAL_TASKS, get_task
+    from tunelab.registry import first_doc_line
+
+    if name in EVAL_TASKS:
+        return first_doc_line(EVAL_TASKS.get(name))
+    task = get_task(name)
+    return f"{task.split} split of the built-in `{task.family.name}` family (exact verifier)"
 
 
 def cmd_data(a: argparse.Namespace) -> int:

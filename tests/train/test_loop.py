@@ -72,9 +72,13 @@ def test_resume_from_periodic_checkpoint_after_kill(tmp_path):
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-5", killed / "checkpoints" / "step-5")
     (killed / "checkpoints" / ".tmp-step-10").mkdir()  # a half-written checkpoint is ignored
+    # the killed run had logged steps 1..7 before dying: steps 6..7 are redone, logged once
+    (killed / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)))
     resumed = _job(killed, resume=True)
     assert train(resumed)["resumed_from"] == 5
     _assert_same(_weights(straight), _weights(resumed))
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
 
 
 def test_metrics_have_per_source_loss_and_required_fields(tmp_path):

@@ -88,6 +88,16 @@ def heldout_loss(model: nn.Module, rows: list[Row], job: TrainJob, device: torch
     return out
 
 
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only metrics rows up to ``step`` (a resumed run logs the later steps again)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.replace(path)
+
+
 def train(job: TrainJob) -> dict[str, Any]:
     """Run (or resume) training; returns a summary. Ctrl-C writes a checkpoint first."""
     cfg, method = job.cfg, job.method
@@ -115,6 +125,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     model, optimizer = acc.prepare(model, optimizer)
     lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
     batches = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
+    _drop_metrics_after(job.run_dir / "metrics.jsonl", start)  # rows of steps redone after a resume
     metrics = (job.run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, completed, last_loss = start, start, float("nan")
