@@ -42,6 +42,13 @@ class Generator(Protocol):
         ...
 
 
+def render_prompt(tok, prompt: Prompt) -> str:
+    """A chat prompt through the tokenizer's chat template (generation prompt added); a string as is."""
+    if isinstance(prompt, str):
+        return prompt
+    return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
 def cut_at_stop(text: str, stop: list[str]) -> str:
     """Truncate ``text`` at the earliest stop string."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))

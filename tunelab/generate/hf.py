@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop
+from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, render_prompt
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -50,9 +50,7 @@ class HFGenerator:
         return self._fingerprint
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tok, prompt)
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:

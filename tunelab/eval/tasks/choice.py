@@ -17,7 +17,7 @@ from tunelab.data.tasks.base import TASK_FAMILIES
 from tunelab.eval.harness import EvalResult, write_jsonl
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
-from tunelab.generate.base import Prompt
+from tunelab.generate.base import Prompt, render_prompt
 
 CLASSIFICATION_SUBTASKS = ("sentiment", "topic", "yesno")
 
@@ -56,9 +56,7 @@ class HFLoglikScorer:
         return self._fingerprint
 
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tok, prompt)
 
     def encode(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt + continuation, and how many trailing ids are the continuation."""
