@@ -33,3 +33,13 @@ def tiny_dir(tmp_path):
     from tunelab.models.tiny import build_tiny
 
     return build_tiny(tmp_path / "tiny-model")
+
+
+@pytest.fixture
+def data_dir(monkeypatch):
+    """The shared data folder (GSM8K present), set as $TUNELAB_DATA_DIR; skips when absent."""
+    data = Path(os.environ["TUNELAB_DATA_DIR"])
+    if not (data / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"GSM8K data not found under {data}")
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(data))
+    return data

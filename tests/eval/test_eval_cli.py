@@ -13,14 +13,6 @@ from tunelab.cli import main
 DATA = Path(os.environ.get("TUNELAB_DATA_DIR", "/work/shared/data"))
 
 
-@pytest.fixture
-def data_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    if not (DATA / "gsm8k" / "test.jsonl").is_file():
-        pytest.skip(f"GSM8K data not found under {DATA}")
-    monkeypatch.setenv("TUNELAB_DATA_DIR", str(DATA))
-    return DATA
-
-
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -22,14 +22,6 @@ from tunelab.generate.base import GenerationConfig
 DATA = Path(os.environ.get("TUNELAB_DATA_DIR", "/work/shared/data"))
 
 
-@pytest.fixture
-def data_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    if not (DATA / "gsm8k" / "test.jsonl").is_file():
-        pytest.skip(f"GSM8K data not found under {DATA}")
-    monkeypatch.setenv("TUNELAB_DATA_DIR", str(DATA))
-    return DATA
-
-
 @pytest.mark.parametrize("text, strict, flexible", [
     ("so 9 * 2 = 18\n#### 18", "18", "18"),
     ("#### $1,200.00", "$1,200.00", "$1,200.00"),

@@ -36,7 +36,8 @@ class HFGenerator:
         self.tok, self.batch_size, self.progress = tok, batch_size, progress
         self.precision = precision
         self.device = next(model.parameters()).device
-        self._fingerprint = fingerprint(model, tok) if precision == "bf16" else None
+        self._fingerprint: str | None = None
+        self._source = model  # the caller's weights identify the generator (not the bf16 copy)
         # bf16: decode with a bf16 copy of the weights. Autocast would re-cast every frozen
         # weight at every decoding step (it caches casts only for weights that require grad).
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
@@ -46,7 +47,7 @@ class HFGenerator:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self.model, self.tok)
+            self._fingerprint = fingerprint(self._source, self.tok)
         return self._fingerprint
 
     def render(self, prompt: Prompt) -> str:

@@ -73,7 +73,8 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path, qui
             res = evaluate(task, gen, limit=cfg.eval.limit, seed=cfg.eval.seed,
                            max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                            temperature=cfg.eval.temperature, out=folder / f"{name}.jsonl")
-        out[name] = {"scores": res.scores, "rows": res.rows, "seconds": round(res.seconds, 2)}
+        out[name] = {"scores": res.scores, "rows": res.rows, "seconds": round(res.seconds, 2),
+                     "primary": task.primary}
         if not quiet:
             s = res.scores[task.primary]
             print(f"  {name}: {task.primary} {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] "
@@ -85,7 +86,7 @@ def _results(cfg: RunConfig, base: dict | None, tuned: dict, summary: dict, extr
     """results.json: {task: {"base": score, "tuned": score, "delta": paired test, ...}, "run": {...}}."""
     results: dict[str, Any] = {}
     for name, t in tuned.items():
-        primary = get_task(name).primary
+        primary = t["primary"]
         entry: dict[str, Any] = {"metric": primary, "tuned": t["scores"][primary], "tuned_all": t["scores"]}
         if base and name in base:
             entry["base"] = base[name]["scores"][primary]
@@ -128,8 +129,9 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     eval_texts = []
-    for name in cfg.eval.tasks:  # for decontamination
-        eval_texts += [json.dumps(it.prompt) for it in get_task(name).items(cfg.eval.limit, cfg.eval.seed)]
+    if any(t.get("name") == "decontaminate" for t in cfg.data.transforms):  # only it reads them
+        for name in cfg.eval.tasks:
+            eval_texts += [json.dumps(it.prompt) for it in get_task(name).items(cfg.eval.limit, cfg.eval.seed)]
     data = build_data(cfg, tok, eval_texts)
     (run_dir / "data").mkdir(exist_ok=True)
     write_json(run_dir / "data" / "mixture.json", data.report)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tunelab.config import TrainConfig
-from tunelab.data.tokenize import Row, collate, epoch_order
+from tunelab.data.tokenize import IGNORE, Row, collate, epoch_order
 from tunelab.methods.base import Method
 from tunelab.train import checkpoint
 from tunelab.train.loss import per_source, token_losses
@@ -124,7 +124,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         checkpoint.set_rng_state(state["rng"])
     model, optimizer = acc.prepare(model, optimizer)
     lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
-    batches = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
+    plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     _drop_metrics_after(job.run_dir / "metrics.jsonl", start)  # rows of steps redone after a resume
     metrics = (job.run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
@@ -144,17 +144,17 @@ def train(job: TrainJob) -> dict[str, Any]:
             if method.on_step(step, acc.unwrap_model(model)):
                 optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
             set_lr(optimizer, lr_at(step, cfg))
-            micro = [batches.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-            rows = [[job.rows[j] for j in idx] for idx, _ in micro]
-            n_tgt = torch.tensor(float(sum(t != -100 for rs in rows for r in rs for t in r.targets)), device=device)
+            micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+            micro_batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
+            n_tgt = torch.tensor(float(sum(int((b["targets"] != IGNORE).sum()) for b in micro_batches)), device=device)
             n_tgt = acc.reduce(n_tgt, reduction="sum")  # loss is normalised by target tokens of the whole step
             sums = torch.zeros(len(job.sources), dtype=torch.float64)
             counts = torch.zeros_like(sums)
             tokens = 0
-            for i, rs in enumerate(rows):
-                batch = {k: v.to(device) for k, v in collate(rs, job.pad_id, job.packing).items()}
+            for i, cpu_batch in enumerate(micro_batches):
+                batch = {k: v.to(device) for k, v in cpu_batch.items()}
                 tokens += int((batch["source_idx"] >= 0).sum())
-                sync = contextlib.nullcontext() if i == len(rows) - 1 else acc.no_sync(model)
+                sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(model)
                 with sync, autocast(device.type, job.precision):
                     losses, src = token_losses(model, batch, cfg.loss_chunk, method.virtual_tokens)
                     loss = losses.sum() * acc.num_processes / n_tgt.clamp(min=1)
