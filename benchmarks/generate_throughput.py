@@ -15,11 +15,11 @@ generation for 100 items, batch 16, bf16 on an AVX-512 BF16 host). When lm-eval 
 raw completions go through lm-eval's own regexes (from ``gsm8k_local.yaml.in``) and the extracted
 strings (strict, flexible) are compared item by item.
 
-``--gsm8k-prompts lm-eval`` (default) reproduces lm-eval's few-shot selection: one
-``random.Random(1234)`` draws 5 fresh train examples for each test item in turn, and generation
-stops at lm-eval's ``until`` strings plus EOS, within lm-eval's 256-token budget.
-``--gsm8k-prompts tunelab`` uses the ``gsm8k`` task's ``fewshot=5`` option as it is: one fixed set
-of 5 examples (the same set lm-eval gives item 0) for every item, and ``"\\n\\n\\n"`` as an extra stop.
+The ``gsm8k`` task's ``fewshot=5`` prompts are lm-eval's (one ``random.Random(1234)`` draws 5
+fresh train examples for each test item in turn; checked: identical prompt hashes). With
+``--gsm8k-prompts lm-eval`` (default) generation stops at lm-eval's ``until`` strings plus EOS,
+within lm-eval's 256-token budget; ``--gsm8k-prompts tunelab`` keeps the task's own stops (which
+add ``"\\n\\n\\n"``). ``--gsm8k-only`` skips part A (e.g. for an fp32 agreement run).
 
     python benchmarks/generate_throughput.py --lm-eval
     python benchmarks/generate_throughput.py --model tiny --n 4 --max-new-tokens 8 --skip-gsm8k
@@ -35,7 +35,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import random
 import re
 import sys
 import tempfile
@@ -95,20 +94,11 @@ def part_a(model_name: str, n: int, max_new_tokens: int, batch_size: int, precis
     prompts, origin = chat_prompts(n)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     original = net.generate
-    captured: list[int] = []
-
-    def counting_generate(*args: Any, **kwargs: Any) -> torch.Tensor:
-        out = original(*args, **kwargs)
-        width = kwargs["input_ids"].shape[1]
-        captured.extend(n_generated(row, eos) for row in out[:, width:].tolist())
-        return out
-
-    net.generate = counting_generate  # HFGenerator calls self.model.generate
 
     def batched(ps: list, c: GenerationConfig) -> tuple[list[str], int]:
-        captured.clear()
+        before = gen.generated_tokens  # counts every generated token, end-of-turn included
         texts = [t[0] for t in gen.generate(ps, c)]
-        return texts, sum(captured)
+        return texts, gen.generated_tokens - before
 
     @torch.no_grad()
     def loop(ps: list, c: GenerationConfig) -> tuple[list[str], int]:
@@ -147,20 +137,6 @@ def part_a(model_name: str, n: int, max_new_tokens: int, batch_size: int, precis
 # ----------------------------------------------------------------------------- part B
 
 
-def with_lm_eval_shots(items: list, train_path: str, k: int) -> list:
-    """``items`` with lm-eval's prompts: ``k`` fresh seeded train examples per item, in item order."""
-    from tunelab.data.sources import resolve_data_path
-
-    with resolve_data_path(train_path, None).open(encoding="utf-8") as f:
-        train = [json.loads(line) for line in f if line.strip()]
-    rnd = random.Random(FEWSHOT_SEED)
-    for it in items:
-        shots = rnd.sample(train, k)
-        block = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in shots)
-        it.prompt = f"{block}Question: {it.meta['question']}\nAnswer:"
-    return items
-
-
 def gsm8k_side(model: str, items: int, batch_size: int, precision: str, prompts: str,
                threads: int | None, max_new_tokens: int = LM_EVAL_MAX_GEN) -> dict[str, Any]:
     """tunelab's GSM8K 5-shot evaluation in this process; per-item completions and timings."""
@@ -175,11 +151,7 @@ def gsm8k_side(model: str, items: int, batch_size: int, precision: str, prompts:
     net, tok, _ = load_model(ModelConfig(model))
     gen = HFGenerator(net, tok, batch_size=batch_size, precision=precision, progress=False)
 
-    class LmEvalPrompts(GSM8K):
-        def items(self, limit: int | None, seed: int) -> list:
-            return with_lm_eval_shots(super().items(limit, seed), self.train_path, self.fewshot)
-
-    task = LmEvalPrompts(fewshot=5) if prompts == "lm-eval" else GSM8K(fewshot=5)
+    task = GSM8K(fewshot=5)  # lm-eval's prompts: 5 fresh seeded train examples per item
     if prompts == "lm-eval":
         task.stop = LM_EVAL_UNTIL + [s for s in [tok.eos_token] if s not in LM_EVAL_UNTIL]
     t1 = time.perf_counter()
@@ -317,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=1, help="alternate batched/loop this many times; best of each")
     p.add_argument("--gsm8k-items", type=int, default=100)
     p.add_argument("--gsm8k-prompts", choices=["lm-eval", "tunelab"], default="lm-eval",
-                   help="lm-eval: per-item seeded shots and lm-eval's stops; tunelab: the task's fewshot=5 as is")
+                   help="stop strings: lm-eval's `until` + EOS, or the task's own")
+    p.add_argument("--gsm8k-only", action="store_true", help="part B only")
     p.add_argument("--skip-gsm8k", action="store_true", help="part A only")
     p.add_argument("--lm-eval", action="store_true", help="run lm-eval's HF backend too (else its reference figure)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
@@ -329,8 +302,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.set_threads(args.threads)
     precision, why = decide(args.precision, "cpu")
     host = common.host_info()
-    print(f"[bench] part A: {args.n} prompts, {args.max_new_tokens} new tokens, {precision}", flush=True)
-    a = part_a(args.model, args.n, args.max_new_tokens, args.batch_size, precision, args.repeats)
+    a = None
+    if not args.gsm8k_only:
+        print(f"[bench] part A: {args.n} prompts, {args.max_new_tokens} new tokens, {precision}", flush=True)
+        a = part_a(args.model, args.n, args.max_new_tokens, args.batch_size, precision, args.repeats)
     b = None
     if not args.skip_gsm8k:
         if common.gsm8k_file("test") is None:
@@ -340,10 +315,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print()
     print(common.host_line(host))
-    print(f"precision {precision} | {args.model} | part A prompts: {a['prompts']}")
-    rows = [[f"A: batched (HFGenerator, batch {args.batch_size})", a["batched"]["tokens"], a["batched"]["seconds"],
-             a["batched"]["tokens_per_s"]],
-            ["A: per-prompt generate loop", a["loop"]["tokens"], a["loop"]["seconds"], a["loop"]["tokens_per_s"]]]
+    print(f"precision {precision} | {args.model} | part A prompts: {a['prompts'] if a else '-'}")
+    rows = []
+    if a:
+        rows += [[f"A: batched (HFGenerator, batch {args.batch_size})", a["batched"]["tokens"],
+                  a["batched"]["seconds"], a["batched"]["tokens_per_s"]],
+                 ["A: per-prompt generate loop", a["loop"]["tokens"], a["loop"]["seconds"], a["loop"]["tokens_per_s"]]]
     if b:
         tl = b["tunelab"]
         rows.append([f"B: tunelab gsm8k {b['items']} items (process wall)", None, tl["wall_seconds"], None])
@@ -351,7 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append([f"B: lm-eval gsm8k ({'measured' if 'comparison' in b else 'reference'})", None,
                      b["lm_eval"]["wall_seconds"], None])
     print(common.table(["what", "tokens", "seconds", "tokens/s"], rows, digits=2))
-    print(f"part A: batched/loop tokens/s {a['tokens_per_s_ratio']:.2f}x (same text {100 * a['same_text_rate']:.0f}%)")
+    if a:
+        print(f"part A: batched/loop tokens/s {a['tokens_per_s_ratio']:.2f}x "
+              f"(same text {100 * a['same_text_rate']:.0f}%)")
     if b:
         print(f"part B: lm-eval seconds / ours {b['vs_lm_eval_speedup']:.2f}x ({b['basis']}); "
               f"tunelab scores {b['tunelab']['scores']}")
@@ -360,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"part B: extracted-answer agreement {c['agreement']} over {c['items_compared']} items "
                   f"(strict {c['agreement_strict_match']}, flexible {c['agreement_flexible_extract']}); "
                   f"identical prompts {c['prompt_match_rate']}")
-    result = {"tokens_per_s_ratio": a["tokens_per_s_ratio"],
+    result = {"tokens_per_s_ratio": a["tokens_per_s_ratio"] if a else None,
               "vs_lm_eval_speedup": b["vs_lm_eval_speedup"] if b else None,
               "agreement": b["comparison"]["agreement"] if b and "comparison" in b else None,
               "generate": a, "gsm8k": b, "precision": precision, "precision_evidence": why, "host": host,

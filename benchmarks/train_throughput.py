@@ -62,7 +62,8 @@ def _flops(model, encoded: list) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 packing: bool, threads: int | None, compile: bool = False) -> dict[str, Any]:
+                 packing: bool, threads: int | None, compile: bool = False,
+                 cast_frozen: bool = True) -> dict[str, Any]:
     """Train with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -77,6 +78,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     rows, encoded = common.encode_rows(train_samples, tok, max_length, packing)
     held_rows, _ = common.encode_rows(held_samples, tok, max_length, False)
     method = build_method(LORA)
+    method.frozen_cast_ok = cast_frozen  # frozen base weights stored in bf16 (bf16 runs)
     torch.manual_seed(SEED)
     net = method.apply(net)
     total = warmup + steps
@@ -99,7 +101,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     samples_seen = sum(len(rows[j].ids) for k in range(total) for j in batches.micro(k)[0])
     flops, seq = _flops(job.model, encoded)
     return {
-        "side": "tunelab", "packing": packing, "compile": compile, "precision": precision, "threads": used,
+        "side": "tunelab", "packing": packing, "compile": compile, "cast_frozen": cast_frozen, "precision": precision, "threads": used,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "last_train_loss": summary["final_loss"],
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="keep SFTConfig's default gradient checkpointing (off here: faster)")
     p.add_argument("--tunelab-compile", action="store_true", help="torch.compile tunelab's decoder layers")
+    p.add_argument("--no-cast-frozen", action="store_true",
+                   help="keep tunelab's frozen base weights in fp32 (before/after figure of that optimisation)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
     p.add_argument("--verbose", action="store_true", help="show the sides' progress and warnings (stderr)")
     args = p.parse_args(argv)
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 kw["gradient_checkpointing"] = args.trl_gradient_checkpointing
             else:
                 kw["compile"] = args.tunelab_compile
+                kw["cast_frozen"] = not args.no_cast_frozen
             print(f"[bench] repeat {rep + 1}/{args.repeats}: {side} packing={packing} {precision}", flush=True)
             run = common.run_in_subprocess(f"train_throughput:{side}_side", kw, args.threads, verbose=args.verbose)
             run["repeat"] = rep + 1

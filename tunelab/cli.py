@@ -102,7 +102,11 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    """Evaluate a model or run on tasks, with confidence intervals (per-item rows written)."""
+    """Evaluate a model or run on tasks, with confidence intervals (per-item rows written).
+
+    Task options: --task-option gsm8k.fewshot=5 --task-option judge.mode=pairwise (repeatable;
+    values parsed as YAML; a bare key=value applies to every task that takes it).
+    """
     from tunelab.eval.cli import eval_command
 
     return eval_command(a)
@@ -205,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("model", nargs="?", help="model name/dir or run folder (not needed with --predictions)"),
             p.add_argument("--tasks", "--task", dest="tasks", required=True, help="comma-separated task names"),
             p.add_argument("--limit", type=int, default=None, help="items per task"),
+            p.add_argument("--task-option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                           help="a task constructor option, value parsed as YAML (repeatable): "
+                                "gsm8k.fewshot=5, judge.mode=pairwise; a bare KEY=VALUE goes to every "
+                                "task that takes KEY; unknown options fail listing the accepted ones"),
             p.add_argument("--k", default=None, help="pass@k values to report, e.g. 1,10"),
             p.add_argument("--samples", type=int, default=1, help="completions per item"),
             p.add_argument("--temperature", type=float, default=0.0),

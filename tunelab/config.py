@@ -146,6 +146,10 @@ class TrainConfig:
 class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     """Evaluation tasks (``tunelab ls tasks``)."""
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Constructor options per task, e.g. ``{gsm8k: {fewshot: 5}, judge: {mode: single, turns: 2}}``
+    (as ``tunelab eval --task-option gsm8k.fewshot=5``; override with ``eval.task_options.gsm8k.fewshot=5``).
+    Each key must be a task of ``tasks``; an option the task does not take fails, listing the accepted ones."""
     limit: int | None = 200
     """Items per task (None: all)."""
     baseline: bool = True

@@ -155,3 +155,98 @@ def test_errors(capsys: pytest.CaptureFixture) -> None:
     assert "unknown eval task" in capsys.readouterr().err
     assert main(["eval", "--tasks", "arith"]) == 2
     assert "--predictions" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- task options
+
+
+def test_parse_task_options() -> None:
+    from tunelab.eval.tasks.base import parse_task_options
+
+    opts = parse_task_options(
+        [
+            "gsm8k.fewshot=5",
+            "judge.categories=[math, coding]",
+            "judge.mode=pairwise",
+            "arith.big=true",
+            "path=x.jsonl",
+        ],
+        ["gsm8k", "judge", "arith"],
+    )
+    # values are YAML; a bare key goes to every task whose constructor names it (not to **options families)
+    assert opts == {
+        "gsm8k": {"fewshot": 5, "path": "x.jsonl"},
+        "judge": {"categories": ["math", "coding"], "mode": "pairwise"},
+        "arith": {"big": True},
+    }
+    assert parse_task_options([], ["gsm8k"]) == {}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gsm8k.shots=5", "task 'gsm8k': unknown option(s) shots; accepted options: fewshot, path, train_path"),
+    ("mbpp.fewshot=5", "task 'mbpp' is not among the tasks (gsm8k, judge)"),
+    ("shots=5", "no task takes 'shots' (accepted options: gsm8k: fewshot, path, train_path; judge: mode,"),
+    ("fewshot", "expected task.key=value"),
+])  # fmt: skip
+def test_unknown_task_options_fail_naming_the_task(spec: str, message: str) -> None:
+    from tunelab.eval.tasks.base import TaskOptionError, parse_task_options
+
+    with pytest.raises(TaskOptionError) as e:
+        parse_task_options([spec], ["gsm8k", "judge"])
+    assert message in str(e.value)
+
+
+def test_get_task_checks_options_against_the_constructor() -> None:
+    from tunelab.eval.tasks.base import TaskOptionError, get_task
+
+    assert get_task("gsm8k", fewshot=3).fewshot == 3 and get_task("nlp_mc", split="ood").split == "ood"
+    assert get_task("arith", big=True).family.options == {"big": True}  # families take any option
+    with pytest.raises(TaskOptionError, match="task 'nlp_mc': unknown option.*accepted options: split"):
+        get_task("nlp_mc", splits="ood")
+
+
+def test_task_options_from_the_command_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    test = _jsonl(tmp_path / "test.jsonl", _gsm8k_rows(3)[1:])  # a two-item test file via the `path` option
+    answers = [r["answer"].split("####")[-1].strip() for r in _gsm8k_rows(3)[1:]]
+    preds = _jsonl(
+        tmp_path / "p.jsonl", [{"id": 0, "completion": f"#### {answers[0]}"}, {"id": 1, "completion": "0"}]
+    )
+    args = ["eval", "--tasks", "gsm8k", "--predictions", str(preds), "--out", str(tmp_path / "o"), "--json"]
+    assert main([*args, "--task-option", f"gsm8k.path={test}", "--task-option", "fewshot=2"]) == 0
+    result = json.loads(capsys.readouterr().out)["gsm8k"]
+    assert result["n"] == 2 and result["exact_match_strict"] == 0.5
+    assert main([*args, "--task-option", "gsm8k.shots=5"]) == 2
+    err = capsys.readouterr().err
+    assert "task 'gsm8k': unknown option(s) shots; accepted options: fewshot, path, train_path" in err
+    assert main([*args, "--task-option", "judge.mode=single"]) == 2
+    assert "task 'judge' is not among the tasks (gsm8k)" in capsys.readouterr().err
+
+
+def test_judge_options_from_the_command_line(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Both turns through the CLI with a local judge (the tiny model: it never writes a grade)."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    questions = _jsonl(tmp_path / "question.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["Hi?", "And then?"]},
+        {"question_id": 2, "category": "math", "turns": ["1+1?", "Times 3?"], "reference": ["2", "6"]},
+        {"question_id": 3, "category": "roleplay", "turns": ["Be a cat."]},
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    args = ["eval", str(tiny_dir), "--tasks", "judge", "--max-new-tokens", "4", "--out", str(out), "--json"]
+    opts = [f"judge.questions={questions}", f"judge.judge={tiny_dir}", "judge.max_judge_tokens=4"]
+    assert main([*args, *(x for o in opts for x in ("--task-option", o))]) == 0
+    result = json.loads(capsys.readouterr().out)["judge"]
+    assert result["parse_failure_rate"] == 1.0 and result["parse_failure_rate_ci"][1] == 1.0
+    assert result["score_turn1_ci"] and result["score_turn2_ci"]  # reported, with no parsed grade (NaN)
+    rows = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
+    assert [len(r["answers"]) for r in rows] == [2, 2, 1] and [r["turns"] for r in rows] == [2, 2, 1]
+    assert [len(r["judgements"]) for r in rows] == [2, 2, 1] and all(
+        r["parse_failures"] == r["turns"] for r in rows
+    )
+    assert (
+        main([*args, "--task-option", f"judge.questions={questions}", "--task-option", "judge.turns=3"]) == 2
+    )
+    assert "judge turns must be 1 or 2, got 3" in capsys.readouterr().err

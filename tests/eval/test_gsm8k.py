@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -88,10 +90,52 @@ def test_items_zero_shot_and_fewshot(data_dir: Path) -> None:
     fitems = few.items(2, seed=0)
     prompt = fitems[0].prompt
     assert isinstance(prompt, str) and prompt.count("Question:") == 4 and prompt.endswith("Answer:")
-    assert prompt == few.items(2, seed=99)[0].prompt  # shots are fixed, not seed-dependent
+    assert [it.prompt for it in fitems] == [it.prompt for it in few.items(2, seed=99)]  # not seed-dependent
     cfg = few.generation_config(None)
-    assert "Question:" in cfg.stop and cfg.max_new_tokens == 512
+    assert cfg.stop == ["Question:", "</s>", "<|im_end|>", "\n\n\n"] and cfg.max_new_tokens == 512
     assert task.generation_config(None).stop == []
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_fewshot_prompts_are_lm_eval_s(data_dir: Path) -> None:
+    """lm-eval 0.4.x: one Random(1234) draws 5 fresh train examples per test item, in item order."""
+    train, test = _read(data_dir / "gsm8k" / "train.jsonl"), _read(data_dir / "gsm8k" / "test.jsonl")
+    rnd = random.Random(1234)
+    expected = []
+    for row in test[:3]:
+        shots = rnd.sample(train, 5)
+        block = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in shots)
+        expected.append(f"{block}Question: {row['question']}\nAnswer:")
+    task = GSM8K(fewshot=5)
+    prompts = [it.prompt for it in task.items(3, seed=0)]
+    assert prompts == expected
+    assert len({p.split("Question:")[1] for p in prompts}) == 3  # fresh shots per item, not one fixed set
+    # item i's prompt depends on the draws for items 0..i only, never on --limit
+    assert [it.prompt for it in task.items(50, seed=0)][:3] == prompts
+    assert task.items(None, seed=0)[2].prompt == prompts[2]
+
+
+def test_fewshot_prompts_match_lm_eval_itself(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The real lm-eval (when installed) builds the same contexts for the first items, offline."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    peer = data_dir.parent / "peers" / "lm-eval" / "gsm8k_local.yaml.in"  # shared/peers beside shared/data
+    if not peer.is_file():
+        pytest.skip(f"lm-eval task definition not found: {peer}")
+    (tmp_path / "gsm8k_local.yaml").write_text(peer.read_text().replace("DATA_DIR", str(data_dir / "gsm8k")))
+    lm_task = get_task_dict(["gsm8k_local"], TaskManager(include_path=str(tmp_path)))["gsm8k_local"]
+    lm_task.set_fewshot_seed(1234)
+    lm_task.build_all_requests(limit=8, rank=0, world_size=1)
+    contexts = {inst.doc_id: inst.args[0] for inst in lm_task.instances}
+    assert [contexts[i] for i in range(8)] == [it.prompt for it in GSM8K(fewshot=5).items(8, seed=0)]
+    assert lm_task.config.generation_kwargs["until"] == GSM8K(fewshot=5).stop[:3]
 
 
 class _AnswerHalf:

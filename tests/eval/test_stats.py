@@ -111,6 +111,18 @@ def test_bootstrap_ci_is_seeded_and_accepts_any_stat() -> None:
         stats.bootstrap_ci([])
 
 
+def test_clustered_mean_pools_values_and_resamples_groups() -> None:
+    # one value per group: the same as the plain bootstrap
+    assert stats.clustered_mean([[1.0], [2.0], [3.0], [7.0]]) == stats.bootstrap_ci([1.0, 2.0, 3.0, 7.0])
+    s = stats.clustered_mean([[9.0, 6.0], [9.0], [], [9.0]])
+    assert _is_score(s) and s["value"] == pytest.approx(33 / 4) and s["n"] == 4
+    # a resample holds whole groups, so its pooled mean is never below 7.5 (the first group alone)
+    assert 7.5 <= s["ci"][0] < s["ci"][1] <= 9.0
+    assert stats.bootstrap_ci([9.0, 6.0, 9.0, 9.0])["ci"][0] < 7.5  # resampling values reaches 6
+    empty = stats.clustered_mean([[], []])
+    assert empty["n"] == 0 and math.isnan(empty["value"])
+
+
 def test_proportion_score_picks_method() -> None:
     assert stats.proportion_score([True, False, True, True]) == stats.wilson(3, 4)
     partial = stats.proportion_score([0.5, 1.0, 0.0, 0.25])

@@ -4,6 +4,11 @@ Per-item rows go to ``<out>/<task>.jsonl`` and the scores to ``<out>/scores.json
 ``<out>`` is ``<run>/eval/cli/`` for a run folder, else ``runs/eval/<model-name>/``. With ``--json``
 stdout carries only ``{task: {metric: value, metric_ci: [lo, hi], ..., "n": n}}`` (code tasks add
 ``"isolation"``); everything else goes to stderr.
+
+``--task-option task.key=value`` (repeatable; the value is parsed as YAML) passes a constructor
+option to one task, e.g. ``gsm8k.fewshot=5`` or ``judge.mode=pairwise``; a bare ``key=value`` goes
+to every named task whose constructor takes ``key``. An option no constructor takes is an error
+listing the accepted ones (recipes: ``eval.task_options``, checked the same way).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from tunelab.data.formats import DataError
 from tunelab.eval.harness import EvalResult, evaluate, write_jsonl
-from tunelab.eval.tasks.base import EvalItem, EvalTask, get_task
+from tunelab.eval.tasks.base import EvalItem, EvalTask, get_task, parse_task_options
 from tunelab.sandbox import SandboxUnavailable
 
 ID_KEYS = ("task_id", "id", "question_id")
@@ -31,9 +36,9 @@ def register_tasks() -> None:
     import tunelab.eval.tasks  # noqa: F401  (imports every task module)
 
 
-def make_task(name: str, k: str | None = None) -> EvalTask:
-    """A task by name; ``k`` (``"1,10"``) sets the pass@k values of code tasks."""
-    task = get_task(name)
+def make_task(name: str, k: str | None = None, options: dict[str, Any] | None = None) -> EvalTask:
+    """A task by name, built with constructor ``options``; ``k`` (``"1,10"``) sets code tasks' pass@k values."""
+    task = get_task(name, **(options or {}))
     if k and hasattr(task, "ks"):
         from tunelab.eval.tasks.code_exec import parse_ks
 
@@ -86,12 +91,23 @@ def prediction_item_id(
     raise DataError(f"{where}: no id ({', '.join(ID_KEYS)}) and no 'question' to match the row to an item")
 
 
+def _row_turns(row: dict[str, Any], where: str) -> list[str] | None:
+    """A predictions row's answer to each turn (``turns``, multi-turn tasks), or None."""
+    answered = row.get("turns")
+    if answered is None:
+        return None
+    if not isinstance(answered, list) or not answered or not all(isinstance(t, str) for t in answered):
+        raise DataError(f"{where}: field 'turns': expected a list of strings (the answer to each turn)")
+    return answered
+
+
 def score_predictions(
     task: EvalTask, path: str | Path, *, limit: int | None = None, seed: int = 1234, out: Path | None = None
 ) -> EvalResult:
     """Score completions produced elsewhere; several rows with one id are that item's samples.
 
-    Only items with predictions are scored (in the task's item order, at most ``limit``).
+    Only items with predictions are scored (in the task's item order, at most ``limit``). For
+    multi-turn tasks (``judge``) a row may give the answer to every turn as ``turns: [...]``.
     """
     if getattr(task, "kind", "generate") != "generate":
         raise DataError(f"task {task.name!r} scores log-likelihoods; it cannot score a predictions file")
@@ -102,8 +118,13 @@ def score_predictions(
         if isinstance(it.meta.get("question"), str)
     }
     grouped: dict[str, list[str]] = {}
+    turns: dict[str, list[str]] = {}
     for where, row in read_predictions(path):
         item_id = prediction_item_id(row, items, by_question, where)
+        answered = _row_turns(row, where)
+        if answered:
+            turns.setdefault(item_id, answered)
+            row.setdefault("completion", answered[0])
         if not isinstance(row.get("completion"), str):
             raise DataError(f"{where}: field 'completion': expected a string")
         grouped.setdefault(item_id, []).append(row["completion"])
@@ -111,10 +132,17 @@ def score_predictions(
     comps = [grouped[it.id] for it in chosen]
     t0 = time.perf_counter()
     batch = getattr(task, "score_batch", None)
-    scored = batch(chosen, comps) if batch else [task.score(it, c) for it, c in zip(chosen, comps)]
+    answers = (
+        [turns.get(it.id, c[:1]) for it, c in zip(chosen, comps)] if hasattr(task, "follow_up") else None
+    )
+    if answers is not None:
+        scored = batch(chosen, comps, answers)
+    else:
+        scored = batch(chosen, comps) if batch else [task.score(it, c) for it, c in zip(chosen, comps)]
     rows = [
         {"id": it.id, **s, "completion": c[0], **({"completions": c} if len(c) > 1 else {})}
-        for it, s, c in zip(chosen, scored, comps)
+        | ({"answers": answers[i]} if answers is not None else {})
+        for i, (it, s, c) in enumerate(zip(chosen, scored, comps))
     ]
     if out is not None:
         write_jsonl(out, rows)
@@ -228,7 +256,8 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, EvalTask], Path]:
     register_tasks()
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    tasks = {n: make_task(n, args.k) for n in names}
+    options = parse_task_options(getattr(args, "task_option", None) or [], names)
+    tasks = {n: make_task(n, args.k, options.get(n)) for n in names}
     if args.predictions:
         if len(tasks) != 1:
             raise ValueError("--predictions scores one task at a time; name exactly one in --tasks")

@@ -4,9 +4,13 @@
   the judge a reference answer when one exists.
 * Pairwise: A vs B, asked in both orders; a verdict that flips with the order counts as a tie, and
   the share of order-consistent verdicts is reported (``position_consistency``).
+* Later turns (MT-Bench's second question), as MT-Bench's multi-turn judge prompts do: the judge
+  sees the whole conversation and grades the reply to the last question; with references, the
+  reference answers of every turn so far are shown; pairwise shows each assistant's own
+  conversation (A's and B's earlier replies differ). Its own prompt versions (``*-multi-v1``).
 * Length control: a logistic regression of the outcome (win 1, tie 0.5, loss 0) on the log length
   ratio ``log(len_a / len_b)``; the length-controlled win rate is the fitted win probability at
-  equal lengths, ``sigmoid(intercept)``, with a bootstrap CI over questions.
+  equal lengths, ``sigmoid(intercept)``, with a bootstrap CI over the judged (question, turn) pairs.
 
 Every judgement keeps the judge's fingerprint, the prompt version (the wording below is ours and
 versioned) and the raw response; unparseable responses are counted, never guessed. Judges favour
@@ -22,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.eval.stats import bootstrap_ci, proportion_score
+from tunelab.eval.stats import bootstrap_ci, clustered_mean, proportion_score
 from tunelab.generate.base import GenerationConfig, Generator
 
 SINGLE_PROMPT_VERSION = "tunelab-judge-single-v1"
 PAIR_PROMPT_VERSION = "tunelab-judge-pair-v1"
+SINGLE_MULTI_PROMPT_VERSION = "tunelab-judge-single-multi-v1"
+PAIR_MULTI_PROMPT_VERSION = "tunelab-judge-pair-multi-v1"
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 
 SYSTEM = "You are a careful and impartial evaluator of answers written by AI assistants."
@@ -51,6 +57,28 @@ Consider correctness, helpfulness, relevance, detail and clarity. Do not let the
 
 Write a short justification, then end with exactly one verdict: [[A]] if A is better, [[B]] if B is better, [[C]] if they are equally good."""
 REF_NOTE = " A reference answer is given; an answer that contradicts it on facts or results is wrong."
+SINGLE_MULTI_TEMPLATE = """Grade the assistant's reply to the {ordinal} user question in the conversation below; the earlier exchanges are context.
+Consider whether it is correct, helpful, relevant, sufficiently detailed and clear, and whether it follows up on the conversation as asked. Length alone is not a merit.{ref_note}{reference}
+
+[Conversation]
+{conversation}
+[End of conversation]
+
+Write a short justification, then give your grade for the reply to the {ordinal} question from 1 (worst) to 10 (best) on the last line, exactly in this form: Rating: [[N]]"""
+PAIR_MULTI_TEMPLATE = """Two AI assistants held a conversation with a user who asked both the same questions; each assistant replied in its own conversation. Decide which assistant's reply to the {ordinal} user question serves the user better; the earlier exchanges are context.
+Consider correctness, helpfulness, relevance, detail and clarity. Do not let the order of the assistants, the length of their replies or their names sway you.{ref_note}{reference}
+
+[Conversation of assistant A]
+{conversation_a}
+[End of conversation A]
+
+[Conversation of assistant B]
+{conversation_b}
+[End of conversation B]
+
+Write a short justification, then end with exactly one verdict: [[A]] if A is better, [[B]] if B is better, [[C]] if they are equally good."""
+REF_NOTE_MULTI = " Reference answers are given; an answer that contradicts them on facts or results is wrong."
+ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 _RATING_PATTERNS = [re.compile(p, re.I) for p in (
     r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]\]",
@@ -128,31 +156,46 @@ def circularity_warning(judge_family: str, data_generator_family: str | None) ->
 # ----------------------------------------------------------------------------- prompts
 
 
-def render_conversation(turns: list[str], answers: list[str]) -> str:
-    """User turns interleaved with assistant answers (as many answers as given)."""
+def render_conversation(turns: list[str], answers: list[str], speaker: str = "Assistant") -> str:
+    """User turns interleaved with ``speaker``'s answers (as many answers as given)."""
     parts = []
     for i, user in enumerate(turns):
         parts.append(f"[User]\n{user}")
         if i < len(answers):
-            parts.append(f"[Assistant]\n{answers[i]}")
+            parts.append(f"[{speaker}]\n{answers[i]}")
     return "\n\n".join(parts)
 
 
+def _ordinal(turn: int) -> str:
+    return ORDINALS[turn] if turn < len(ORDINALS) else f"number {turn + 1}"
+
+
 def _reference_block(question: dict[str, Any], turn: int) -> str:
+    """The reference answer to ``turn`` (first turn) or the reference conversation up to it, else ""."""
     ref = question.get("reference")
     if question.get("category") not in REFERENCE_CATEGORIES or not ref or turn >= len(ref):
         return ""
-    return f"\n\n[Reference answer to the last user message]\n{ref[turn]}\n[End of reference answer]"
+    if turn == 0:
+        return f"\n\n[Reference answer to the last user message]\n{ref[0]}\n[End of reference answer]"
+    convo = render_conversation(question["turns"][: turn + 1], ref[: turn + 1], "Reference answer")
+    return f"\n\n[Reference answers]\n{convo}\n[End of reference answers]"
 
 
 def single_prompt(question: dict[str, Any], answers: list[str], turn: int = 0) -> list[dict[str, str]]:
-    """Judge messages to grade ``answers[turn]`` (the conversation up to that turn is shown)."""
+    """Judge messages to grade ``answers[turn]``; later turns show the whole conversation up to ``turn``."""
     ref = _reference_block(question, turn)
-    text = SINGLE_TEMPLATE.format(
-        ref_note=REF_NOTE if ref else "",
-        reference=ref,
-        conversation=render_conversation(question["turns"][: turn + 1], answers[: turn + 1]),
-    )
+    conversation = render_conversation(question["turns"][: turn + 1], answers[: turn + 1])
+    if turn == 0:
+        text = SINGLE_TEMPLATE.format(
+            ref_note=REF_NOTE if ref else "", reference=ref, conversation=conversation
+        )
+    else:
+        text = SINGLE_MULTI_TEMPLATE.format(
+            ordinal=_ordinal(turn),
+            ref_note=REF_NOTE_MULTI if ref else "",
+            reference=ref,
+            conversation=conversation,
+        )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
@@ -161,17 +204,26 @@ def pair_prompt(
 ) -> list[dict[str, str]]:
     """Judge messages comparing ``answers_a[turn]`` with ``answers_b[turn]`` (A shown first).
 
-    Earlier turns are shown with A's answers (as in a shared conversation history).
+    For later turns each assistant's own conversation (its earlier answers) is shown in full.
     """
     ref = _reference_block(question, turn)
-    convo = render_conversation(question["turns"][: turn + 1], answers_a[:turn])
-    text = PAIR_TEMPLATE.format(
-        ref_note=REF_NOTE if ref else "",
-        reference=ref,
-        conversation=convo,
-        answer_a=answers_a[turn],
-        answer_b=answers_b[turn],
-    )
+    if turn == 0:
+        text = PAIR_TEMPLATE.format(
+            ref_note=REF_NOTE if ref else "",
+            reference=ref,
+            conversation=render_conversation(question["turns"][:1], []),
+            answer_a=answers_a[0],
+            answer_b=answers_b[0],
+        )
+    else:
+        turns = question["turns"][: turn + 1]
+        text = PAIR_MULTI_TEMPLATE.format(
+            ordinal=_ordinal(turn),
+            ref_note=REF_NOTE_MULTI if ref else "",
+            reference=ref,
+            conversation_a=render_conversation(turns, answers_a[: turn + 1], "Assistant A"),
+            conversation_b=render_conversation(turns, answers_b[: turn + 1], "Assistant B"),
+        )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
@@ -194,7 +246,7 @@ class Judge:
         return [c[0] for c in self.generator.generate(prompts, cfg)] if prompts else []
 
     def single(self, questions: list[dict[str, Any]], answers: list[list[str]], turn: int = 0) -> list[dict]:
-        """Grade each question's answer at ``turn``; one record per question."""
+        """Grade each question's answer at ``turn`` (0-based; records say ``turn`` 1, 2, ...); one record per question."""
         raws = self._ask([single_prompt(q, a, turn) for q, a in zip(questions, answers)])
         records = []
         for q, raw in zip(questions, raws):
@@ -202,13 +254,13 @@ class Judge:
             records.append(
                 {
                     "id": str(q["id"]),
-                    "turn": turn,
+                    "turn": turn + 1,
                     "category": q.get("category", ""),
                     "rating": rating,
                     "parse_failed": rating is None,
                     "reference_used": bool(_reference_block(q, turn)),
                     "judge": self.generator.fingerprint,
-                    "prompt_version": SINGLE_PROMPT_VERSION,
+                    "prompt_version": SINGLE_PROMPT_VERSION if turn == 0 else SINGLE_MULTI_PROMPT_VERSION,
                     "raw": raw,
                 }
             )
@@ -233,13 +285,13 @@ class Judge:
             records.append(
                 {
                     "id": str(q["id"]),
-                    "turn": turn,
+                    "turn": turn + 1,
                     "category": q.get("category", ""),
                     **rec,
                     "len_a": len(a[turn]),
                     "len_b": len(b[turn]),
                     "judge": self.generator.fingerprint,
-                    "prompt_version": PAIR_PROMPT_VERSION,
+                    "prompt_version": PAIR_PROMPT_VERSION if turn == 0 else PAIR_MULTI_PROMPT_VERSION,
                     "raw_ab": raw_ab,
                     "raw_ba": raw_ba,
                 }
@@ -310,6 +362,36 @@ def summarize_pairwise(records: list[dict]) -> dict[str, dict]:
             [OUTCOME[r["winner"]] for r in ok], [r["len_a"] for r in ok], [r["len_b"] for r in ok]
         )
     return out
+
+
+def summarize_turns(judgements: list[list[dict]], mode: str = "single") -> dict[str, dict]:
+    """Scores of questions judged turn by turn (``judgements[i]``: question i's records, one per turn).
+
+    Single: ``rating``, the mean of every parsed grade of every turn (MT-Bench's overall score), and
+    ``score_turn<t>`` per turn; pairwise: ``win_rate`` over every turn's verdict and
+    ``win_rate_turn<t>``. The overall CI resamples questions with their turns (:func:`clustered_mean`);
+    per-turn CIs resample questions. Parse failures, tie rate, position consistency and the
+    length-controlled win rate are over all judged turns.
+    """
+    flat = [r for rs in judgements for r in rs]
+    if mode == "single":
+        rest, name, per_turn = summarize_single(flat), "rating", "score_turn"
+
+        def value(r: dict) -> float | None:
+            return r.get("rating")
+
+    else:
+        rest, name, per_turn = summarize_pairwise(flat), "win_rate", "win_rate_turn"
+
+        def value(r: dict) -> float | None:
+            return OUTCOME.get(r["winner"])
+
+    out = {name: clustered_mean([[v for r in rs if (v := value(r)) is not None] for rs in judgements])}
+    for t in sorted({r["turn"] for r in flat}):
+        out[f"{per_turn}{t}"] = _mean_score(
+            [v for r in flat if r["turn"] == t and (v := value(r)) is not None]
+        )
+    return {**out, **{k: v for k, v in rest.items() if k != name}}
 
 
 def _logistic_intercept(x: np.ndarray, y: np.ndarray, ridge: float = 1e-2, iters: int = 50) -> float:

@@ -5,7 +5,8 @@ Every score is a plain dict with the project-wide shape ``{"value": float, "ci":
 
 Methods:
     * Binary proportions: Wilson score interval (good coverage at small n and near 0/1).
-    * Anything else: percentile bootstrap over items (seeded, so results are reproducible).
+    * Anything else: percentile bootstrap over items (seeded, so results are reproducible); values
+      grouped by item (an MT-Bench question's turns) resample whole items (:func:`clustered_mean`).
     * pass@k: the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``, computed as
       a product so it never overflows; the CI is a bootstrap over problems.
     * Paired binary outcomes (same items, two systems): exact McNemar test on the discordant pairs and
@@ -118,6 +119,40 @@ def bootstrap_ci(
     alpha = 1.0 - confidence
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return _score(value, lo, hi, arr.size)
+
+
+def clustered_mean(
+    groups: Sequence[Sequence[float]], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> Score:
+    """Mean of all values, with a percentile bootstrap CI that resamples whole groups.
+
+    Values of one group (the turns of one question) are correlated, so the groups are resampled,
+    not the values; each resample's statistic is its pooled mean ``sum / count``. Empty groups are
+    left out.
+
+    Args:
+        groups: Per-item lists of values.
+        confidence: Two-sided confidence level.
+        n_boot: Number of bootstrap resamples.
+        seed: Seed of the resampling RNG.
+
+    Returns:
+        Score with ``value`` = the mean of all values and ``n`` = their number; for no values, NaN
+        value and CI with ``n`` 0.
+    """
+    kept = [g for g in groups if len(g)]
+    if not kept:
+        return _score(math.nan, math.nan, math.nan, 0)
+    sums = np.array([float(np.sum(g)) for g in kept])
+    counts = np.array([len(g) for g in kept], dtype=float)
+
+    def pooled(idx: np.ndarray, axis: int | None = None) -> Any:
+        idx = idx.astype(int)
+        return sums[idx].sum(axis=axis) / counts[idx].sum(axis=axis)
+
+    score = bootstrap_ci(np.arange(len(kept)), pooled, confidence=confidence, n_boot=n_boot, seed=seed)
+    score["n"] = int(counts.sum())
+    return score
 
 
 def proportion_score(flags: Sequence[bool | int | float], confidence: float = 0.95) -> Score:

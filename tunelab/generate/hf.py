@@ -1,17 +1,28 @@
 """Local transformers generation: batched, left-padded, KV cache, greedy or sampling.
 
 Prompts are sorted by length so each batch pads little; results come back in order.
+
+Decoding runs its own loop (``_decode``) rather than ``model.generate``: a row leaves the batch
+(its KV cache rows are dropped) as soon as it emits an end-of-sequence token or a stop string,
+so the cost follows the tokens actually generated, not the longest completion of the batch.
+Stop strings are checked on the decoded tail of each row (a few tokens), never the whole text.
+Greedy decoding gives the same tokens as ``generate`` (tested). Prompt-learning peft models
+(prefix/prompt tuning, whose virtual tokens live in ``prepare_inputs_for_generation``) keep
+``model.generate``.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import math
+from collections import deque
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, render_prompt
 
@@ -28,11 +39,69 @@ def fingerprint(model: nn.Module, tok) -> str:
     return h.hexdigest()[:16]
 
 
+def _is_prompt_learning(model: nn.Module) -> bool:
+    configs = getattr(model, "peft_config", None) or {}
+    return any(getattr(c, "is_prompt_learning", False) for c in configs.values())
+
+
+def pick_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Next token per row: argmax (temperature 0) or a nucleus sample. ``logits``: (B, V) fp32."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    if cfg.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > cfg.top_p  # mass before this token already > top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        return order.gather(-1, torch.multinomial(sorted_p, 1, generator=gen)).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+class GrowingLayer(DynamicLayer):
+    """A KV cache layer that appends into spare columns and hands attention a view.
+
+    transformers' ``DynamicLayer`` concatenates at every step, copying the whole cache each time
+    (on CPU that copy costs more than the attention that reads it).
+    """
+
+    def hold(self, k: torch.Tensor, v: torch.Tensor, spare: int = 128) -> GrowingLayer:
+        b, h, t, d = k.shape
+        self._k, self._v = k.new_empty(b, h, t + spare, d), v.new_empty(b, h, t + spare, v.shape[3])
+        self._k[:, :, :t], self._v[:, :, :t] = k, v
+        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
+        self.device, self.is_initialized = k.device, True
+        return self
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        t, new = self.keys.shape[2], key_states.shape[2]
+        if t + new > self._k.shape[2]:
+            self.hold(self.keys, self.values, spare=max(128, t // 4, new))
+        self._k[:, :, t : t + new], self._v[:, :, t : t + new] = key_states, value_states
+        self.keys, self.values = self._k[:, :, : t + new], self._v[:, :, : t + new]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        t = self.keys.shape[2]
+        self._k, self._v = self._k[indices], self._v[indices]
+        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first ``n`` columns (padding in every row)."""
+        self._k, self._v = self._k[:, :, n:], self._v[:, :, n:]
+        self.keys, self.values = self.keys[:, :, n:], self.values[:, :, n:]
+
+
+def _left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, H, width, D), zeros in front."""
+    return nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) if t.shape[2] < width else t
+
+
 class HFGenerator:
     """Batched generation with a local (possibly peft-wrapped) transformers model."""
 
-    def __init__(self, model: nn.Module, tok, batch_size: int = 16, precision: str = "fp32",
-                 progress: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, tok, batch_size: int = 16, precision: str = "fp32", progress: bool = True
+    ) -> None:
         self.tok, self.batch_size, self.progress = tok, batch_size, progress
         self.precision = precision
         self.device = next(model.parameters()).device
@@ -43,6 +112,13 @@ class HFGenerator:
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
             model = copy.deepcopy(model).to(torch.bfloat16)
         self.model = model.eval()
+        self._own_loop = not _is_prompt_learning(model)
+        self._plain: bool | None = None
+        self.generated_tokens = 0
+        """Tokens generated so far (end-of-sequence tokens included), for throughput figures."""
+        self._cache_kw = (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -58,25 +134,200 @@ class HFGenerator:
         texts = [self.render(p) for p in prompts]
         ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        if self._own_loop and self._plain_cache():
+            return self._continuous(ids, order, cfg)
         out: list[list[str]] = [[] for _ in prompts]
         bs = max(1, self.batch_size // max(1, cfg.n))
         steps = range(0, len(order), bs)
+        batch = self._decode if self._own_loop else self._hf_generate
         for start in tqdm(steps, desc="generate", disable=not self.progress or len(steps) < 2, leave=False):
             chunk = order[start : start + bs]
-            for i, texts_i in zip(chunk, self._batch([ids[i] for i in chunk], cfg)):
+            for i, texts_i in zip(chunk, batch([ids[i] for i in chunk], cfg)):
                 out[i] = texts_i
         return out
 
-    def _batch(self, batch_ids: list[list[int]], cfg: GenerationConfig) -> list[list[str]]:
+    def _plain_cache(self) -> bool:
+        """Whether every layer's KV cache is a plain growing one (rows can be merged and dropped)."""
+        if self._plain is None:
+            layers = getattr(DynamicCache(config=self.model.config), "layers", None)
+            self._plain = bool(layers) and all(type(x) is DynamicLayer for x in layers)
+        return self._plain
+
+    def _prefill_one(self, ids: list[int]) -> tuple[object, torch.Tensor]:
+        """KV cache and last-position logits of one prompt, alone (no padding, no mask)."""
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        return cache, out.logits[:, -1].float()
+
+    def _continuous(self, ids: list[list[int]], order: list[int], cfg: GenerationConfig) -> list[list[str]]:
+        """Continuous batching: finished rows leave, queued prompts join once half the rows are free.
+
+        Each prompt is prefilled alone (no padding: the causal attention kernel, no mask) and its
+        KV cache joins the running batch left-padded to the batch's length; ``n`` samples share one
+        prefill. Columns that only hold padding are trimmed as rows leave.
+        """
+        n, cap = cfg.n, max(self.batch_size, cfg.n)
+        queue = deque(order)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
+        eos = set(self._eos_ids())
+        stops = [s for s in cfg.stop if s]
+        tail = max((len(s) for s in stops), default=0) + 4  # tokens enough to hold a stop string
+        tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in ids]
+        live: list[tuple[int, int]] = []  # (prompt, sample) of each batch row
+        left = [n] * len(ids)  # samples still running per prompt
+        cache, mask, next_pos, logits = None, None, None, None
+        bar = tqdm(total=len(ids), desc="generate", disable=not self.progress or len(ids) < 2, leave=False)
+        while queue or live:
+            if queue and len(live) <= cap // 2:  # admit
+                parts = [] if cache is None else [(cache, mask, next_pos, logits)]
+                while queue and len(live) + n <= cap:
+                    p = queue.popleft()
+                    c, lg = self._prefill_one(ids[p])
+                    if n > 1:
+                        c.batch_repeat_interleave(n)
+                    length = len(ids[p])
+                    m = torch.ones(n, length, dtype=torch.long, device=self.device)
+                    parts.append((c, m, torch.full((n,), length, device=self.device), lg.expand(n, -1)))
+                    live += [(p, s) for s in range(n)]
+                width = max(part[1].shape[1] for part in parts)
+                cache = DynamicCache(config=self.model.config)
+                for i in range(len(cache.layers)):
+                    olds = [part[0].layers[i] for part in parts]
+                    cache.layers[i] = GrowingLayer().hold(
+                        torch.cat([_left_pad_kv(o.keys, width) for o in olds]),
+                        torch.cat([_left_pad_kv(o.values, width) for o in olds]),
+                    )
+                mask = torch.cat(
+                    [nn.functional.pad(part[1], (width - part[1].shape[1], 0)) for part in parts]
+                )
+                next_pos = torch.cat([part[2] for part in parts])
+                logits = torch.cat([part[3] for part in parts])
+            picked = pick_tokens(logits, cfg, gen)
+            self.generated_tokens += len(live)
+            keep = []
+            for j, t in enumerate(picked.tolist()):
+                p, s = live[j]
+                row = tokens[p][s]
+                if t not in eos:
+                    row.append(t)
+                    stopped = stops and any(x in self.tok.decode(row[-tail:]) for x in stops)
+                    if not stopped and len(row) < cfg.max_new_tokens:
+                        keep.append(j)
+                        continue
+                left[p] -= 1
+                bar.update(left[p] == 0)
+            if len(keep) < len(live):
+                idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(idx)
+                picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
+                live = [live[j] for j in keep]
+                if not live:
+                    cache = None
+                    continue
+                lead = int((mask.sum(0) == 0).long().cumprod(0).sum())  # columns of padding only
+                if lead:
+                    for layer in cache.layers:
+                        layer.drop_front(lead)
+                    mask = mask[:, lead:]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            out = self.model(
+                input_ids=picked[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
+            logits, next_pos = out.logits[:, -1].float(), next_pos + 1
+        bar.close()
+        return [
+            [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(rows, skip_special_tokens=True)]
+            for rows in tokens
+        ]
+
+    def _left_pad(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, batch_ids))
-        pad = self.tok.pad_token_id
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device)
+        return input_ids, mask
+
+    def _decode(self, batch_ids: list[list[int]], cfg: GenerationConfig) -> list[list[str]]:
+        """Prefill the left-padded batch once, then decode; finished rows leave the batch."""
+        input_ids, mask = self._left_pad(batch_ids)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate() does
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        logits = out.logits[:, -1].float()
+        next_pos = pos[:, -1] + 1
+        if cfg.n > 1:  # n samples per prompt share one prefill
+            cache.batch_repeat_interleave(cfg.n)
+            logits, mask, next_pos = (t.repeat_interleave(cfg.n, 0) for t in (logits, mask, next_pos))
+        gen = None
+        if cfg.temperature > 0:
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        eos = set(self._eos_ids())
+        tail = max((len(s) for s in cfg.stop if s), default=0) + 4  # tokens enough to contain a stop
+        live = list(range(len(batch_ids) * cfg.n))  # output row of each batch row
+        tokens: list[list[int]] = [[] for _ in live]
+        for step in range(cfg.max_new_tokens):
+            picked = pick_tokens(logits, cfg, gen)
+            self.generated_tokens += len(live)
+            keep = []
+            for j, t in enumerate(picked.tolist()):
+                row = tokens[live[j]]
+                if t in eos:
+                    continue
+                row.append(t)
+                if tail > 4 and any(s in self.tok.decode(row[-tail:]) for s in cfg.stop if s):
+                    continue
+                keep.append(j)
+            if not keep or step == cfg.max_new_tokens - 1:
+                break
+            if len(keep) < len(live):
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
+                live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            out = self.model(
+                input_ids=picked[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
+            logits = out.logits[:, -1].float()
+            next_pos = next_pos + 1
+        texts = [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(tokens, skip_special_tokens=True)]
+        return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]
+
+    def _hf_generate(self, batch_ids: list[list[int]], cfg: GenerationConfig) -> list[list[str]]:
+        """``model.generate`` (prompt-learning peft models: their virtual tokens live in its hooks)."""
+        input_ids, mask = self._left_pad(batch_ids)
+        width = input_ids.shape[1]
         sample = cfg.temperature > 0
         if sample:
             torch.manual_seed(cfg.seed)
-        kwargs = dict(do_sample=sample, max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.n,
-                      pad_token_id=pad, eos_token_id=self._eos_ids(), use_cache=True)
+        kwargs = dict(
+            do_sample=sample,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=cfg.n,
+            pad_token_id=self.tok.pad_token_id,
+            eos_token_id=self._eos_ids(),
+            use_cache=True,
+        )
         if sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         else:
@@ -84,6 +335,9 @@ class HFGenerator:
         if cfg.stop:
             kwargs.update(stop_strings=cfg.stop, tokenizer=self.tok)
         gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        eos = set(kwargs["eos_token_id"])
+        for row in gen[:, width:].tolist():
+            self.generated_tokens += next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         texts = self.tok.batch_decode(gen[:, width:], skip_special_tokens=True)
         texts = [cut_at_stop(t, cfg.stop) for t in texts]
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]

@@ -10,6 +10,7 @@ knows nothing else about it:
 - ``trainable_state(model)`` / ``load_trainable_state(model, state)``: what a checkpoint holds;
 - ``state()`` / ``load_state(d)``: the method's own JSON state (e.g. LISA's active layers);
 - ``save_final(model, tok, path)`` and ``load_final(base_model, path)``: standard artefacts;
+- ``frozen_cast_ok``: whether frozen linear weights may be stored in bf16 for the whole run;
 - ``virtual_tokens``: positions the wrapped model prepends to its hidden states (prompt
   tuning), which the loss drops.
 
@@ -40,6 +41,11 @@ class Method:
     mergeable: ClassVar[bool] = False
     virtual_tokens: int = 0
     """Positions prepended to the hidden states (B, virtual + T, C); the loss skips them."""
+    frozen_cast_ok: bool = True
+    """Frozen linear weights may be stored in bf16 for the whole run under bf16 autocast (they never
+    train later, are not saved, and only feed matmuls that autocast runs in bf16 anyway): False for
+    full/partial/LISA (they save every weight; LISA trains a frozen layer later) and DoRA (it takes
+    the base weight's norm in fp32)."""
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -13,6 +13,9 @@ from tunelab.methods.base import METHODS, Method
 class Full(Method):
     """Full fine-tuning (all parameters)."""
 
+    # the saved model holds every weight, and LISA/partial unfreeze frozen layers later: keep fp32
+    frozen_cast_ok = False
+
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)

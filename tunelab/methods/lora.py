@@ -43,6 +43,10 @@ class LoRA(Method):
     Params = LoRAParams
     mergeable = True
 
+    def __init__(self, params: LoRAParams | None = None) -> None:
+        super().__init__(params)
+        self.frozen_cast_ok = not self.params.use_dora  # DoRA takes the base weight's norm in fp32
+
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 

@@ -63,7 +63,7 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path, qui
     gen = HFGenerator(model, tok, batch_size=cfg.eval.batch_size, precision=precision, progress=not quiet)
     out = {}
     for name in cfg.eval.tasks:
-        task = get_task(name)
+        task = get_task(name, **cfg.eval.task_options.get(name, {}))
         if getattr(task, "kind", "generate") == "loglik":
             from tunelab.eval.tasks.choice import HFLoglikScorer, evaluate_loglik
 
@@ -131,7 +131,8 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     eval_texts = []
     if any(t.get("name") == "decontaminate" for t in cfg.data.transforms):  # only it reads them
         for name in cfg.eval.tasks:
-            eval_texts += [json.dumps(it.prompt) for it in get_task(name).items(cfg.eval.limit, cfg.eval.seed)]
+            task = get_task(name, **cfg.eval.task_options.get(name, {}))
+            eval_texts += [json.dumps(it.prompt) for it in task.items(cfg.eval.limit, cfg.eval.seed)]
     data = build_data(cfg, tok, eval_texts)
     (run_dir / "data").mkdir(exist_ok=True)
     write_json(run_dir / "data" / "mixture.json", data.report)

@@ -30,7 +30,10 @@ def validate(cfg: RunConfig, raise_errors: bool = False) -> list[str]:
     checks = [("method", lambda: build_method(cfg.method)),
               ("regularizers", lambda: build_regularizers(cfg.regularizers)),
               ("data.transforms", lambda: build_transforms(cfg.data.transforms))]
-    checks += [(f"eval.tasks: {t}", lambda t=t: get_task(t)) for t in cfg.eval.tasks]
+    checks += [(f"eval.tasks: {t}", lambda t=t: get_task(t, **cfg.eval.task_options.get(t, {})))
+               for t in cfg.eval.tasks]
+    problems += [f"eval.task_options: {t!r} is not in eval.tasks ({', '.join(cfg.eval.tasks) or 'none'})"
+                 for t in cfg.eval.task_options if t not in cfg.eval.tasks]
     for where, check in checks:
         try:
             check()

@@ -26,7 +26,7 @@ from tunelab.methods.base import Method
 from tunelab.train import checkpoint
 from tunelab.train.loss import per_source, token_losses
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
-from tunelab.train.precision import autocast
+from tunelab.train.precision import autocast, cast_frozen_linears
 
 
 @dataclass
@@ -105,6 +105,8 @@ def train(job: TrainJob) -> dict[str, Any]:
     device = acc.device
     model = job.model.to(device)
     model.train()
+    if job.precision == "bf16" and method.frozen_cast_ok:
+        cast_frozen_linears(model)
     if cfg.compile:  # one compiled graph serves every decoder layer (same code, weights as inputs)
         from tunelab.methods.layers import decoder_layers
 

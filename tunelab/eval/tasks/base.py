@@ -7,9 +7,12 @@ evaluates the family's test split, ``arith_ood`` its out-of-distribution split.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import yaml
 
 from tunelab.data.tasks.base import TASK_FAMILIES, TaskFamily
 from tunelab.eval.stats import proportion_score
@@ -72,14 +75,85 @@ class FamilyTask(EvalTask):
 EVAL_TASKS: Registry[Callable[..., EvalTask]] = Registry("eval task")
 
 
-def get_task(name: str, **options: Any) -> EvalTask:
-    """An eval task by name: registered tasks, then ``<family>`` and ``<family>_ood``."""
+class TaskOptionError(ValueError):
+    """An option a task's constructor does not take; the message names the task and its options."""
+
+
+def _factory(name: str) -> Callable[..., Any]:
+    """The constructor behind a task name (a registered task, else the task family)."""
     if name in EVAL_TASKS:
-        return EVAL_TASKS.get(name)(**options)
-    base, ood = (name[:-4], True) if name.endswith("_ood") else (name, False)
+        return EVAL_TASKS.get(name)
+    base = name[:-4] if name.endswith("_ood") else name
     if base in TASK_FAMILIES:
-        return FamilyTask(TASK_FAMILIES.get(base)(**options), "ood" if ood else "test")
+        return TASK_FAMILIES.get(base)
     raise KeyError(f"unknown eval task {name!r}; valid choices: {', '.join(task_names())}")
+
+
+def task_options(name: str) -> tuple[list[str], bool]:
+    """(keyword arguments of task ``name``'s constructor, whether it also takes any ``**options``)."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_task_options(name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`TaskOptionError` for any option task ``name``'s constructor does not take."""
+    named, anything = task_options(name)
+    unknown = [k for k in options if k not in named]
+    if unknown and not anything:
+        accepted = ", ".join(named) or "none"
+        raise TaskOptionError(
+            f"task {name!r}: unknown option(s) {', '.join(unknown)}; accepted options: {accepted}"
+        )
+
+
+def get_task(name: str, **options: Any) -> EvalTask:
+    """An eval task by name: registered tasks, then ``<family>`` and ``<family>_ood``.
+
+    ``options`` are constructor keyword arguments (``tunelab eval --task-option``, a recipe's
+    ``eval.task_options``); one the constructor does not take raises :class:`TaskOptionError`.
+    """
+    factory = _factory(name)
+    check_task_options(name, options)
+    if name in EVAL_TASKS:
+        return factory(**options)
+    return FamilyTask(factory(**options), "ood" if name.endswith("_ood") else "test")
+
+
+def parse_task_options(specs: list[str], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """``{task: {key: value}}`` from ``task.key=value`` / ``key=value`` strings (values parsed as YAML).
+
+    A bare ``key=value`` goes to every task in ``tasks`` whose constructor names ``key``.
+
+    Raises:
+        TaskOptionError: A malformed option, a task not in ``tasks``, an option no task takes.
+    """
+    out: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    for spec in specs:
+        key, eq, raw = spec.partition("=")
+        task, dot, opt = key.strip().rpartition(".")
+        if not eq or not opt:
+            raise TaskOptionError(
+                f"task option {spec!r}: expected task.key=value (or key=value for every task)"
+            )
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if dot:
+            if task not in out:
+                raise TaskOptionError(
+                    f"task option {spec!r}: task {task!r} is not among the tasks ({', '.join(tasks)})"
+                )
+            check_task_options(task, {opt: value})
+            out[task][opt] = value
+            continue
+        takers = [t for t in tasks if opt in task_options(t)[0]]
+        if not takers:
+            accepted = "; ".join(f"{t}: {', '.join(task_options(t)[0]) or 'none'}" for t in tasks)
+            raise TaskOptionError(
+                f"task option {spec!r}: no task takes {opt!r} (accepted options: {accepted})"
+            )
+        for t in takers:
+            out[t][opt] = value
+    return {t: o for t, o in out.items() if o}
 
 
 def task_names() -> list[str]:

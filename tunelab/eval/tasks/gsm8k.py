@@ -3,8 +3,14 @@
 Two prompt styles:
 
 * zero-shot chat (default): the question plus an instruction to end with ``#### N``;
-* ``fewshot=k``: lm-eval style plain text for base models, ``k`` worked solutions from the train
-  split (fixed, seeded choice) as ``Question: ...\\nAnswer: ...`` blocks, then the test question.
+* ``fewshot=k``: plain text for base models, identical to lm-evaluation-harness 0.4.x's ``gsm8k``
+  prompts: ``k`` worked solutions from the train split as ``Question: ...\\nAnswer: ...`` blocks
+  (each followed by a blank line), then ``Question: <test question>\\nAnswer:``. As in lm-eval's
+  default sampler, one ``random.Random(1234)`` draws ``k`` fresh train examples
+  (``rnd.sample(train, k)``) for each test item in turn, in file order; item ``i``'s prompt depends
+  only on items ``0..i``, so ``--limit N`` gives the same first ``N`` prompts as lm-eval's
+  ``--limit N``. Generation stops at lm-eval's ``until`` strings (``Question:``, ``</s>``,
+  ``<|im_end|>``) and also at ``"\\n\\n\\n"``.
 
 Scoring follows lm-eval's two filters, then compares numerically (lm-eval compares strings):
 
@@ -33,8 +39,8 @@ INSTRUCTION = (
     "Solve the problem step by step. At the end, write the final answer on its own line "
     "in the form '#### N', where N is just the number."
 )
-FEWSHOT_STOP = ["Question:", "</s>", "<|im_end|>", "\n\n\n"]
-FEWSHOT_SEED = 1234
+FEWSHOT_STOP = ["Question:", "</s>", "<|im_end|>", "\n\n\n"]  # lm-eval's ``until`` + a blank-lines stop
+FEWSHOT_SEED = 1234  # lm-eval's default ``fewshot_random_seed``
 
 _NUM = r"-?\$?\s?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s?/\s?\d+)?"
 _STRICT_RE = re.compile(r"####\s*(" + _NUM + ")")
@@ -105,7 +111,8 @@ class GSM8K(EvalTask):
     """GSM8K test split: strict and flexible exact match (numeric), maj@k with several samples.
 
     Options:
-        fewshot: Number of train examples for lm-eval style plain-text prompts (0 = zero-shot chat).
+        fewshot: Train examples per item in lm-eval's plain-text prompts, drawn afresh for each item
+            as lm-eval does (0 = zero-shot chat).
         path: Test file (relative to ``$TUNELAB_DATA_DIR``).
         train_path: Train file for few-shot examples.
     """
@@ -127,20 +134,30 @@ class GSM8K(EvalTask):
             self._rows = _read_jsonl(self.path)
         return self._rows
 
-    def _shots(self) -> str:
+    def fewshot_contexts(self, n: int) -> list[str]:
+        """lm-eval's few-shot blocks for the first ``n`` test items (``k`` fresh draws per item, in order)."""
         train = _read_jsonl(self.train_path)
-        picked = random.Random(FEWSHOT_SEED).sample(train, self.fewshot)
-        return "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in picked)
+        rnd = random.Random(FEWSHOT_SEED)
+        return [
+            "".join(
+                f"Question: {r['question']}\nAnswer: {r['answer']}\n\n"
+                for r in rnd.sample(train, self.fewshot)
+            )
+            for _ in range(n)
+        ]
 
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
-        """The first ``limit`` test items (file order, like lm-eval's ``--limit``); id = 0-based index."""
+        """The first ``limit`` test items (file order, like lm-eval's ``--limit``); id = 0-based index.
+
+        Few-shot prompts do not depend on ``seed`` (lm-eval's sampler seed is fixed at 1234).
+        """
         rows = self.rows()[: limit if limit else None]
-        shots = self._shots() if self.fewshot else ""
+        shots = self.fewshot_contexts(len(rows)) if self.fewshot else [""] * len(rows)
         items = []
-        for i, r in enumerate(rows):
+        for i, (r, block) in enumerate(zip(rows, shots)):
             q = r["question"]
             prompt: Any = (
-                f"{shots}Question: {q}\nAnswer:"
+                f"{block}Question: {q}\nAnswer:"
                 if self.fewshot
                 else [{"role": "user", "content": f"{q}\n\n{INSTRUCTION}"}]
             )

@@ -1,0 +1,56 @@
+"""Frozen linear weights stored in bf16 under bf16 autocast: same loss and gradients, fewer casts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tunelab.methods.base import build_method
+from tunelab.models.tiny import tiny_model, tiny_tokenizer
+from tunelab.train.precision import autocast, cast_frozen_linears
+
+
+def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    with autocast("cpu", "bf16"):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3", "adapters"])
+def test_cast_frozen_linears_changes_nothing_but_storage(name: str) -> None:
+    tok = tiny_tokenizer()
+    method = build_method({"name": name, **({"dropout": 0.0} if name == "lora" else {})})  # deterministic
+    assert method.frozen_cast_ok
+    model = method.apply(tiny_model(len(tok), seed=1))
+    if name == "lora":  # B = 0 at init would hide the adapter's gradient path
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    cast = copy.deepcopy(model)
+    n = cast_frozen_linears(cast)
+    assert n > 0
+    frozen = {k: p.dtype for k, p in cast.named_parameters() if not p.requires_grad}
+    assert torch.bfloat16 in frozen.values()
+    assert all(p.dtype == torch.float32 for p in cast.parameters() if p.requires_grad)
+    inner = cast.get_base_model() if hasattr(cast, "get_base_model") else cast
+    assert inner.get_output_embeddings().weight.dtype == torch.float32  # tied to the input embedding
+    ids = torch.randint(3, len(tok), (2, 12), generator=torch.Generator().manual_seed(0))
+    loss_a, grads_a = _loss_and_grads(model, ids)
+    loss_b, grads_b = _loss_and_grads(cast, ids)
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for k in grads_a:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=0, atol=0)
+
+
+def test_methods_that_save_or_unfreeze_weights_keep_fp32() -> None:
+    assert not build_method({"name": "full"}).frozen_cast_ok
+    assert not build_method({"name": "lisa"}).frozen_cast_ok
+    assert not build_method({"name": "partial"}).frozen_cast_ok
+    assert not build_method({"name": "lora", "use_dora": True}).frozen_cast_ok
+    assert build_method({"name": "lora"}).frozen_cast_ok
