@@ -154,3 +154,25 @@ def test_mbpp_items_and_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = task.score_batch(items[:3], [[g, "```python\ndef nothing():\n    pass\n```"] for g in good])
     assert [r["statuses"] for r in rows] == [["passed", "failed"]] * 3
     assert task.aggregate([{"id": "x", **r} for r in rows])["pass@1"]["value"] == pytest.approx(0.5)
+
+
+def test_humaneval_chat_style_runs_the_whole_function() -> None:
+    problems = _problems()
+    task = HumanEval(prompt_style="chat")
+    items = task.items(None, 0)
+    assert len(items) == 164 and task.generation_config(None).stop == []
+    first = items[0].prompt
+    assert isinstance(first, list) and problems[0]["prompt"] in first[0]["content"]
+    # every canonical solution, answered as a whole function in a fenced block (with prose around),
+    # passes; every one answered as a function with a broken body fails
+    picked = list(range(0, 164, 8))
+    good = [f"Here it is:\n```python\n{problems[i]['prompt']}{problems[i]['canonical_solution']}```\nDone." for i in picked]
+    bad = [f"```python\n{problems[i]['prompt']}    return None\n```" for i in picked]
+    body_only = [f"```python\n{problems[i]['canonical_solution']}```" for i in picked]
+    rows = task.score_batch([items[i] for i in picked] * 3, [[c] for c in good + bad + body_only])
+    k = len(picked)
+    assert [r["c"] for r in rows[:k]] == [1] * k, [r.get("error") for r in rows[:k] if not r["c"]]
+    assert sum(r["c"] for r in rows[k : 2 * k]) == 0
+    assert [r["c"] for r in rows[2 * k :]] == [1] * k  # a body alone continues the prompt
+    with pytest.raises(ValueError, match="prompt_style"):
+        HumanEval(prompt_style="fim")

@@ -155,6 +155,32 @@ def clustered_mean(
     return score
 
 
+def ratio_of_sums(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Score:
+    """``sum(numerators) / sum(denominators)`` (e.g. loss per token over items), with a percentile
+    bootstrap CI that resamples items (each item keeps its numerator and denominator together).
+
+    Returns:
+        Score with ``n`` = the number of items; for no items, NaN value and CI.
+    """
+    if len(numerators) != len(denominators):
+        raise ValueError("ratio_of_sums: numerators and denominators differ in length")
+    if not len(numerators):
+        return _score(math.nan, math.nan, math.nan, 0)
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+
+    def ratio(idx: np.ndarray, axis: int | None = None) -> Any:
+        idx = idx.astype(int)
+        return num[idx].sum(axis=axis) / den[idx].sum(axis=axis)
+
+    return bootstrap_ci(np.arange(len(num)), ratio, confidence=confidence, n_boot=n_boot, seed=seed)
+
+
 def proportion_score(flags: Sequence[bool | int | float], confidence: float = 0.95) -> Score:
     """Score of per-item outcomes: Wilson when all are 0/1, else a bootstrap CI of the mean.
 
@@ -191,7 +217,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def pass_at_k_score(per_item: Sequence[tuple[int, int]], k: int, confidence: float = 0.95) -> Score:
-    """pass@k over problems: mean of per-problem estimates with a bootstrap CI over problems.
+    """pass@k over problems: mean of per-problem estimates; Wilson CI when every estimate is 0 or 1
+    (one greedy sample per problem), else a bootstrap CI over problems.
 
     Args:
         per_item: ``(n, c)`` per problem: samples drawn and samples passed.
@@ -204,7 +231,7 @@ def pass_at_k_score(per_item: Sequence[tuple[int, int]], k: int, confidence: flo
     if len(per_item) == 0:
         return _score(0.0, 0.0, 1.0, 0)
     estimates = [pass_at_k(n, c, k) for n, c in per_item]
-    return bootstrap_ci(estimates, confidence=confidence)
+    return proportion_score(estimates, confidence=confidence)
 
 
 def _paired_arrays(a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """Paired comparison of two runs (or of one run before and after fine-tuning), item by item.
 
 Per-item rows are joined by id (``5`` and ``"5"`` are the same id). The per-item value is, first
-found: ``c / n`` (code tasks: the unbiased per-problem pass@1), ``correct``, ``rating``, ``value``
-or ``score``. :func:`tunelab.eval.stats.compare_paired` picks the test (exact McNemar for 0/1
+found: ``c / n`` (code tasks: the unbiased per-problem pass@1), ``correct``, ``rating``, ``value``,
+``score``, or minus ``loss`` (the perplexity task: lower is better, so ``delta`` > 0 means B's loss
+is lower). :func:`tunelab.eval.stats.compare_paired` picks the test (exact McNemar for 0/1
 outcomes, else a paired bootstrap) and gives a verdict only when the CI excludes 0.
 """
 
@@ -28,6 +29,8 @@ def item_value(row: dict[str, Any]) -> float | None:
         value = row.get(key)
         if isinstance(value, (int, float)):  # bools too
             return float(value)
+    if isinstance(row.get("loss"), (int, float)):
+        return -float(row["loss"])
     return None
 
 

