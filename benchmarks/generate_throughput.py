@@ -82,7 +82,7 @@ def part_a(model_name: str, n: int, max_new_tokens: int, batch_size: int, precis
     import torch
 
     from tunelab.config import ModelConfig
-    from tunelab.generate.base import GenerationConfig
+    from tunelab.generate.base import GenerationConfig, encode_prompt
     from tunelab.generate.hf import HFGenerator
     from tunelab.models.load import load_model
 
@@ -104,7 +104,7 @@ def part_a(model_name: str, n: int, max_new_tokens: int, batch_size: int, precis
     def loop(ps: list, c: GenerationConfig) -> tuple[list[str], int]:
         texts, tokens = [], 0
         for p in ps:
-            ids = torch.tensor([tok(gen.render(p), add_special_tokens=False)["input_ids"]])
+            ids = torch.tensor([encode_prompt(tok, p)])
             out = original(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                            max_new_tokens=c.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos_ids,
                            use_cache=True, temperature=None, top_p=None, top_k=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.generate.base import GenerationConfig, cut_at_stop
+from tunelab.generate.base import GenerationConfig, cut_at_stop, encode_prompt
 from tunelab.generate.hf import HFGenerator, pick_tokens
 from tunelab.models.tiny import tiny_model, tiny_tokenizer
 
@@ -31,7 +31,7 @@ def reference(gen: HFGenerator, cfg: GenerationConfig) -> list[list[str]]:
     """The same prompts one at a time through ``model.generate`` (no padding at all)."""
     out = []
     for p in PROMPTS:
-        ids = gen.tok(gen.render(p), add_special_tokens=False)["input_ids"]
+        ids = encode_prompt(gen.tok, p)
         out.append(gen._hf_generate([ids], cfg)[0])
     return out
 
@@ -71,7 +71,7 @@ def test_stop_strings_cut_and_drop_rows(gen: HFGenerator) -> None:
 
 def test_eos_ends_a_row(gen: HFGenerator) -> None:
     cfg = GenerationConfig(max_new_tokens=10)
-    ids = gen.tok(gen.render(PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    ids = encode_prompt(gen.tok, PROMPTS[0])
     tokens = gen.model.generate(
         torch.tensor([ids]),
         attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -109,3 +109,27 @@ def test_pick_tokens_top_p() -> None:
     two = GenerationConfig(temperature=1.0, top_p=0.9)
     drawn = {pick_tokens(logits, two, g)[0].item() for _ in range(200)}
     assert drawn == {1, 3}  # tokens 1 and 3 hold > 90% of the mass; 0 and 2 are cut
+
+
+def test_bos_for_base_tokenizers(tmp_path) -> None:
+    """A tokenizer that puts BOS before plain text (Gemma, Llama) gets it before chat text too, once."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tunelab.config import ModelConfig
+    from tunelab.models.load import load_tokenizer
+
+    backend = tiny_tokenizer().backend_tokenizer
+    bos = "<|im_start|>"
+    bos_id = backend.token_to_id(bos)
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)])
+    base = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>", bos_token=bos
+    )
+    base.save_pretrained(tmp_path)  # no chat template: a base model's tokenizer
+    tok = load_tokenizer(ModelConfig(str(tmp_path)), str(tmp_path))
+    chat = encode_prompt(tok, [{"role": "user", "content": "hi"}])
+    assert chat[0] == bos_id and chat.count(bos_id) == 1
+    assert encode_prompt(tok, "abc") == [bos_id, *tok("abc", add_special_tokens=False)["input_ids"]]
+    plain = tiny_tokenizer()  # adds nothing: no BOS anywhere
+    assert encode_prompt(plain, "abc") == plain("abc", add_special_tokens=False)["input_ids"]

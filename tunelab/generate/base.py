@@ -49,6 +49,16 @@ def render_prompt(tok, prompt: Prompt) -> str:
     return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def encode_prompt(tok, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt as the model should see it.
+
+    A chat prompt goes through the chat template, which writes any special tokens itself (so none
+    are added); a plain string gets the tokenizer's own special tokens (a BOS for Gemma or Llama,
+    nothing for SmolLM2), as lm-eval and ``tokenizer(text)`` give them.
+    """
+    return tok(render_prompt(tok, prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+
+
 def cut_at_stop(text: str, stop: list[str]) -> str:
     """Truncate ``text`` at the earliest stop string."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, render_prompt
+from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, render_prompt
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -116,8 +116,10 @@ class HFGenerator:
         self._plain: bool | None = None
         self.generated_tokens = 0
         """Tokens generated so far (end-of-sequence tokens included), for throughput figures."""
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+        # transformers 5 calls the KV cache ``cache`` (``past_key_values`` is deprecated)
         self._cache_kw = (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
         )
 
     @property
@@ -131,8 +133,7 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
-        texts = [self.render(p) for p in prompts]
-        ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [encode_prompt(self.tok, p) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         if self._own_loop and self._plain_cache():
             return self._continuous(ids, order, cfg)

@@ -19,7 +19,9 @@ import torch
 from tunelab.config import ModelConfig
 
 # A documented default for tokenizers without one (base models): plain role headers,
-# the tokenizer's EOS closes each turn so the model learns to stop.
+# the tokenizer's EOS closes each turn so the model learns to stop. Tokenizers that put a BOS
+# token in front of plain text (Gemma, Llama) get it in front of the conversation too: chat text
+# is tokenized without special tokens, and these models emit noise without their BOS.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '### ' + m['role'] | capitalize + ':\n' + m['content'] + '\n' }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token + '\n' }}{% endif %}{% endfor %}"
@@ -143,7 +145,8 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     if cfg.chat_template:
         tok.chat_template = cfg.chat_template
     elif not tok.chat_template:
-        tok.chat_template = DEFAULT_CHAT_TEMPLATE
+        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + DEFAULT_CHAT_TEMPLATE
         tok.init_kwargs["tunelab_default_template"] = True
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -17,7 +17,7 @@ from tunelab.data.tasks.base import TASK_FAMILIES
 from tunelab.eval.harness import EvalResult, write_jsonl
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
-from tunelab.generate.base import Prompt, render_prompt
+from tunelab.generate.base import Prompt, encode_prompt, render_prompt
 
 CLASSIFICATION_SUBTASKS = ("sentiment", "topic", "yesno")
 
@@ -64,7 +64,7 @@ class HFLoglikScorer:
 
     def encode(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt + continuation, and how many trailing ids are the continuation."""
-        ctx = self.tok(self.render(prompt), add_special_tokens=False)["input_ids"]
+        ctx = encode_prompt(self.tok, prompt)
         cont = self.tok(continuation, add_special_tokens=False)["input_ids"]
         return ctx + cont, len(cont)
 
