@@ -12,7 +12,9 @@ from tunelab.models.tiny import tiny_model, tiny_tokenizer
 from tunelab.train.precision import autocast, cast_frozen_linears
 
 
-def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grads(
+    model: torch.nn.Module, ids: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     with autocast("cpu", "bf16"):
         loss = model(input_ids=ids, labels=ids).loss
@@ -54,3 +56,29 @@ def test_methods_that_save_or_unfreeze_weights_keep_fp32() -> None:
     assert not build_method({"name": "partial"}).frozen_cast_ok
     assert not build_method({"name": "lora", "use_dora": True}).frozen_cast_ok
     assert build_method({"name": "lora"}).frozen_cast_ok
+
+
+def test_tied_head_in_modules_to_save_stays_fp32_and_decodes() -> None:
+    """LoRA with ``modules_to_save=[lm_head]`` on a tied model: peft keeps the tied original under
+    a wrapper; neither it nor the input embedding may be cast, and bf16 decoding still works."""
+    from tunelab.generate.base import GenerationConfig
+    from tunelab.generate.hf import HFGenerator
+
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=1)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    assert base.lm_head.weight.data_ptr() == base.model.embed_tokens.weight.data_ptr()
+    model = build_method({"name": "lora", "dropout": 0.0, "modules_to_save": ["lm_head"]}).apply(base)
+    ref = copy.deepcopy(model)
+    assert cast_frozen_linears(model) > 0
+    inner = model.get_base_model()
+    assert inner.get_input_embeddings().weight.dtype == torch.float32
+    ids = torch.randint(3, len(tok), (2, 10), generator=torch.Generator().manual_seed(0))
+    loss_a, _ = _loss_and_grads(ref, ids)
+    loss_b, _ = _loss_and_grads(model, ids)
+    assert torch.equal(loss_a, loss_b)
+    out = HFGenerator(model, tok, precision="bf16", progress=False).generate(
+        ["hi"], GenerationConfig(max_new_tokens=3)
+    )
+    assert len(out) == 1 and isinstance(out[0][0], str)

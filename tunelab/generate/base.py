@@ -52,11 +52,20 @@ def render_prompt(tok, prompt: Prompt) -> str:
 def encode_prompt(tok, prompt: Prompt) -> list[int]:
     """Token ids of a prompt as the model should see it.
 
-    A chat prompt goes through the chat template, which writes any special tokens itself (so none
-    are added); a plain string gets the tokenizer's own special tokens (a BOS for Gemma or Llama,
-    nothing for SmolLM2), as lm-eval and ``tokenizer(text)`` give them.
+    A chat prompt goes through the chat template, which writes any special tokens itself; a plain
+    string gets the tokenizer's BOS where the tokenizer puts one before text (Gemma, Llama; nothing
+    for SmolLM2), never an EOS. Gemma and Llama produce noise without their BOS.
     """
-    return tok(render_prompt(tok, prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+    ids = tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    if isinstance(prompt, str) and adds_bos(tok) and ids[:1] != [tok.bos_token_id]:
+        ids = [tok.bos_token_id, *ids]
+    return ids
+
+
+def adds_bos(tok) -> bool:
+    """Whether the tokenizer puts its BOS token in front of plain text."""
+    bos = getattr(tok, "bos_token_id", None)
+    return bos is not None and tok("a")["input_ids"][:1] == [bos]
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:

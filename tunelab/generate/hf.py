@@ -85,6 +85,16 @@ class GrowingLayer(DynamicLayer):
         self._k, self._v = self._k[indices], self._v[indices]
         self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
 
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        spare = self._k.shape[2] - self.keys.shape[2]
+        self.hold(self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0), spare)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("GrowingLayer: crop is not supported")
+
     def drop_front(self, n: int) -> None:
         """Forget the first ``n`` columns (padding in every row)."""
         self._k, self._v = self._k[:, :, n:], self._v[:, :, n:]
@@ -109,7 +119,7 @@ class HFGenerator:
         self._source = model  # the caller's weights identify the generator (not the bf16 copy)
         # bf16: decode with a bf16 copy of the weights. Autocast would re-cast every frozen
         # weight at every decoding step (it caches casts only for weights that require grad).
-        if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
+        if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
             model = copy.deepcopy(model).to(torch.bfloat16)
         self.model = model.eval()
         self._own_loop = not _is_prompt_learning(model)
@@ -172,6 +182,8 @@ class HFGenerator:
         KV cache joins the running batch left-padded to the batch's length; ``n`` samples share one
         prefill. Columns that only hold padding are trimmed as rows leave.
         """
+        if cfg.max_new_tokens <= 0:
+            return [[""] * cfg.n for _ in ids]
         n, cap = cfg.n, max(self.batch_size, cfg.n)
         queue = deque(order)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
@@ -184,7 +196,7 @@ class HFGenerator:
         cache, mask, next_pos, logits = None, None, None, None
         bar = tqdm(total=len(ids), desc="generate", disable=not self.progress or len(ids) < 2, leave=False)
         while queue or live:
-            if queue and len(live) <= cap // 2:  # admit
+            if queue and len(live) <= cap // 2 and len(live) + n <= cap:  # admit
                 parts = [] if cache is None else [(cache, mask, next_pos, logits)]
                 while queue and len(live) + n <= cap:
                     p = queue.popleft()

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop
+from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt
 
 
 def _file_digest(h: Any, folder: Path, names: tuple[str, ...]) -> None:
@@ -93,7 +93,11 @@ class VLLMGenerator:
             stop=list(cfg.stop) or None,
             seed=cfg.seed,
         )
-        outputs = self.llm.generate(
-            [self.render(p) for p in prompts], params, lora_request=self._lora_request(), use_tqdm=False
-        )
+        from vllm.inputs import TokensPrompt
+
+        # token ids, as HFGenerator feeds them: vllm would add special tokens to rendered chat text
+        # (a second BOS where the chat template already wrote one)
+        tok = self.llm.get_tokenizer()
+        inputs = [TokensPrompt(prompt_token_ids=encode_prompt(tok, p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, lora_request=self._lora_request(), use_tqdm=False)
         return [[cut_at_stop(o.text, cfg.stop) for o in out.outputs] for out in outputs]

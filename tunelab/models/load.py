@@ -145,8 +145,9 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     if cfg.chat_template:
         tok.chat_template = cfg.chat_template
     elif not tok.chat_template:
-        adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
-        tok.chat_template = ("{{ bos_token }}" if adds_bos else "") + DEFAULT_CHAT_TEMPLATE
+        from tunelab.generate.base import adds_bos
+
+        tok.chat_template = ("{{ bos_token }}" if adds_bos(tok) else "") + DEFAULT_CHAT_TEMPLATE
         tok.init_kwargs["tunelab_default_template"] = True
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -79,17 +79,21 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
     caches that cast only for weights that require grad, so frozen base weights (LoRA and the
     other adapter methods) were re-cast in every forward and again in every checkpointed
     recompute (13% of a LoRA step on CPU). Casting once gives the same bf16 operands, hence the
-    same results. The output embedding is left alone (tied to the input embedding, whose lookup
-    feeds the fp32 residual stream), and so is every parameter that trains.
+    same results. The embeddings and anything sharing their storage are left alone (a tied LM
+    head, including peft's ``modules_to_save`` original; the input embedding feeds the fp32
+    residual stream), and so is every parameter that trains.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    head_weight = getattr(head, "weight", None)
+    keep = set()  # storage of the embeddings and of everything tied to them (peft may wrap the head)
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(inner, get, lambda: None)()
+        if module is not None:
+            keep.update(p.data_ptr() for p in module.parameters())
     cast = 0
     for module in model.modules():
         w = getattr(module, "weight", None)
         if (isinstance(module, torch.nn.Linear) and w is not None and not w.requires_grad
-                and w is not head_weight and w.dtype != dtype and w.is_floating_point()):
+                and w.data_ptr() not in keep and w.dtype != dtype and w.is_floating_point()):
             module.weight.data = w.data.to(dtype)
             cast += 1
     return cast

@@ -5,6 +5,9 @@ the chat template and its generation prompt, as at inference), the last assistan
 ``loss`` is the mean negative log-likelihood per answer token (summed over items, divided by their
 answer tokens: long answers weigh more, as in training); ``perplexity = exp(loss)``. Both come
 with a percentile-bootstrap CI that resamples items, overall and per source (``loss/<source>``).
+The answer text is scored without its end-of-turn token, so the figure sits slightly apart
+from the training loss (which also covers that token); compare runs with this task, not with
+``metrics.jsonl``.
 Like ``nlp_mc`` it needs a model behind a log-likelihood scorer (``kind = "loglik"``).
 
 Sources are the recipe's source entries (``{name, task | path | hub, split, format, fields}``)
