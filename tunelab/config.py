@@ -133,7 +133,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
     compile: bool = False
-    """``torch.compile`` each decoder layer (CPU: ~1.45x faster steps after ~70 s of compiling; long runs)."""
+    """``torch.compile`` each decoder layer and the LM-head cross-entropy (CPU: ~1.8x faster steps after
+    ~70 s of compiling; long runs)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
     keep_checkpoints: int = 2

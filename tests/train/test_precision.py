@@ -82,3 +82,19 @@ def test_tied_head_in_modules_to_save_stays_fp32_and_decodes() -> None:
         ["hi"], GenerationConfig(max_new_tokens=3)
     )
     assert len(out) == 1 and isinstance(out[0][0], str)
+
+
+def test_compiled_head_and_ce_matches() -> None:
+    """``train.compile``'s fused LM-head cross-entropy gives the eager losses and gradients."""
+    from tunelab.train.loss import compiled_head_and_ce, head_and_ce
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(7, 16, requires_grad=True)
+    y = torch.randint(0, 50, (7,))
+    eager = head_and_ce(head, None, h, y)
+    (g_eager,) = torch.autograd.grad(eager.sum(), h)
+    fused = compiled_head_and_ce()(head, None, h, y)
+    (g_fused,) = torch.autograd.grad(fused.sum(), h)
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_fused, g_eager, rtol=1e-5, atol=1e-5)

@@ -158,7 +158,7 @@ def train(job: TrainJob) -> dict[str, Any]:
                 tokens += int((batch["source_idx"] >= 0).sum())
                 sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(model)
                 with sync, autocast(device.type, job.precision):
-                    losses, src = token_losses(model, batch, cfg.loss_chunk, method.virtual_tokens)
+                    losses, src = token_losses(model, batch, cfg.loss_chunk, method.virtual_tokens, cfg.compile)
                     loss = losses.sum() * acc.num_processes / n_tgt.clamp(min=1)
                 acc.backward(loss)
                 s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
