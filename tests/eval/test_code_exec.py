@@ -176,3 +176,13 @@ def test_humaneval_chat_style_runs_the_whole_function() -> None:
     assert [r["c"] for r in rows[2 * k :]] == [1] * k  # a body alone continues the prompt
     with pytest.raises(ValueError, match="prompt_style"):
         HumanEval(prompt_style="fim")
+
+
+def test_humaneval_options_include_the_shared_ones() -> None:
+    from tunelab.eval.tasks.base import TaskOptionError, get_task, task_options
+
+    names, any_kw = task_options("humaneval")
+    assert not any_kw and {"prompt_style", "ks", "timeout", "workers", "allow_unsandboxed", "path"} == set(names)
+    assert get_task("humaneval", prompt_style="chat", timeout=3).timeout == 3.0
+    with pytest.raises(TaskOptionError, match="accepted options: prompt_style, ks"):
+        get_task("humaneval", shots=2)

@@ -64,8 +64,12 @@ def encode_prompt(tok, prompt: Prompt) -> list[int]:
 
 def adds_bos(tok) -> bool:
     """Whether the tokenizer puts its BOS token in front of plain text."""
-    bos = getattr(tok, "bos_token_id", None)
-    return bos is not None and tok("a")["input_ids"][:1] == [bos]
+    cached = getattr(tok, "_tunelab_adds_bos", None)  # asked for every plain-string prompt: probe once
+    if cached is None:
+        bos = getattr(tok, "bos_token_id", None)
+        cached = bos is not None and tok("a")["input_ids"][:1] == [bos]
+        tok._tunelab_adds_bos = cached
+    return cached
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:

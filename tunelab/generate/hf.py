@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import math
 from collections import deque
 
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, render_prompt
+from tunelab.models.load import cache_kwarg
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -126,11 +126,7 @@ class HFGenerator:
         self._plain: bool | None = None
         self.generated_tokens = 0
         """Tokens generated so far (end-of-sequence tokens included), for throughput figures."""
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
-        # transformers 5 calls the KV cache ``cache`` (``past_key_values`` is deprecated)
-        self._cache_kw = (
-            "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-        )
+        self._cache_kw = cache_kwarg(model)
 
     @property
     def fingerprint(self) -> str:
@@ -175,6 +171,30 @@ class HFGenerator:
         )
         return cache, out.logits[:, -1].float()
 
+    def _extend(self, row: list[int], t: int, eos: set[int], stops: list[str]) -> bool:
+        """Append token ``t`` to ``row`` unless it ends the sequence; whether the row goes on.
+
+        A stop string ends the row once it appears in the decoded tail (a few tokens past the
+        longest stop string: enough to hold it), so no row is decoded whole at every step.
+        """
+        if t in eos:
+            return False
+        row.append(t)
+        tail = max((len(x) for x in stops), default=0) + 4
+        return not (stops and any(x in self.tok.decode(row[-tail:]) for x in stops))
+
+    def _decode_step(self, picked: torch.Tensor, mask: torch.Tensor, next_pos: torch.Tensor, cache) -> tuple:
+        """One token for every live row: (next logits (B, V) fp32, the grown mask, the next positions)."""
+        mask = torch.cat([mask, mask.new_ones(len(picked), 1)], dim=1)
+        out = self.model(
+            input_ids=picked[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1].float(), mask, next_pos + 1
+
     def _continuous(self, ids: list[list[int]], order: list[int], cfg: GenerationConfig) -> list[list[str]]:
         """Continuous batching: finished rows leave, queued prompts join once half the rows are free.
 
@@ -189,7 +209,6 @@ class HFGenerator:
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
         eos = set(self._eos_ids())
         stops = [s for s in cfg.stop if s]
-        tail = max((len(s) for s in stops), default=0) + 4  # tokens enough to hold a stop string
         tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in ids]
         live: list[tuple[int, int]] = []  # (prompt, sample) of each batch row
         left = [n] * len(ids)  # samples still running per prompt
@@ -226,12 +245,9 @@ class HFGenerator:
             for j, t in enumerate(picked.tolist()):
                 p, s = live[j]
                 row = tokens[p][s]
-                if t not in eos:
-                    row.append(t)
-                    stopped = stops and any(x in self.tok.decode(row[-tail:]) for x in stops)
-                    if not stopped and len(row) < cfg.max_new_tokens:
-                        keep.append(j)
-                        continue
+                if self._extend(row, t, eos, stops) and len(row) < cfg.max_new_tokens:
+                    keep.append(j)
+                    continue
                 left[p] -= 1
                 bar.update(left[p] == 0)
             if len(keep) < len(live):
@@ -247,15 +263,7 @@ class HFGenerator:
                     for layer in cache.layers:
                         layer.drop_front(lead)
                     mask = mask[:, lead:]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            out = self.model(
-                input_ids=picked[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-            logits, next_pos = out.logits[:, -1].float(), next_pos + 1
+            logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
         bar.close()
         return [
             [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(rows, skip_special_tokens=True)]
@@ -287,25 +295,15 @@ class HFGenerator:
         if cfg.n > 1:  # n samples per prompt share one prefill
             cache.batch_repeat_interleave(cfg.n)
             logits, mask, next_pos = (t.repeat_interleave(cfg.n, 0) for t in (logits, mask, next_pos))
-        gen = None
-        if cfg.temperature > 0:
-            gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
         eos = set(self._eos_ids())
-        tail = max((len(s) for s in cfg.stop if s), default=0) + 4  # tokens enough to contain a stop
+        stops = [s for s in cfg.stop if s]
         live = list(range(len(batch_ids) * cfg.n))  # output row of each batch row
         tokens: list[list[int]] = [[] for _ in live]
         for step in range(cfg.max_new_tokens):
             picked = pick_tokens(logits, cfg, gen)
             self.generated_tokens += len(live)
-            keep = []
-            for j, t in enumerate(picked.tolist()):
-                row = tokens[live[j]]
-                if t in eos:
-                    continue
-                row.append(t)
-                if tail > 4 and any(s in self.tok.decode(row[-tail:]) for s in cfg.stop if s):
-                    continue
-                keep.append(j)
+            keep = [j for j, t in enumerate(picked.tolist()) if self._extend(tokens[live[j]], t, eos, stops)]
             if not keep or step == cfg.max_new_tokens - 1:
                 break
             if len(keep) < len(live):
@@ -313,16 +311,7 @@ class HFGenerator:
                 cache.batch_select_indices(idx)
                 picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            out = self.model(
-                input_ids=picked[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-            logits = out.logits[:, -1].float()
-            next_pos = next_pos + 1
+            logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
         texts = [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(tokens, skip_special_tokens=True)]
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]
 

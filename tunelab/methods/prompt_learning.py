@@ -17,13 +17,14 @@ to ``cache``), so we own both places:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
 import torch
 from torch import nn
+
+from tunelab.models.load import cache_kwarg
 
 
 def packed_segments(position_ids: torch.Tensor) -> torch.Tensor | None:
@@ -62,7 +63,7 @@ def virtual_token_mask(segments: torch.Tensor, n_virtual: int, virtual_queries: 
 
 def _renamed_cache(model: nn.Module) -> bool:
     """transformers 5 calls the KV cache ``cache``; peft's generation code predates that."""
-    return "cache" in inspect.signature(model.forward).parameters
+    return cache_kwarg(model) == "cache"
 
 
 def _is_eager(model: nn.Module) -> bool:

@@ -29,6 +29,17 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+def cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache: ``cache`` in transformers 5, ``past_key_values`` before.
+
+    A peft wrapper forwards ``**kwargs``: its base model's signature decides.
+    """
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 class ModelError(RuntimeError):
     """A model that cannot be resolved or loaded; the message says what to install or check."""
 

@@ -9,6 +9,8 @@ no head FLOPs at all. Hooks on the LM head (e.g. very large dropout) still apply
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,20 +30,20 @@ def head_and_ce(head: nn.Module, softcap: float | None, h: torch.Tensor, y: torc
     return F.cross_entropy(logits, y, reduction="none")  # (n,)
 
 
-_compiled_head_and_ce = None
-
-
+@functools.cache
 def compiled_head_and_ce():
     """``head_and_ce`` through ``torch.compile`` (built once): the log-softmax, its gather and its
     backward fuse into single passes over the logits (CPU, SmolLM2 LoRA step: 1.24x)."""
-    global _compiled_head_and_ce
-    if _compiled_head_and_ce is None:
-        _compiled_head_and_ce = torch.compile(head_and_ce, dynamic=True)
-    return _compiled_head_and_ce
+    return torch.compile(head_and_ce, dynamic=True)
 
 
-def token_losses(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 2048, virtual_tokens: int = 0,
-                 compiled: bool = False):
+def token_losses(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    chunk: int = 2048,
+    virtual_tokens: int = 0,
+    compiled: bool = False,
+):
     """Per-target-token losses (n,) and the source index of each (n,).
 
     ``virtual_tokens``: positions the model prepends (prompt tuning), dropped before the head.
@@ -50,8 +52,9 @@ def token_losses(model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    out = model(input_ids=batch["input_ids"], output_hidden_states=True, logits_to_keep=1,
-                use_cache=False, **kwargs)
+    out = model(
+        input_ids=batch["input_ids"], output_hidden_states=True, logits_to_keep=1, use_cache=False, **kwargs
+    )
     hidden = out.hidden_states[-1][:, virtual_tokens:]  # (B, T, C), after the final norm
     mask = batch["targets"] != IGNORE
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)

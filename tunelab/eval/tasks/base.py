@@ -91,9 +91,19 @@ def _factory(name: str) -> Callable[..., Any]:
 
 def task_options(name: str) -> tuple[list[str], bool]:
     """(keyword arguments of task ``name``'s constructor, whether it also takes any ``**options``)."""
-    params = inspect.signature(_factory(name)).parameters.values()
-    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return named, any(p.kind == p.VAR_KEYWORD for p in params)
+    factory = _factory(name)
+    # a subclass that passes ``**kwargs`` up takes its base classes' options too
+    inits = [c.__init__ for c in factory.__mro__ if "__init__" in vars(c)] if inspect.isclass(factory) else [factory]
+    named: list[str] = []
+    for init in inits:
+        params = list(inspect.signature(init).parameters.values())
+        named += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name != "self" and p.name not in named]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return named, False
+        if init is object.__init__:
+            break
+    return named, True
 
 
 def check_task_options(name: str, options: dict[str, Any]) -> None:

@@ -69,7 +69,7 @@ class HFLoglikScorer:
         return ctx + cont, len(cont)
 
     def token_counts(self, pairs: list[tuple[Prompt, str]]) -> list[int]:
-        return [self.encode(p, c)[1] for p, c in pairs]
+        return [len(self.tok(c, add_special_tokens=False)["input_ids"]) for _, c in pairs]
 
     def loglik(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
         encoded = [self.encode(p, c) for p, c in pairs]

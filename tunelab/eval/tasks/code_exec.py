@@ -143,16 +143,8 @@ class HumanEval(CodeExecTask):
 
     name = "humaneval"
 
-    def __init__(
-        self,
-        prompt_style: str = "completion",
-        ks: Any = None,
-        timeout: float = 10.0,
-        workers: int = 2,
-        allow_unsandboxed: bool = False,
-        path: str | None = None,
-    ) -> None:
-        super().__init__(ks, timeout, workers, allow_unsandboxed, path)
+    def __init__(self, prompt_style: str = "completion", **shared: Any) -> None:
+        super().__init__(**shared)
         if prompt_style not in ("completion", "chat"):
             raise ValueError(f"humaneval: prompt_style must be 'completion' or 'chat', got {prompt_style!r}")
         self.prompt_style = prompt_style
