@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.regularizers.base import REGULARIZERS, Regularizer, base_model
+from tunelab.train.loss import final_hidden_states
 
 
 @dataclass
@@ -66,10 +67,9 @@ class PooledClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (B, num_labels); padding may sit left or right of the tokens."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                         logits_to_keep=1, use_cache=False)
         b, t = input_ids.shape
-        hidden = out.hidden_states[-1][:, -t:]  # (B, T, C); drops prompt-tuning virtual tokens
+        hidden = final_hidden_states(self.model, input_ids=input_ids, attention_mask=attention_mask)
+        hidden = hidden[:, -t:]  # (B, T, C); drops prompt-tuning virtual tokens
         if attention_mask is None:
             last = torch.full((b,), t - 1, device=input_ids.device)
         else:

@@ -88,6 +88,30 @@ def heldout_loss(model: nn.Module, rows: list[Row], job: TrainJob, device: torch
     return out
 
 
+def compile_layers(model: nn.Module, device: torch.device):
+    """``train.compile``: compile each decoder layer (one graph serves them all: same code, the
+    weights are inputs). On CPU, SDPA layers also switch to ``tunelab_cpu`` attention (SDPA's
+    flash forward, a matmul backward that inductor fuses; see ``tunelab.models.attention``).
+    Returns a function that undoes both, for evaluation."""
+    from tunelab.methods.layers import decoder_layers
+    from tunelab.models.attention import register
+
+    layers = decoder_layers(model)[1]
+    attn = getattr(model.config, "_attn_implementation", None)
+    if device.type == "cpu" and attn == "sdpa":
+        model.set_attn_implementation(register())
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+    def restore() -> None:
+        for layer in layers:
+            layer._compiled_call_impl = None
+        if getattr(model.config, "_attn_implementation", None) != attn:
+            model.set_attn_implementation(attn)
+
+    return restore
+
+
 def _drop_metrics_after(path: Path, step: int) -> None:
     """Keep only metrics rows up to ``step`` (a resumed run logs the later steps again)."""
     if not path.is_file():
@@ -107,11 +131,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     model.train()
     if job.precision == "bf16" and method.frozen_cast_ok:
         cast_frozen_linears(model)
-    if cfg.compile:  # one compiled graph serves every decoder layer (same code, weights as inputs)
-        from tunelab.methods.layers import decoder_layers
-
-        for layer in decoder_layers(model)[1]:
-            layer.compile(dynamic=True)
+    restore = compile_layers(model, device) if cfg.compile else (lambda: None)
     ckpt_dir = job.run_dir / "checkpoints"
     start = 0
     state = None
@@ -191,6 +211,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         raise
     finally:
         metrics.close()
+        restore()
     bar.close()
     model = acc.unwrap_model(model)
     summary = {"steps": cfg.max_steps, "final_loss": last_loss, "resumed_from": start}

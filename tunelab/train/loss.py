@@ -2,9 +2,15 @@
 
 The model runs with ``logits_to_keep=1`` (its own LM head touches one position) and we
 take the final normed hidden state, keep only positions that carry a target, and apply
-the LM head + cross-entropy chunk by chunk under activation checkpointing: logits for at
-most ``chunk`` positions exist at once, in forward and backward, and prompt positions cost
-no head FLOPs at all. Hooks on the LM head (e.g. very large dropout) still apply.
+the LM head + cross-entropy chunk by chunk: logits for at most ``chunk`` positions exist at
+once, and prompt positions cost no head FLOPs at all. Pre-hooks on the LM head (e.g. very
+large dropout) still apply.
+
+A frozen, bias-free head (every adapter method) takes :class:`LinearCrossEntropy`: each
+chunk's loss *and* its gradient with respect to the hidden states are computed in the forward
+pass, so backward is one multiply and no logits are kept or recomputed (2 head GEMMs per
+chunk instead of 3, one pass over the logits instead of three). A trainable or wrapped head
+takes the generic path: the head + cross-entropy per chunk under activation checkpointing.
 """
 
 from __future__ import annotations
@@ -23,10 +29,35 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DDP
 
 
+def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
+    """The decoder's last hidden states (B, T, C), after the final norm, from a forward pass of
+    ``model`` (peft wrappers included) with ``logits_to_keep=1``.
+
+    Read with a hook on the decoder rather than ``output_hidden_states=True``: transformers
+    collects hidden states through hooks on every layer that read a ``ContextVar``, which
+    torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
+    """
+    base = _unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    captured = []
+
+    def keep(module, args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = base.get_decoder().register_forward_hook(keep)
+    try:
+        model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def head_and_ce(head: nn.Module, softcap: float | None, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = head(h).float()  # (n, V)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _capped(head(h).float(), softcap)  # (n, V)
     return F.cross_entropy(logits, y, reduction="none")  # (n,)
 
 
@@ -35,6 +66,74 @@ def compiled_head_and_ce():
     """``head_and_ce`` through ``torch.compile`` (built once): the log-softmax, its gather and its
     backward fuse into single passes over the logits (CPU, SmolLM2 LoRA step: 1.24x)."""
     return torch.compile(head_and_ce, dynamic=True)
+
+
+def ce_and_grad(logits: torch.Tensor, y: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy of ``logits`` (n, V) against ``y`` and its gradient w.r.t. the
+    logits, ``softmax - onehot`` (through the soft cap when there is one), in the logits' dtype.
+    Consumes ``logits``: fp32 logits are overwritten."""
+    z = logits.float()
+    if softcap:
+        t = torch.tanh(z / softcap)
+        z = t * softcap
+    lse = torch.logsumexp(z, dim=-1)
+    loss = lse - z.gather(1, y[:, None]).squeeze(1)
+    if torch.compiler.is_compiling():  # one fused pointwise pass, nothing (n, V) but the result
+        p = torch.exp(z - lse[:, None])
+        grad = torch.where(torch.arange(z.shape[-1], device=z.device) == y[:, None], p - 1, p)
+    else:  # eager: in place, one fp32 (n, V) buffer
+        grad = z.sub_(lse[:, None]).exp_().scatter_add_(1, y[:, None], z.new_full((y.shape[0], 1), -1.0))
+    if softcap:
+        grad = grad.mul_(1 - t * t)
+    return loss, grad.to(logits.dtype)
+
+
+@functools.cache
+def compiled_ce_and_grad():
+    """``ce_and_grad`` through ``torch.compile``: two fused passes over the logits."""
+    return torch.compile(ce_and_grad, dynamic=True)
+
+
+def _cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, cast once per weight version (a frozen tied head: once per run)."""
+    if weight.dtype == dtype:
+        return weight
+    hit = getattr(weight, "_tunelab_cast", None)  # kept on the parameter: it lives as long as the weight
+    if hit is None or hit[0] != weight._version or hit[1].dtype != dtype:
+        hit = (weight._version, weight.detach().to(dtype))
+        weight._tunelab_cast = hit
+    return hit[1]
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of ``h @ weight.T`` against ``y`` for a frozen ``weight``.
+
+    Forward computes, chunk by chunk, the losses and ``d loss_i / d h_i``; backward scales those
+    rows by the incoming gradient (exact: each loss depends on its own row of ``h`` only).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, y, softcap, chunk, compute_dtype, compiled):
+        fn = compiled_ce_and_grad() if compiled else ce_and_grad
+        w = _cast_once(weight, compute_dtype)
+        losses, grads = [], []
+        for i in range(0, h.shape[0], chunk):
+            hc = h[i : i + chunk].to(compute_dtype)
+            loss, g = fn(hc @ w.t(), y[i : i + chunk], softcap)
+            losses.append(loss)
+            grads.append((g @ w).to(h.dtype))
+        ctx.save_for_backward(torch.cat(grads))
+        return torch.cat(losses)
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        (dh,) = ctx.saved_tensors
+        return dh * grad_losses[:, None].to(dh.dtype), None, None, None, None, None, None
+
+
+def _fused_ok(head: nn.Module) -> bool:
+    return (type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
+            and not head._forward_hooks)
 
 
 def token_losses(
@@ -52,15 +151,25 @@ def token_losses(
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    out = model(
-        input_ids=batch["input_ids"], output_hidden_states=True, logits_to_keep=1, use_cache=False, **kwargs
-    )
-    hidden = out.hidden_states[-1][:, virtual_tokens:]  # (B, T, C), after the final norm
+    hidden = final_hidden_states(model, input_ids=batch["input_ids"], **kwargs)[:, virtual_tokens:]
     mask = batch["targets"] != IGNORE
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)
     base = _unwrap(model)
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
+    if h.shape[0] and _fused_ok(head):
+        for hook in head._forward_pre_hooks.values():  # e.g. very large dropout on h
+            out = hook(head, (h,))
+            if out is not None:
+                h = out[0] if isinstance(out, tuple) else out
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else head.weight.dtype
+        if torch.is_grad_enabled() and h.requires_grad:
+            losses = LinearCrossEntropy.apply(h, head.weight, y, softcap, chunk, dtype, compiled)
+        else:
+            w = _cast_once(head.weight, dtype)
+            losses = torch.cat([F.cross_entropy(_capped((h[i : i + chunk].to(dtype) @ w.t()).float(), softcap),
+                                                y[i : i + chunk], reduction="none") for i in range(0, h.shape[0], chunk)])
+        return losses, batch["source_idx"][mask]
     ce = compiled_head_and_ce() if compiled else head_and_ce
     parts = []
     for i in range(0, h.shape[0], chunk):

@@ -1,0 +1,126 @@
+"""The training-speed kernels compute what they replace: the fused linear cross-entropy against
+the checkpointed head, and compiled training's ``tunelab_cpu`` attention against SDPA (losses
+and gradients; fp32 tight, bf16 to bf16 rounding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.data.tokenize import collate, encode, pack
+from tunelab.methods import build_method
+from tunelab.models.tiny import tiny_model, tiny_tokenizer
+from tunelab.train import loss as loss_mod
+from tunelab.train.loss import LinearCrossEntropy, head_and_ce, token_losses
+from tunelab.types import Sample
+
+
+def _batch(tok, n=5):
+    samples = [Sample([{"role": "user", "content": f"add {i} and {i + 1}"},
+                       {"role": "assistant", "content": str(2 * i + 1)}], {"source": "s", "id": str(i)})
+               for i in range(n)]
+    return collate(pack([encode(s, tok, 256) for s in samples], ["s"], 256, True), tok.pad_token_id, True)
+
+
+def _lora_model(tok):
+    model = build_method({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}).apply(
+        tiny_model(len(tok), seed=3))
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the update path carry signal
+            p.data.normal_(0, 0.2)
+    return model
+
+
+def _loss_and_grads(model, batch, bf16: bool):
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        losses, _ = token_losses(model, batch)
+    losses.mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return losses.detach(), grads
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flash_matmul_attention_matches_sdpa(packed, dtype):
+    """Forward and the hand-written backward against SDPA with repeated KV heads; causal and a
+    block-diagonal (packed rows) mask; GQA with 3 query heads per KV head."""
+    from tunelab.models.attention import FlashMatmulAttention
+
+    torch.manual_seed(0)
+    b, h, kv, t, d = 2, 6, 2, 37, 16
+    q, k, v = (torch.randn(b, n, t, d, dtype=torch.float64) for n in (h, kv, kv))
+    allowed = None
+    if packed:
+        seg = torch.tensor([0] * 20 + [1] * 17)
+        allowed = ((seg[:, None] == seg[None, :]) & torch.ones(t, t, dtype=torch.bool).tril())[None, None]
+        allowed = allowed.expand(b, 1, t, t)
+    grad_out = torch.randn(b, h, t, d, dtype=torch.float64)
+    ins = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    out = FlashMatmulAttention.apply(*ins, allowed, 0.25)
+    out.backward(grad_out.to(dtype))
+    ref_ins = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        ref_ins[0], ref_ins[1].repeat_interleave(3, 1), ref_ins[2].repeat_interleave(3, 1),
+        attn_mask=allowed, is_causal=not packed, scale=0.25)
+    ref.backward(grad_out)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5  # relative, in norm
+    assert (out.double() - ref).norm() / ref.norm() < tol
+    for mine, theirs in zip(ins, ref_ins):
+        assert (mine.grad.double() - theirs.grad).norm() / theirs.grad.norm() < tol
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_linear_cross_entropy(softcap, compiled):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    h = torch.randn(9, 16, requires_grad=True)
+    y = torch.randint(0, 50, (9,))
+    g = torch.rand(9)  # a per-row upstream gradient, as the loop's per-token weighting gives
+    ref = head_and_ce(head, softcap, h, y)
+    (g_ref,) = torch.autograd.grad((ref * g).sum(), h)
+    out = LinearCrossEntropy.apply(h, head.weight, y, softcap, 4, torch.float32, compiled)  # 3 chunks
+    (g_out,) = torch.autograd.grad((out * g).sum(), h)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_token_losses_takes_the_fused_head_only_when_frozen(monkeypatch):
+    """Frozen tied head (LoRA): fused path, same losses and LoRA gradients as the checkpointed one.
+    Trainable head (full fine-tuning): the generic path."""
+    tok = tiny_tokenizer()
+    batch = _batch(tok)
+    fused, fused_grads = _loss_and_grads(_lora_model(tok), batch, False)
+    monkeypatch.setattr(loss_mod, "_fused_ok", lambda head: False)
+    ref, ref_grads = _loss_and_grads(_lora_model(tok), batch, False)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-5, atol=1e-6)
+    monkeypatch.undo()
+    full = tiny_model(len(tok), seed=3)
+    assert not loss_mod._fused_ok(full.get_output_embeddings())
+
+
+def test_compiled_training_uses_tunelab_attention_and_restores():
+    """``train.compile`` on CPU trains with ``tunelab_cpu`` attention (same losses and gradients
+    as SDPA) and gives the model back uncompiled, with SDPA, for evaluation."""
+    from tunelab.methods.layers import decoder_layers
+    from tunelab.train.loop import compile_layers
+
+    tok = tiny_tokenizer()
+    batch = _batch(tok)
+    model = _lora_model(tok)
+    assert model.config._attn_implementation == "sdpa"
+    sdpa, sdpa_grads = _loss_and_grads(model, batch, False)
+    model.zero_grad()
+    restore = compile_layers(model, torch.device("cpu"))
+    assert model.config._attn_implementation == "tunelab_cpu"
+    ours, grads = _loss_and_grads(model, batch, False)
+    torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
+    for name in sdpa_grads:
+        torch.testing.assert_close(grads[name], sdpa_grads[name], rtol=1e-4, atol=1e-6)
+    restore()
+    assert model.config._attn_implementation == "sdpa"
+    assert all(layer._compiled_call_impl is None for layer in decoder_layers(model)[1])
