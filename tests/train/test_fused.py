@@ -124,3 +124,35 @@ def test_compiled_training_uses_tunelab_attention_and_restores():
     restore()
     assert model.config._attn_implementation == "sdpa"
     assert all(layer._compiled_call_impl is None for layer in decoder_layers(model)[1])
+
+
+def test_tunelab_attention_on_gemma3_sliding_window():
+    """Gemma3 (sliding-window layers: a boolean mask reaches the attention; its own query scaling):
+    ``tunelab_cpu`` gives SDPA's losses and gradients."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tunelab.models.attention import FlashMatmulAttention, register
+
+    tok = tiny_tokenizer()
+    batch = _batch(tok)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg)
+    model.config._attn_implementation = "sdpa"
+    sdpa, sdpa_grads = _loss_and_grads(model, batch, False)
+    model.zero_grad()
+    model.set_attn_implementation(register())
+    masks = []
+    orig = FlashMatmulAttention.apply
+    FlashMatmulAttention.apply = lambda q, k, v, allowed, scale: masks.append(allowed) or orig(q, k, v, allowed, scale)
+    try:
+        ours, grads = _loss_and_grads(model, batch, False)
+    finally:
+        FlashMatmulAttention.apply = orig
+    assert len(masks) == 2 and all(m is not None and m.dtype == torch.bool for m in masks)  # packed + windows
+    assert not torch.equal(masks[0], masks[1])  # the sliding layer's mask differs from the full one
+    torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
+    for name in sdpa_grads:
+        torch.testing.assert_close(grads[name], sdpa_grads[name], rtol=1e-4, atol=1e-6)
