@@ -156,3 +156,37 @@ def test_tunelab_attention_on_gemma3_sliding_window():
     torch.testing.assert_close(ours, sdpa, rtol=1e-5, atol=1e-5)
     for name in sdpa_grads:
         torch.testing.assert_close(grads[name], sdpa_grads[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_compiled_loop_matches_eager_loop(tmp_path, packing):
+    """``train.compile`` through the one loop (fp32): the same per-step losses and held-out loss as
+    the uncompiled loop, and the model comes back with SDPA, uncompiled."""
+    import json
+
+    from tunelab.config import TrainConfig
+    from tunelab.methods.layers import decoder_layers
+    from tunelab.train.loop import TrainJob, train
+
+    tok = tiny_tokenizer()
+    samples = [Sample([{"role": "user", "content": f"add {i} and {i + 1}"},
+                       {"role": "assistant", "content": str(2 * i + 1)}], {"source": "s", "id": str(i)})
+               for i in range(16)]
+    enc = [encode(s, tok, 64) for s in samples]
+    results = {}
+    for compile_ in (False, True):
+        method = build_method({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0})
+        model = method.apply(tiny_model(len(tok), seed=0))
+        cfg = TrainConfig(max_steps=3, batch_size=4, lr=1e-2, warmup_ratio=0.0, save_every=0, precision="fp32",
+                          compile=compile_)
+        out = tmp_path / str(compile_)
+        out.mkdir()
+        job = TrainJob(model, method, pack(enc[4:], ["s"], 64, packing), ["s"], cfg, "fp32", out,
+                       tok.pad_token_id, packing, heldout=pack(enc[:4], ["s"], 64, packing))
+        summary = train(job)
+        losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+        results[compile_] = (losses, summary["heldout_loss"])
+        assert job.model.config._attn_implementation == "sdpa"
+        assert all(layer._compiled_call_impl is None for layer in decoder_layers(job.model)[1])
+    torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=1e-4, atol=1e-5)
+    assert abs(results[True][1] - results[False][1]) < 1e-4
