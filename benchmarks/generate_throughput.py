@@ -68,28 +68,20 @@ def chat_prompts(n: int) -> tuple[list, str]:
     return [[{"role": "user", "content": f"{r['question']}\n\n{INSTRUCTION}"}] for r in rows], str(path)
 
 
-def n_generated(seq: list[int], eos: set[int]) -> int:
-    """Generated tokens of one sequence: up to and including the first end token."""
-    for i, t in enumerate(seq):
-        if t in eos:
-            return i + 1
-    return len(seq)
-
-
 def part_a(model_name: str, n: int, max_new_tokens: int, batch_size: int, precision: str,
            repeats: int) -> dict[str, Any]:
     """Batched ``HFGenerator`` vs a per-prompt ``generate`` loop on the same prompts and weights."""
     import torch
 
     from tunelab.config import ModelConfig
-    from tunelab.generate.base import GenerationConfig, encode_prompt
+    from tunelab.generate.base import GenerationConfig, encode_prompt, n_generated
     from tunelab.generate.hf import HFGenerator
     from tunelab.models.load import load_model
 
     model, tok, _ = load_model(ModelConfig(model_name))
     gen = HFGenerator(model, tok, batch_size=batch_size, precision=precision, progress=False)
     net = gen.model  # the weights both paths decode with (a bf16 copy for bf16)
-    eos_ids = gen._eos_ids()
+    eos_ids = gen.eos_ids
     eos = set(eos_ids)
     prompts, origin = chat_prompts(n)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)

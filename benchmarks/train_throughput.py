@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "seed": SEED, "lora": LORA, "data": common.data_origin(), "threads": args.threads}
     variants = _variants(args, precision)
     runs: list[dict[str, Any]] = []
+    before = peaks  # a run's "after" probe is the next run's "before"
     for rep in range(args.repeats):
         for side, packing in (variants if rep % 2 == 0 else variants[::-1]):
             kw = {"model": args.model, "steps": args.steps, "warmup": args.warmup,
@@ -282,7 +283,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 kw["compile"] = args.tunelab_compile
                 kw["cast_frozen"] = not args.no_cast_frozen
             print(f"[bench] repeat {rep + 1}/{args.repeats}: {side} packing={packing} {precision}", flush=True)
-            before = common.matmul_peaks()
             run = common.run_in_subprocess(f"train_throughput:{side}_side", kw, args.threads, verbose=args.verbose)
             after = common.matmul_peaks()
             run["repeat"] = rep + 1
@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["peaks"] = {k: round((before[k] + after[k]) / 2, 1) for k in ("fp32", "bf16")}
             run["peaks_before_after"] = {"before": before, "after": after}
             runs.append(_with_mfu(run, run["peaks"]))
+            before = after
 
     best: dict[str, dict[str, Any]] = {}
     for run in runs:

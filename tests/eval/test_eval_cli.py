@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -240,7 +241,8 @@ def test_judge_options_from_the_command_line(
     assert main([*args, *(x for o in opts for x in ("--task-option", o))]) == 0
     result = json.loads(capsys.readouterr().out)["judge"]
     assert result["parse_failure_rate"] == 1.0 and result["parse_failure_rate_ci"][1] == 1.0
-    assert result["score_turn1_ci"] and result["score_turn2_ci"]  # reported, with no parsed grade (NaN)
+    # reported, with no parsed grade: NaN
+    assert all(math.isnan(x) for x in [*result["score_turn1_ci"], *result["score_turn2_ci"]])
     rows = [json.loads(line) for line in (out / "judge.jsonl").read_text().splitlines()]
     assert [len(r["answers"]) for r in rows] == [2, 2, 1] and [r["turns"] for r in rows] == [2, 2, 1]
     assert [len(r["judgements"]) for r in rows] == [2, 2, 1] and all(

@@ -15,11 +15,14 @@ from tunelab.train.loss import LinearCrossEntropy, head_and_ce, token_losses
 from tunelab.types import Sample
 
 
+def _samples(n):
+    return [Sample([{"role": "user", "content": f"add {i} and {i + 1}"},
+                    {"role": "assistant", "content": str(2 * i + 1)}], {"source": "s", "id": str(i)})
+            for i in range(n)]
+
+
 def _batch(tok, n=5):
-    samples = [Sample([{"role": "user", "content": f"add {i} and {i + 1}"},
-                       {"role": "assistant", "content": str(2 * i + 1)}], {"source": "s", "id": str(i)})
-               for i in range(n)]
-    return collate(pack([encode(s, tok, 256) for s in samples], ["s"], 256, True), tok.pad_token_id, True)
+    return collate(pack([encode(s, tok, 256) for s in _samples(n)], ["s"], 256, True), tok.pad_token_id, True)
 
 
 def _lora_model(tok):
@@ -92,7 +95,9 @@ def test_token_losses_takes_the_fused_head_only_when_frozen(monkeypatch):
     Trainable head (full fine-tuning): the generic path."""
     tok = tiny_tokenizer()
     batch = _batch(tok)
-    fused, fused_grads = _loss_and_grads(_lora_model(tok), batch, False)
+    lora = _lora_model(tok)
+    assert loss_mod._fused_ok(lora.get_output_embeddings())
+    fused, fused_grads = _loss_and_grads(lora, batch, False)
     monkeypatch.setattr(loss_mod, "_fused_ok", lambda head: False)
     ref, ref_grads = _loss_and_grads(_lora_model(tok), batch, False)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
@@ -169,10 +174,7 @@ def test_compiled_loop_matches_eager_loop(tmp_path, packing):
     from tunelab.train.loop import TrainJob, train
 
     tok = tiny_tokenizer()
-    samples = [Sample([{"role": "user", "content": f"add {i} and {i + 1}"},
-                       {"role": "assistant", "content": str(2 * i + 1)}], {"source": "s", "id": str(i)})
-               for i in range(16)]
-    enc = [encode(s, tok, 64) for s in samples]
+    enc = [encode(s, tok, 64) for s in _samples(16)]
     results = {}
     for compile_ in (False, True):
         method = build_method({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.formats import DataError
-from tunelab.eval.harness import EvalResult, evaluate, write_jsonl
+from tunelab.eval.harness import EvalResult, evaluate, score_rows, write_jsonl
 from tunelab.eval.tasks.base import EvalItem, EvalTask, get_task, parse_task_options
 from tunelab.sandbox import SandboxUnavailable
 
@@ -131,19 +131,10 @@ def score_predictions(
     chosen = [it for it in items.values() if it.id in grouped][: limit if limit else None]
     comps = [grouped[it.id] for it in chosen]
     t0 = time.perf_counter()
-    batch = getattr(task, "score_batch", None)
     answers = (
         [turns.get(it.id, c[:1]) for it, c in zip(chosen, comps)] if hasattr(task, "follow_up") else None
     )
-    if answers is not None:
-        scored = batch(chosen, comps, answers)
-    else:
-        scored = batch(chosen, comps) if batch else [task.score(it, c) for it, c in zip(chosen, comps)]
-    rows = [
-        {"id": it.id, **s, "completion": c[0], **({"completions": c} if len(c) > 1 else {})}
-        | ({"answers": answers[i]} if answers is not None else {})
-        for i, (it, s, c) in enumerate(zip(chosen, scored, comps))
-    ]
+    rows = score_rows(task, chosen, comps, answers)
     if out is not None:
         write_jsonl(out, rows)
     return EvalResult(task.aggregate(rows), rows, time.perf_counter() - t0)

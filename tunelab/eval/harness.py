@@ -72,7 +72,15 @@ def evaluate(
     completions = generator.generate([it.prompt for it in items], cfg)
     answers = converse(task, items, completions, generator, cfg) if hasattr(task, "follow_up") else None
     elapsed = time.perf_counter() - t0
-    # tasks that score in bulk (sandboxed code, judges) get all items at once
+    rows = score_rows(task, items, completions, answers)
+    if out is not None:
+        write_jsonl(out, rows)
+    return EvalResult(task.aggregate(rows), rows, elapsed)
+
+
+def score_rows(task, items: list, completions: list[list[str]], answers: list | None = None) -> list[dict[str, Any]]:
+    """Score completions (n per item) and build the per-item rows; ``answers``: every turn's answer
+    of multi-turn tasks. Tasks that score in bulk (sandboxed code, judges) get all items at once."""
     batch = getattr(task, "score_batch", None)
     if answers is not None:  # multi-turn tasks score every turn's answer
         scored = batch(items, completions, answers)
@@ -80,12 +88,9 @@ def evaluate(
         scored = batch(items, completions)
     else:
         scored = [task.score(it, c) for it, c in zip(items, completions)]
-    rows = [
+    return [
         {"id": it.id, **row, "completion": comps[0]}
         | ({"completions": comps} if len(comps) > 1 else {})
         | ({"answers": answers[i]} if answers is not None else {})
         for i, (it, comps, row) in enumerate(zip(items, completions, scored))
     ]
-    if out is not None:
-        write_jsonl(out, rows)
-    return EvalResult(task.aggregate(rows), rows, elapsed)

@@ -141,17 +141,8 @@ def clustered_mean(
         value and CI with ``n`` 0.
     """
     kept = [g for g in groups if len(g)]
-    if not kept:
-        return _score(math.nan, math.nan, math.nan, 0)
-    sums = np.array([float(np.sum(g)) for g in kept])
-    counts = np.array([len(g) for g in kept], dtype=float)
-
-    def pooled(idx: np.ndarray, axis: int | None = None) -> Any:
-        idx = idx.astype(int)
-        return sums[idx].sum(axis=axis) / counts[idx].sum(axis=axis)
-
-    score = bootstrap_ci(np.arange(len(kept)), pooled, confidence=confidence, n_boot=n_boot, seed=seed)
-    score["n"] = int(counts.sum())
+    score = ratio_of_sums([float(np.sum(g)) for g in kept], [len(g) for g in kept], confidence, n_boot, seed)
+    score["n"] = sum(len(g) for g in kept)
     return score
 
 

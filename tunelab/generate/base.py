@@ -76,3 +76,11 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     """Truncate ``text`` at the earliest stop string."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
+
+
+def n_generated(seq: list[int], eos: set[int]) -> int:
+    """Generated tokens of one sequence: up to and including the first end token."""
+    for i, t in enumerate(seq):
+        if t in eos:
+            return i + 1
+    return len(seq)

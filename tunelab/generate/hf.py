@@ -2,9 +2,12 @@
 
 Prompts are sorted by length so each batch pads little; results come back in order.
 
-Decoding runs its own loop (``_decode``) rather than ``model.generate``: a row leaves the batch
-(its KV cache rows are dropped) as soon as it emits an end-of-sequence token or a stop string,
-so the cost follows the tokens actually generated, not the longest completion of the batch.
+Decoding runs its own loop rather than ``model.generate``: a row leaves the batch (its KV cache
+rows are dropped) as soon as it emits an end-of-sequence token or a stop string, so the cost
+follows the tokens actually generated, not the longest completion of the batch. With a plain
+growing KV cache (``_continuous``) queued prompts take the freed rows and each prompt is
+prefilled alone; models whose cache layers are not plain (sliding windows: Gemma3) decode
+fixed left-padded batches (``_decode``).
 Stop strings are checked on the decoded tail of each row (a few tokens), never the whole text.
 Greedy decoding gives the same tokens as ``generate`` (tested). Prompt-learning peft models
 (prefix/prompt tuning, whose virtual tokens live in ``prepare_inputs_for_generation``) keep
@@ -23,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, render_prompt
+from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, n_generated
 from tunelab.models.load import cache_kwarg
 
 
@@ -85,13 +88,6 @@ class GrowingLayer(DynamicLayer):
         self._k, self._v = self._k[indices], self._v[indices]
         self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
 
-    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        spare = self._k.shape[2] - self.keys.shape[2]
-        self.hold(self.keys.repeat_interleave(repeats, 0), self.values.repeat_interleave(repeats, 0), spare)
-
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("GrowingLayer: crop is not supported")
 
@@ -134,9 +130,6 @@ class HFGenerator:
             self._fingerprint = fingerprint(self._source, self.tok)
         return self._fingerprint
 
-    def render(self, prompt: Prompt) -> str:
-        return render_prompt(self.tok, prompt)
-
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
         ids = [encode_prompt(self.tok, p) for p in prompts]
@@ -171,17 +164,28 @@ class HFGenerator:
         )
         return cache, out.logits[:, -1].float()
 
-    def _extend(self, row: list[int], t: int, eos: set[int], stops: list[str]) -> bool:
+    def _ends(self, cfg: GenerationConfig) -> tuple[set[int], list[str], int]:
+        """(end tokens, stop strings, tokens of decoded tail that can hold the longest stop string)."""
+        stops = [s for s in cfg.stop if s]
+        return set(self.eos_ids), stops, max((len(x) for x in stops), default=0) + 4
+
+    def _extend(self, row: list[int], t: int, ends: tuple[set[int], list[str], int]) -> bool:
         """Append token ``t`` to ``row`` unless it ends the sequence; whether the row goes on.
 
         A stop string ends the row once it appears in the decoded tail (a few tokens past the
         longest stop string: enough to hold it), so no row is decoded whole at every step.
         """
+        eos, stops, tail = ends
         if t in eos:
             return False
         row.append(t)
-        tail = max((len(x) for x in stops), default=0) + 4
-        return not (stops and any(x in self.tok.decode(row[-tail:]) for x in stops))
+        if not stops:
+            return True
+        text = self.tok.decode(row[-tail:])
+        return not any(x in text for x in stops)
+
+    def _texts(self, rows: list[list[int]], cfg: GenerationConfig) -> list[str]:
+        return [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(rows, skip_special_tokens=True)]
 
     def _decode_step(self, picked: torch.Tensor, mask: torch.Tensor, next_pos: torch.Tensor, cache) -> tuple:
         """One token for every live row: (next logits (B, V) fp32, the grown mask, the next positions)."""
@@ -207,8 +211,7 @@ class HFGenerator:
         n, cap = cfg.n, max(self.batch_size, cfg.n)
         queue = deque(order)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
-        eos = set(self._eos_ids())
-        stops = [s for s in cfg.stop if s]
+        ends = self._ends(cfg)
         tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in ids]
         live: list[tuple[int, int]] = []  # (prompt, sample) of each batch row
         left = [n] * len(ids)  # samples still running per prompt
@@ -245,7 +248,7 @@ class HFGenerator:
             for j, t in enumerate(picked.tolist()):
                 p, s = live[j]
                 row = tokens[p][s]
-                if self._extend(row, t, eos, stops) and len(row) < cfg.max_new_tokens:
+                if self._extend(row, t, ends) and len(row) < cfg.max_new_tokens:
                     keep.append(j)
                     continue
                 left[p] -= 1
@@ -265,10 +268,7 @@ class HFGenerator:
                     mask = mask[:, lead:]
             logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
         bar.close()
-        return [
-            [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(rows, skip_special_tokens=True)]
-            for rows in tokens
-        ]
+        return [self._texts(rows, cfg) for rows in tokens]
 
     def _left_pad(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, batch_ids))
@@ -296,14 +296,13 @@ class HFGenerator:
             cache.batch_repeat_interleave(cfg.n)
             logits, mask, next_pos = (t.repeat_interleave(cfg.n, 0) for t in (logits, mask, next_pos))
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
-        eos = set(self._eos_ids())
-        stops = [s for s in cfg.stop if s]
+        ends = self._ends(cfg)
         live = list(range(len(batch_ids) * cfg.n))  # output row of each batch row
         tokens: list[list[int]] = [[] for _ in live]
         for step in range(cfg.max_new_tokens):
             picked = pick_tokens(logits, cfg, gen)
             self.generated_tokens += len(live)
-            keep = [j for j, t in enumerate(picked.tolist()) if self._extend(tokens[live[j]], t, eos, stops)]
+            keep = [j for j, t in enumerate(picked.tolist()) if self._extend(tokens[live[j]], t, ends)]
             if not keep or step == cfg.max_new_tokens - 1:
                 break
             if len(keep) < len(live):
@@ -312,7 +311,7 @@ class HFGenerator:
                 picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
             logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
-        texts = [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(tokens, skip_special_tokens=True)]
+        texts = self._texts(tokens, cfg)
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]
 
     def _hf_generate(self, batch_ids: list[list[int]], cfg: GenerationConfig) -> list[list[str]]:
@@ -326,8 +325,8 @@ class HFGenerator:
             do_sample=sample,
             max_new_tokens=cfg.max_new_tokens,
             num_return_sequences=cfg.n,
-            pad_token_id=self.tok.pad_token_id,
-            eos_token_id=self._eos_ids(),
+            pad_token_id=self.tok.pad_token_id if self.tok.pad_token_id is not None else 0,
+            eos_token_id=self.eos_ids,
             use_cache=True,
         )
         if sample:
@@ -337,14 +336,16 @@ class HFGenerator:
         if cfg.stop:
             kwargs.update(stop_strings=cfg.stop, tokenizer=self.tok)
         gen = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        eos = set(kwargs["eos_token_id"])
-        for row in gen[:, width:].tolist():
-            self.generated_tokens += next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        texts = self.tok.batch_decode(gen[:, width:], skip_special_tokens=True)
-        texts = [cut_at_stop(t, cfg.stop) for t in texts]
+        eos = set(self.eos_ids)
+        new = gen[:, width:].tolist()
+        self.generated_tokens += sum(n_generated(row, eos) for row in new)
+        texts = self._texts(new, cfg)
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]
 
-    def _eos_ids(self) -> list[int]:
+    @property
+    def eos_ids(self) -> list[int]:
+        """Token ids that end a completion: the tokenizer's and generation config's EOS and known
+        end-of-turn tokens (read at each call: the generation config may change)."""
         ids = {self.tok.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])

@@ -75,12 +75,6 @@ class VLLMGenerator:
 
         return LoRARequest("adapter", 1, str(self.adapter))
 
-    def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        tok = self.llm.get_tokenizer()
-        return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
         """``cfg.n`` completions per prompt, in order (vllm batches and schedules internally)."""
         from vllm import SamplingParams

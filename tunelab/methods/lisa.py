@@ -41,7 +41,6 @@ class LISAParams:
 class LISA(Full):
     """Always-on embeddings/norm/head plus gamma random decoder layers, re-drawn every K steps."""
 
-
     name = "lisa"
     Params = LISAParams
 

@@ -61,11 +61,6 @@ def virtual_token_mask(segments: torch.Tensor, n_virtual: int, virtual_queries: 
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _renamed_cache(model: nn.Module) -> bool:
-    """transformers 5 calls the KV cache ``cache``; peft's generation code predates that."""
-    return cache_kwarg(model) == "cache"
-
-
 def _is_eager(model: nn.Module) -> bool:
     return getattr(model.config, "_attn_implementation", "sdpa") == "eager"
 
@@ -126,10 +121,9 @@ def _generation_inputs(n_virtual: int, kind: str) -> Callable:
 
 def install_prefix(peft_model: nn.Module, n_virtual: int) -> None:
     """Packed rows and generation for a peft prefix-tuning model (see the module docstring)."""
-    renamed = _renamed_cache(peft_model.get_base_model())
-    hook = _prefix_pre_hook(n_virtual, "cache" if renamed else "past_key_values")
-    peft_model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
-    if renamed:  # transformers 5; with older ones peft's own generation path fits
+    kw = cache_kwarg(peft_model)  # transformers 5 calls the KV cache ``cache``; peft predates that
+    peft_model.base_model.register_forward_pre_hook(_prefix_pre_hook(n_virtual, kw), with_kwargs=True)
+    if kw == "cache":  # transformers 5; with older ones peft's own generation path fits
         peft_model.prepare_inputs_for_generation = MethodType(_generation_inputs(n_virtual, "prefix"), peft_model)
 
 
@@ -160,5 +154,5 @@ def install_prompt(peft_model: nn.Module, n_virtual: int) -> None:
 
     peft_model.register_forward_pre_hook(outer, with_kwargs=True)
     peft_model.base_model.register_forward_pre_hook(inner, with_kwargs=True)
-    if _renamed_cache(peft_model.get_base_model()):  # transformers 5; else peft's own path fits
+    if cache_kwarg(peft_model) == "cache":  # transformers 5; else peft's own path fits
         peft_model.prepare_inputs_for_generation = MethodType(_generation_inputs(n_virtual, "prompt"), peft_model)

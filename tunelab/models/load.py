@@ -29,6 +29,13 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under peft / DDP wrappers."""
+    model = getattr(model, "module", model)
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def cache_kwarg(model) -> str:
     """The forward keyword of the KV cache: ``cache`` in transformers 5, ``past_key_values`` before.
 
@@ -36,8 +43,7 @@ def cache_kwarg(model) -> str:
     """
     import inspect
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
 class ModelError(RuntimeError):

@@ -39,8 +39,3 @@ def build_regularizers(specs: list[dict[str, Any]]) -> list[Regularizer]:
     return out
 
 
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under peft / DDP wrappers."""
-    model = getattr(model, "module", model)
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.regularizers.base import REGULARIZERS, Regularizer, base_model
+from tunelab.models.load import base_model
+from tunelab.regularizers.base import REGULARIZERS, Regularizer
 from tunelab.train.loss import final_hidden_states
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunelab.regularizers.base import REGULARIZERS, Regularizer, base_model
+from tunelab.models.load import base_model
+from tunelab.regularizers.base import REGULARIZERS, Regularizer
 
 
 @dataclass

@@ -22,7 +22,10 @@ VALUE_KEYS = ("correct", "rating", "value", "score")
 
 
 def item_value(row: dict[str, Any]) -> float | None:
-    """The per-item outcome compared between runs, or None when the row has none."""
+    """The per-item outcome compared between runs, or None when the row has none.
+
+    Perplexity rows give minus their loss per token: ``compare`` weighs items equally, so its delta
+    can differ from the difference of the task's token-weighted ``loss``."""
     if isinstance(row.get("n"), int) and isinstance(row.get("c"), int) and row["n"] > 0:
         return row["c"] / row["n"]
     for key in VALUE_KEYS:

@@ -23,10 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.data.tokenize import IGNORE
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP
+from tunelab.models.load import base_model
 
 
 def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
@@ -37,14 +34,12 @@ def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     collects hidden states through hooks on every layer that read a ``ContextVar``, which
     torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
     """
-    base = _unwrap(model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     captured = []
 
     def keep(module, args, output):
         captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
 
-    handle = base.get_decoder().register_forward_hook(keep)
+    handle = base_model(model).get_decoder().register_forward_hook(keep)
     try:
         model(**inputs, logits_to_keep=1, use_cache=False)
     finally:
@@ -146,7 +141,7 @@ def token_losses(
     """Per-target-token losses (n,) and the source index of each (n,).
 
     ``virtual_tokens``: positions the model prepends (prompt tuning), dropped before the head.
-    ``compiled``: use :func:`compiled_head_and_ce` (``train.compile``).
+    ``compiled``: the head's cross-entropy through ``torch.compile`` (``train.compile``).
     """
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
@@ -154,7 +149,7 @@ def token_losses(
     hidden = final_hidden_states(model, input_ids=batch["input_ids"], **kwargs)[:, virtual_tokens:]
     mask = batch["targets"] != IGNORE
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)
-    base = _unwrap(model)
+    base = base_model(model)
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if h.shape[0] and _fused_ok(head):

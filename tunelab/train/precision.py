@@ -83,7 +83,9 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
     head, including peft's ``modules_to_save`` original; the input embedding feeds the fp32
     residual stream), and so is every parameter that trains.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+    from tunelab.models.load import base_model
+
+    inner = base_model(model)
     keep = set()  # storage of the embeddings and of everything tied to them (peft may wrap the head)
     for get in ("get_input_embeddings", "get_output_embeddings"):
         module = getattr(inner, get, lambda: None)()

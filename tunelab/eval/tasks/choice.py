@@ -17,7 +17,7 @@ from tunelab.data.tasks.base import TASK_FAMILIES
 from tunelab.eval.harness import EvalResult, write_jsonl
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
-from tunelab.generate.base import Prompt, encode_prompt, render_prompt
+from tunelab.generate.base import Prompt, encode_prompt
 
 CLASSIFICATION_SUBTASKS = ("sentiment", "topic", "yesno")
 
@@ -58,9 +58,6 @@ class HFLoglikScorer:
 
             self._fingerprint = fingerprint(self.model, self.tok)
         return self._fingerprint
-
-    def render(self, prompt: Prompt) -> str:
-        return render_prompt(self.tok, prompt)
 
     def encode(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt + continuation, and how many trailing ids are the continuation."""

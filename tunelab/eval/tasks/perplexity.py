@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from tunelab.config import SourceConfig, from_dict
@@ -62,9 +63,7 @@ class Perplexity(EvalTask):
         n = limit or DEFAULT_ITEMS
         items = []
         for src in self.sources:
-            if src.task:
-                src.count = n
-            loaded = load_source(src, None, seed, heldout=0)
+            loaded = load_source(replace(src, count=n) if src.task else src, None, seed, heldout=0)
             for s in [s for s in loaded.train if s.response()][:n]:
                 meta = {"source": src.name, "choices": [s.response()]}
                 items.append(EvalItem(f"{src.name}/{s.meta.get('id')}", s.prompt_messages(), meta))
