@@ -173,7 +173,8 @@ def token_losses(
             parts.append(checkpoint(ce, head, softcap, hc, yc, use_reentrant=False))
         else:
             parts.append(ce(head, softcap, hc, yc))
-    losses = torch.cat(parts) if parts else hidden.sum() * 0.0
+    # no target in the batch: an empty (0,) tensor that is still part of the graph (backward runs)
+    losses = torch.cat(parts) if parts else (hidden.sum() * 0.0).reshape(1)[:0]
     return losses, batch["source_idx"][mask]
 
 
