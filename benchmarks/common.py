@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunelab.train.loop import heldout_loss as loop_heldout_loss
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 HELDOUT = 32
@@ -51,7 +53,7 @@ def versions() -> dict[str, str]:
 
 def host_info() -> dict[str, Any]:
     """CPU name, cores, the precision-relevant flags, torch threads and package versions."""
-    from tunelab.train.precision import cpu_flags, cpu_name
+    from tunelab.device import cpu_flags, cpu_name
 
     flags = cpu_flags()
     try:
@@ -83,7 +85,7 @@ def host_line(host: dict[str, Any]) -> str:
 
 def native_bf16() -> bool:
     """Whether the CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX)."""
-    from tunelab.train.precision import cpu_flags
+    from tunelab.device import cpu_flags
 
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
@@ -94,7 +96,7 @@ def matmul_peaks(n: int = 2048, seconds: float = 1.0) -> dict[str, Any]:
     On hosts without native bf16 the bf16 matmul is emulated (~50x slower than fp32), so its
     size drops to 512 to keep the probe near ``seconds`` instead of tens of seconds.
     """
-    from tunelab.train.precision import matmul_gflops
+    from tunelab.device import matmul_gflops
 
     n_bf16 = n if native_bf16() else min(n, 512)
     return {
@@ -247,28 +249,14 @@ def encode_rows(samples: list, tok, max_length: int, packing: bool) -> tuple[lis
     return pack(encoded, sources, max_length, packing), encoded
 
 
-@torch.no_grad()
 def heldout_loss(model: nn.Module, rows: list, pad_id: int, precision: str, batch_size: int = 8) -> float:
-    """Mean loss per target token over ``rows`` with tunelab's ``token_losses`` (no dropout).
+    """Mean loss per target token over ``rows`` with the package's held-out loss (no dropout).
 
     The same code scores every side's final adapter, so the loss mask and reduction match.
     """
-    from tunelab.data.tokenize import collate
-    from tunelab.train.loss import token_losses
-    from tunelab.train.precision import autocast
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with autocast(device.type, precision):
-        for i in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id, False).items()}
-            losses, _ = token_losses(model, batch)
-            total += float(losses.double().sum())
-            count += int(losses.numel())
-    model.train(was_training)
-    return total / max(1, count)
+    n_sources = 1 + max((int(i) for r in rows for i in r.source_idx if i >= 0), default=0)
+    return loop_heldout_loss(model, rows, [str(i) for i in range(n_sources)], pad_id, precision, packing=False,
+                             batch_size=batch_size)["heldout_loss"]
 
 
 def clean(obj: Any) -> Any:

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--verbose", action="store_true", help="show the GSM8K side's progress and warnings")
     args = p.parse_args(argv)
 
-    from tunelab.train.precision import decide
+    from tunelab.device import decide
 
     common.set_threads(args.threads)
     precision, why = decide(args.precision, "cpu")

@@ -21,9 +21,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import IGNORE, Encoded, pack
+from tunelab.device import decide
 from tunelab.methods import build_method
 from tunelab.train.loop import TrainJob, train
-from tunelab.train.precision import decide
 
 
 def smollm2_shaped() -> LlamaForCausalLM:

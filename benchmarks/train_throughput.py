@@ -90,7 +90,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
         job = TrainJob(net, method, rows, sources, cfg, precision, Path(tmp), tok.pad_token_id, packing)
         t_train = time.perf_counter()
-        summary = train(job)
+        model, summary = train(job)
         train_seconds = time.perf_counter() - t_train
         peak = common.peak_rss_mb()
         metrics = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -100,17 +100,17 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     lengths = None if packing else [len(r.input_ids) for r in rows]
     batches = Batches(len(rows), batch_size, SEED, lengths=lengths)
     samples_seen = sum(len(rows[j].ids) for k in range(total) for j in batches.micro(k)[0])
-    flops, seq = _flops(job.model, encoded)
+    flops, seq = _flops(model, encoded)
     return {
         "side": "tunelab", "packing": packing, "compile": compile, "cast_frozen": cast_frozen, "precision": precision, "threads": used,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "last_train_loss": summary["final_loss"],
-        "heldout_loss": common.heldout_loss(job.model, held_rows, tok.pad_token_id, precision, batch_size),
+        "heldout_loss": common.heldout_loss(model, held_rows, tok.pad_token_id, precision, batch_size),
         "samples_seen": samples_seen, "target_tokens_timed": sum(r["target_tokens"] for r in timed),
         "flops_per_token": flops, "attn_seq_len": round(seq, 1),
-        "matmul_params": common.matmul_params(job.model)[0],
-        "trainable_matmul_params": common.matmul_params(job.model)[1],
+        "matmul_params": common.matmul_params(model)[0],
+        "trainable_matmul_params": common.matmul_params(model)[1],
         "train_seconds": round(train_seconds, 2), "setup_seconds": round(t_train - t_start, 2),
     }
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--verbose", action="store_true", help="show the sides' progress and warnings (stderr)")
     args = p.parse_args(argv)
 
-    from tunelab.train.precision import decide
+    from tunelab.device import decide
 
     common.set_threads(args.threads)
     precision, why = decide(args.precision, "cpu")

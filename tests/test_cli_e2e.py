@@ -107,7 +107,7 @@ def test_recipe_task_options_are_checked_and_used(tmp_path, capsys, tiny):
     model, tok = tiny
     out = evaluate_model(model, tok, cfg, "fp32", tmp_path, quiet=True)  # the runner builds the ood task
     ood_ids = [it.id for it in get_task("nlp_mc", split="ood").items(3, cfg.eval.seed)]
-    assert [r["id"] for r in out["nlp_mc"]["rows"]] == ood_ids and all("-ood-" in i for i in ood_ids)
+    assert [r["id"] for r in out["nlp_mc"].rows] == ood_ids and all("-ood-" in i for i in ood_ids)
     assert main(["validate", "recipes/tiny.yaml", "eval.tasks=[nlp_mc]", "eval.task_options.nlp_mc.splits=ood"]) == 1
     assert "task 'nlp_mc': unknown option(s) splits; accepted options: split" in capsys.readouterr().err
     assert main(["validate", "recipes/tiny.yaml", "eval.task_options.gsm8k.fewshot=5"]) == 1

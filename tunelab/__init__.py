@@ -1,28 +1,37 @@
 """tunelab: a lab for fine-tuning LLMs — recipes, data mixing with provenance, PEFT methods,
-evaluation with confidence intervals. Everything the CLI does is a Python call too."""
+evaluation with confidence intervals. Everything the CLI does is a Python call too:
+
+    import tunelab
+    run_dir = tunelab.run("recipes/tiny.yaml", ["train.max_steps=3"])
+    problems = tunelab.validate("recipes/tiny.yaml")
+    cfg = tunelab.load_recipe("recipes/tiny.yaml")
+    gen = tunelab.build_generator("smollm2-135m-instruct")
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
+# The package root stays light (PEP 562): ``import tunelab.registry`` must not load torch, and the
+# root must not import the top layers that import it. Each public name resolves on first use.
+_PUBLIC = {
+    "run": "tunelab.runner.run",
+    "validate": "tunelab.runner.validate",
+    "load_recipe": "tunelab.config",
+    "build_generator": "tunelab.generate.build",
+    "evaluate_tasks": "tunelab.eval.harness",
+}
 
-def run(recipe=None, overrides=None, **kw):
-    """Run a recipe (path, or a RunConfig) with ``a.b=c`` overrides; returns the run folder."""
-    from tunelab.runner.run import run as _run
-
-    return _run(recipe, overrides, **kw)
-
-
-def validate(recipe, overrides=None) -> list[str]:
-    """Problems in a recipe (empty list when it is good)."""
-    from tunelab.config import load_recipe
-    from tunelab.runner.validate import validate as _validate
-
-    return _validate(load_recipe(recipe, overrides))
+__all__ = ["__version__", *_PUBLIC]
 
 
-def load_recipe(recipe=None, overrides=None):
-    """A recipe as a typed RunConfig."""
-    from tunelab.config import load_recipe as _load
-
-    return _load(recipe, overrides)
+def __getattr__(name: str) -> Any:
+    """Resolve a public name (``tunelab.run`` ...) from the module that defines it."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value

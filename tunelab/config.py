@@ -17,6 +17,10 @@ from typing import Any, Literal
 import yaml
 
 
+DEFAULT_METHOD = "lora"
+"""The method a recipe, a run folder or ``build_method`` gets when none is named."""
+
+
 class ConfigError(ValueError):
     """A recipe problem; the message names the file, the key and what is valid."""
 
@@ -176,7 +180,7 @@ class RunConfig:
     """The model to fine-tune (a string is shorthand for ``model.name``)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Sources, mixture, curation, tokenisation."""
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_METHOD})
     """``{name: ..., **params}``; see ``tunelab ls methods``."""
     regularizers: list[dict[str, Any]] = field(default_factory=list)
     """Each ``{name: ..., **params}``."""
@@ -350,3 +354,21 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a finished run folder (its resolved ``config.yaml`` and ``final/`` weights)."""
+    p = Path(path)
+    return (p / "config.yaml").is_file() and (p / "final").is_dir()
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """The resolved RunConfig a run folder was made with (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+    return from_dict(RunConfig, yaml.safe_load(path.read_text()))
+

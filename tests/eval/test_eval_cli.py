@@ -135,7 +135,7 @@ def test_eval_tiny_model_json(
 def test_loglik_scorer_matches_manual_sum() -> None:
     import torch
 
-    from tunelab.eval.tasks.choice import HFLoglikScorer
+    from tunelab.generate.loglik import HFLoglikScorer
     from tunelab.models.tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()

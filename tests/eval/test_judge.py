@@ -377,7 +377,7 @@ def test_judge_task_two_turns_pairwise(two_turn_questions: dict[str, str]) -> No
 
 def test_judge_predictions_need_every_turn(two_turn_questions: dict[str, str], tmp_path: Path) -> None:
     from tunelab.data.formats import DataError
-    from tunelab.eval.cli import score_predictions
+    from tunelab.eval.predictions import score_predictions
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text(

@@ -11,7 +11,7 @@ import pytest
 from tunelab.cli import main
 from tunelab.eval.stats import ratio_of_sums
 from tunelab.eval.tasks.base import get_task
-from tunelab.eval.tasks.choice import evaluate_loglik
+from tunelab.eval.harness import evaluate_loglik
 
 
 class FakeScorer:
@@ -58,7 +58,7 @@ def test_loss_and_perplexity_per_source(tmp_path: Path) -> None:
 def test_file_sources_and_tiny_model_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import torch
 
-    from tunelab.eval.tasks.choice import HFLoglikScorer
+    from tunelab.generate.loglik import HFLoglikScorer
     from tunelab.models.tiny import tiny_model, tiny_tokenizer
 
     data = tmp_path / "held.jsonl"

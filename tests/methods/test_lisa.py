@@ -124,7 +124,7 @@ def test_resume_from_a_checkpoint_inside_a_period_is_exact(tmp_path):
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-5", killed / "checkpoints" / "step-5")
     resumed = _job(killed, resume=True)
-    assert train(resumed)["resumed_from"] == 5
+    assert train(resumed)[1]["resumed_from"] == 5
     _assert_same_model(straight, resumed)
 
 
@@ -143,7 +143,7 @@ def test_ctrl_c_right_after_a_switch_resumes_exactly(tmp_path, monkeypatch):
         train(_job(tmp_path / "b"))
     monkeypatch.setattr(loop, "lr_at", orig)
     resumed = _job(tmp_path / "b", resume=True)
-    assert train(resumed)["resumed_from"] == 6
+    assert train(resumed)[1]["resumed_from"] == 6
     _assert_same_model(straight, resumed)
 
 

@@ -185,11 +185,11 @@ def test_compiled_loop_matches_eager_loop(tmp_path, packing):
         out.mkdir()
         job = TrainJob(model, method, pack(enc[4:], ["s"], 64, packing), ["s"], cfg, "fp32", out,
                        tok.pad_token_id, packing, heldout=pack(enc[:4], ["s"], 64, packing))
-        summary = train(job)
+        trained, summary = train(job)
         losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
         results[compile_] = (losses, summary["heldout_loss"])
-        assert job.model.config._attn_implementation == "sdpa"
-        assert all(layer._compiled_call_impl is None for layer in decoder_layers(job.model)[1])
+        assert trained.config._attn_implementation == "sdpa"
+        assert all(layer._compiled_call_impl is None for layer in decoder_layers(trained)[1])
     torch.testing.assert_close(torch.tensor(results[True][0]), torch.tensor(results[False][0]), rtol=1e-4, atol=1e-5)
     assert abs(results[True][1] - results[False][1]) < 1e-4
 

@@ -37,8 +37,8 @@ def _job(run_dir, resume=False, method="lora", batch_size=2, grad_accum=1, max_s
     return TrainJob(model, m, _rows(tok), ["a", "b"], cfg, "fp32", run_dir, tok.pad_token_id, True, resume=resume)
 
 
-def _weights(job):
-    return {k: v.clone() for k, v in job.method.trainable_state(job.model).items()}
+def _weights(job, model):
+    return {k: v.clone() for k, v in job.method.trainable_state(model).items()}
 
 
 def _assert_same(a, b, atol=1e-5):
@@ -49,7 +49,7 @@ def _assert_same(a, b, atol=1e-5):
 
 def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path, monkeypatch):
     straight = _job(tmp_path / "a")
-    train(straight)
+    straight_model, _ = train(straight)
     orig = loop.lr_at
 
     def interrupt_at_5(step, cfg):  # Ctrl-C arrives during step 6 (after 5 complete steps)
@@ -62,21 +62,23 @@ def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path, monkeypatch):
         train(_job(tmp_path / "b"))
     monkeypatch.setattr(loop, "lr_at", orig)
     resumed = _job(tmp_path / "b", resume=True)
-    assert train(resumed)["resumed_from"] == 5
-    _assert_same(_weights(straight), _weights(resumed))
+    resumed_model, summary = train(resumed)
+    assert summary["resumed_from"] == 5
+    _assert_same(_weights(straight, straight_model), _weights(resumed, resumed_model))
 
 
 def test_resume_from_periodic_checkpoint_after_kill(tmp_path):
     straight = _job(tmp_path / "a")
-    train(straight)  # save_every=5 leaves checkpoints/step-5
+    straight_model, _ = train(straight)  # save_every=5 leaves checkpoints/step-5
     killed = tmp_path / "killed"
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-5", killed / "checkpoints" / "step-5")
     (killed / "checkpoints" / ".tmp-step-10").mkdir()  # a half-written checkpoint is ignored
     # the killed run had logged steps 1..7 before dying: steps 6..7 are redone, logged once
     (killed / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)))
     resumed = _job(killed, resume=True)
-    assert train(resumed)["resumed_from"] == 5
-    _assert_same(_weights(straight), _weights(resumed))
+    resumed_model, summary = train(resumed)
+    assert summary["resumed_from"] == 5
+    _assert_same(_weights(straight, straight_model), _weights(resumed, resumed_model))
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
 
@@ -106,10 +108,10 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", record)
     big = _job(tmp_path / "big", method="full", batch_size=4, max_steps=1)
     acc = _job(tmp_path / "acc", method="full", batch_size=2, grad_accum=2, max_steps=1)
-    train(big)
-    train(acc)
-    a = [grads[0][id(p)] for p in big.model.parameters()]
-    b = [grads[1][id(p)] for p in acc.model.parameters()]
+    big_model, _ = train(big)
+    acc_model, _ = train(acc)
+    a = [grads[0][id(p)] for p in big_model.parameters()]
+    b = [grads[1][id(p)] for p in acc_model.parameters()]
     for ga, gb in zip(a, b):
         assert torch.allclose(ga, gb, atol=1e-6)
 

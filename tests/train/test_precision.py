@@ -9,7 +9,8 @@ import torch
 
 from tunelab.methods.base import build_method
 from tunelab.models.tiny import tiny_model, tiny_tokenizer
-from tunelab.train.precision import autocast, cast_frozen_linears
+from tunelab.device import autocast
+from tunelab.train.precision import cast_frozen_linears
 
 
 def _loss_and_grads(

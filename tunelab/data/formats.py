@@ -12,12 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from tunelab.io import DataError  # noqa: F401  (the data layer's error; defined low, in tunelab.io)
 from tunelab.types import ROLES, Sample
-
-
-class DataError(ValueError):
-    """A data problem; the message names the file, the row and the field."""
-
 
 Row = dict[str, Any]
 Converter = Callable[["_Reader"], Sample]

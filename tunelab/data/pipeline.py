@@ -1,7 +1,8 @@
 """sources -> transforms -> mixture (with provenance) -> tokenize -> pack.
 
-The one place that composes the data layer; ``tunelab run`` and ``tunelab data inspect``
-both call :func:`build_data`, so what is inspected is what is trained on.
+The one place that composes the data layer. The runner calls :func:`build_data` for both
+``tunelab run`` and ``tunelab data inspect`` (``tunelab.runner.data.prepare_data``), with the
+same context (tokenizer, evaluation texts, seed), so what is inspected is what is trained on.
 """
 
 from __future__ import annotations
@@ -47,20 +48,35 @@ class Encoder:
         return len(e.input_ids) if e is not None else self.max_length + 1
 
 
-def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None) -> DataBundle:
-    """Realise the recipe's data: per-source loading and curation, mixing, tokenising, packing."""
+def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
+               eval_ids: list[str] | None = None) -> DataBundle:
+    """Realise the recipe's data: per-source loading and curation, mixing, tokenising, packing.
+
+    Args:
+        cfg: The recipe.
+        tok: The run's tokenizer.
+        eval_texts: Texts of the evaluation sets (decontamination).
+        eval_ids: ``task/item id`` of each evaluation text, for the report.
+
+    Transforms marked ``heldout_too`` (decontamination) also filter the held-out examples;
+    what they removed there is reported per source as ``heldout_removed``.
+    """
     d = cfg.data
     enc = Encoder(tok, d.max_length, d.truncation)
-    ctx = TransformContext(count_tokens=enc.count_tokens, eval_texts=list(eval_texts or []), seed=d.seed)
+    ctx = TransformContext(count_tokens=enc.count_tokens, eval_texts=list(eval_texts or []),
+                           eval_ids=list(eval_ids or []), seed=d.seed)
     transforms = build_transforms(d.transforms)
     pools: dict[str, list[Sample]] = {}
     heldout: list[Sample] = []
     removed: dict[str, dict[str, int]] = {}
+    heldout_removed: dict[str, dict[str, int]] = {}
     origins: dict[str, str] = {}
     for src in d.sources:
         loaded = load_source(src, cfg.recipe_dir, d.seed, d.heldout)
         kept, rem = apply_transforms(loaded.train, transforms, ctx)
-        pools[src.name], heldout = kept, heldout + loaded.heldout
+        held, heldout_removed[src.name] = apply_transforms(
+            loaded.heldout, [t for t in transforms if getattr(t, "heldout_too", False)], ctx)
+        pools[src.name], heldout = kept, heldout + held
         removed[src.name] = {**loaded.removed, **rem}
         origins[src.name] = loaded.origin
     names = [s.name for s in d.sources]
@@ -75,6 +91,8 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None) -> Data
         entry["removed"] = {**removed[entry["name"]], **({"too_long": too_long[entry["name"]]}
                                                          if too_long[entry["name"]] else {})}
         entry["origin"] = origins[entry["name"]]
+        if heldout_removed[entry["name"]]:
+            entry["heldout_removed"] = heldout_removed[entry["name"]]
     rows = pack([e for e in encoded if e is not None], names, d.max_length, d.packing)
     held = [e for e in (enc(s) for s in heldout) if e is not None]
     heldout_rows = pack(held, names, d.max_length, d.packing)

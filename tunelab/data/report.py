@@ -1,9 +1,6 @@
-"""``tunelab data inspect``: the realised mixture, samples with their loss mask, length histograms."""
+"""How ``tunelab data inspect`` shows data: samples with their loss mask, text histograms of lengths."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from tunelab.data.tokenize import IGNORE, Encoded
 
@@ -36,39 +33,3 @@ def histogram(lengths: list[int], bins: int = 8, bar: int = 40) -> list[str]:
     top = max(counts)
     return [f"  {lo + i * step:5d}-{lo + (i + 1) * step - 1:<5d} {'#' * round(bar * c / top):{bar}s} {c}"
             for i, c in enumerate(counts) if c]
-
-
-def inspect_recipe(recipe: str | Path, overrides: list[str] | None = None, as_json: bool = False,
-                   n_samples: int = 3) -> int:
-    """Build the recipe's data exactly as ``run`` would and show it."""
-    from tunelab.config import load_recipe
-    from tunelab.data.pipeline import build_data
-    from tunelab.models.load import load_tokenizer
-    from tunelab.runner.validate import validate
-
-    cfg = load_recipe(recipe, overrides)
-    validate(cfg, raise_errors=True)
-    tok = load_tokenizer(cfg.model)
-    data = build_data(cfg, tok)
-    if as_json:
-        print(json.dumps(data.report, indent=2, default=str))
-        return 0
-    r = data.report
-    print(f"mixture: strategy={r['strategy']} unit={r['unit']} seed={r['seed']}  "
-          f"{len(data.samples)} examples, {r['tokens']} tokens in {r['rows']} rows (fill {r['fill']})")
-    print(f"{'source':14s} {'target':>7s} {'examples':>9s} {'tokens':>9s} {'realized':>9s} {'tok.frac':>9s}  removed")
-    for s in r["sources"]:
-        tf = s.get("realized_token_fraction")
-        print(f"{s['name']:14s} {s['target_fraction']:7.3f} {s['examples']:9d} {s.get('tokens') or 0:9d} "
-              f"{s['realized_fraction']:9.3f} {(tf if tf is not None else float('nan')):9.3f}  {s['removed'] or '-'}")
-    for name in data.sources:
-        lengths = [len(e.input_ids) for s in data.samples if s.source == name
-                   and (e := data.encoded.get(id(s))) is not None]
-        print(f"\ntoken lengths, {name}:")
-        print("\n".join(histogram(lengths)))
-    print(f"\n{n_samples} samples (loss on [[...]]):")
-    for s in data.samples[:n_samples]:
-        e = data.encoded.get(id(s))
-        if e is not None:
-            print(f"--- {s.source} / {s.meta.get('id')}\n{render_mask(e, tok)}")
-    return 0

@@ -8,7 +8,6 @@ options (``system``, ``max_examples``, ``on_error``).
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import json
 import os
@@ -17,11 +16,12 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tunelab.config import SourceConfig
-from tunelab.data.formats import FORMATS, DataError, detect_format, to_sample
+from tunelab.data.formats import FORMATS, detect_format, to_sample
 from tunelab.data.tasks.base import SPLITS, TASK_FAMILIES, get_family
+from tunelab.io import DataError, checked_object, iter_jsonl, open_text
 from tunelab.types import Sample
 
 __all__ = [
@@ -100,33 +100,8 @@ def row_where(path: Path, n: int) -> str:
     return f"{path}:{n}" if file_kind(path) == "jsonl" else f"{path}[{n}]"
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-def _checked(where: str, record: Any) -> dict | Exception:
-    if isinstance(record, dict):
-        return record
-    return DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield line_no, DataError(f"{path}:{line_no}: invalid JSON: {e.msg} (column {e.colno})")
-                continue
-            yield line_no, _checked(f"{path}:{line_no}", record)
-
-
 def _json_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
@@ -136,7 +111,7 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     if not isinstance(data, list):
         raise DataError(f'{path}: expected a list of records or {{"data": [...]}}, got {type(data).__name__}')
     for i, record in enumerate(data):
-        yield i, _checked(f"{path}[{i}]", record)
+        yield i, checked_object(f"{path}[{i}]", record)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
@@ -155,7 +130,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     naming the file and line; it is never dropped silently.
     """
     kind = file_kind(path)
-    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "parquet": _parquet_rows}
+    readers = {"jsonl": iter_jsonl, "json": _json_rows, "parquet": _parquet_rows}
     yield from readers[kind](path)
 
 

@@ -1,4 +1,8 @@
-"""Run an eval task through a generator; per-item rows are always written (JSONL, stable ids).
+"""The one evaluation entry: tasks through a generator; per-item rows written (JSONL, stable ids).
+
+:func:`evaluate_tasks` serves runs (base and tuned), ``tunelab eval`` and sweeps alike: generation
+tasks go through :func:`evaluate`, log-likelihood tasks (``kind == "loglik"``) through
+:func:`evaluate_loglik` with the scorer behind the same generator (same weights, same precision).
 
 Multi-turn tasks (MT-Bench) define ``follow_up(item, answers) -> Prompt | None``: the next prompt of
 the conversation (the model's own earlier ``answers`` in it), or None when it is over. The harness
@@ -9,27 +13,19 @@ rows (``answers``).
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tunelab.eval.tasks.base import EvalItem, EvalTask
 from tunelab.generate.base import GenerationConfig, Generator
+from tunelab.generate.loglik import LoglikScorer, scorer_for
+from tunelab.io import write_jsonl
 
-if TYPE_CHECKING:  # eval.tasks imports this module
-    from tunelab.eval.tasks.base import EvalItem, EvalTask
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Atomic JSONL write (tmp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-    os.replace(tmp, path)
+SAMPLING_TEMPERATURE = 0.8
+"""Used when several samples per item are asked for at temperature 0 (identical greedy samples say nothing)."""
 
 
 def converse(
@@ -49,9 +45,14 @@ def converse(
 
 @dataclass
 class EvalResult:
-    scores: dict[str, dict]  # metric -> {"value", "ci", "n"}
-    rows: list[dict[str, Any]]  # per item, with stable ids
+    """What one task's evaluation gives: scores with CIs, per-item rows, and the time it took."""
+
+    scores: dict[str, dict]
+    """metric -> ``{"value", "ci", "n"}``."""
+    rows: list[dict[str, Any]]
+    """Per item, with stable ids."""
     seconds: float
+    """Wall time of generation (or scoring)."""
 
 
 def evaluate(
@@ -94,3 +95,78 @@ def score_rows(task, items: list, completions: list[list[str]], answers: list | 
         | ({"answers": answers[i]} if answers is not None else {})
         for i, (it, comps, row) in enumerate(zip(items, completions, scored))
     ]
+
+
+def evaluate_loglik(
+    task: Any, scorer: LoglikScorer, *, limit: int | None = None, seed: int = 1234, out: Path | None = None
+) -> EvalResult:
+    """The log-likelihood counterpart of ``harness.evaluate``: score every choice of every item.
+
+    Args:
+        task: A task with ``kind == "loglik"`` (``items``, ``score_choices``, ``aggregate``).
+        scorer: The model behind a :class:`LoglikScorer`.
+        limit: Items at most.
+        seed: Item sampling seed.
+        out: Where to write the per-item rows (JSONL), if given.
+    """
+    items = task.items(limit, seed)
+    pairs = [(it.prompt, c) for it in items for c in it.meta["choices"]]
+    t0 = time.perf_counter()
+    scores = scorer.loglik(pairs)
+    counts = scorer.token_counts(pairs) if getattr(task, "needs_token_counts", False) else None
+    elapsed = time.perf_counter() - t0
+    rows, pos = [], 0
+    for it in items:
+        k = len(it.meta["choices"])
+        extra = (counts[pos : pos + k],) if counts is not None else ()
+        rows.append({"id": it.id, **task.score_choices(it, scores[pos : pos + k], *extra)})
+        pos += k
+    if out is not None:
+        write_jsonl(out, rows)
+    return EvalResult(task.aggregate(rows), rows, elapsed)
+
+
+def evaluate_tasks(
+    tasks: dict[str, EvalTask],
+    generator: Generator,
+    *,
+    limit: int | None = None,
+    seed: int = 1234,
+    max_new_tokens: int | None = None,
+    samples: int = 1,
+    temperature: float = 0.0,
+    out_dir: Path | None = None,
+    log: bool = True,
+) -> dict[str, EvalResult]:
+    """Evaluate every task on one generator; the entry that runs, ``tunelab eval`` and sweeps share.
+
+    Args:
+        tasks: ``{name: task}``; per-item rows go to ``out_dir/<name>.jsonl``.
+        generator: From ``tunelab.generate.build.build_generator`` (log-likelihood tasks need a
+            local one).
+        limit: Items per task (None: all).
+        seed: Item sampling and generation seed.
+        max_new_tokens: Generation budget (None: each task's own).
+        samples: Completions per item; with ``temperature`` 0 and ``samples`` > 1 the
+            completions are sampled at :data:`SAMPLING_TEMPERATURE`.
+        temperature: 0 = greedy.
+        out_dir: Folder for the per-item rows (None: not written).
+        log: Print one line per task (score, CI, n, seconds) to stderr.
+    """
+    if samples > 1 and temperature == 0:
+        temperature = SAMPLING_TEMPERATURE
+        if log:
+            print(f"[tunelab] {samples} samples per item: sampling at temperature {temperature}", file=sys.stderr)
+    results: dict[str, EvalResult] = {}
+    for name, task in tasks.items():
+        out = out_dir / f"{name}.jsonl" if out_dir is not None else None
+        if getattr(task, "kind", "generate") == "loglik":
+            results[name] = evaluate_loglik(task, scorer_for(generator), limit=limit, seed=seed, out=out)
+        else:
+            results[name] = evaluate(task, generator, limit=limit, seed=seed, max_new_tokens=max_new_tokens,
+                                     samples=samples, temperature=temperature, out=out)
+        if log:
+            s = results[name].scores.get(task.primary) or next(iter(results[name].scores.values()))
+            print(f"  {name}: {task.primary} {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] "
+                  f"n={s['n']} ({results[name].seconds:.0f}s)", file=sys.stderr)
+    return results

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from tunelab.models.load import adds_bos
+
 Prompt = str | list[dict[str, Any]]
 
 
@@ -60,16 +62,6 @@ def encode_prompt(tok, prompt: Prompt) -> list[int]:
     if isinstance(prompt, str) and adds_bos(tok) and ids[:1] != [tok.bos_token_id]:
         ids = [tok.bos_token_id, *ids]
     return ids
-
-
-def adds_bos(tok) -> bool:
-    """Whether the tokenizer puts its BOS token in front of plain text."""
-    cached = getattr(tok, "_tunelab_adds_bos", None)  # asked for every plain-string prompt: probe once
-    if cached is None:
-        bos = getattr(tok, "bos_token_id", None)
-        cached = bos is not None and tok("a")["input_ids"][:1] == [bos]
-        tok._tunelab_adds_bos = cached
-    return cached
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:

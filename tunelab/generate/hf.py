@@ -1,14 +1,12 @@
-"""Local transformers generation: batched, left-padded, KV cache, greedy or sampling.
-
-Prompts are sorted by length so each batch pads little; results come back in order.
+"""Local transformers generation: batched, KV cache, greedy or sampling.
 
 Decoding runs its own loop rather than ``model.generate``: a row leaves the batch (its KV cache
 rows are dropped) as soon as it emits an end-of-sequence token or a stop string, so the cost
 follows the tokens actually generated, not the longest completion of the batch. With a plain
-growing KV cache (``_continuous``) queued prompts take the freed rows and each prompt is
-prefilled alone; models whose cache layers are not plain (sliding windows: Gemma3) decode
-fixed left-padded batches (``_decode``).
-Stop strings are checked on the decoded tail of each row (a few tokens), never the whole text.
+growing KV cache, :class:`tunelab.generate.engine.DecodeEngine` batches continuously (queued
+prompts take the freed rows, each prompt is prefilled alone, every row has its own settings; a
+server feeds one engine through ``BatchingLoop``). Models whose cache layers are not plain (sliding
+windows: Gemma3) decode fixed left-padded batches sorted by length (``_decode``).
 Greedy decoding gives the same tokens as ``generate`` (tested). Prompt-learning peft models
 (prefix/prompt tuning, whose virtual tokens live in ``prepare_inputs_for_generation``) keep
 ``model.generate``.
@@ -19,7 +17,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections import deque
 
 import torch
 from torch import nn
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, n_generated
+from tunelab.generate.engine import DecodeEngine, decode_step
 from tunelab.models.load import cache_kwarg
 
 
@@ -60,48 +58,6 @@ def pick_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generato
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-class GrowingLayer(DynamicLayer):
-    """A KV cache layer that appends into spare columns and hands attention a view.
-
-    transformers' ``DynamicLayer`` concatenates at every step, copying the whole cache each time
-    (on CPU that copy costs more than the attention that reads it).
-    """
-
-    def hold(self, k: torch.Tensor, v: torch.Tensor, spare: int = 128) -> GrowingLayer:
-        b, h, t, d = k.shape
-        self._k, self._v = k.new_empty(b, h, t + spare, d), v.new_empty(b, h, t + spare, v.shape[3])
-        self._k[:, :, :t], self._v[:, :, :t] = k, v
-        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
-        self.device, self.is_initialized = k.device, True
-        return self
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        t, new = self.keys.shape[2], key_states.shape[2]
-        if t + new > self._k.shape[2]:
-            self.hold(self.keys, self.values, spare=max(128, t // 4, new))
-        self._k[:, :, t : t + new], self._v[:, :, t : t + new] = key_states, value_states
-        self.keys, self.values = self._k[:, :, : t + new], self._v[:, :, : t + new]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        t = self.keys.shape[2]
-        self._k, self._v = self._k[indices], self._v[indices]
-        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("GrowingLayer: crop is not supported")
-
-    def drop_front(self, n: int) -> None:
-        """Forget the first ``n`` columns (padding in every row)."""
-        self._k, self._v = self._k[:, :, n:], self._v[:, :, n:]
-        self.keys, self.values = self.keys[:, :, n:], self.values[:, :, n:]
-
-
-def _left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, H, T, D) -> (B, H, width, D), zeros in front."""
-    return nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) if t.shape[2] < width else t
-
-
 class HFGenerator:
     """Batched generation with a local (possibly peft-wrapped) transformers model."""
 
@@ -112,7 +68,9 @@ class HFGenerator:
         self.precision = precision
         self.device = next(model.parameters()).device
         self._fingerprint: str | None = None
-        self._source = model  # the caller's weights identify the generator (not the bf16 copy)
+        self.source_model = model
+        """The caller's weights (the bf16 decode copy is ``model``): they identify the generator and
+        serve log-likelihood scoring."""
         # bf16: decode with a bf16 copy of the weights. Autocast would re-cast every frozen
         # weight at every decoding step (it caches casts only for weights that require grad).
         if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
@@ -126,12 +84,20 @@ class HFGenerator:
 
     @property
     def fingerprint(self) -> str:
+        """A hash of the caller's weights and the chat template (cache keys use it)."""
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self._source, self.tok)
+            self._fingerprint = fingerprint(self.source_model, self.tok)
         return self._fingerprint
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
+        """``cfg.n`` completions for each prompt, in order.
+
+        Args:
+            prompts: Chats (the chat template is applied) or plain strings.
+            cfg: Settings shared by every prompt (a server gives each request its own through
+                :meth:`decode_engine`).
+        """
         ids = [encode_prompt(self.tok, p) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         if self._own_loop and self._plain_cache():
@@ -146,23 +112,21 @@ class HFGenerator:
                 out[i] = texts_i
         return out
 
+    def decode_engine(self) -> DecodeEngine | None:
+        """A new continuous-batching engine over this model, or None where the model cannot use one.
+
+        Rows of one engine may each have their own settings; feed it from threads through
+        ``tunelab.generate.engine.BatchingLoop``. Models with sliding-window caches or
+        prompt-learning adapters get None (callers then use :meth:`generate`).
+        """
+        return DecodeEngine(self) if self._own_loop and self._plain_cache() else None
+
     def _plain_cache(self) -> bool:
         """Whether every layer's KV cache is a plain growing one (rows can be merged and dropped)."""
         if self._plain is None:
             layers = getattr(DynamicCache(config=self.model.config), "layers", None)
             self._plain = bool(layers) and all(type(x) is DynamicLayer for x in layers)
         return self._plain
-
-    def _prefill_one(self, ids: list[int]) -> tuple[object, torch.Tensor]:
-        """KV cache and last-position logits of one prompt, alone (no padding, no mask)."""
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
-        return cache, out.logits[:, -1].float()
 
     def _ends(self, cfg: GenerationConfig) -> tuple[set[int], list[str], int]:
         """(end tokens, stop strings, tokens of decoded tail that can hold the longest stop string)."""
@@ -187,88 +151,17 @@ class HFGenerator:
     def _texts(self, rows: list[list[int]], cfg: GenerationConfig) -> list[str]:
         return [cut_at_stop(t, cfg.stop) for t in self.tok.batch_decode(rows, skip_special_tokens=True)]
 
-    def _decode_step(self, picked: torch.Tensor, mask: torch.Tensor, next_pos: torch.Tensor, cache) -> tuple:
-        """One token for every live row: (next logits (B, V) fp32, the grown mask, the next positions)."""
-        mask = torch.cat([mask, mask.new_ones(len(picked), 1)], dim=1)
-        out = self.model(
-            input_ids=picked[:, None],
-            attention_mask=mask,
-            position_ids=next_pos[:, None],
-            use_cache=True,
-            **{self._cache_kw: cache},
-        )
-        return out.logits[:, -1].float(), mask, next_pos + 1
-
     def _continuous(self, ids: list[list[int]], order: list[int], cfg: GenerationConfig) -> list[list[str]]:
-        """Continuous batching: finished rows leave, queued prompts join once half the rows are free.
-
-        Each prompt is prefilled alone (no padding: the causal attention kernel, no mask) and its
-        KV cache joins the running batch left-padded to the batch's length; ``n`` samples share one
-        prefill. Columns that only hold padding are trimmed as rows leave.
-        """
-        if cfg.max_new_tokens <= 0:
-            return [[""] * cfg.n for _ in ids]
-        n, cap = cfg.n, max(self.batch_size, cfg.n)
-        queue = deque(order)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
-        ends = self._ends(cfg)
-        tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in ids]
-        live: list[tuple[int, int]] = []  # (prompt, sample) of each batch row
-        left = [n] * len(ids)  # samples still running per prompt
-        cache, mask, next_pos, logits = None, None, None, None
-        bar = tqdm(total=len(ids), desc="generate", disable=not self.progress or len(ids) < 2, leave=False)
-        while queue or live:
-            if queue and len(live) <= cap // 2 and len(live) + n <= cap:  # admit
-                parts = [] if cache is None else [(cache, mask, next_pos, logits)]
-                while queue and len(live) + n <= cap:
-                    p = queue.popleft()
-                    c, lg = self._prefill_one(ids[p])
-                    if n > 1:
-                        c.batch_repeat_interleave(n)
-                    length = len(ids[p])
-                    m = torch.ones(n, length, dtype=torch.long, device=self.device)
-                    parts.append((c, m, torch.full((n,), length, device=self.device), lg.expand(n, -1)))
-                    live += [(p, s) for s in range(n)]
-                width = max(part[1].shape[1] for part in parts)
-                cache = DynamicCache(config=self.model.config)
-                for i in range(len(cache.layers)):
-                    olds = [part[0].layers[i] for part in parts]
-                    cache.layers[i] = GrowingLayer().hold(
-                        torch.cat([_left_pad_kv(o.keys, width) for o in olds]),
-                        torch.cat([_left_pad_kv(o.values, width) for o in olds]),
-                    )
-                mask = torch.cat(
-                    [nn.functional.pad(part[1], (width - part[1].shape[1], 0)) for part in parts]
-                )
-                next_pos = torch.cat([part[2] for part in parts])
-                logits = torch.cat([part[3] for part in parts])
-            picked = pick_tokens(logits, cfg, gen)
-            self.generated_tokens += len(live)
-            keep = []
-            for j, t in enumerate(picked.tolist()):
-                p, s = live[j]
-                row = tokens[p][s]
-                if self._extend(row, t, ends) and len(row) < cfg.max_new_tokens:
-                    keep.append(j)
-                    continue
-                left[p] -= 1
-                bar.update(left[p] == 0)
-            if len(keep) < len(live):
-                idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-                cache.batch_select_indices(idx)
-                picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
-                live = [live[j] for j in keep]
-                if not live:
-                    cache = None
-                    continue
-                lead = int((mask.sum(0) == 0).long().cumprod(0).sum())  # columns of padding only
-                if lead:
-                    for layer in cache.layers:
-                        layer.drop_front(lead)
-                    mask = mask[:, lead:]
-            logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
-        bar.close()
-        return [self._texts(rows, cfg) for rows in tokens]
+        """All prompts through one :class:`DecodeEngine`, longest first; completions in prompt order."""
+        engine = DecodeEngine(self)
+        requests = {i: engine.submit(ids[i], cfg) for i in order}
+        todo = sum(not r.done for r in requests.values())
+        with tqdm(total=todo, desc="generate", disable=not self.progress or todo < 2, leave=False) as bar:
+            while engine.busy:
+                bar.update(len(engine.step()))
+        for r in requests.values():
+            r.wait()  # raises a request's error (an empty prompt)
+        return [requests[i].texts for i in range(len(ids))]
 
     def _left_pad(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, batch_ids))
@@ -310,7 +203,7 @@ class HFGenerator:
                 cache.batch_select_indices(idx)
                 picked, mask, next_pos = picked[idx], mask[idx], next_pos[idx]
                 live = [live[j] for j in keep]
-            logits, mask, next_pos = self._decode_step(picked, mask, next_pos, cache)
+            logits, mask, next_pos = decode_step(self.model, picked, mask, next_pos, cache, self._cache_kw)
         texts = self._texts(tokens, cfg)
         return [texts[i * cfg.n : (i + 1) * cfg.n] for i in range(len(batch_ids))]
 

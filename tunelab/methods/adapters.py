@@ -33,6 +33,8 @@ SITES = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
 
 @dataclass
 class AdaptersParams:
+    """Recipe keys of ``method: {name: adapters}``."""
+
     placement: Literal["houlsby", "pfeiffer"] = "houlsby"
     """``houlsby``: after attention and after the MLP; ``pfeiffer``: after the MLP only."""
     reduction_factor: int = 16
@@ -53,6 +55,7 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+        """The sublayer output plus the bottleneck's residual update."""
         return h + self.up(self.act(self.down(h)))
 
 
@@ -68,10 +71,19 @@ def _run_adapter(module: nn.Module, args: tuple, out: Any) -> Any:
 class Adapters(Method):
     """Houlsby / Pfeiffer bottleneck adapters after attention and/or MLP; only adapters train."""
 
-    name = "adapters"
     Params = AdaptersParams
+    trains = (f".{ADAPTER}.",)
+
+    def may_change(self, param_name: str, model: nn.Module) -> bool:
+        """The adapters at this placement's sites only (Pfeiffer: after the MLP)."""
+        return any(f"{site}.{ADAPTER}." in param_name for site in SITES[self.params.placement])
 
     def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze the model and hang an identity-initialised adapter on each site of each layer.
+
+        Raises:
+            ValueError: ``reduction_factor`` below 1.
+        """
         p = self.params
         if p.reduction_factor < 1:
             raise ValueError(f"method.reduction_factor must be >= 1, got {p.reduction_factor}")
@@ -89,6 +101,7 @@ class Adapters(Method):
         return model
 
     def save_final(self, model: nn.Module, tok, path: Path) -> None:
+        """Adapter weights (safetensors), their config and the tokenizer; the base is not saved."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -103,6 +116,11 @@ class Adapters(Method):
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        """``base`` with adapters built from the saved config and loaded with the saved weights.
+
+        Raises:
+            ValueError: The saved weights do not fit ``base`` (another size or placement).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)

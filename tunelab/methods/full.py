@@ -17,15 +17,18 @@ class Full(Method):
     frozen_cast_ok = False
 
     def apply(self, model: nn.Module) -> nn.Module:
+        """Unfreeze every parameter."""
         for p in model.parameters():
             p.requires_grad_(True)
         return model
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        """The saved full checkpoint, in ``base``'s dtype (``base`` itself is not needed)."""
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
 
     def merge(self, model: nn.Module) -> nn.Module:
+        """The model itself: it already is a plain transformers model."""
         return model

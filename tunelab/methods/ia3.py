@@ -19,6 +19,8 @@ from tunelab.methods.peft_base import PeftMethod
 
 @dataclass
 class IA3Params:
+    """Recipe keys of ``method: {name: ia3}``."""
+
     target_modules: str | list[str] | None = None
     """Modules to rescale; None: peft's table per architecture, the paper's choice
     (``k_proj``, ``v_proj``, ``down_proj`` on Llama-style models); ``all-linear`` for every linear layer."""
@@ -30,11 +32,12 @@ class IA3Params:
 class IA3(PeftMethod):
     """Learned rescaling vectors on keys, values and the FFN via peft (Liu et al. 2022)."""
 
-    name = "ia3"
     Params = IA3Params
     mergeable = True
+    trains = ("ia3_",)
 
     def peft_config(self, model: nn.Module) -> Any:
+        """An ``IA3Config``; ``all-linear`` expands to short module names (see ``linear_names``)."""
         from peft import IA3Config
 
         p = self.params

@@ -29,6 +29,8 @@ from tunelab.methods.layers import params_by_layer, set_trainable
 
 @dataclass
 class LISAParams:
+    """Recipe keys of ``method: {name: lisa}``."""
+
     gamma: int = 2
     """Decoder layers trained at a time (the paper: 1-2)."""
     interval: int = 20
@@ -41,7 +43,6 @@ class LISAParams:
 class LISA(Full):
     """Always-on embeddings/norm/head plus gamma random decoder layers, re-drawn every K steps."""
 
-    name = "lisa"
     Params = LISAParams
 
     def __init__(self, params: Any = None) -> None:
@@ -58,6 +59,11 @@ class LISA(Full):
         return sorted(rng.sample(range(n), min(self.params.gamma, n)))
 
     def apply(self, model: nn.Module) -> nn.Module:
+        """Train the always-on parameters and the layers of the first draw; freeze the rest.
+
+        Raises:
+            ValueError: ``gamma`` or ``interval`` below 1.
+        """
         if self.params.gamma < 1 or self.params.interval < 1:
             raise ValueError(f"method.gamma and method.interval must be >= 1, got {self.params}")
         self._layers, self._always = params_by_layer(model)
@@ -65,11 +71,19 @@ class LISA(Full):
         return model
 
     def _activate(self, model: nn.Module, layers: list[int]) -> None:
+        """Make ``layers`` (and the always-on parameters) exactly the trainable set."""
         self.active = list(layers)
         self.ever_active.update(layers)
         set_trainable(model, set(self._always) | {n for i in layers for n in self._layers[i]})
 
+    def may_change(self, param_name: str, model: nn.Module) -> bool:
+        """The always-on parameters and those of every layer active so far (anything before ``apply``)."""
+        if not self._layers:
+            return True
+        return param_name in self._always or any(param_name in self._layers[i] for i in self.ever_active)
+
     def on_step(self, step: int, model: nn.Module) -> bool:
+        """Re-draw the active layers at each period start; True when they changed."""
         want = self.draw(step // self.params.interval)
         if want == self.active:
             return False
@@ -77,6 +91,7 @@ class LISA(Full):
         return True
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The always-on parameters and every layer that was ever active (frozen now or not)."""
         keep = set(self._always) | {n for i in self.ever_active for n in self._layers[i]}
         return {n: p.detach().clone() for n, p in model.named_parameters() if n in keep}
 
@@ -86,9 +101,11 @@ class LISA(Full):
         self._activate(model, self.active)
 
     def state(self) -> dict[str, Any]:
+        """The active and ever-active layers."""
         return {"active": self.active, "ever_active": sorted(self.ever_active)}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore the layers of ``state()`` (an empty state keeps the current ones)."""
         if state:
             self.active = list(state["active"])
             self.ever_active = set(state["ever_active"])

@@ -18,6 +18,8 @@ from tunelab.methods.base import METHODS, Method
 
 @dataclass
 class LoRAParams:
+    """Recipe keys of ``method: {name: lora}``."""
+
     r: int = 16
     """Rank of the update."""
     alpha: float = 32
@@ -42,12 +44,14 @@ class LoRA(Method):
 
     Params = LoRAParams
     mergeable = True
+    trains = ("lora_",)  # lora_A / lora_B (and DoRA's lora_magnitude_vector)
 
     def __init__(self, params: LoRAParams | None = None) -> None:
         super().__init__(params)
         self.frozen_cast_ok = not self.params.use_dora  # DoRA takes the base weight's norm in fp32
 
     def apply(self, model: nn.Module) -> nn.Module:
+        """Wrap ``model`` in a peft model with LoRA on ``target_modules``; the base stays frozen."""
         from peft import LoraConfig, get_peft_model
 
         p = self.params
@@ -58,21 +62,32 @@ class LoRA(Method):
         )
         return get_peft_model(model, cfg)
 
+    def may_change(self, param_name: str, model: nn.Module) -> bool:
+        """LoRA tensors, plus ``modules_to_save`` copies and biases where the params train them."""
+        p = self.params
+        return (super().may_change(param_name, model)
+                or (bool(p.modules_to_save) and ".modules_to_save." in param_name)
+                or (p.bias != "none" and param_name.endswith(".bias")))
+
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter tensors as peft saves them (names without the adapter name)."""
         from peft import get_peft_model_state_dict
 
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load tensors saved by ``trainable_state`` into the peft model."""
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        """``base`` with the saved peft adapter folder attached."""
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, path)
 
     def merge(self, model: nn.Module) -> nn.Module:
+        """W0 + (alpha / r) B A folded into each target weight; the peft wrapper removed."""
         return model.merge_and_unload()

@@ -23,6 +23,8 @@ from tunelab.methods.layers import decoder_layers, layer_index, params_by_layer,
 
 @dataclass
 class PartialParams:
+    """Recipe keys of ``method: {name: partial}``."""
+
     top_k: int | None = 4
     """Train the last k decoder layers (None or 0: none by this rule)."""
     bottom_k: int | None = None
@@ -43,7 +45,6 @@ class PartialParams:
 class Partial(Full):
     """Train chosen decoder layers (top/bottom k, regexes) with per-layer lr multipliers."""
 
-    name = "partial"
     Params = PartialParams
 
     def selected(self, model: nn.Module) -> set[str]:
@@ -63,7 +64,16 @@ class Partial(Full):
             names |= head | (set(outside) - embed)  # the final norm sits outside the layers
         return names
 
+    def may_change(self, param_name: str, model: nn.Module) -> bool:
+        """Exactly the ``selected`` parameters (e.g. ``top_k: 1``: the last decoder layer)."""
+        return param_name in self.selected(model)
+
     def apply(self, model: nn.Module) -> nn.Module:
+        """Train the ``selected`` parameters only.
+
+        Raises:
+            ValueError: The params select nothing.
+        """
         names = self.selected(model)
         if not names:
             raise ValueError("method partial selects no parameters: set top_k, bottom_k, patterns or include_*")
@@ -71,6 +81,7 @@ class Partial(Full):
         return model
 
     def lr_mult(self, name: str, prefix: str, n_layers: int) -> float:
+        """The lr multiplier of one parameter: the layer decay times the first matching regex's."""
         i = layer_index(name, prefix)
         mult = 1.0 if i is None else self.params.layer_lr_decay ** (n_layers - 1 - i)
         for pattern, m in self.params.lr_multipliers.items():
@@ -79,6 +90,7 @@ class Partial(Full):
         return mult
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """One optimizer group per distinct lr multiplier."""
         prefix, layers = decoder_layers(model)
         groups: dict[float, list[nn.Parameter]] = {}
         for name, prm in model.named_parameters():

@@ -23,6 +23,7 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def apply(self, model: nn.Module) -> nn.Module:
+        """Wrap ``model`` with ``peft_config``; only the peft tensors train."""
         from peft import get_peft_model
 
         return self.install(get_peft_model(model, self.peft_config(model)))
@@ -34,11 +35,13 @@ class PeftMethod(Method):
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
+        """``base`` with the saved peft adapter folder attached, hooks installed."""
         from peft import PeftModel
 
         return cls.install(PeftModel.from_pretrained(base, path))
 
     def merge(self, model: nn.Module) -> nn.Module:
+        """The peft tensors folded into the base weights (``mergeable`` methods only)."""
         if not self.mergeable:
             raise NotImplementedError(f"method {self.name!r} cannot be merged")
         return model.merge_and_unload()

@@ -22,6 +22,8 @@ from tunelab.methods.prompt_learning import install_prefix
 
 @dataclass
 class PrefixParams:
+    """Recipe keys of ``method: {name: prefix}``."""
+
     num_virtual_tokens: int = 20
     """Prefix length (virtual key/value positions per layer)."""
     prefix_projection: bool = False
@@ -34,10 +36,11 @@ class PrefixParams:
 class PrefixTuning(PeftMethod):
     """Trainable key/value prefixes in every layer via peft (Li & Liang 2021)."""
 
-    name = "prefix"
     Params = PrefixParams
+    trains = ("prompt_encoder.",)  # the prefixes (and the projection MLP) live in peft's prompt encoder
 
     def peft_config(self, model: nn.Module) -> Any:
+        """A ``PrefixTuningConfig``; the projection MLP is as wide as the model unless set."""
         from peft import PrefixTuningConfig
 
         p = self.params
@@ -47,5 +50,6 @@ class PrefixTuning(PeftMethod):
 
     @classmethod
     def install(cls, model: nn.Module) -> nn.Module:
+        """Packed-row masking and generation with the prefix cache (``prompt_learning``)."""
         install_prefix(model, model.active_peft_config.num_virtual_tokens)
         return model

@@ -21,6 +21,8 @@ from tunelab.methods.prompt_learning import install_prompt
 
 @dataclass
 class PromptParams:
+    """Recipe keys of ``method: {name: prompt}``."""
+
     num_virtual_tokens: int = 20
     """Number of soft prompt tokens prepended to every input."""
     init: Literal["random", "sample_vocab"] = "sample_vocab"
@@ -35,14 +37,20 @@ class PromptParams:
 class PromptTuning(PeftMethod):
     """Trainable soft prompt embeddings prepended to the input via peft (Lester et al. 2021)."""
 
-    name = "prompt"
     Params = PromptParams
+    trains = ("prompt_encoder.",)  # the soft prompt embeddings
 
     @property
     def virtual_tokens(self) -> int:  # type: ignore[override]
+        """The soft prompt length: the model's hidden states are this much longer than the input."""
         return self.params.num_virtual_tokens
 
     def peft_config(self, model: nn.Module) -> Any:
+        """A ``PromptTuningConfig``, initialised from ``init_text`` tokens when given.
+
+        Raises:
+            ValueError: ``init_text`` without a tokenizer to encode it.
+        """
         from peft import PromptTuningConfig
 
         p = self.params
@@ -57,5 +65,6 @@ class PromptTuning(PeftMethod):
 
     @classmethod
     def install(cls, model: nn.Module) -> nn.Module:
+        """Packed-row positions/masking and generation with the soft prompt (``prompt_learning``)."""
         install_prompt(model, model.active_peft_config.num_virtual_tokens)
         return model

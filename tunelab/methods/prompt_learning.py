@@ -62,10 +62,12 @@ def virtual_token_mask(segments: torch.Tensor, n_virtual: int, virtual_queries: 
 
 
 def _is_eager(model: nn.Module) -> bool:
+    """Whether the model runs eager attention (it takes additive float masks)."""
     return getattr(model.config, "_attn_implementation", "sdpa") == "eager"
 
 
 def _prefix_pre_hook(n_virtual: int, key: str) -> Callable:
+    """A forward pre-hook giving a packed training row (prefix as KV cache) its per-sample mask."""
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         if key == "cache" and "past_key_values" in kwargs and kwargs.get("cache") is None:
             kwargs["cache"] = kwargs.pop("past_key_values")  # peft's name for it, deprecated by transformers 5

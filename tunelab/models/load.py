@@ -7,6 +7,7 @@ plain HF checkpoint under ``$TUNELAB_CACHE`` (default ``~/.cache/tunelab``).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -36,13 +37,42 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
+    """The decoder's last hidden states (B, T, C), after the final norm, from a forward pass of
+    ``model`` (peft wrappers included) with ``logits_to_keep=1``.
+
+    Read with a hook on the decoder rather than ``output_hidden_states=True``: transformers
+    collects hidden states through hooks on every layer that read a ``ContextVar``, which
+    torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
+    """
+    captured = []
+
+    def keep(module, args, output):
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = base_model(model).get_decoder().register_forward_hook(keep)
+    try:
+        model(**inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def adds_bos(tok) -> bool:
+    """Whether the tokenizer puts its BOS token in front of plain text."""
+    cached = getattr(tok, "_tunelab_adds_bos", None)  # asked for every plain-string prompt: probe once
+    if cached is None:
+        bos = getattr(tok, "bos_token_id", None)
+        cached = bos is not None and tok("a")["input_ids"][:1] == [bos]
+        tok._tunelab_adds_bos = cached
+    return cached
+
+
 def cache_kwarg(model) -> str:
     """The forward keyword of the KV cache: ``cache`` in transformers 5, ``past_key_values`` before.
 
     A peft wrapper forwards ``**kwargs``: its base model's signature decides.
     """
-    import inspect
-
     return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
@@ -162,8 +192,6 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     if cfg.chat_template:
         tok.chat_template = cfg.chat_template
     elif not tok.chat_template:
-        from tunelab.generate.base import adds_bos
-
         tok.chat_template = ("{{ bos_token }}" if adds_bos(tok) else "") + DEFAULT_CHAT_TEMPLATE
         tok.init_kwargs["tunelab_default_template"] = True
     if tok.pad_token is None:

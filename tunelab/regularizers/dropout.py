@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.models.load import base_model
+from tunelab.models.load import base_model, final_hidden_states
 from tunelab.regularizers.base import REGULARIZERS, Regularizer
-from tunelab.train.loss import final_hidden_states
 
 
 @dataclass
 class VeryLargeDropoutParams:
+    """Recipe keys of ``regularizers: [{name: very_large_dropout}]``."""
+
     p: float = 0.9
     """Dropout rate on the final hidden state (0 <= p < 1)."""
 
@@ -36,6 +37,11 @@ class VeryLargeDropout(Regularizer):
     Params = VeryLargeDropoutParams
 
     def apply(self, model: nn.Module) -> None:
+        """Hook dropout onto the LM head's input.
+
+        Raises:
+            ValueError: ``p`` outside [0, 1).
+        """
         p = self.params.p
         if not 0 <= p < 1:
             raise ValueError(f"very_large_dropout.p must be in [0, 1), got {p}")

@@ -18,6 +18,8 @@ from tunelab.regularizers.base import REGULARIZERS, Regularizer
 
 @dataclass
 class NEFTuneParams:
+    """Recipe keys of ``regularizers: [{name: neftune}]``."""
+
     alpha: float = 5.0
     """Noise scale (the paper uses 5, 10 or 15)."""
 
@@ -29,6 +31,7 @@ class NEFTune(Regularizer):
     Params = NEFTuneParams
 
     def apply(self, model: nn.Module) -> None:
+        """Hook the noise onto the input embedding's output."""
         alpha = self.params.alpha
         emb = base_model(model).get_input_embeddings()
 

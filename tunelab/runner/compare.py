@@ -9,13 +9,13 @@ outcomes, else a paired bootstrap) and gives a verdict only when the CI excludes
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.formats import DataError
 from tunelab.eval.stats import compare_paired
+from tunelab.io import read_jsonl
 
 EVAL_SUBDIRS = ("eval/tuned", "eval/cli")
 VALUE_KEYS = ("correct", "rating", "value", "score")
@@ -40,17 +40,13 @@ def item_value(row: dict[str, Any]) -> float | None:
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """``{id (str): row}`` from a per-item JSONL; duplicate ids are an error."""
     rows: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "id" not in row:
-                raise DataError(f"{path}:{n}: per-item row without an 'id'")
-            key = str(row["id"]).strip()
-            if key in rows:
-                raise DataError(f"{path}:{n}: duplicate id {row['id']!r}")
-            rows[key] = row
+    for where, row in read_jsonl(path, with_where=True):
+        if "id" not in row:
+            raise DataError(f"{where}: per-item row without an 'id'")
+        key = str(row["id"]).strip()
+        if key in rows:
+            raise DataError(f"{where}: duplicate id {row['id']!r}")
+        rows[key] = row
     return rows
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tunelab.train.precision import cpu_flags, cpu_name
+from tunelab.device import cpu_flags, cpu_name
 
 PACKAGES = ("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "trl")
 

@@ -8,36 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from tunelab.config import RunConfig, dump_yaml, load_recipe, to_dict
-from tunelab.data.pipeline import build_data
-from tunelab.eval.harness import evaluate
+from tunelab.device import decide, default_device
+from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
-from tunelab.eval.tasks import get_task
-from tunelab.generate.hf import HFGenerator
+from tunelab.eval.tasks.base import EvalTask, get_task
+from tunelab.generate.build import build_generator
+from tunelab.io import write_json
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.load import load_model
 from tunelab.regularizers import build_regularizers
+from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
 from tunelab.runner.validate import validate
 from tunelab.train.loop import TrainJob, train
-from tunelab.train.precision import decide
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def run_name(cfg: RunConfig, recipe: str | Path | None) -> str:
@@ -58,41 +51,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool = False) -> dict[str, Any]:
-    """Run every eval task of the recipe; returns {task: {"scores", "rows", "seconds"}}."""
-    gen = HFGenerator(model, tok, batch_size=cfg.eval.batch_size, precision=precision, progress=not quiet)
-    out = {}
-    for name in cfg.eval.tasks:
-        task = get_task(name, **cfg.eval.task_options.get(name, {}))
-        if getattr(task, "kind", "generate") == "loglik":
-            from tunelab.eval.tasks.choice import HFLoglikScorer, evaluate_loglik
-
-            scorer = HFLoglikScorer(model, tok, batch_size=cfg.eval.batch_size, precision=precision)
-            res = evaluate_loglik(task, scorer, limit=cfg.eval.limit, seed=cfg.eval.seed, out=folder / f"{name}.jsonl")
-        else:
-            res = evaluate(task, gen, limit=cfg.eval.limit, seed=cfg.eval.seed,
-                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
-                           temperature=cfg.eval.temperature, out=folder / f"{name}.jsonl")
-        out[name] = {"scores": res.scores, "rows": res.rows, "seconds": round(res.seconds, 2),
-                     "primary": task.primary}
-        if not quiet:
-            s = res.scores[task.primary]
-            print(f"  {name}: {task.primary} {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] "
-                  f"n={s['n']} ({res.seconds:.0f}s)")
-    return out
+def recipe_tasks(cfg: RunConfig) -> dict[str, EvalTask]:
+    """The recipe's evaluation tasks, built with their ``eval.task_options``."""
+    return {name: get_task(name, **cfg.eval.task_options.get(name, {})) for name in cfg.eval.tasks}
 
 
-def _results(cfg: RunConfig, base: dict | None, tuned: dict, summary: dict, extra: dict) -> dict[str, Any]:
+def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
+                   quiet: bool = False) -> dict[str, EvalResult]:
+    """The recipe's evaluation of an in-memory model (the one evaluation entry, with the recipe's settings)."""
+    generator = build_generator(model, tokenizer=tok, precision=precision, batch_size=cfg.eval.batch_size,
+                                progress=not quiet)
+    return evaluate_tasks(recipe_tasks(cfg), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
+                          max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
+
+
+def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str, EvalResult], summary: dict,
+             extra: dict) -> dict[str, Any]:
     """results.json: {task: {"base": score, "tuned": score, "delta": paired test, ...}, "run": {...}}."""
     results: dict[str, Any] = {}
+    tasks = recipe_tasks(cfg) if tuned else {}
     for name, t in tuned.items():
-        primary = t["primary"]
-        entry: dict[str, Any] = {"metric": primary, "tuned": t["scores"][primary], "tuned_all": t["scores"]}
+        primary = tasks[name].primary
+        entry: dict[str, Any] = {"metric": primary, "tuned": t.scores[primary], "tuned_all": t.scores}
         if base and name in base:
-            entry["base"] = base[name]["scores"][primary]
-            entry["base_all"] = base[name]["scores"]
-            b = {r["id"]: r for r in base[name]["rows"]}
-            pairs = [(b[r["id"]]["correct"], r["correct"]) for r in t["rows"] if r["id"] in b and "correct" in r]
+            entry["base"] = base[name].scores[primary]
+            entry["base_all"] = base[name].scores
+            b = {r["id"]: r for r in base[name].rows}
+            pairs = [(b[r["id"]]["correct"], r["correct"]) for r in t.rows if r["id"] in b and "correct" in r]
             if pairs:
                 entry["delta"] = compare_paired([p[0] for p in pairs], [p[1] for p in pairs])
         results[name] = entry
@@ -112,14 +98,13 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
         print(f"[tunelab] results exist, skipping (use --force to redo): {run_dir}")
         return run_dir
     if force and not resume and run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[tunelab] {msg}"))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     precision, why = decide(cfg.train.precision, device)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     seed_everything(cfg.train.seed)
@@ -128,21 +113,12 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    eval_texts = []
-    if any(t.get("name") == "decontaminate" for t in cfg.data.transforms):  # only it reads them
-        for name in cfg.eval.tasks:
-            task = get_task(name, **cfg.eval.task_options.get(name, {}))
-            eval_texts += [json.dumps(it.prompt) for it in task.items(cfg.eval.limit, cfg.eval.seed)]
-    data = build_data(cfg, tok, eval_texts)
-    (run_dir / "data").mkdir(exist_ok=True)
+    data = prepare_data(cfg, tok)
     write_json(run_dir / "data" / "mixture.json", data.report)
-    if not quiet:
-        print(f"[tunelab] data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
-
+    say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
     base_eval = None
     if cfg.eval.tasks and cfg.eval.baseline:
-        if not quiet:
-            print("[tunelab] evaluating the base model")
+        say("evaluating the base model")
         base_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "base", quiet)
 
     seed_everything(cfg.train.seed)
@@ -153,18 +129,15 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     trainable, total = count_parameters(model)
     job = TrainJob(model, method, data.rows, data.sources, cfg.train, precision, run_dir,
                    tok.pad_token_id, cfg.data.packing, data.heldout_rows, resume)
-    summary = train(job)
+    model, summary = train(job)
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
-    model = job.model
-    final = run_dir / "final"
-    method.save_final(model, tok, final)
-    (final / "tunelab.json").write_text(json.dumps({"method": cfg.method, "base_model": model_info}, indent=1))
+    method.save_final(model, tok, run_dir / "final")
+    write_json(run_dir / "final" / "tunelab.json", {"method": cfg.method, "base_model": model_info})
 
     tuned_eval = {}
     if cfg.eval.tasks:
-        if not quiet:
-            print("[tunelab] evaluating the fine-tuned model")
+        say("evaluating the fine-tuned model")
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
     results = _results(cfg, base_eval, tuned_eval, summary,
                        {"name": run_dir.name, "precision": precision, "model": model_info,
@@ -174,10 +147,5 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's ``results.json``."""
     return json.loads((Path(run_dir) / "results.json").read_text())
-
-
-def load_config(run_dir: str | Path) -> RunConfig:
-    from tunelab.config import RunConfig, from_dict
-
-    return from_dict(RunConfig, yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))

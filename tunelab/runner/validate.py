@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import ConfigError, RunConfig
+from tunelab.config import ConfigError, RunConfig, load_recipe
 from tunelab.data.sources import check_source
 from tunelab.data.transforms.base import build_transforms
+from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
@@ -20,10 +21,17 @@ def _model_problem(name: str) -> str | None:
     return f"model.name: {name!r} is not an alias ({', '.join(ALIASES)}), a local folder, or a hub id"
 
 
-def validate(cfg: RunConfig, raise_errors: bool = False) -> list[str]:
-    """All problems found (empty if the recipe is good)."""
-    from tunelab.eval.tasks import get_task
+def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
+             raise_errors: bool = False) -> list[str]:
+    """All problems found in a recipe (empty if it is good); nothing is loaded or run.
 
+    Args:
+        cfg: A RunConfig, or a recipe path (loaded with ``overrides``).
+        overrides: ``a.b=c`` overrides for a recipe path.
+        raise_errors: Raise one ConfigError listing every problem instead of returning them.
+    """
+    if not isinstance(cfg, RunConfig):
+        cfg = load_recipe(cfg, overrides)
     problems: list[str] = []
     if (p := _model_problem(cfg.model.name)) is not None:
         problems.append(p)
@@ -52,6 +60,9 @@ def validate(cfg: RunConfig, raise_errors: bool = False) -> list[str]:
                      ("train.grad_accum", t.grad_accum), ("data.max_length", cfg.data.max_length)):
         if val < 1:
             problems.append(f"{key}: must be >= 1, got {val}")
+    if cfg.eval.backend != "hf":
+        problems.append(f"eval.backend: a run evaluates its in-memory model with 'hf', got {cfg.eval.backend!r} "
+                        "(a finished run on another backend: `tunelab eval RUN --backend vllm`)")
     if not 0 <= t.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     if raise_errors and problems:

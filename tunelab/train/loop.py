@@ -11,6 +11,7 @@ import contextlib
 import json
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,30 +22,50 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tunelab.config import TrainConfig
-from tunelab.data.tokenize import IGNORE, Row, collate, epoch_order
+from tunelab.data.tokenize import Row, collate, epoch_order
+from tunelab.device import autocast
 from tunelab.methods.base import Method
+from tunelab.methods.layers import decoder_layers
+from tunelab.models.attention import register as register_cpu_attention
 from tunelab.train import checkpoint
 from tunelab.train.loss import per_source, token_losses
+from tunelab.train.objective import SFT, Objective
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
-from tunelab.train.precision import autocast, cast_frozen_linears
+from tunelab.train.precision import cast_frozen_linears
 
 
 @dataclass
 class TrainJob:
+    """Everything one training run needs; :func:`train` reads it and never changes it."""
+
     model: nn.Module
+    """The model with the method applied (and regularizers installed)."""
     method: Method
+    """Decides what trains and how it is saved (``on_step``, ``trainable_state``)."""
     rows: list[Row]
+    """Training rows (packed, or one sample each)."""
     sources: list[str]
+    """Source names; a row's ``source_idx`` indexes this list (per-source losses)."""
     cfg: TrainConfig
+    """Optimisation settings."""
     precision: str
+    """Resolved precision: ``fp32`` | ``bf16``."""
     run_dir: Path
+    """Where metrics.jsonl and checkpoints/ go."""
     pad_id: int
+    """Padding token id."""
     packing: bool = True
+    """Rows are packed (else batches are grouped by length)."""
     heldout: list[Row] = field(default_factory=list)
+    """Held-out rows for held-out loss per source."""
     resume: bool = False
+    """Continue from the newest checkpoint in ``run_dir/checkpoints``."""
+    objective: Objective = field(default_factory=SFT)
+    """What each micro-batch's loss is (the seam for DPO/KTO/ORPO)."""
 
 
 def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocations, or the CPU's max resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -66,26 +87,39 @@ class Batches:
         return self._orders[epoch][p % self.n]
 
     def micro(self, k: int) -> tuple[list[int], float]:
+        """(row indices of micro-batch ``k`` for this process, epoch position where it starts)."""
         start = (k * self.world + self.rank) * self.bs
         return [self._row(p) for p in range(start, start + self.bs)], start / self.n
 
 
-def heldout_loss(model: nn.Module, rows: list[Row], job: TrainJob, device: torch.device) -> dict[str, float]:
-    """Mean held-out loss overall and per source (no dropout, no gradients)."""
+@torch.no_grad()
+def heldout_loss(model: nn.Module, rows: list[Row], sources: list[str], pad_id: int, precision: str, *,
+                 packing: bool = True, batch_size: int = 8, loss_chunk: int = 2048,
+                 virtual_tokens: int = 0) -> dict[str, float]:
+    """Mean loss per target token on ``rows``, overall (``heldout_loss``) and per source
+    (``heldout_loss/<source>``); dropout off, no gradients. Benchmarks score every side with it."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(job.sources), dtype=torch.float64)
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(sources), dtype=torch.float64)
     counts = torch.zeros_like(sums)
-    with torch.no_grad(), autocast(device.type, job.precision):
-        for i in range(0, len(rows), job.cfg.batch_size):
-            batch = {k: v.to(device) for k, v in collate(rows[i : i + job.cfg.batch_size], job.pad_id, job.packing).items()}
-            losses, src = token_losses(model, batch, job.cfg.loss_chunk, job.method.virtual_tokens)
-            s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
+    with autocast(device.type, precision):
+        for i in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id, packing).items()}
+            losses, src = token_losses(model, batch, loss_chunk, virtual_tokens)
+            s, c = per_source(losses.cpu(), src.cpu(), len(sources))
             sums, counts = sums + s, counts + c
     model.train(was_training)
-    out = {f"heldout_loss/{n}": (sums[i] / counts[i]).item() for i, n in enumerate(job.sources) if counts[i] > 0}
+    out = {f"heldout_loss/{n}": (sums[i] / counts[i]).item() for i, n in enumerate(sources) if counts[i] > 0}
     out["heldout_loss"] = (sums.sum() / counts.sum().clamp(min=1)).item()
     return out
+
+
+def _heldout(job: TrainJob, model: nn.Module) -> dict[str, float]:
+    """:func:`heldout_loss` of the job's held-out rows with the job's settings."""
+    return heldout_loss(model, job.heldout, job.sources, job.pad_id, job.precision, packing=job.packing,
+                        batch_size=job.cfg.batch_size, loss_chunk=job.cfg.loss_chunk,
+                        virtual_tokens=job.method.virtual_tokens)
 
 
 def compile_layers(model: nn.Module, device: torch.device):
@@ -93,13 +127,10 @@ def compile_layers(model: nn.Module, device: torch.device):
     weights are inputs). On CPU, SDPA layers also switch to ``tunelab_cpu`` attention (SDPA's
     flash forward, a matmul backward that inductor fuses; see ``tunelab.models.attention``).
     Returns a function that undoes both, for evaluation."""
-    from tunelab.methods.layers import decoder_layers
-    from tunelab.models.attention import register
-
     layers = decoder_layers(model)[1]
     attn = getattr(model.config, "_attn_implementation", None)
     if device.type == "cpu" and attn == "sdpa":
-        model.set_attn_implementation(register())
+        model.set_attn_implementation(register_cpu_attention())
     for layer in layers:
         layer.compile(dynamic=True)
 
@@ -112,114 +143,157 @@ def compile_layers(model: nn.Module, device: torch.device):
     return restore
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Keep only metrics rows up to ``step`` (a resumed run logs the later steps again)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    tmp.replace(path)
+class MetricsLog:
+    """``metrics.jsonl``: one JSON row per logged step, appended and flushed as training goes.
+
+    On resume the rows of steps after the checkpoint are dropped first (they are logged again).
+    """
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and path.is_file():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.replace(path)
+        self._f = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (a no-op off the main process); opens the file again after :meth:`close`."""
+        if not self.enabled:
+            return
+        if self._f is None:
+            self._f = self.path.open("a")
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
-def train(job: TrainJob) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary. Ctrl-C writes a checkpoint first."""
-    cfg, method = job.cfg, job.method
-    acc = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
+def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path) -> tuple[int, dict | None]:
+    """Load the newest checkpoint into ``model`` and the method: (step it ends, optimizer/RNG state)."""
+    last = checkpoint.latest(ckpt_dir) if job.resume else None
+    if last is None:
+        return 0, None
+    weights, state, meta = checkpoint.load(last)
+    job.method.load_state(meta.get("method", {}))
+    job.method.load_trainable_state(model, weights)
+    return meta["step"], state
+
+
+def _step(job: TrainJob, acc: Accelerator, model: nn.Module, micro_batches: list[dict]) -> tuple:
+    """Forward and backward over one optimizer step's micro-batches (gradients accumulated).
+
+    Returns (per-source loss sums, per-source unit counts, input tokens seen): the loss is the
+    objective's summed losses over the whole step's units (all micro-batches, all processes).
+    """
     device = acc.device
-    model = job.model.to(device)
-    model.train()
-    if job.precision == "bf16" and method.frozen_cast_ok:
+    units = torch.tensor(float(sum(job.objective.units(b) for b in micro_batches)), device=device)
+    units = acc.reduce(units, reduction="sum")
+    sums = torch.zeros(len(job.sources), dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    tokens = 0
+    for i, cpu_batch in enumerate(micro_batches):
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
+        tokens += int((batch["source_idx"] >= 0).sum())
+        sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(model)
+        with sync, autocast(device.type, job.precision):
+            losses, src = job.objective(model, batch, job.cfg, job.method.virtual_tokens)
+            loss = losses.sum() * acc.num_processes / units.clamp(min=1)
+        acc.backward(loss)
+        s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
+        sums, counts = sums + s, counts + c
+    return sums, counts, tokens
+
+
+def _metrics_row(job: TrainJob, step: int, sums: torch.Tensor, counts: torch.Tensor, tokens: int,
+                 seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """The metrics.jsonl row of a finished step (``step`` counts steps done)."""
+    row = {"step": step, "loss": (sums.sum() / counts.sum().clamp(min=1)).item(), **extra,
+           "tokens": tokens, "target_tokens": int(counts.sum()), "step_time_s": seconds}
+    row.update({f"loss/{n}": (sums[i] / counts[i]).item() for i, n in enumerate(job.sources) if counts[i] > 0})
+    return row
+
+
+def _prepare(job: TrainJob, acc: Accelerator) -> tuple[nn.Module, torch.optim.Optimizer, int, Callable[[], None]]:
+    """Device, bf16 storage of frozen weights, compilation, resume and the optimizer.
+
+    Returns (model, optimizer, steps already done, a function undoing the compilation).
+    """
+    model = job.model.to(acc.device).train()
+    if job.precision == "bf16" and job.method.frozen_cast_ok:
         cast_frozen_linears(model)
-    restore = compile_layers(model, device) if cfg.compile else (lambda: None)
-    ckpt_dir = job.run_dir / "checkpoints"
-    start = 0
-    state = None
-    if job.resume and (last := checkpoint.latest(ckpt_dir)) is not None:
-        weights, state, meta = checkpoint.load(last)
-        method.load_state(meta.get("method", {}))
-        method.load_trainable_state(model, weights)
-        start = meta["step"]
-    optimizer = build_optimizer(model, method, cfg)
+    restore = compile_layers(model, acc.device) if job.cfg.compile else (lambda: None)
+    start, state = _resume(job, model, job.run_dir / "checkpoints")
+    optimizer = build_optimizer(model, job.method, job.cfg)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
     model, optimizer = acc.prepare(model, optimizer)
+    return model, optimizer, start, restore
+
+
+def _save(job: TrainJob, acc: Accelerator, model: nn.Module, optimizer, step: int, rng: dict | None = None) -> None:
+    """Checkpoint the trainable state, optimizer, RNG and method state after ``step`` steps."""
+    if acc.is_main_process:
+        weights = job.method.trainable_state(acc.unwrap_model(model))
+        checkpoint.save(job.run_dir / "checkpoints", step, weights, optimizer, {"method": job.method.state()},
+                        job.cfg.keep_checkpoints, rng)
+
+
+def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
+    """Run (or resume) training; returns (the trained model, a summary). Ctrl-C writes a checkpoint first."""
+    cfg, method = job.cfg, job.method
+    acc = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
+    model, optimizer, start, restore = _prepare(job, acc)
     lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
-    _drop_metrics_after(job.run_dir / "metrics.jsonl", start)  # rows of steps redone after a resume
-    metrics = (job.run_dir / "metrics.jsonl").open("a")
+    metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
-    step, completed, last_loss = start, start, float("nan")
-    step_rng = checkpoint.rng_state()
-
-    def save(step: int, rng: dict | None = None) -> None:
-        if acc.is_main_process:
-            weights = method.trainable_state(acc.unwrap_model(model))
-            checkpoint.save(ckpt_dir, step, weights, optimizer, {"method": method.state()},
-                            cfg.keep_checkpoints, rng)
-
+    step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()
     try:
         for step in range(start, cfg.max_steps):
-            t0 = time.perf_counter()
-            step_rng = checkpoint.rng_state()  # an interrupted step restarts from here
+            t0, step_rng = time.perf_counter(), checkpoint.rng_state()  # an interrupted step restarts here
             if method.on_step(step, acc.unwrap_model(model)):
                 optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
             set_lr(optimizer, lr_at(step, cfg))
             micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-            micro_batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
-            n_tgt = torch.tensor(float(sum(int((b["targets"] != IGNORE).sum()) for b in micro_batches)), device=device)
-            n_tgt = acc.reduce(n_tgt, reduction="sum")  # loss is normalised by target tokens of the whole step
-            sums = torch.zeros(len(job.sources), dtype=torch.float64)
-            counts = torch.zeros_like(sums)
-            tokens = 0
-            for i, cpu_batch in enumerate(micro_batches):
-                batch = {k: v.to(device) for k, v in cpu_batch.items()}
-                tokens += int((batch["source_idx"] >= 0).sum())
-                sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(model)
-                with sync, autocast(device.type, job.precision):
-                    losses, src = token_losses(model, batch, cfg.loss_chunk, method.virtual_tokens, cfg.compile)
-                    loss = losses.sum() * acc.num_processes / n_tgt.clamp(min=1)
-                acc.backward(loss)
-                s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
-                sums, counts = sums + s, counts + c
+            batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
+            sums, counts, tokens = _step(job, acc, model, batches)
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            completed = step + 1
-            dt = time.perf_counter() - t0
-            last_loss = (sums.sum() / counts.sum().clamp(min=1)).item()
-            row = {"step": step + 1, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
-                   "grad_norm": float(grad_norm), "tokens": tokens, "target_tokens": int(counts.sum()),
-                   "tokens_per_s": tokens * acc.num_processes / dt, "step_time_s": dt,
-                   "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(device)}
-            row.update({f"loss/{n}": (sums[i] / counts[i]).item() for i, n in enumerate(job.sources) if counts[i] > 0})
-            done = completed
+            done, dt = step + 1, time.perf_counter() - t0
+            row = _metrics_row(job, done, sums, counts, tokens, dt, {
+                "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens * acc.num_processes / dt, "epoch": micro[-1][1],
+                "peak_mem_mb": peak_mem_mb(acc.device)})
+            last_loss = row["loss"]
             if job.heldout and cfg.eval_every and done % cfg.eval_every == 0:
-                row.update(heldout_loss(model, job.heldout, job, device))
-            if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                row.update(_heldout(job, model))
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                metrics.write(row)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                save(done)
+                _save(job, acc, model, optimizer, done)
     except KeyboardInterrupt:
-        save(completed, rng=None if completed > step else step_rng)
-        bar.close()
-        print(f"\n[tunelab] interrupted: checkpoint at step {completed} in {ckpt_dir}; continue with --resume")
+        _save(job, acc, model, optimizer, done, rng=None if done > step else step_rng)
+        print(f"\n[tunelab] interrupted: checkpoint at step {done} in {job.run_dir / 'checkpoints'}; continue with --resume")
         raise
     finally:
+        bar.close()
         metrics.close()
         restore()
-    bar.close()
     model = acc.unwrap_model(model)
     summary = {"steps": cfg.max_steps, "final_loss": last_loss, "resumed_from": start}
     if job.heldout:
-        final = heldout_loss(model, job.heldout, job, device)
-        summary.update(final)
-        if acc.is_main_process:
-            with (job.run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": cfg.max_steps, **final}) + "\n")
-    job.model = model
-    return summary
+        summary.update(final := _heldout(job, model))
+        metrics.write({"step": cfg.max_steps, **final})
+        metrics.close()
+    return model, summary

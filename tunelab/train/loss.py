@@ -23,28 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunelab.data.tokenize import IGNORE
-from tunelab.models.load import base_model
-
-
-def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
-    """The decoder's last hidden states (B, T, C), after the final norm, from a forward pass of
-    ``model`` (peft wrappers included) with ``logits_to_keep=1``.
-
-    Read with a hook on the decoder rather than ``output_hidden_states=True``: transformers
-    collects hidden states through hooks on every layer that read a ``ContextVar``, which
-    torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
-    """
-    captured = []
-
-    def keep(module, args, output):
-        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
-
-    handle = base_model(model).get_decoder().register_forward_hook(keep)
-    try:
-        model(**inputs, logits_to_keep=1, use_cache=False)
-    finally:
-        handle.remove()
-    return captured[-1]
+from tunelab.models.load import base_model, final_hidden_states
 
 
 def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""Built-in task families (see ``base``); each module registers itself in ``TASK_FAMILIES``."""
+"""Built-in task families (see ``base``); each module registers itself in ``TASK_FAMILIES``.
 
-from tunelab.data.tasks import arith, code, instruct, nlp  # noqa: F401  (registration)
+``TASK_FAMILIES`` imports every module of this package on first use: a new family is one file.
+"""
+
 from tunelab.data.tasks.base import SPLITS, TASK_FAMILIES, TaskFamily, get_family
 
 __all__ = ["SPLITS", "TASK_FAMILIES", "TaskFamily", "get_family"]

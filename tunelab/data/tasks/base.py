@@ -67,7 +67,9 @@ class TaskFamily:
         return out
 
 
-TASK_FAMILIES: Registry[type[TaskFamily]] = Registry("task family")
+TASK_FAMILIES: Registry[type[TaskFamily]] = Registry(
+    "task family", package="tunelab.data.tasks", entry_points="tunelab.task_families"
+)
 
 
 def get_family(name: str, **options: Any) -> TaskFamily:

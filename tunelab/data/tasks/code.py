@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.data.tasks.base import TASK_FAMILIES, TaskFamily
+from tunelab.sandbox import run_python
 
 Consts = Callable[[random.Random], dict[str, Any]]
 
@@ -322,8 +323,6 @@ class CodeFamily(TaskFamily):
         Raises:
             SandboxUnavailable: bubblewrap is missing and ``allow_unsandboxed`` is not set.
         """
-        from tunelab.sandbox import run_python
-
         code = extract_code(completion)
         result = run_python(
             build_test_program(code, meta["tests"]),

@@ -1,9 +1,9 @@
 """Curation transforms applied per source before mixing (``data.transforms`` in a recipe).
 
-Importing this package registers the built-in transforms in :data:`TRANSFORMS`.
+Each module of this package registers its transforms in :data:`TRANSFORMS`, which imports
+them all on first use: a new transform is one file (evol_instruct, nat ... register the same way).
 """
 
-from tunelab.data.transforms import filters  # noqa: F401  (registers the filters)
 from tunelab.data.transforms.base import (
     TRANSFORMS,
     BaseTransform,
@@ -13,8 +13,6 @@ from tunelab.data.transforms.base import (
     build_transform,
     build_transforms,
 )
-
-# Later: evol_instruct (EvolInstruct) and nat (NegativeAwareTraining) register here too.
 
 __all__ = [
     "TRANSFORMS", "BaseTransform", "Transform", "TransformContext", "apply_transforms",

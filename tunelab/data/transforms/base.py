@@ -31,7 +31,10 @@ class TransformContext:
     count_tokens: Callable[[Sample], int] | None = None
     """Tokens of one sample under the run's tokenizer (None: no tokenizer at hand)."""
     eval_texts: list[str] = field(default_factory=list)
-    """Texts of the evaluation sets in use (prompts and references), for decontamination."""
+    """Texts of the evaluation sets named by the recipe (every item's question and reference), for
+    decontamination."""
+    eval_ids: list[str] = field(default_factory=list)
+    """``task/item id`` of each of ``eval_texts`` (same order; may be empty)."""
     seed: int = 0
     """Seed for seeded transforms (near_dedup hashing, cap)."""
     stats: dict[str, Any] = field(default_factory=dict)
@@ -47,7 +50,9 @@ class Transform(Protocol):
     def __call__(self, samples: list[Sample], ctx: TransformContext) -> tuple[list[Sample], Removed]: ...
 
 
-TRANSFORMS: Registry[type[Any]] = Registry("transform")
+TRANSFORMS: Registry[type[Any]] = Registry(
+    "transform", package="tunelab.data.transforms", entry_points="tunelab.transforms"
+)
 
 
 class BaseTransform:
@@ -55,6 +60,9 @@ class BaseTransform:
 
     Params: ClassVar[type]
     reason: ClassVar[str] = "filtered"
+    heldout_too: ClassVar[bool] = False
+    """Also applied to the held-out examples (decontamination: held-out loss must never score an
+    evaluation item)."""
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -113,7 +121,6 @@ def build_transform(spec: dict[str, Any], where: str = "data.transforms") -> Any
     """
     if not isinstance(spec, dict) or "name" not in spec:
         raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {spec!r}")
-    _import_builtin()
     cls = TRANSFORMS.get(spec["name"])
     return cls(parse_params(cls.Params, spec, f"{where} ({spec['name']})"))
 
@@ -145,8 +152,3 @@ def apply_transforms(
         for reason, n in dropped.items():
             removed[reason] = removed.get(reason, 0) + n
     return samples, removed
-
-
-def _import_builtin() -> None:
-    """Register the built-in transforms (a no-op after the first call)."""
-    import tunelab.data.transforms  # noqa: F401

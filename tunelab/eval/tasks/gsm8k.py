@@ -24,7 +24,6 @@ extracted strings (before normalisation) for side-by-side agreement checks with 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -34,6 +33,7 @@ from typing import Any
 from tunelab.data.sources import resolve_data_path
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
+from tunelab.io import read_jsonl
 
 INSTRUCTION = (
     "Solve the problem step by step. At the end, write the final answer on its own line "
@@ -100,12 +100,6 @@ def majority(values: list[str | None]) -> str | None:
     return next(v for v in values if v is not None and counts[v] == best)
 
 
-def _read_jsonl(rel_path: str) -> list[dict[str, Any]]:
-    path = resolve_data_path(rel_path, None)
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @EVAL_TASKS.register("gsm8k")
 class GSM8K(EvalTask):
     """GSM8K test split: strict and flexible exact match (numeric), maj@k with several samples.
@@ -131,12 +125,12 @@ class GSM8K(EvalTask):
     def rows(self) -> list[dict[str, Any]]:
         """The raw test rows (``question``, ``answer``), loaded once."""
         if self._rows is None:
-            self._rows = _read_jsonl(self.path)
+            self._rows = read_jsonl(resolve_data_path(self.path, None))
         return self._rows
 
     def fewshot_contexts(self, n: int) -> list[str]:
         """lm-eval's few-shot blocks for the first ``n`` test items (``k`` fresh draws per item, in order)."""
-        train = _read_jsonl(self.train_path)
+        train = read_jsonl(resolve_data_path(self.train_path, None))
         rnd = random.Random(FEWSHOT_SEED)
         return [
             "".join(

@@ -25,7 +25,6 @@ the ``TUNELAB_JUDGE`` environment variable is used.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -37,6 +36,8 @@ from tunelab.data.sources import load_mt_bench, resolve_data_path
 from tunelab.eval.judge import Judge, agreement_score, circularity_warning, combine_judges, summarize_turns
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
 from tunelab.generate.base import Generator, Prompt
+from tunelab.generate.build import build_generator
+from tunelab.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,8 @@ REFERENCE_NAMES = ("reference_answer_gpt-4.jsonl", "reference_answer/gpt-4.jsonl
 
 
 def judge_from_spec(spec: str | Generator) -> Generator:
-    """A judge Generator from a spec: ``http://host:port/v1#model`` or a local model/run."""
-    if not isinstance(spec, str):
-        return spec
-    if spec.startswith(("http://", "https://")):
-        from tunelab.generate.openai_compat import OpenAIGenerator
-
-        url, _, model = spec.partition("#")
-        return OpenAIGenerator(url, model or "default")
-    from tunelab.generate.hf import HFGenerator
-    from tunelab.runner.artifacts import load_for_inference
-
-    model, tok, _ = load_for_inference(spec)
-    return HFGenerator(model, tok, progress=False)
+    """A judge Generator from a spec (``http://host:port/v1#model``, a local model or run), or as is."""
+    return build_generator(spec, progress=False)
 
 
 def judge_name(spec: str | Generator) -> str:
@@ -79,9 +69,7 @@ def _answer_text(row: dict[str, Any]) -> list[str]:
 
 def load_answers(path: str) -> dict[str, list[str]]:
     """``{question id (str): answer turns}`` from a JSONL answer file."""
-    resolved = resolve_data_path(path, None)
-    with resolved.open(encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(resolve_data_path(path, None))
     return {str(r.get("question_id", r.get("id"))): _answer_text(r) for r in rows}
 
 

@@ -11,12 +11,30 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+from tunelab.cli.eval import eval_command
+from tunelab.config import ConfigError, load_recipe
+from tunelab.data.formats import FORMATS
+from tunelab.data.tasks import TASK_FAMILIES
+from tunelab.data.transforms.base import TRANSFORMS
+from tunelab.eval.tasks.base import EVAL_TASKS, get_task, task_names
+from tunelab.generate.base import GenerationConfig
+from tunelab.generate.build import BACKENDS, build_generator
+from tunelab.io import DataError
+from tunelab.methods import METHODS
+from tunelab.models.load import ALIASES, ModelError
+from tunelab.registry import RegistryError, first_doc_line
+from tunelab.regularizers import REGULARIZERS
+from tunelab.runner.compare import compare_runs
+from tunelab.runner.data import inspect_recipe
+from tunelab.runner.run import load_results, run
+from tunelab.runner.validate import validate
+from tunelab.train.artifacts import export
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """Fine-tune smollm2-135m-instruct with LoRA on built-in arithmetic problems; evaluate before/after."""
-    from tunelab.runner.run import load_results, run
 
     recipe = RECIPES / "quickstart.yaml"
     run_dir = run(recipe, a.overrides, out=a.out, force=a.force, resume=a.resume)
@@ -34,7 +52,6 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     """Run a recipe: data -> train -> eval -> results (skipped if results exist; --force redoes)."""
-    from tunelab.runner.run import run
 
     run_dir = run(a.recipe, a.overrides, out=a.out, resume=a.resume, force=a.force)
     print(f"[tunelab] run folder: {run_dir}")
@@ -43,8 +60,6 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_validate(a: argparse.Namespace) -> int:
     """Check a recipe (keys, types, names, files) without doing any work."""
-    from tunelab.config import load_recipe
-    from tunelab.runner.validate import validate
 
     problems = validate(load_recipe(a.recipe, a.overrides))
     for p in problems:
@@ -56,14 +71,6 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 def cmd_ls(a: argparse.Namespace) -> int:
     """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms."""
-    from tunelab.data.formats import FORMATS
-    from tunelab.data.tasks import TASK_FAMILIES
-    from tunelab.data.transforms.base import TRANSFORMS
-    from tunelab.eval.tasks import task_names
-    from tunelab.methods import METHODS
-    from tunelab.models.load import ALIASES
-    from tunelab.registry import first_doc_line
-    from tunelab.regularizers import REGULARIZERS
 
     sections = {
         "models": [(n, a_.description) for n, a_ in ALIASES.items()] + [("<owner/name>", "any hub id"),
@@ -85,8 +92,6 @@ def cmd_ls(a: argparse.Namespace) -> int:
 
 
 def _task_doc(name: str) -> str:
-    from tunelab.eval.tasks import EVAL_TASKS, get_task
-    from tunelab.registry import first_doc_line
 
     if name in EVAL_TASKS:
         return first_doc_line(EVAL_TASKS.get(name))
@@ -96,7 +101,6 @@ def _task_doc(name: str) -> str:
 
 def cmd_data(a: argparse.Namespace) -> int:
     """Inspect the realised data of a recipe: mixture, samples with loss masks, length histograms."""
-    from tunelab.data.report import inspect_recipe
 
     return inspect_recipe(a.recipe, a.overrides, as_json=a.json, n_samples=a.samples)
 
@@ -107,14 +111,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     Task options: --task-option gsm8k.fewshot=5 --task-option judge.mode=pairwise (repeatable;
     values parsed as YAML; a bare key=value applies to every task that takes it).
     """
-    from tunelab.eval.cli import eval_command
 
     return eval_command(a)
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Paired statistics between two runs (joins per-item results by id)."""
-    from tunelab.runner.compare import compare_runs
 
     out = compare_runs(a.run_a, a.run_b)
     print(json.dumps(out, indent=2) if a.json else _fmt_compare(out))
@@ -131,12 +133,8 @@ def _fmt_compare(out: dict) -> str:
 
 def cmd_chat(a: argparse.Namespace) -> int:
     """Talk to a model or a fine-tuned run (``--prompt`` for one shot)."""
-    from tunelab.generate.base import GenerationConfig
-    from tunelab.generate.hf import HFGenerator
-    from tunelab.runner.artifacts import load_for_inference
 
-    model, tok, _ = load_for_inference(a.model)
-    gen = HFGenerator(model, tok, progress=False)
+    gen = build_generator(a.model, backend=a.backend, progress=False)
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature)
     history: list[dict] = [{"role": "system", "content": a.system}] if a.system else []
     prompts = [a.prompt] if a.prompt else None
@@ -162,7 +160,6 @@ def _read_user() -> str | None:
 
 def cmd_export(a: argparse.Namespace) -> int:
     """Write a run's weights as standard artefacts (peft adapter / HF checkpoint; --merge: merged HF model)."""
-    from tunelab.runner.artifacts import export
 
     try:
         print(f"[tunelab] exported to {export(a.run, a.out, a.merge)}")
@@ -174,7 +171,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """Serve a model or run as an OpenAI-compatible endpoint (chat and completions) on HOST:PORT."""
-    from tunelab.generate.server import serve_model
+    from tunelab.serve import serve_model
+
 
     serve_model(a.model, host=a.host, port=a.port, batch_size=a.batch_size, model_name=a.model_name)
     return 0
@@ -218,13 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.0),
             p.add_argument("--max-new-tokens", type=int, default=None),
             p.add_argument("--batch-size", type=int, default=16),
+            p.add_argument("--seed", type=int, default=1234, help="item sampling and generation seed"),
+            p.add_argument("--backend", default="auto", choices=BACKENDS,
+                           help="hf (local), openai (MODEL is http://host:port/v1#name), vllm (GPU); "
+                                "auto: openai for a URL, else hf"),
             p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
             p.add_argument("--out", help="folder for per-item results"),
             p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
         "compare": (cmd_compare, lambda p: (
             p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
         "chat": (cmd_chat, lambda p: (
-            p.add_argument("model", help="model name/dir or run folder"),
+            p.add_argument("model", help="model name/dir, run folder or http://host:port/v1#name"),
+            p.add_argument("--backend", default="auto", choices=BACKENDS),
             p.add_argument("--prompt", help="one message, print the reply and exit"),
             p.add_argument("--system", help="system prompt"),
             p.add_argument("--max-new-tokens", type=int, default=256),
@@ -255,10 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides or []) + extra
-    from tunelab.config import ConfigError
-    from tunelab.data.formats import DataError
-    from tunelab.models.load import ModelError
-    from tunelab.registry import RegistryError
 
     try:
         return args.fn(args)

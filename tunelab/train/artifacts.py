@@ -1,35 +1,33 @@
-"""Load a model or a finished run for inference (eval, chat, export)."""
+"""A model name or a finished run folder, loaded for inference (eval, chat, serve) or exported.
+
+Below generation and evaluation on purpose: every layer that needs "the weights a run made"
+calls :func:`load_for_inference`, and the generator builder (``tunelab.generate.build``) wraps it.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-
-from tunelab.config import ModelConfig
+from tunelab.config import DEFAULT_METHOD, ModelConfig, is_run, load_config
+from tunelab.device import default_device
 from tunelab.methods import METHODS
 from tunelab.models.load import load_model, load_tokenizer
 
 
-def is_run(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "config.yaml").is_file() and (p / "final").is_dir()
-
-
 def load_for_inference(model_or_run: str, device: str | None = None):
-    """(model, tokenizer, info) for a model name/dir or a run folder (its ``final/`` weights)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """(model, tokenizer, info) for a model name/dir or a run folder (its ``final/`` weights), in eval mode."""
+    device = device or default_device()
     if not is_run(model_or_run):
-        return load_model(ModelConfig(name=model_or_run), device=device)
-    from tunelab.runner.run import load_config
-
+        model, tok, info = load_model(ModelConfig(name=model_or_run), device=device)
+        return model.eval(), tok, info
     cfg = load_config(model_or_run)
     final = Path(model_or_run) / "final"
     base, _, info = load_model(cfg.model, device=device)
-    method_cls = METHODS.get(cfg.method.get("name", "lora"))
+    method_cls = METHODS.get(cfg.method.get("name", DEFAULT_METHOD))
     model = method_cls.load_final(base, final).to(device)
-    tok = load_tokenizer(cfg.model, str(final)) if (final / "tokenizer_config.json").is_file() else load_tokenizer(cfg.model)
+    has_tok = (final / "tokenizer_config.json").is_file()
+    tok = load_tokenizer(cfg.model, str(final)) if has_tok else load_tokenizer(cfg.model)
     info = {**info, "run": str(model_or_run), "method": cfg.method}
     return model.eval(), tok, info
 
@@ -39,7 +37,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, merge: bool = Fal
     model, tok, info = load_for_inference(str(run_dir), device="cpu")
     out = Path(out or Path(run_dir) / ("merged" if merge else "export"))
     if merge:
-        method = METHODS.get(info["method"].get("name", "lora"))()
+        method = METHODS.get(info["method"].get("name", DEFAULT_METHOD))()
         if not method.mergeable:
             raise ValueError(f"method {method.name!r} cannot be merged into the base weights; "
                              f"`tunelab export {run_dir}` writes its standard artefacts")

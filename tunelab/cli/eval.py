@@ -1,0 +1,143 @@
+"""``tunelab eval``: evaluate a model or run on tasks, or score a predictions file, with 95% CIs.
+
+Per-item rows go to ``<out>/<task>.jsonl`` and the scores to ``<out>/scores.json``; the default
+``<out>`` is ``<run>/eval/cli/`` for a run folder, else ``runs/eval/<model-name>/``. With ``--json``
+stdout carries only ``{task: {metric: value, metric_ci: [lo, hi], ..., "n": n}}`` (code tasks add
+``"isolation"``); everything else goes to stderr.
+
+``--task-option task.key=value`` (repeatable; the value is parsed as YAML) passes a constructor
+option to one task, e.g. ``gsm8k.fewshot=5`` or ``judge.mode=pairwise``; a bare ``key=value`` goes
+to every named task whose constructor takes ``key``. An option no constructor takes is an error
+listing the accepted ones (recipes: ``eval.task_options``, checked the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import is_run
+from tunelab.eval.harness import EvalResult, evaluate_tasks
+from tunelab.eval.predictions import score_predictions
+from tunelab.eval.tasks.base import EvalTask, get_task, parse_task_options
+from tunelab.eval.tasks.code_exec import parse_ks
+from tunelab.generate.build import build_generator
+from tunelab.sandbox import SandboxUnavailable
+
+
+def make_task(name: str, k: str | None = None, options: dict[str, Any] | None = None) -> EvalTask:
+    """A task by name, built with constructor ``options``; ``k`` (``"1,10"``) sets code tasks' pass@k values."""
+    task = get_task(name, **(options or {}))
+    if k and hasattr(task, "ks"):
+        task.ks = parse_ks(k)
+    return task
+
+
+def default_out(model: str) -> Path:
+    """``<run>/eval/cli`` for a run folder, else ``runs/eval/<model-name>``."""
+    if is_run(model):
+        return Path(model) / "eval" / "cli"
+    name = Path(model).name if Path(model).expanduser().is_dir() else model.replace("/", "--")
+    return Path("runs") / "eval" / (name or "model")
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def flatten(results: dict[str, EvalResult], tasks: dict[str, EvalTask]) -> dict[str, dict[str, Any]]:
+    """``{task: {metric: value, metric_ci: [lo, hi], ..., "n": n}}`` (+ ``isolation`` for code tasks)."""
+    flat: dict[str, dict[str, Any]] = {}
+    for name, res in results.items():
+        entry: dict[str, Any] = {}
+        for metric, score in res.scores.items():
+            entry[metric], entry[f"{metric}_ci"] = score["value"], score["ci"]
+        primary = res.scores.get(tasks[name].primary) or next(iter(res.scores.values()), {"n": 0})
+        entry["n"] = primary["n"]
+        isolation = sorted({r["isolation"] for r in res.rows if "isolation" in r})
+        if isolation:
+            entry["isolation"] = ",".join(isolation)
+        flat[name] = entry
+    return flat
+
+
+def table(results: dict[str, EvalResult]) -> str:
+    """A plain text table: task, metric, value, 95% CI, n, seconds."""
+    lines = [f"{'task':<14} {'metric':<24} {'value':>8}  {'95% CI':<19} {'n':>6} {'seconds':>8}"]
+    for name, res in results.items():
+        for metric, s in res.scores.items():
+            ci = f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+            lines.append(
+                f"{name:<14} {metric:<24} {s['value']:>8.3f}  {ci:<19} {s['n']:>6} {res.seconds:>8.1f}"
+            )
+    return "\n".join(lines)
+
+
+def write_scores(out: Path, results: dict[str, EvalResult], source: str) -> Path:
+    """``<out>/scores.json``: scores, seconds and the model or predictions file per task."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "scores.json"
+    data = {
+        name: {"scores": r.scores, "seconds": round(r.seconds, 2), "source": source}
+        for name, r in results.items()
+    }
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    if enabled:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        yield
+
+
+def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, EvalTask], Path]:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    options = parse_task_options(getattr(args, "task_option", None) or [], names)
+    tasks = {n: make_task(n, args.k, options.get(n)) for n in names}
+    if args.predictions:
+        if len(tasks) != 1:
+            raise ValueError("--predictions scores one task at a time; name exactly one in --tasks")
+        out = Path(args.out or Path("runs") / "eval" / f"predictions-{Path(args.predictions).stem}")
+        name, task = next(iter(tasks.items()))
+        return (
+            {name: score_predictions(task, args.predictions, limit=args.limit, seed=args.seed, out=out / f"{name}.jsonl")},
+            tasks,
+            out,
+        )
+    if not args.model:
+        raise ValueError("name a model or run folder, or pass --predictions FILE")
+    out = Path(args.out) if args.out else default_out(args.model)
+    generator = build_generator(args.model, backend=args.backend, batch_size=args.batch_size)
+    print(f"[tunelab] evaluating {args.model} ({type(generator).__name__}, "
+          f"{getattr(generator, 'precision', 'remote')})", file=sys.stderr)
+    results = evaluate_tasks(tasks, generator, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                             samples=args.samples, temperature=args.temperature, out_dir=out)
+    return results, tasks, out
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Run ``tunelab eval`` from parsed arguments; returns the exit status."""
+    try:
+        with _stdout_to_stderr(args.json):
+            results, tasks, out = _run(args)
+            scores_path = write_scores(out, results, args.predictions or args.model)
+    except (KeyError, ValueError, SandboxUnavailable) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(flatten(results, tasks), indent=1))
+        return 0
+    print(table(results))
+    for name in results:
+        print(f"[tunelab] {name}: per-item rows in {out / f'{name}.jsonl'}")
+    print(f"[tunelab] scores in {scores_path}")
+    return 0
