@@ -29,6 +29,9 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check tunelab tests benchmarks
+	# layers without cycles ([tool.importlinter] in pyproject.toml), docstrings on public API >= 70%
+	$(BIN)/lint-imports
+	$(BIN)/interrogate -c pyproject.toml tunelab
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import yaml
 
-
 DEFAULT_METHOD = "lora"
 """The method a recipe, a run folder or ``build_method`` gets when none is named."""
 

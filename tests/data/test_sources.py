@@ -31,8 +31,6 @@ if "fake_src_family" not in TASK_FAMILIES:
     class FakeFamily(TaskFamily):
         """Adds two small numbers (test only)."""
 
-        name = "fake_src_family"
-
         def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:
             a, b = rng.randint(0, 999), rng.randint(0, 999)
             return f"{a}+{b}=?", str(a + b), {"answer": str(a + b)}

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
+from tunelab.eval.harness import evaluate_loglik
 from tunelab.eval.stats import ratio_of_sums
 from tunelab.eval.tasks.base import get_task
-from tunelab.eval.harness import evaluate_loglik
 
 
 class FakeScorer:

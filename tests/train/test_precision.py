@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from tunelab.device import autocast
 from tunelab.methods.base import build_method
 from tunelab.models.tiny import tiny_model, tiny_tokenizer
-from tunelab.device import autocast
 from tunelab.train.precision import cast_frozen_linears
 
 

@@ -28,6 +28,7 @@ from tunelab.runner.compare import compare_runs
 from tunelab.runner.data import inspect_recipe
 from tunelab.runner.run import load_results, run
 from tunelab.runner.validate import validate
+from tunelab.serve import serve_model
 from tunelab.train.artifacts import export
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -171,8 +172,6 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """Serve a model or run as an OpenAI-compatible endpoint (chat and completions) on HOST:PORT."""
-    from tunelab.serve import serve_model
-
 
     serve_model(a.model, host=a.host, port=a.port, batch_size=a.batch_size, model_name=a.model_name)
     return 0

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+import pyarrow.parquet as pq
+
 from tunelab.config import SourceConfig
 from tunelab.data.formats import FORMATS, detect_format, to_sample
 from tunelab.data.tasks.base import SPLITS, TASK_FAMILIES, get_family
@@ -115,10 +118,6 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:  # pragma: no cover - pyarrow comes with datasets
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
     yield from enumerate(pq.read_table(path).to_pylist())
 
 
@@ -184,8 +183,6 @@ def _file_rows(path: Path) -> Iterator[tuple[str, int, dict | Exception]]:
 
 def _hub_rows(src: SourceConfig) -> Iterator[tuple[str, int, dict | Exception]]:  # pragma: no cover
     """Rows of a hub dataset (needs network; ``options`` go to ``load_dataset``)."""
-    import datasets
-
     ds = datasets.load_dataset(src.hub, split=src.split, **src.options)
     for i, row in enumerate(ds):
         yield f"hub:{src.hub}[{i}]", i, dict(row)

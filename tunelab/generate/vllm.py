@@ -53,7 +53,7 @@ class VLLMGenerator:
         dtype: str = "auto",
         **engine_kw: Any,
     ) -> None:
-        try:
+        try:  # vllm is a heavy optional extra (GPU; it replaces torch): imported only when used
             from vllm import LLM
         except ImportError as e:
             raise ImportError("VLLMGenerator needs vllm (GPU): pip install 'tunelab[vllm]'") from e
@@ -71,13 +71,13 @@ class VLLMGenerator:
     def _lora_request(self) -> Any:
         if not self.adapter:
             return None
-        from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest  # optional extra, deferred (see __init__)
 
         return LoRARequest("adapter", 1, str(self.adapter))
 
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
         """``cfg.n`` completions per prompt, in order (vllm batches and schedules internally)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional extra, deferred (see __init__)
 
         params = SamplingParams(
             n=cfg.n,
@@ -87,7 +87,7 @@ class VLLMGenerator:
             stop=list(cfg.stop) or None,
             seed=cfg.seed,
         )
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # optional extra, deferred (see __init__)
 
         # token ids, as HFGenerator feeds them: vllm would add special tokens to rendered chat text
         # (a second BOS where the chat template already wrote one)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.methods.base import METHODS, Method
@@ -102,8 +103,6 @@ class Adapters(Method):
 
     def save_final(self, model: nn.Module, tok, path: Path) -> None:
         """Adapter weights (safetensors), their config and the tokenizer; the base is not saved."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if f".{ADAPTER}." in n}
@@ -121,8 +120,6 @@ class Adapters(Method):
         Raises:
             ValueError: The saved weights do not fit ``base`` (another size or placement).
         """
-        from safetensors.torch import load_file
-
         path = Path(path)
         config = json.loads((path / CONFIG).read_text())
         fields = {f.name for f in dataclasses.fields(AdaptersParams)}

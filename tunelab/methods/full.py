@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from tunelab.methods.base import METHODS, Method
 
@@ -25,8 +26,6 @@ class Full(Method):
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
         """The saved full checkpoint, in ``base``'s dtype (``base`` itself is not needed)."""
-        from transformers import AutoModelForCausalLM
-
         return AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
 
     def merge(self, model: nn.Module) -> nn.Module:

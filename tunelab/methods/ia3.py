@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from peft import IA3Config
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from tunelab.methods.base import METHODS
 from tunelab.methods.peft_base import PeftMethod
@@ -38,8 +40,6 @@ class IA3(PeftMethod):
 
     def peft_config(self, model: nn.Module) -> Any:
         """An ``IA3Config``; ``all-linear`` expands to short module names (see ``linear_names``)."""
-        from peft import IA3Config
-
         p = self.params
         targets = linear_names(model) if p.target_modules == "all-linear" else p.target_modules
         return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=p.feedforward_modules)
@@ -51,8 +51,6 @@ def linear_names(model: nn.Module) -> list[str]:
     peft would expand ``all-linear`` to full module paths, and then refuse its own saved
     config on loading (short ``feedforward_modules`` are no subset of full paths).
     """
-    from transformers.pytorch_utils import Conv1D
-
     head = model.get_output_embeddings()
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                    if isinstance(m, nn.Linear | Conv1D) and m is not head})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from tunelab.methods.base import METHODS, Method
@@ -52,8 +53,6 @@ class LoRA(Method):
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in a peft model with LoRA on ``target_modules``; the base stays frozen."""
-        from peft import LoraConfig, get_peft_model
-
         p = self.params
         cfg = LoraConfig(
             r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules,
@@ -71,21 +70,15 @@ class LoRA(Method):
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The adapter tensors as peft saves them (names without the adapter name)."""
-        from peft import get_peft_model_state_dict
-
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load tensors saved by ``trainable_state`` into the peft model."""
-        from peft import set_peft_model_state_dict
-
         set_peft_model_state_dict(model, state)
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
         """``base`` with the saved peft adapter folder attached."""
-        from peft import PeftModel
-
         return PeftModel.from_pretrained(base, path)
 
     def merge(self, model: nn.Module) -> nn.Module:

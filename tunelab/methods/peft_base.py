@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel, get_peft_model
 from torch import nn
 
 from tunelab.methods.base import Method
@@ -24,8 +25,6 @@ class PeftMethod(Method):
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` with ``peft_config``; only the peft tensors train."""
-        from peft import get_peft_model
-
         return self.install(get_peft_model(model, self.peft_config(model)))
 
     @classmethod
@@ -36,8 +35,6 @@ class PeftMethod(Method):
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:
         """``base`` with the saved peft adapter folder attached, hooks installed."""
-        from peft import PeftModel
-
         return cls.install(PeftModel.from_pretrained(base, path))
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from peft import PrefixTuningConfig
 from torch import nn
 
 from tunelab.methods.base import METHODS
@@ -41,8 +42,6 @@ class PrefixTuning(PeftMethod):
 
     def peft_config(self, model: nn.Module) -> Any:
         """A ``PrefixTuningConfig``; the projection MLP is as wide as the model unless set."""
-        from peft import PrefixTuningConfig
-
         p = self.params
         hidden = p.encoder_hidden_size or model.config.get_text_config().hidden_size
         return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p.num_virtual_tokens,

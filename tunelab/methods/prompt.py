@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from peft import PromptTuningConfig
 from torch import nn
 
 from tunelab.methods.base import METHODS
@@ -51,8 +52,6 @@ class PromptTuning(PeftMethod):
         Raises:
             ValueError: ``init_text`` without a tokenizer to encode it.
         """
-        from peft import PromptTuningConfig
-
         p = self.params
         kwargs: dict[str, Any] = {"prompt_tuning_init": p.init.upper()}
         if p.init_text:

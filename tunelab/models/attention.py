@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "tunelab_cpu"  # no "flash" in it: transformers would take it for a flash-attention kernel
 
@@ -76,8 +79,6 @@ def flash_matmul_attention_forward(
     mask_ok = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.shape[1] == 1)
     if (not mask_ok or softcap or (dropout and module.training) or kwargs.get("s_aux") is not None
             or query.device.type != "cpu" or query.shape[2] != key.shape[2] or query.shape[1] % key.shape[1]):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, softcap=softcap, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -88,9 +89,6 @@ def flash_matmul_attention_forward(
 
 def register() -> str:
     """Register ``tunelab_cpu`` with transformers (idempotent); returns its name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
     AttentionInterface.register(NAME, flash_matmul_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
     return NAME

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.config import ModelConfig
+from tunelab.models.tiny import build_tiny
 
 # A documented default for tokenizers without one (base models): plain role headers,
 # the tokenizer's EOS closes each turn so the model learns to stop. Tokenizers that put a BOS
@@ -132,8 +135,6 @@ ALIASES: dict[str, Alias] = {
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a plain HF checkpoint folder (atomic)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -163,8 +164,6 @@ def resolve(name: str) -> tuple[str, str]:
             return str(target), "cached"
         target.parent.mkdir(parents=True, exist_ok=True)
         if name == "tiny":
-            from tunelab.models.tiny import build_tiny
-
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
             build_tiny(tmp)
             os.replace(tmp, target)
@@ -185,8 +184,6 @@ def resolve(name: str) -> tuple[str, str]:
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     """The tokenizer, with a chat template and a pad token guaranteed."""
-    from transformers import AutoTokenizer
-
     path = path or resolve(cfg.name)[0]
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if cfg.chat_template:
@@ -201,8 +198,6 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
 
 def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load (model, tokenizer, info) for a ModelConfig. ``info`` records what was resolved."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path, kind = resolve(cfg.name)
     hf_cfg = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if cfg.dropout is not None:

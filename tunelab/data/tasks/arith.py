@@ -106,8 +106,6 @@ def extract_answer(completion: str) -> str | None:
 class Arith(TaskFamily):
     """Arithmetic word problems (GSM8K-like): 2 steps in distribution, 3 steps OOD."""
 
-    name = "arith"
-
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:
         big = bool(self.options.get("big", False))  # larger operands (a harder variant)
         q, eqs, ans = _steps_3(rng, big) if ood else _steps_2(rng, big)

@@ -73,4 +73,5 @@ TASK_FAMILIES: Registry[type[TaskFamily]] = Registry(
 
 
 def get_family(name: str, **options: Any) -> TaskFamily:
+    """A new instance of the task family registered as ``name``, built with ``options``."""
     return TASK_FAMILIES.get(name)(**options)

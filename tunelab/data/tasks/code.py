@@ -307,7 +307,6 @@ class CodeFamily(TaskFamily):
         timeout: Seconds allowed per verification run (default 10).
     """
 
-    name = "code"
     description = "write small Python functions (list/string/arith/dict ops); unit tests in a sandbox"
 
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:

@@ -235,7 +235,6 @@ def build_item(rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]
 class InstructFamily(TaskFamily):
     """Open instructions with programmatically checkable constraints (IFEval-like)."""
 
-    name = "instruct"
     description = "IFEval-like instructions: word/sentence counts, bullets, JSON, lowercase, keywords..."
 
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:

@@ -233,7 +233,6 @@ class NlpFamily(TaskFamily):
         subtasks: Restrict generation to these sub-task names (default: all, equally likely).
     """
 
-    name = "nlp"
     description = "short-target NLP tasks: sentiment, topic, yes/no QA, extraction, counting"
 
     def make_item(self, rng: random.Random, ood: bool) -> Item:

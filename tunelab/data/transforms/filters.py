@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from datasketch import MinHash, MinHashLSH
+
 from tunelab.data.transforms.base import (
     TRANSFORMS,
     BaseTransform,
@@ -67,8 +69,6 @@ class NearDedup(BaseTransform):
         """Which turns to compare: ``all`` | ``prompt`` | ``response``."""
 
     def _minhash(self, text: str, seed: int) -> Any:
-        from datasketch import MinHash
-
         toks = words(text)
         n = self.params.ngram
         shingles = {" ".join(toks[i:i + n]) for i in range(max(1, len(toks) - n + 1))}
@@ -77,8 +77,6 @@ class NearDedup(BaseTransform):
         return m
 
     def __call__(self, samples: list[Sample], ctx: TransformContext) -> tuple[list[Sample], Removed]:
-        from datasketch import MinHashLSH
-
         p = self.params
         lsh = MinHashLSH(threshold=p.threshold, num_perm=p.num_perm)
         hashes: dict[str, Any] = {}

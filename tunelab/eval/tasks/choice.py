@@ -26,7 +26,6 @@ class NlpMultipleChoice(EvalTask):
         split: ``test`` (default) or ``ood``.
     """
 
-    name = "nlp_mc"
     kind: ClassVar[str] = "loglik"
 
     def __init__(self, split: str = "test") -> None:

