@@ -15,6 +15,8 @@ from typing import Any
 from tunelab.config import RunConfig, load_recipe
 from tunelab.data.pipeline import DataBundle, build_data
 from tunelab.data.report import histogram, render_mask
+from tunelab.data.transforms.base import words
+from tunelab.data.transforms.filters import Decontaminate
 from tunelab.eval.tasks.base import get_task
 from tunelab.models.load import load_tokenizer
 from tunelab.runner.validate import validate
@@ -45,12 +47,17 @@ def prepare_data(cfg: RunConfig, tok) -> DataBundle:
     decontamination indexed under ``decontamination``."""
     texts: list[str] = []
     ids: list[str] = []
-    summary: dict[str, Any] | None = None
-    if any(t.get("name") == "decontaminate" for t in cfg.data.transforms):
+    specs = [t for t in cfg.data.transforms if t.get("name") == "decontaminate"]
+    if specs:
         texts, ids, summary = evaluation_texts(cfg)
     data = build_data(cfg, tok, texts, ids)
-    if summary is not None:
-        data.report["decontamination"] = {"tasks": summary, "texts_indexed": len(texts)}
+    if specs:
+        # texts shorter than the n-gram cannot match anything: say how many, so none go unaccounted
+        n = min(int(t.get("n", Decontaminate.Params.n)) for t in specs)
+        checkable = {ids[i] for i, text in enumerate(texts) if len(words(text)) >= n}
+        short = sorted(set(ids) - checkable)
+        data.report["decontamination"] = {"tasks": summary, "texts_indexed": len(texts), "n": n,
+                                          "items_too_short_to_check": short}
     return data
 
 
@@ -89,7 +96,10 @@ def inspect_recipe(recipe: str | Path, overrides: list[str] | None = None, as_js
     dec = r.get("decontamination")
     if dec:
         sets = ", ".join(f"{t} ({v['items']} items)" for t, v in dec["tasks"].items()) or "none"
-        print(f"\ndecontamination: indexed {dec['texts_indexed']} texts of {sets}")
+        print(f"\ndecontamination: indexed {dec['texts_indexed']} texts of {sets} ({dec['n']}-grams)")
+        if dec["items_too_short_to_check"]:
+            print(f"  {len(dec['items_too_short_to_check'])} item(s) shorter than {dec['n']} words cannot be "
+                  f"checked: {', '.join(dec['items_too_short_to_check'][:10])}")
         for hit in r.get("transform_stats", {}).get("contaminated", []):
             print(f"  removed {hit['source']}/{hit['id']}: overlaps {hit.get('eval_item') or hit['eval_index']} "
                   f"on {hit['ngram']!r}")
