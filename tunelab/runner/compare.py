@@ -4,7 +4,7 @@ Per-item rows are joined by id (``5`` and ``"5"`` are the same id). The per-item
 found: ``c / n`` (code tasks: the unbiased per-problem pass@1), ``correct``, ``rating``, ``value``,
 ``score``, or minus ``loss`` (the perplexity task: lower is better, so ``delta`` > 0 means B's loss
 is lower). :func:`tunelab.eval.stats.compare_paired` picks the test (exact McNemar for 0/1
-outcomes, else a paired bootstrap) and gives a verdict only when the CI excludes 0.
+outcomes, else the sign-flip permutation test) and gives a verdict only when the test and the CI agree.
 """
 
 from __future__ import annotations
@@ -65,7 +65,14 @@ def compare_dirs(dir_a: Path, dir_b: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     tasks = sorted({p.stem for p in dir_a.glob("*.jsonl")} & {p.stem for p in dir_b.glob("*.jsonl")})
     for task in tasks:
-        result = compare_task(read_rows(dir_a / f"{task}.jsonl"), read_rows(dir_b / f"{task}.jsonl"))
+        files = dir_a / f"{task}.jsonl", dir_b / f"{task}.jsonl"
+        try:
+            rows_a, rows_b = read_rows(files[0]), read_rows(files[1])
+            result = compare_task(rows_a, rows_b)
+        except DataError:
+            raise
+        except ValueError as e:  # a non-finite score, named by item id
+            raise DataError(f"{files[0]} vs {files[1]}: {e}") from e
         if result is None:
             print(f"[tunelab] {task}: no common items with a value; skipped", file=sys.stderr)
             continue
@@ -80,10 +87,10 @@ def compare_task(rows_a: dict[str, dict], rows_b: dict[str, dict]) -> dict[str, 
         if key in rows_b:
             va, vb = item_value(row_a), item_value(rows_b[key])
             if va is not None and vb is not None:
-                pairs.append((va, vb))
+                pairs.append((key, va, vb))
     if not pairs:
         return None
-    r = compare_paired([a for a, _ in pairs], [b for _, b in pairs])
+    r = compare_paired([a for _, a, _ in pairs], [b for _, _, b in pairs], ids=[k for k, _, _ in pairs])
     return {
         "delta": r["delta"],
         "ci": r["ci"],
@@ -91,6 +98,7 @@ def compare_task(rows_a: dict[str, dict], rows_b: dict[str, dict]) -> dict[str, 
         "n": r["n"],
         "method": r["method"],
         "verdict": r["verdict"],
+        **({"note": r["note"]} if "note" in r else {}),
         "only_a": len(rows_a) - len(pairs),
         "only_b": len(rows_b) - len(pairs),
     }

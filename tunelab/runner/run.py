@@ -78,9 +78,10 @@ def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str
             entry["base"] = base[name].scores[primary]
             entry["base_all"] = base[name].scores
             b = {r["id"]: r for r in base[name].rows}
-            pairs = [(b[r["id"]]["correct"], r["correct"]) for r in t.rows if r["id"] in b and "correct" in r]
+            pairs = [(r["id"], b[r["id"]]["correct"], r["correct"]) for r in t.rows if r["id"] in b and "correct" in r]
             if pairs:
-                entry["delta"] = compare_paired([p[0] for p in pairs], [p[1] for p in pairs])
+                entry["delta"] = compare_paired([p[1] for p in pairs], [p[2] for p in pairs],
+                                                ids=[p[0] for p in pairs])
         results[name] = entry
     results["run"] = {"train": summary, **extra}
     return results
