@@ -27,6 +27,8 @@ from tunelab.regularizers import REGULARIZERS
 from tunelab.runner.compare import compare_runs
 from tunelab.runner.data import inspect_recipe
 from tunelab.runner.run import load_results, run
+from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
+from tunelab.runner.sweep import run_sweep
 from tunelab.runner.validate import validate
 from tunelab.serve import serve_model
 from tunelab.train.artifacts import export
@@ -54,9 +56,23 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     """Run a recipe: data -> train -> eval -> results (skipped if results exist; --force redoes)."""
 
-    run_dir = run(a.recipe, a.overrides, out=a.out, resume=a.resume, force=a.force)
+    run_dir = run(a.recipe, a.overrides, out=a.out, resume=a.resume, force=a.force,
+                  data_cache=a.data_cache, base_eval_cache=a.base_eval_cache)
     print(f"[tunelab] run folder: {run_dir}")
     return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    """Run a factorial sweep (recipe x factors x seeds) and aggregate it: per-arm CIs, tests, interactions."""
+
+    result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=a.resume, out=a.out,
+                       quiet=a.json)
+    if a.json:
+        print(json.dumps(result, indent=2, default=str))
+    failed = sum(r["status"] == "failed" for r in result["runs"].values())
+    print(f"[tunelab] sweep folder: {result['folder']} (sweep.json){f'; {failed} run(s) failed' if failed else ''}",
+          file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -195,7 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("recipe", help="recipe YAML"), _overrides(p),
             p.add_argument("--out", help="folder for the run folder (default: recipe's `out`, else runs)"),
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint exactly"),
-            p.add_argument("--force", action="store_true", help="redo even if results exist"))),
+            p.add_argument("--force", action="store_true", help="redo even if results exist"),
+            p.add_argument("--data-cache", help="folder of built data shared between runs (a sweep's)"),
+            p.add_argument("--base-eval-cache", help="folder of base-model evaluations shared between runs"))),
+        "sweep": (cmd_sweep, lambda p: (
+            p.add_argument("file", help="sweep YAML: recipe, factors, seeds, baseline"),
+            p.add_argument("--jobs", type=int, default=1, help="runs at a time (local backend)"),
+            p.add_argument("--backend", default="local", choices=SWEEP_BACKENDS,
+                           help="local: a process per run; inline: in this process; ray: a Ray cluster"),
+            p.add_argument("--address", help="Ray cluster address (ray://host:10001); default: local"),
+            p.add_argument("--resume", action="store_true", help="interrupted runs continue from their checkpoint"),
+            p.add_argument("--out", help="folder for the sweep folder (default: the file's `out`)"),
+            p.add_argument("--json", action="store_true", help="print sweep.json on stdout"))),
         "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
         "ls": (cmd_ls, lambda p: p.add_argument(
             "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms"])),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tunelab.config import RunConfig, dump_yaml, load_recipe, to_dict
+from tunelab.data.pipeline import DataBundle
 from tunelab.device import decide, default_device
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
@@ -27,22 +28,35 @@ from tunelab.io import write_json
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.load import load_model
 from tunelab.regularizers import build_regularizers
+from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
 from tunelab.runner.validate import validate
 from tunelab.train.loop import TrainJob, train
 
 
+def _changed(tree: Any, default: Any) -> Any:
+    """The parts of ``tree`` that differ from ``default`` (nested mappings compared key by key)."""
+    if isinstance(tree, dict) and isinstance(default, dict):
+        return {k: _changed(v, default.get(k)) for k, v in tree.items() if v != default.get(k)}
+    return tree
+
+
+def config_digest(cfg: RunConfig, skip: tuple[str, ...] = ("out", "recipe_dir", "name")) -> str:
+    """A short hash of what the resolved config sets away from the defaults (minus ``skip``): a
+    new config key with a default leaves existing digests, and so run names, unchanged."""
+    tree = _changed(to_dict(cfg), to_dict(RunConfig()))
+    for k in skip:
+        tree.pop(k, None)
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def run_name(cfg: RunConfig, recipe: str | Path | None) -> str:
-    """Deterministic: recipe stem + a hash of the resolved config (minus where it is written)."""
+    """Deterministic: recipe stem + :func:`config_digest` (where the run is written left out)."""
     if cfg.name:
         return cfg.name
-    tree = to_dict(cfg)
-    for k in ("out", "recipe_dir", "name"):
-        tree.pop(k, None)
-    digest = hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
     stem = Path(recipe).stem if recipe else "run"
-    return f"{stem}-{digest}"
+    return f"{stem}-{config_digest(cfg)}"
 
 
 def seed_everything(seed: int) -> None:
@@ -51,17 +65,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def recipe_tasks(cfg: RunConfig) -> dict[str, EvalTask]:
-    """The recipe's evaluation tasks, built with their ``eval.task_options``."""
-    return {name: get_task(name, **cfg.eval.task_options.get(name, {})) for name in cfg.eval.tasks}
+def recipe_tasks(cfg: RunConfig, only: list[str] | None = None) -> dict[str, EvalTask]:
+    """The recipe's evaluation tasks (or those of ``only``), built with their ``eval.task_options``."""
+    return {name: get_task(name, **cfg.eval.task_options.get(name, {}))
+            for name in cfg.eval.tasks if only is None or name in only}
 
 
 def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
-                   quiet: bool = False) -> dict[str, EvalResult]:
-    """The recipe's evaluation of an in-memory model (the one evaluation entry, with the recipe's settings)."""
+                   quiet: bool = False, only: list[str] | None = None) -> dict[str, EvalResult]:
+    """The recipe's evaluation of an in-memory model (the one evaluation entry, with the recipe's
+    settings), on every task or on those of ``only``."""
     generator = build_generator(model, tokenizer=tok, precision=precision, batch_size=cfg.eval.batch_size,
                                 progress=not quiet)
-    return evaluate_tasks(recipe_tasks(cfg), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
+    return evaluate_tasks(recipe_tasks(cfg, only), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                           temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
 
@@ -87,9 +103,43 @@ def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str
     return results
 
 
+def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any]) -> DataBundle:
+    """The run's data, from ``cache`` (a folder shared by runs, e.g. a sweep's) when it holds it."""
+    key = cache_mod.data_key(cfg) if cache else None
+    data = cache_mod.load_data(cache, key) if cache else None
+    reused["data"] = data is not None
+    if data is None:
+        data = prepare_data(cfg, tok)
+        if cache:
+            cache_mod.save_data(cache, key, data)
+    return data
+
+
+def _base_eval(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool, cache: Path | None,
+               reused: dict[str, Any]) -> dict[str, EvalResult]:
+    """The untrained model's evaluation; tasks found in ``cache`` are reused, not recomputed."""
+    keys = {t: cache_mod.base_eval_key(cfg, t, precision) for t in cfg.eval.tasks} if cache else {}
+    found = {t: r for t, k in keys.items() if (r := cache_mod.load_base_eval(cache, k)) is not None}
+    for task, result in found.items():
+        cache_mod.write_rows(folder, task, result)
+    reused["base_eval"] = sorted(found)
+    missing = [t for t in cfg.eval.tasks if t not in found]
+    computed = evaluate_model(model, tok, cfg, precision, folder, quiet, only=missing) if missing else {}
+    for task, result in computed.items():
+        if cache:
+            cache_mod.save_base_eval(cache, keys[task], result)
+    return {t: found.get(t) or computed[t] for t in cfg.eval.tasks}
+
+
 def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | None = None, *,
-        out: str | None = None, resume: bool = False, force: bool = False, quiet: bool = False) -> Path:
-    """Run a recipe end to end; returns the run folder (skipped if its results exist)."""
+        out: str | None = None, resume: bool = False, force: bool = False, quiet: bool = False,
+        data_cache: str | Path | None = None, base_eval_cache: str | Path | None = None) -> Path:
+    """Run a recipe end to end; returns the run folder (skipped if its results exist).
+
+    ``data_cache`` / ``base_eval_cache``: folders shared between runs (a sweep's) where the built
+    data and the base model's evaluations are reused when the configuration that made them is the
+    same (:mod:`tunelab.runner.cache`); ``results.json`` says what was reused.
+    """
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)
     if out:
         cfg.out = out
@@ -114,13 +164,15 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    data = prepare_data(cfg, tok)
+    reused: dict[str, Any] = {}
+    data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused)
     write_json(run_dir / "data" / "mixture.json", data.report)
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
     base_eval = None
     if cfg.eval.tasks and cfg.eval.baseline:
         say("evaluating the base model")
-        base_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "base", quiet)
+        base_eval = _base_eval(model, tok, cfg, precision, run_dir / "eval" / "base", quiet,
+                               Path(base_eval_cache) if base_eval_cache else None, reused)
 
     seed_everything(cfg.train.seed)
     method = build_method(cfg.method)
@@ -142,7 +194,7 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
     results = _results(cfg, base_eval, tuned_eval, summary,
                        {"name": run_dir.name, "precision": precision, "model": model_info,
-                        "seconds": round(time.perf_counter() - t_start, 1)})
+                        "seconds": round(time.perf_counter() - t_start, 1), "reused": reused})
     write_json(run_dir / "results.json", results)
     return run_dir
 

@@ -1,0 +1,198 @@
+"""A sweep's statistics: per-arm scores, paired tests against the baseline, main effects and interactions.
+
+Per task (its primary metric) and arm, over the arm's finished runs (one per seed):
+
+* ``mean``: the mean over seeds and items, with ``ci_items`` (bootstrap resampling items, each item
+  keeping its values from every seed: :func:`tunelab.eval.stats.clustered_mean`) and ``ci_seeds``
+  (t interval over the seeds' scores, statsmodels ``DescrStatsW``; it needs >= 2 seeds).
+* ``mean_items`` / ``ci_items``: the per-item mean (items weighted equally) and its CI; the
+  ``mean`` of a token-weighted metric (perplexity's loss) can differ slightly from it.
+* ``vs_baseline``: the paired comparison with the baseline arm on the same items (each item's value
+  averaged over seeds; exact McNemar for 0/1 values, else the sign-flip test,
+  :func:`tunelab.eval.stats.compare_paired`), p-values Holm-adjusted across arms (statsmodels
+  ``multipletests``) and the verdict taken with the adjusted p-value ("better than the baseline" /
+  "worse than the baseline"; ``delta`` is arm minus baseline, higher is better, a loss negated).
+* ``anova``: a factorial ANOVA of the run scores (one per arm and seed; seeds are the replicates),
+  sum-to-zero contrasts, type II sums of squares (statsmodels ``ols`` + ``anova_lm``): one row per
+  main effect and interaction. It needs >= 2 seeds (residual degrees of freedom).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from statsmodels.formula.api import ols
+from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import DescrStatsW
+
+from tunelab.eval.stats import clustered_mean, compare_paired, verdict
+from tunelab.io import read_jsonl
+from tunelab.runner.compare import item_value
+
+
+def _run_scores(sweep: Any, status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per finished run: arm, seed, results.json, folder."""
+    records = []
+    for p in sweep.runs:
+        run_dir = Path(p.cfg.out) / p.name
+        results = run_dir / "results.json"
+        if results.is_file():
+            records.append({"arm": p.arm, "seed": p.seed, "results": json.loads(results.read_text()),
+                            "dir": run_dir, "name": p.name})
+    return records
+
+
+def _items(run_dir: Path, task: str) -> tuple[dict[str, float], int]:
+    """(item id -> value, sign) of a run's tuned evaluation of ``task``: the values the paired tests
+    compare (higher is better: a loss is negated, ``sign`` -1)."""
+    path = run_dir / "eval" / "tuned" / f"{task}.jsonl"
+    out: dict[str, float] = {}
+    sign = 1
+    if path.is_file():
+        for row in read_jsonl(path):
+            value = item_value(row)
+            if value is not None:
+                out[str(row["id"])] = value
+                sign = -1 if "loss" in row and value == -float(row["loss"]) else sign
+    return out, sign
+
+
+def _seed_ci(scores: list[float]) -> list[float]:
+    """t interval of the mean over seeds (NaN with fewer than 2 seeds)."""
+    if len(scores) < 2:
+        return [math.nan, math.nan]
+    lo, hi = DescrStatsW(np.asarray(scores, dtype=float)).tconfint_mean(alpha=0.05)
+    return [float(lo), float(hi)]
+
+
+def _anova(rows: list[dict[str, Any]], factors: list[str]) -> dict[str, Any]:
+    """Factorial ANOVA of run scores (see the module docstring)."""
+    varying = [f for f in factors if len({r[f] for r in rows}) > 1]
+    if not varying:
+        return {"note": "no factor varies"}
+    if len({r["score"] for r in rows}) == 1:
+        return {"note": "every run scored the same: there is no variation to attribute"}
+    frame = pd.DataFrame([{**{f"f{i}": r[f] for i, f in enumerate(varying)}, "score": r["score"]} for r in rows])
+    formula = "score ~ " + " * ".join(f"C(f{i}, Sum)" for i in range(len(varying)))
+    model = ols(formula, data=frame).fit()
+    if model.df_resid < 1:
+        return {"note": "no residual degrees of freedom: the interaction test needs at least 2 seeds per arm"}
+    table = anova_lm(model, typ=2)
+    names = {f"C(f{i}, Sum)": f for i, f in enumerate(varying)}
+    out = []
+    for term, row in table.iterrows():
+        label = "residual" if term == "Residual" else " x ".join(names[t] for t in str(term).split(":"))
+        out.append({"term": label, "df": float(row["df"]), "sum_sq": float(row["sum_sq"]),
+                    "F": None if pd.isna(row["F"]) else float(row["F"]),
+                    "p_value": None if pd.isna(row["PR(>F)"]) else float(row["PR(>F)"])})
+    return {"method": "OLS, sum contrasts, type II sums of squares (statsmodels anova_lm)", "table": out}
+
+
+def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    """The statistics of one task across arms."""
+    metric = next(r["results"][task]["metric"] for r in records if task in r["results"])
+    arms: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if task not in r["results"]:
+            continue
+        entry = arms.setdefault(r["arm"].label, {"levels": r["arm"].levels, "runs": [], "scores": [], "items": {}})
+        entry["runs"].append(r["name"])
+        entry["scores"].append(r["results"][task]["tuned"]["value"])
+        values, entry["sign"] = _items(r["dir"], task)
+        for item, value in values.items():
+            entry["items"].setdefault(item, []).append(value)
+    baseline = ",".join(f"{f}={lv}" for f, lv in sweep.baseline.items())
+    out_arms: dict[str, Any] = {}
+    tests: list[tuple[str, dict]] = []
+    base_items = arms.get(baseline, {}).get("items", {})
+    for label, a in arms.items():
+        score = clustered_mean(list(a["items"].values())) if a["items"] else None
+        sign = a.get("sign", 1)
+        ci_items = sorted(sign * c for c in score["ci"]) if score else [math.nan, math.nan]
+        out_arms[label] = {
+            "levels": a["levels"], "seeds": len(a["scores"]), "runs": a["runs"],
+            "mean": float(np.mean(a["scores"])), "seed_scores": a["scores"],
+            "mean_items": sign * score["value"] if score else math.nan, "ci_items": ci_items,
+            "ci_seeds": _seed_ci(a["scores"]),
+        }
+        common = sorted(set(a["items"]) & set(base_items))
+        if label != baseline and common:
+            tests.append((label, compare_paired([float(np.mean(base_items[i])) for i in common],
+                                                [float(np.mean(a["items"][i])) for i in common], ids=common)))
+    if tests:
+        adjusted = multipletests([t["p_value"] for _, t in tests], method="holm")[1]
+        for (label, t), p_holm in zip(tests, adjusted):
+            t["p_holm"] = float(p_holm)
+            decision, note = verdict({**t, "p_value": float(p_holm)})
+            t["verdict"] = {"b better": "better than the baseline", "a better": "worse than the baseline"
+                            }.get(decision, decision)
+            if note:
+                t["note"] = note
+            out_arms[label]["vs_baseline"] = t
+    factors = list(sweep.factors)
+    rows = [{**r["arm"].levels, "score": r["results"][task]["tuned"]["value"]} for r in records if task in r["results"]]
+    base = next((r["results"][task].get("base") for r in records if task in r["results"]), None)
+    return {"metric": metric, "baseline_arm": baseline, "untrained": base, "arms": out_arms,
+            "anova": _anova(rows, factors)}
+
+
+def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``sweep.json``: the design, every run's status, and per task the statistics above."""
+    records = _run_scores(sweep, status)
+    tasks = sorted({t for r in records for t, v in r["results"].items() if t != "run" and "tuned" in v})
+    reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
+              "base_eval": sum(bool(r["results"]["run"].get("reused", {}).get("base_eval")) for r in records)}
+    return {
+        "name": sweep.name, "file": str(sweep.path), "folder": str(sweep.folder),
+        "design": {"factors": {f: list(levels) for f, levels in sweep.factors.items()}, "seeds": sweep.seeds,
+                   "baseline": sweep.baseline, "runs": len(sweep.runs)},
+        "runs": {p.name: {"arm": p.arm.label, "seed": p.seed,
+                          **status.get(p.name, {"status": "done" if (Path(p.cfg.out) / p.name /
+                                                                        "results.json").is_file() else "not run"})}
+                 for p in sweep.runs},
+        "reused": {"runs_finished": len(records), "data_from_cache": reused["data"],
+                   "base_eval_from_cache": reused["base_eval"]},
+        "tasks": {t: _task(sweep, records, t) for t in tasks},
+    }
+
+
+def _num(value: float | None, fmt: str) -> str:
+    """A number for the table (``-`` for none)."""
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The terminal summary of ``sweep.json``."""
+    lines = []
+    runs = result["runs"].values()
+    failed = [r for r in runs if r["status"] == "failed"]
+    lines.append(f"sweep {result['name']}: {sum(r['status'] != 'not run' for r in runs)}/{len(result['runs'])} "
+                 f"runs, {len(failed)} failed; reused data {result['reused']['data_from_cache']}, "
+                 f"base evaluations {result['reused']['base_eval_from_cache']} times")
+    for task, t in result["tasks"].items():
+        lines.append(f"\n{task} ({t['metric']}; baseline {t['baseline_arm']})")
+        lines.append(f"  {'arm':34s} {'seeds':>5s} {'mean':>7s} {'CI (items)':>17s} {'CI (seeds)':>17s} "
+                     f"{'delta vs base':>14s} {'p (Holm)':>9s}  verdict")
+        for label, a in t["arms"].items():
+            vs = a.get("vs_baseline")
+            ci_i, ci_s = a["ci_items"], a["ci_seeds"]
+            lines.append(f"  {label[:34]:34s} {a['seeds']:5d} {a['mean']:7.3f} [{ci_i[0]:6.3f}, {ci_i[1]:6.3f}] "
+                         f"[{ci_s[0]:6.3f}, {ci_s[1]:6.3f}] "
+                         + (f"{vs['delta']:+14.3f} {vs['p_holm']:9.3g}  {vs['verdict']}" if vs else
+                            f"{'(baseline)':>14s}"))
+        anova = t["anova"]
+        if "table" in anova:
+            lines.append("  ANOVA (run scores): " + "; ".join(
+                f"{row['term']}: F={_num(row['F'], '.2f')} p={_num(row['p_value'], '.3g')}"
+                for row in anova["table"] if row["term"] != "residual"))
+        else:
+            lines.append(f"  ANOVA: {anova['note']}")
+    for r in failed:
+        lines.append(f"failed: {r['arm']} seed {r['seed']}: {r.get('error', '')}")
+    return "\n".join(lines)

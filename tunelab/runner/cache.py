@@ -1,0 +1,104 @@
+"""Work shared between runs (a sweep's arms and seeds): tokenized data and base-model evaluations.
+
+Both caches are folders of files named by a hash of everything that determines their content, so
+a run reuses an entry only when it would have computed the same thing:
+
+* data: the recipe's ``data`` section, the model's tokenizer (name, revision, chat template), the
+  evaluation sets decontamination reads, and the tunelab version; the entry is the built
+  :class:`~tunelab.data.pipeline.DataBundle` (pickled: a local cache written by this package).
+  Files under ``TUNELAB_DATA_DIR`` are assumed not to change during a sweep.
+* base evaluation: the model, the task and its options, the evaluation settings and the precision;
+  the entry is the task's scores and per-item rows.
+
+Writes are atomic (a temporary file renamed into place), so parallel runs that miss together
+both compute and the last rename wins with identical content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, to_dict
+from tunelab.data.pipeline import DataBundle
+from tunelab.eval.harness import EvalResult
+from tunelab.io import write_json, write_jsonl
+
+
+def _digest(tree: Any) -> str:
+    """A short stable hash of a JSON-able tree."""
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _version() -> str:
+    """The installed tunelab version (part of every key: a new version recomputes)."""
+    try:
+        return metadata.version("tunelab")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "dev"
+
+
+def data_key(cfg: RunConfig) -> str:
+    """The key of a recipe's built data (see the module docstring)."""
+    model = to_dict(cfg.model)
+    tokenizer = {k: model.get(k) for k in ("name", "revision", "chat_template")}
+    decontaminating = any(t.get("name") == "decontaminate" for t in cfg.data.transforms)
+    evals = ({"tasks": cfg.eval.tasks, "options": cfg.eval.task_options, "seed": cfg.eval.seed}
+             if decontaminating else None)
+    return _digest({"data": to_dict(cfg.data), "tokenizer": tokenizer, "eval": evals,
+                    "recipe_dir": cfg.recipe_dir, "data_dir": os.environ.get("TUNELAB_DATA_DIR"),
+                    "version": _version()})
+
+
+def load_data(folder: Path, key: str) -> DataBundle | None:
+    """The cached data under ``key``, or None."""
+    path = folder / f"{key}.pkl"
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return pickle.load(f)
+
+
+def save_data(folder: Path, key: str, data: DataBundle) -> None:
+    """Cache ``data`` under ``key`` (without the tokenizer's per-object encoding cache)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = DataBundle(data.sources, data.samples, data.rows, data.heldout_rows, data.report)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(bundle, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, folder / f"{key}.pkl")
+
+
+def base_eval_key(cfg: RunConfig, task: str, precision: str) -> str:
+    """The key of one task's evaluation of the untrained model (see the module docstring)."""
+    settings = to_dict(cfg.eval)
+    for k in ("tasks", "task_options", "baseline"):
+        settings.pop(k, None)
+    return _digest({"model": to_dict(cfg.model), "task": task, "options": cfg.eval.task_options.get(task, {}),
+                    "eval": settings, "precision": precision, "data_dir": os.environ.get("TUNELAB_DATA_DIR"),
+                    "version": _version()})
+
+
+def load_base_eval(folder: Path, key: str) -> EvalResult | None:
+    """The cached evaluation under ``key``, or None."""
+    path = folder / f"{key}.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text())
+    return EvalResult(entry["scores"], entry["rows"], entry["seconds"])
+
+
+def save_base_eval(folder: Path, key: str, result: EvalResult) -> None:
+    """Cache one task's evaluation under ``key``."""
+    write_json(folder / f"{key}.json", {"scores": result.scores, "rows": result.rows, "seconds": result.seconds})
+
+
+def write_rows(folder: Path, task: str, result: EvalResult) -> None:
+    """A reused evaluation's per-item rows, written where the run's own would be."""
+    write_jsonl(folder / f"{task}.jsonl", result.rows)
