@@ -33,8 +33,10 @@ import copy
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -282,6 +284,19 @@ def _finished(planned: PlannedRun) -> bool:
     return (Path(planned.cfg.out) / planned.name / "results.json").is_file()
 
 
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM (a scheduler's or ``kill``'s) interrupt like Ctrl-C, so the run in progress
+    stops, the finished ones are aggregated and ``--resume`` picks up; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def run_sweep(path: str | Path, *, jobs: int = 1, backend: str = "local", address: str | None = None,
               resume: bool = False, out: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run every planned run of a sweep file not finished yet, then aggregate; returns ``sweep.json``.
@@ -311,6 +326,7 @@ def run_sweep(path: str | Path, *, jobs: int = 1, backend: str = "local", addres
           f"{len(sweep.seeds)} seeds), {len(sweep.runs) - len(todo)} finished, {len(todo)} to run; {folder}",
           file=sys.stderr)
     t0 = time.perf_counter()
+    stop = _stop_on_sigterm()
     try:
         if backend == "ray":
             for name, err in _ray_runner(address)(todo, folder, resume).items():
@@ -318,6 +334,7 @@ def run_sweep(path: str | Path, *, jobs: int = 1, backend: str = "local", addres
         else:
             _execute(todo, folder, resume, jobs if backend == "local" else 0, status)
     finally:
+        stop()
         result = aggregate(sweep, status)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(folder / "sweep.json", result)
