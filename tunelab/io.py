@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -73,21 +75,91 @@ def read_jsonl(path: str | Path, *, with_where: bool = False) -> list[Any]:
     return rows
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically (temporary file + rename)."""
-    path = Path(path)
+class StorageError(OSError):
+    """A file could not be written (disk full, size limit, permissions); the message names it.
+    The file it was replacing is left as it was."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``; on failure
+    the temporary file is removed, ``path`` keeps its previous content and StorageError names it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(e.errno, f"could not write {path}: {e.strerror or e}") from e
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (temporary file + rename; see :class:`StorageError`)."""
+    _atomic_write(Path(path), json.dumps(obj, indent=2, default=str))
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write one JSON object per line, atomically (temporary file + rename; see :class:`StorageError`)."""
+    _atomic_write(Path(path), "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+class FolderLocked(RuntimeError):
+    """Another live process holds the folder's lock; the message names it (pid, host, start time)."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder (``<folder>/.lock``), so two processes never write one run.
+
+    The lock file records the holder's pid, host and start time. A lock left by a process that no
+    longer exists on this host is stale: it is taken over, with a message. Use as a context manager.
+    """
+
+    def __init__(self, folder: str | Path, say: Any = print) -> None:
+        self.path = Path(folder) / ".lock"
+        self.say = say
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # another machine's process: it cannot be checked, so it is respected
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return True
+        return True
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and self._alive(holder):
+                    raise FolderLocked(
+                        f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                        f"(since {holder.get('started')}); wait for it or stop it") from None
+                self.say(f"[tunelab] taking over a stale lock on {self.path.parent} "
+                         f"(pid {holder.get('pid') if holder else '?'} is gone)")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise FolderLocked(f"{self.path.parent}: could not take the lock")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)

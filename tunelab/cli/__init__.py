@@ -19,7 +19,7 @@ from tunelab.data.transforms.base import TRANSFORMS
 from tunelab.eval.tasks.base import EVAL_TASKS, get_task, task_names
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.build import BACKENDS, build_generator
-from tunelab.io import DataError
+from tunelab.io import DataError, FolderLocked, StorageError
 from tunelab.methods import METHODS
 from tunelab.models.load import ALIASES, ModelError
 from tunelab.registry import RegistryError, first_doc_line
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelError, RegistryError) as e:
+    except (ConfigError, DataError, ModelError, RegistryError, FolderLocked, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

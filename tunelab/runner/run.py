@@ -24,7 +24,7 @@ from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, get_task
 from tunelab.generate.build import build_generator
-from tunelab.io import write_json
+from tunelab.io import FolderLock, write_json
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.load import load_model
 from tunelab.regularizers import build_regularizers
@@ -148,9 +148,19 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     if (run_dir / "results.json").is_file() and not (force or resume):
         print(f"[tunelab] results exist, skipping (use --force to redo): {run_dir}")
         return run_dir
-    if force and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(run_dir):  # a second process on the same run is refused, naming this one
+        if force and not resume:
+            for entry in run_dir.iterdir():
+                if entry.name != ".lock":
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        return _execute(cfg, run_dir, resume=resume, quiet=quiet, data_cache=data_cache,
+                        base_eval_cache=base_eval_cache)
+
+
+def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_cache: str | Path | None,
+             base_eval_cache: str | Path | None) -> Path:
+    """The body of :func:`run`, in its locked, prepared folder."""
     t_start = time.perf_counter()
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[tunelab] {msg}"))
     if cfg.train.threads:

@@ -49,7 +49,7 @@ import yaml
 from tqdm import tqdm
 
 from tunelab.config import ConfigError, RunConfig, apply_override, dump_yaml, from_dict
-from tunelab.io import write_json
+from tunelab.io import FolderLock, write_json
 from tunelab.runner.aggregate import aggregate, format_table
 from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
@@ -313,8 +313,15 @@ def run_sweep(path: str | Path, *, jobs: int = 1, backend: str = "local", addres
     if backend not in BACKENDS:
         raise ConfigError(f"unknown sweep backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     sweep = load_sweep(path, out)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    with FolderLock(sweep.folder):  # one driver per sweep folder
+        return _sweep(sweep, jobs=jobs, backend=backend, address=address, resume=resume, quiet=quiet)
+
+
+def _sweep(sweep: Sweep, *, jobs: int, backend: str, address: str | None, resume: bool, quiet: bool
+           ) -> dict[str, Any]:
+    """The body of :func:`run_sweep`, holding the sweep folder's lock."""
     folder = sweep.folder
-    folder.mkdir(parents=True, exist_ok=True)
     status: dict[str, dict[str, Any]] = {}
     todo = []
     for p in sweep.runs:
