@@ -145,6 +145,19 @@ class TrainConfig:
     """How many of the newest step checkpoints to keep (0: keep all)."""
     loss_chunk: int = 2048
     """Target positions per chunk of the LM-head + cross-entropy (bounds logits memory)."""
+    select_best: bool = False
+    """Return (and save as ``final/``) the trainable weights of the held-out evaluation with the lowest
+    ``best_metric`` instead of the last step's; evaluations run every ``eval_every`` steps and at the last
+    step (needs ``eval_every > 0`` and ``data.heldout > 0``). Keeps a CPU copy of the best trainable state."""
+    best_metric: str = "heldout_loss"
+    """What ``select_best`` and early stopping compare (lower is better): ``heldout_loss`` or ``heldout_loss/<source>``."""
+    early_stopping_patience: int = 0
+    """Stop when ``best_metric`` has not improved for this many evaluations in a row (0: never stop early;
+    needs ``eval_every > 0`` and ``data.heldout > 0``)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers (accelerate's) that receive the flattened config and every metrics row:
+    ``tensorboard`` (under ``<run>/trackers/tunelab``), ``mlflow`` (``$MLFLOW_TRACKING_URI``, else a file
+    store in ``<run>/trackers/mlruns``), ``wandb`` (its own environment variables), ... or ``all`` installed."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
+from tunelab.train.trackers import problems as tracker_problems
 
 
 def _model_problem(name: str) -> str | None:
@@ -19,6 +20,21 @@ def _model_problem(name: str) -> str | None:
     if "/" in name and not name.startswith((".", "/")):
         return None  # a hub id: resolved at run time
     return f"model.name: {name!r} is not an alias ({', '.join(ALIASES)}), a local folder, or a hub id"
+
+
+def _best_problems(cfg: RunConfig) -> list[str]:
+    """``train.select_best`` / ``train.early_stopping_patience`` need held-out evaluations and a metric."""
+    t, problems = cfg.train, []
+    if t.early_stopping_patience < 0:
+        problems.append(f"train.early_stopping_patience: must be >= 0, got {t.early_stopping_patience}")
+    for key, on in (("train.select_best", t.select_best), ("train.early_stopping_patience", t.early_stopping_patience)):
+        if on and not (t.eval_every > 0 and cfg.data.heldout > 0):
+            problems.append(f"{key}: needs held-out evaluations: train.eval_every > 0 (got {t.eval_every}) "
+                            f"and data.heldout > 0 (got {cfg.data.heldout})")
+    metrics = ["heldout_loss"] + [f"heldout_loss/{s.name}" for s in cfg.data.sources]
+    if t.best_metric not in metrics:
+        problems.append(f"train.best_metric: {t.best_metric!r} is not a held-out metric; valid: {', '.join(metrics)}")
+    return problems
 
 
 def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
@@ -65,6 +81,7 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
                         "(a finished run on another backend: `tunelab eval RUN --backend vllm`)")
     if not 0 <= t.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    problems += _best_problems(cfg) + tracker_problems(t.report_to)
     if raise_errors and problems:
         raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
     return problems

@@ -34,14 +34,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-         meta: dict[str, Any], keep: int = 0, rng: dict[str, Any] | None = None) -> Path:
-    """Write ``folder/step-N`` atomically and prune old ones (keep the newest ``keep``)."""
+         meta: dict[str, Any], keep: int = 0, rng: dict[str, Any] | None = None,
+         best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``folder/step-N`` atomically and prune old ones (keep the newest ``keep``).
+
+    ``best``: the best evaluation's trainable state (``train.select_best``), as ``best.safetensors``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step}"
     tmp = folder / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
     if final.exists():
@@ -70,3 +76,8 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str,
     state = torch.load(path / "state.pt", weights_only=False)
     meta = json.loads((path / "meta.json").read_text())
     return weights, state, meta
+
+
+def load_best(path: Path) -> dict[str, torch.Tensor] | None:
+    """The best evaluation's trainable state saved with a checkpoint folder, if any."""
+    return load_file(path / "best.safetensors") if (path / "best.safetensors").is_file() else None

@@ -1,8 +1,11 @@
 """The one training loop, for every method.
 
 rows (packed token rows) -> micro-batches -> per-token loss (per source) -> AdamW step
--> method.on_step -> metrics.jsonl / checkpoints. Built on ``accelerate``: launched with
-``accelerate launch`` the same loop runs DDP/FSDP, each process taking its share of rows.
+-> method.on_step -> metrics.jsonl (and ``train.report_to`` trackers) / checkpoints, with held-out
+evaluations every ``train.eval_every`` steps (best weights and early stopping: ``tunelab.train.best``).
+Built on ``accelerate``: launched with ``accelerate launch`` the same loop runs DDP/FSDP, each process
+taking its share of each step's rows (``train.batch_size`` rows per process and micro-batch); the logged
+losses are those of the whole step, over all processes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from tunelab.device import autocast
 from tunelab.methods.base import Method
 from tunelab.methods.layers import decoder_layers
 from tunelab.models.attention import register as register_cpu_attention
-from tunelab.train import checkpoint
+from tunelab.train import checkpoint, trackers
+from tunelab.train.best import Best
 from tunelab.train.loss import per_source, token_losses
 from tunelab.train.objective import SFT, Objective
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
@@ -147,10 +151,12 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON row per logged step, appended and flushed as training goes.
 
     On resume the rows of steps after the checkpoint are dropped first (they are logged again).
+    ``also`` receives every row written (the ``train.report_to`` trackers).
     """
 
-    def __init__(self, path: Path, resume_step: int, enabled: bool = True) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True,
+                 also: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path, self.enabled, self.also = path, enabled, also
         if enabled and path.is_file():
             keep = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
@@ -167,6 +173,8 @@ class MetricsLog:
             self._f = self.path.open("a")
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        if self.also is not None:
+            self.also(row)
 
     def close(self) -> None:
         """Close the file."""
@@ -175,22 +183,24 @@ class MetricsLog:
             self._f = None
 
 
-def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path) -> tuple[int, dict | None]:
-    """Load the newest checkpoint into ``model`` and the method: (step it ends, optimizer/RNG state)."""
+def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path, best: Best | None) -> tuple[int, dict | None]:
+    """Load the newest checkpoint into ``model``, the method and ``best``: (step it ends, optimizer/RNG state)."""
     last = checkpoint.latest(ckpt_dir) if job.resume else None
     if last is None:
         return 0, None
     weights, state, meta = checkpoint.load(last)
     job.method.load_state(meta.get("method", {}))
     job.method.load_trainable_state(model, weights)
+    if best is not None:
+        best.load_state(meta.get("best", {}), checkpoint.load_best(last))
     return meta["step"], state
 
 
 def _step(job: TrainJob, acc: Accelerator, model: nn.Module, micro_batches: list[dict]) -> tuple:
     """Forward and backward over one optimizer step's micro-batches (gradients accumulated).
 
-    Returns (per-source loss sums, per-source unit counts, input tokens seen): the loss is the
-    objective's summed losses over the whole step's units (all micro-batches, all processes).
+    Returns (per-source loss sums, per-source unit counts, input tokens seen), each summed over all
+    micro-batches and processes: the loss is the objective's summed losses over the whole step's units.
     """
     device = acc.device
     units = torch.tensor(float(sum(job.objective.units(b) for b in micro_batches)), device=device)
@@ -208,6 +218,10 @@ def _step(job: TrainJob, acc: Accelerator, model: nn.Module, micro_batches: list
         acc.backward(loss)
         s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
         sums, counts = sums + s, counts + c
+    if acc.num_processes > 1:  # this process saw its share of the step: add the others'
+        n = len(job.sources)
+        total = acc.reduce(torch.cat([sums, counts, sums.new_tensor([tokens])]).to(device), reduction="sum").cpu()
+        sums, counts, tokens = total[:n], total[n : 2 * n], int(total[-1])
     return sums, counts, tokens
 
 
@@ -220,8 +234,9 @@ def _metrics_row(job: TrainJob, step: int, sums: torch.Tensor, counts: torch.Ten
     return row
 
 
-def _prepare(job: TrainJob, acc: Accelerator) -> tuple[nn.Module, torch.optim.Optimizer, int, Callable[[], None]]:
-    """Device, bf16 storage of frozen weights, compilation, resume and the optimizer.
+def _prepare(job: TrainJob, acc: Accelerator,
+             best: Best | None) -> tuple[nn.Module, torch.optim.Optimizer, int, Callable[[], None]]:
+    """Device, bf16 storage of frozen weights, compilation, resume (``best`` included) and the optimizer.
 
     Returns (model, optimizer, steps already done, a function undoing the compilation).
     """
@@ -229,7 +244,7 @@ def _prepare(job: TrainJob, acc: Accelerator) -> tuple[nn.Module, torch.optim.Op
     if job.precision == "bf16" and job.method.frozen_cast_ok:
         cast_frozen_linears(model)
     restore = compile_layers(model, acc.device) if job.cfg.compile else (lambda: None)
-    start, state = _resume(job, model, job.run_dir / "checkpoints")
+    start, state = _resume(job, model, job.run_dir / "checkpoints", best)
     optimizer = build_optimizer(model, job.method, job.cfg)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -238,62 +253,89 @@ def _prepare(job: TrainJob, acc: Accelerator) -> tuple[nn.Module, torch.optim.Op
     return model, optimizer, start, restore
 
 
-def _save(job: TrainJob, acc: Accelerator, model: nn.Module, optimizer, step: int, rng: dict | None = None) -> None:
-    """Checkpoint the trainable state, optimizer, RNG and method state after ``step`` steps."""
+def _save(job: TrainJob, acc: Accelerator, model: nn.Module, optimizer, step: int, best: Best | None,
+          rng: dict | None = None) -> None:
+    """Checkpoint the trainable state, optimizer, RNG, method state and ``best`` after ``step`` steps."""
     if acc.is_main_process:
         weights = job.method.trainable_state(acc.unwrap_model(model))
-        checkpoint.save(job.run_dir / "checkpoints", step, weights, optimizer, {"method": job.method.state()},
-                        job.cfg.keep_checkpoints, rng)
+        meta = {"method": job.method.state()} | ({"best": best.state()} if best is not None else {})
+        checkpoint.save(job.run_dir / "checkpoints", step, weights, optimizer, meta, job.cfg.keep_checkpoints,
+                        rng, best.weights if best is not None else None)
+
+
+def _evaluate(job: TrainJob, acc: Accelerator, model: nn.Module, row: dict[str, Any], best: Best | None) -> bool:
+    """Held-out losses into ``row`` when an evaluation is due after its step (every ``eval_every`` steps;
+    with ``best``, also after the last step); True when early stopping ends training there."""
+    cfg, done = job.cfg, row["step"]
+    last = best is not None and done == cfg.max_steps  # the last weights are candidates too
+    if not (job.heldout and cfg.eval_every and (done % cfg.eval_every == 0 or last)):
+        return False
+    model = acc.unwrap_model(model)  # not through DDP, whose forward would sync buffers across processes
+    row.update(_heldout(job, model))
+    return best is not None and best.update(done, row, lambda: job.method.trainable_state(model))
+
+
+def _finish(job: TrainJob, model: nn.Module, metrics: MetricsLog, best: Best | None, done: int) -> dict[str, Any]:
+    """After the loop: the best weights back into ``model`` (``select_best``) and the held-out losses of
+    the model returned (metrics row of step ``done``); returns those summary entries."""
+    summary = best.finish(job.method, model) if best is not None else {}
+    if job.heldout:
+        summary.update(final := _heldout(job, model))
+        metrics.write({"step": done, **final})
+        metrics.close()
+    return summary
 
 
 def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
-    """Run (or resume) training; returns (the trained model, a summary). Ctrl-C writes a checkpoint first."""
-    cfg, method = job.cfg, job.method
-    acc = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
-    model, optimizer, start, restore = _prepare(job, acc)
+    """Run (or resume) training; returns (the trained model, a summary). Ctrl-C writes a checkpoint first.
+
+    With ``train.select_best`` the model returned holds the best held-out evaluation's trainable weights;
+    with ``train.early_stopping_patience`` training may end before ``max_steps`` (see ``tunelab.train.best``).
+    """
+    cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
+    acc = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False,
+                      **trackers.accelerator_kwargs(cfg, job.run_dir))
+    model, optimizer, start, restore = _prepare(job, acc, best)
     lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
-    metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()
-    try:
-        for step in range(start, cfg.max_steps):
-            t0, step_rng = time.perf_counter(), checkpoint.rng_state()  # an interrupted step restarts here
-            if method.on_step(step, acc.unwrap_model(model)):
-                optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
-            set_lr(optimizer, lr_at(step, cfg))
-            micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-            batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
-            sums, counts, tokens = _step(job, acc, model, batches)
-            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done, dt = step + 1, time.perf_counter() - t0
-            row = _metrics_row(job, done, sums, counts, tokens, dt, {
-                "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens * acc.num_processes / dt, "epoch": micro[-1][1],
-                "peak_mem_mb": peak_mem_mb(acc.device)})
-            last_loss = row["loss"]
-            if job.heldout and cfg.eval_every and done % cfg.eval_every == 0:
-                row.update(_heldout(job, model))
-            if done % cfg.log_every == 0 or done == cfg.max_steps:
-                metrics.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-                _save(job, acc, model, optimizer, done)
-    except KeyboardInterrupt:
-        _save(job, acc, model, optimizer, done, rng=None if done > step else step_rng)
-        print(f"\n[tunelab] interrupted: checkpoint at step {done} in {job.run_dir / 'checkpoints'}; continue with --resume")
-        raise
-    finally:
-        bar.close()
-        metrics.close()
-        restore()
-    model = acc.unwrap_model(model)
-    summary = {"steps": cfg.max_steps, "final_loss": last_loss, "resumed_from": start}
-    if job.heldout:
-        summary.update(final := _heldout(job, model))
-        metrics.write({"step": cfg.max_steps, **final})
-        metrics.close()
+    with trackers.tracking(acc, cfg, job.run_dir) as track:
+        metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process, also=track)
+        try:
+            for step in range(start, cfg.max_steps):
+                t0, step_rng = time.perf_counter(), checkpoint.rng_state()  # an interrupted step restarts here
+                if method.on_step(step, acc.unwrap_model(model)):
+                    optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
+                set_lr(optimizer, lr_at(step, cfg))
+                micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+                batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
+                sums, counts, tokens = _step(job, acc, model, batches)
+                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                done, dt = step + 1, time.perf_counter() - t0
+                row = _metrics_row(job, done, sums, counts, tokens, dt, {
+                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device)})
+                last_loss, stop = row["loss"], _evaluate(job, acc, model, row, best)
+                if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
+                    metrics.write(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                if stop:
+                    break
+                if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                    _save(job, acc, model, optimizer, done, best)
+        except KeyboardInterrupt:
+            _save(job, acc, model, optimizer, done, best, rng=None if done > step else step_rng)
+            print(f"\n[tunelab] interrupted: checkpoint at step {done} in {job.run_dir / 'checkpoints'}; continue with --resume")
+            raise
+        finally:
+            bar.close()
+            metrics.close()
+            restore()
+        model = acc.unwrap_model(model)
+        summary = {"steps": done, "final_loss": last_loss, "resumed_from": start,
+                   **_finish(job, model, metrics, best, done)}
     return model, summary
