@@ -27,6 +27,32 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- schema
 
 
+def bound(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+          le: float | None = None) -> dict[str, Any]:
+    """Field metadata: the range a numeric key must lie in (checked by :func:`from_dict`, so a
+    recipe with an out-of-range value fails at load time naming the key)."""
+    return {"bound": (gt, ge, lt, le)}
+
+
+def _out_of_range(value: Any, limits: tuple) -> str | None:
+    """The requirement ``value`` breaks (e.g. ``must be > 0``), or None."""
+    gt, ge, lt, le = limits
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    ok = ((gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt)
+          and (le is None or value <= le))
+    if ok:
+        return None
+    low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else None
+    high = f"{lt})" if lt is not None else f"{le}]" if le is not None else None
+    if low and high:
+        return f"must be in {low}, {high}"
+    return f"must be {'>' if gt is not None else '>=' if ge is not None else '<' if lt is not None else '<='} " \
+           f"{next(x for x in limits if x is not None)}"
+
+
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny"
@@ -61,9 +87,9 @@ class SourceConfig:
     """Field mapping, e.g. ``{instruction: question, output: answer}``."""
     system: str | None = None
     """A system prompt to prepend to every sample of this source."""
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata=bound(ge=0))
     """Mixture weight (fractions are normalised over sources)."""
-    count: int | None = None
+    count: int | None = field(default=None, metadata=bound(ge=1))
     """Examples to take (``fixed`` strategy) or to generate (task families)."""
     max_examples: int | None = None
     """Cap on examples loaded from this source (seeded, before transforms; the ``cap`` transform caps after filters)."""
@@ -81,7 +107,7 @@ class DataConfig:
     """How sources are mixed (see the data issue and README)."""
     unit: Literal["examples", "tokens"] = "examples"
     """What the mixture fractions count."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=bound(gt=0))
     """For ``temperature``: p_i proportional to n_i^(1/T)."""
     total: int | None = None
     """Size of the mixture, in examples (tokens when ``unit: tokens``); default: as many as the fractions allow without repeats. Ignored by ``concat``."""
@@ -89,13 +115,13 @@ class DataConfig:
     """Allow repeating examples of a small source to reach its fraction (reported)."""
     transforms: list[dict[str, Any]] = field(default_factory=list)
     """Curation steps applied in order, each ``{name: ..., **params}``."""
-    max_length: int = 512
+    max_length: int = field(default=512, metadata=bound(ge=1))
     """Tokens per training sequence."""
     packing: bool = True
     """Pack samples into rows of ``max_length`` (attention never crosses samples)."""
     truncation: Literal["right", "drop"] = "right"
     """Over-long samples: cut on the right or drop them (counted)."""
-    heldout: int = 32
+    heldout: int = field(default=32, metadata=bound(ge=0))
     """Held-out examples per source for held-out loss (taken before mixing)."""
     seed: int = 0
     """Seed for sampling, mixing and shuffling."""
@@ -103,25 +129,25 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100
+    max_steps: int = field(default=100, metadata=bound(ge=1))
     """Optimizer steps."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=bound(ge=1))
     """Sequences (packed rows, or samples without packing) per micro-batch."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=bound(ge=1))
     """Micro-batches per optimizer step (loss normalised by target tokens over all of them)."""
-    lr: float = 3.0e-4
+    lr: float = field(default=3.0e-4, metadata=bound(gt=0))
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = field(default=0.0, metadata=bound(ge=0))
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas."""
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = field(default=0.05, metadata=bound(ge=0, lt=1))
     """Linear warm-up as a fraction of ``max_steps``."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate decay after warm-up."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = field(default=0.0, metadata=bound(ge=0, le=1))
     """Final LR as a fraction of the peak."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata=bound(ge=0))
     """Gradient clipping (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto`` picks bf16 only where this host runs it fast; recorded in env.json."""
@@ -168,17 +194,17 @@ class EvalConfig:
     """Constructor options per task, e.g. ``{gsm8k: {fewshot: 5}, judge: {mode: single, turns: 2}}``
     (as ``tunelab eval --task-option gsm8k.fewshot=5``; override with ``eval.task_options.gsm8k.fewshot=5``).
     Each key must be a task of ``tasks``; an option the task does not take fails, listing the accepted ones."""
-    limit: int | None = 200
+    limit: int | None = field(default=200, metadata=bound(ge=1))
     """Items per task (None: all)."""
     baseline: bool = True
     """Also evaluate the untrained model on the same items (base vs tuned)."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = field(default=256, metadata=bound(ge=1))
     """Generation budget per item."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=bound(ge=1))
     """Prompts per generation batch."""
-    temperature: float = 0.0
+    temperature: float = field(default=0.0, metadata=bound(ge=0))
     """0 = greedy."""
-    samples: int = 1
+    samples: int = field(default=1, metadata=bound(ge=1))
     """Completions per item (pass@k, maj@k)."""
     seed: int = 1234
     """Seed for held-out item generation and sampling."""
@@ -286,6 +312,9 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if key not in fields:
             raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(fields)}")
         kwargs[key] = _coerce(value, hints[key], path)
+        limits = fields[key].metadata.get("bound")
+        if limits and (problem := _out_of_range(kwargs[key], limits)):
+            raise ConfigError(f"{path}: {problem}, got {kwargs[key]}")
     missing = [
         n for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

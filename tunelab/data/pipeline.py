@@ -15,6 +15,7 @@ from tunelab.data.mixing import mix
 from tunelab.data.sources import load_source
 from tunelab.data.tokenize import Encoded, Row, encode, pack
 from tunelab.data.transforms.base import TransformContext, apply_transforms, build_transforms
+from tunelab.io import DataError
 from tunelab.types import Sample
 
 
@@ -73,6 +74,8 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
     origins: dict[str, str] = {}
     for src in d.sources:
         loaded = load_source(src, cfg.recipe_dir, d.seed, d.heldout)
+        if not loaded.train and not loaded.heldout and not loaded.removed:
+            raise DataError(f"source {src.name!r}: {loaded.origin} has no rows")
         kept, rem = apply_transforms(loaded.train, transforms, ctx)
         held, heldout_removed[src.name] = apply_transforms(
             loaded.heldout, [t for t in transforms if getattr(t, "heldout_too", False)], ctx)

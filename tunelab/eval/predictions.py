@@ -22,7 +22,10 @@ def read_predictions(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """(``file:line``, row) for every non-blank line of a predictions JSONL."""
     if not Path(path).is_file():
         raise DataError(f"predictions file not found: {path}")
-    return read_jsonl(path, with_where=True)
+    rows = read_jsonl(path, with_where=True)
+    if not rows:
+        raise DataError(f"{path}: no predictions (the file has no rows)")
+    return rows
 
 
 def prediction_item_id(

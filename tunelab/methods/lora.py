@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from tunelab.config import bound
 from tunelab.methods.base import METHODS, Method
 
 
@@ -21,11 +22,11 @@ from tunelab.methods.base import METHODS, Method
 class LoRAParams:
     """Recipe keys of ``method: {name: lora}``."""
 
-    r: int = 16
+    r: int = field(default=16, metadata=bound(ge=1))
     """Rank of the update."""
-    alpha: float = 32
+    alpha: float = field(default=32, metadata=bound(gt=0))
     """Scale numerator (update scaled by alpha / r)."""
-    dropout: float = 0.05
+    dropout: float = field(default=0.05, metadata=bound(ge=0, lt=1))
     """Dropout on the LoRA input."""
     target_modules: str | list[str] = "all-linear"
     """``all-linear`` (every linear layer but the LM head) or module names (q_proj, ...)."""

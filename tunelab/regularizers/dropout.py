@@ -12,12 +12,13 @@ trained with ``classification_loss``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.config import bound
 from tunelab.models.load import base_model, final_hidden_states
 from tunelab.regularizers.base import REGULARIZERS, Regularizer
 
@@ -26,7 +27,7 @@ from tunelab.regularizers.base import REGULARIZERS, Regularizer
 class VeryLargeDropoutParams:
     """Recipe keys of ``regularizers: [{name: very_large_dropout}]``."""
 
-    p: float = 0.9
+    p: float = field(default=0.9, metadata=bound(ge=0, lt=1))
     """Dropout rate on the final hidden state (0 <= p < 1)."""
 
 

@@ -7,11 +7,12 @@ noise ~ U(-1, 1) * alpha / sqrt(L * d) added to the token embeddings during trai
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from tunelab.config import bound
 from tunelab.models.load import base_model
 from tunelab.regularizers.base import REGULARIZERS, Regularizer
 
@@ -20,7 +21,7 @@ from tunelab.regularizers.base import REGULARIZERS, Regularizer
 class NEFTuneParams:
     """Recipe keys of ``regularizers: [{name: neftune}]``."""
 
-    alpha: float = 5.0
+    alpha: float = field(default=5.0, metadata=bound(ge=0))
     """Noise scale (the paper uses 5, 10 or 15)."""
 
 

@@ -17,16 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunelab.config import RunConfig, dump_yaml, load_recipe, to_dict
+from tunelab.config import ConfigError, RunConfig, dump_yaml, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.device import decide, default_device
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, get_task
 from tunelab.generate.build import build_generator
-from tunelab.io import FolderLock, write_json
+from tunelab.io import DataError, FolderLock, write_json
 from tunelab.methods import build_method, count_parameters
-from tunelab.models.load import load_model
+from tunelab.models.load import ModelError, load_model
 from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
@@ -143,19 +143,25 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)
     if out:
         cfg.out = out
-    validate(cfg, raise_errors=True)
+    validate(cfg, raise_errors=True, where=None if isinstance(recipe, RunConfig) else recipe)
     run_dir = Path(cfg.out) / run_name(cfg, None if isinstance(recipe, RunConfig) else recipe)
     if (run_dir / "results.json").is_file() and not (force or resume):
         print(f"[tunelab] results exist, skipping (use --force to redo): {run_dir}")
         return run_dir
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with FolderLock(run_dir):  # a second process on the same run is refused, naming this one
-        if force and not resume:
-            for entry in run_dir.iterdir():
-                if entry.name != ".lock":
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        return _execute(cfg, run_dir, resume=resume, quiet=quiet, data_cache=data_cache,
-                        base_eval_cache=base_eval_cache)
+    try:
+        with FolderLock(run_dir):  # a second process on the same run is refused, naming this one
+            if force and not resume:
+                for entry in run_dir.iterdir():
+                    if entry.name != ".lock":
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            return _execute(cfg, run_dir, resume=resume, quiet=quiet, data_cache=data_cache,
+                            base_eval_cache=base_eval_cache)
+    except (ConfigError, DataError, ModelError):
+        if created:  # bad input found while preparing: leave no partial run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_cache: str | Path | None,

@@ -38,14 +38,16 @@ def _best_problems(cfg: RunConfig) -> list[str]:
 
 
 def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
-             raise_errors: bool = False) -> list[str]:
+             raise_errors: bool = False, where: str | Path | None = None) -> list[str]:
     """All problems found in a recipe (empty if it is good); nothing is loaded or run.
 
     Args:
         cfg: A RunConfig, or a recipe path (loaded with ``overrides``).
         overrides: ``a.b=c`` overrides for a recipe path.
         raise_errors: Raise one ConfigError listing every problem instead of returning them.
+        where: The recipe file, named in that error (a path ``cfg`` names itself).
     """
+    recipe_file = where if where is not None or isinstance(cfg, RunConfig) else cfg
     if not isinstance(cfg, RunConfig):
         cfg = load_recipe(cfg, overrides)
     problems: list[str] = []
@@ -71,17 +73,13 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
         problems.append(f"data.sources: source names must be unique, got {names}")
     for i, src in enumerate(cfg.data.sources):
         problems += [f"data.sources[{i}] ({src.name}): {p}" for p in check_source(src, cfg.recipe_dir)]
-    t = cfg.train
-    for key, val in (("train.max_steps", t.max_steps), ("train.batch_size", t.batch_size),
-                     ("train.grad_accum", t.grad_accum), ("data.max_length", cfg.data.max_length)):
-        if val < 1:
-            problems.append(f"{key}: must be >= 1, got {val}")
+    t = cfg.train  # ranges of single keys are checked when the recipe loads (config.bound)
+    if cfg.data.sources and all(s.weight == 0 for s in cfg.data.sources) and cfg.data.strategy != "concat":
+        problems.append("data.sources: every weight is 0 (all zero); at least one source needs a weight > 0")
     if cfg.eval.backend != "hf":
         problems.append(f"eval.backend: a run evaluates its in-memory model with 'hf', got {cfg.eval.backend!r} "
                         "(a finished run on another backend: `tunelab eval RUN --backend vllm`)")
-    if not 0 <= t.warmup_ratio < 1:
-        problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     problems += _best_problems(cfg) + tracker_problems(t.report_to)
     if raise_errors and problems:
-        raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"{recipe_file or 'recipe'}: invalid recipe:\n  - " + "\n  - ".join(problems))
     return problems
