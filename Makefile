@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
 
-.PHONY: install quickstart test test-all lint bench clean
+.PHONY: install quickstart test test-slow test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ quickstart: install
 
 test: install
 	$(BIN)/pytest -q -n 2 --dist loadgroup
+
+# Slow drills (kill -9 and resume ...): run by .ci/run after `make test`.
+test-slow: install
+	$(BIN)/pytest -q -m slow
 
 test-all: install
 	$(BIN)/pytest -q -n 2 --dist loadgroup -m "not gpu and not network"

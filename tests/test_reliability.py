@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,45 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path: Path) -
     assert f"could not write {target}" in proc.stdout and "too large" in proc.stdout.lower()
     assert target.read_text() == '{"previous": true}'
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _tunelab(args: list[str], **kw) -> subprocess.Popen:
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    """``tunelab run`` killed with SIGKILL twice at different steps, resumed each time, ends with the
+    weights (1e-5) and the per-item evaluation rows of a run never interrupted."""
+    from safetensors.torch import load_file
+
+    args = ["run", "recipes/tiny.yaml", "train.max_steps=16", "train.save_every=2", "eval.limit=8",
+            "eval.max_new_tokens=8", "name=drill"]
+    ref = _tunelab(args + ["--out", str(tmp_path / "ref")])
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    run_dir = tmp_path / "killed" / "drill"
+    for kill_after in (4, 11):  # metrics rows written before the kill
+        proc = _tunelab(args + ["--out", str(tmp_path / "killed"), "--resume"])
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= kill_after:
+                break
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no cleanup, the lock file stays behind
+        proc.wait()
+        assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
+    done = _tunelab(args + ["--out", str(tmp_path / "killed"), "--resume"])
+    assert done.wait(timeout=300) == 0, done.stderr.read()[-2000:]
+    ref_dir = tmp_path / "ref" / "drill"
+    a = load_file(ref_dir / "final" / "adapter_model.safetensors")
+    b = load_file(run_dir / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
+    rows = lambda d: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                      for line in (d / "eval" / "tuned" / "arith.jsonl").read_text().splitlines()]
+    assert rows(ref_dir) == rows(run_dir)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == sorted(set(steps)), "a step was logged twice"

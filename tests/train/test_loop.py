@@ -121,3 +121,19 @@ def test_initial_loss_is_near_log_vocab(tmp_path):
     train(job)
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["loss"] - torch.log(torch.tensor(102.0)).item()) < 0.5
+
+
+def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
+    straight = _job(tmp_path / "a", max_steps=15)
+    straight_model, _ = train(straight)  # checkpoints at steps 5, 10 and 15
+    run = tmp_path / "b"
+    for step in (5, 10):
+        shutil.copytree(tmp_path / "a" / "checkpoints" / f"step-{step}", run / "checkpoints" / f"step-{step}")
+    weights = run / "checkpoints" / "step-10" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated write
+    resumed = _job(run, resume=True, max_steps=15)
+    resumed_model, summary = train(resumed)
+    out = capsys.readouterr().out
+    assert "step-10 is unusable: trainable.safetensors does not match its checksum" in out
+    assert summary["resumed_from"] == 5
+    _assert_same(_weights(straight, straight_model), _weights(resumed, resumed_model))

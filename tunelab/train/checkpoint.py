@@ -1,11 +1,14 @@
 """Atomic checkpoints: trainable weights, optimizer, RNG and method state.
 
 A checkpoint is written to a temporary folder and renamed into place, so a kill -9
-leaves either the previous checkpoint or the new one, never half of one.
+leaves either the previous checkpoint or the new one, never half of one. ``meta.json``, written
+last, records the SHA-256 of every other file; :func:`latest_good` checks them on resume, reports a
+truncated or corrupted checkpoint and falls back to the newest one that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -49,7 +52,8 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: t
     if best is not None:
         save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
+    files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -57,6 +61,43 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: t
         for old in sorted(list_checkpoints(folder))[:-keep]:
             shutil.rmtree(folder / f"step-{old}", ignore_errors=True)
     return final
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path) -> str | None:
+    """What is wrong with checkpoint folder ``path`` (a missing, truncated or altered file), or None.
+
+    Checkpoints written before checksums were recorded verify if their files exist."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({e})"
+    for name, digest in meta.get("files", {"trainable.safetensors": None, "state.pt": None}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if digest is not None and _sha256(f) != digest:
+            return f"{name} does not match its checksum (truncated or corrupted)"
+    return None
+
+
+def latest_good(folder: Path, say: Any = print) -> Path | None:
+    """The newest checkpoint that verifies; each newer one that does not is reported through ``say``."""
+    for step in reversed(list_checkpoints(folder)):
+        path = folder / f"step-{step}"
+        problem = verify(path)
+        if problem is None:
+            return path
+        say(f"[tunelab] checkpoint {path} is unusable: {problem}; trying an older one")
+    return None
 
 
 def list_checkpoints(folder: Path) -> list[int]:

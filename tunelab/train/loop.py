@@ -185,7 +185,7 @@ class MetricsLog:
 
 def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path, best: Best | None) -> tuple[int, dict | None]:
     """Load the newest checkpoint into ``model``, the method and ``best``: (step it ends, optimizer/RNG state)."""
-    last = checkpoint.latest(ckpt_dir) if job.resume else None
+    last = checkpoint.latest_good(ckpt_dir) if job.resume else None
     if last is None:
         return 0, None
     weights, state, meta = checkpoint.load(last)
