@@ -82,7 +82,8 @@ def write_scores(out: Path, results: dict[str, EvalResult], source: str) -> Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / "scores.json"
     data = {
-        name: {"scores": r.scores, "seconds": round(r.seconds, 2), "source": source}
+        name: {"scores": r.scores, "seconds": round(r.seconds, 2), "source": source,
+               **({"retries": r.retries} if r.retries else {})}
         for name, r in results.items()
     }
     path.write_text(json.dumps(data, indent=1))

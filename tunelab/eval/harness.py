@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class EvalResult:
     """Per item, with stable ids."""
     seconds: float
     """Wall time of generation (or scoring)."""
+    retries: dict[str, int] = field(default_factory=dict)
+    """Requests a remote generator retried during this evaluation, by reason (none for local ones)."""
 
 
 def evaluate(
@@ -70,13 +72,16 @@ def evaluate(
     items = task.items(limit, seed)
     cfg = task.generation_config(max_new_tokens, n=samples, temperature=temperature, seed=seed)
     t0 = time.perf_counter()
+    before = dict(getattr(generator, "retries", None) or {})
     completions = generator.generate([it.prompt for it in items], cfg)
     answers = converse(task, items, completions, generator, cfg) if hasattr(task, "follow_up") else None
     elapsed = time.perf_counter() - t0
+    after = getattr(generator, "retries", None) or {}
+    retries = {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
     rows = score_rows(task, items, completions, answers)
     if out is not None:
         write_jsonl(out, rows)
-    return EvalResult(task.aggregate(rows), rows, elapsed)
+    return EvalResult(task.aggregate(rows), rows, elapsed, retries)
 
 
 def score_rows(task, items: list, completions: list[list[str]], answers: list | None = None) -> list[dict[str, Any]]:
@@ -167,6 +172,9 @@ def evaluate_tasks(
                                      samples=samples, temperature=temperature, out=out)
         if log:
             s = results[name].scores.get(task.primary) or next(iter(results[name].scores.values()))
+            r = results[name]
+            retried = (f"; retries {sum(r.retries.values())} ("
+                       + ", ".join(f"{k}: {v}" for k, v in r.retries.items()) + ")") if r.retries else ""
             print(f"  {name}: {task.primary} {s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] "
-                  f"n={s['n']} ({results[name].seconds:.0f}s)", file=sys.stderr)
+                  f"n={s['n']} ({r.seconds:.0f}s){retried}", file=sys.stderr)
     return results

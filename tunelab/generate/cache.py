@@ -48,6 +48,11 @@ class CachedGenerator:
             db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     @property
+    def retries(self) -> dict[str, int]:
+        """The inner generator's retry counts (a cache hit needs no request)."""
+        return getattr(self.inner, "retries", None) or {}
+
+    @property
     def fingerprint(self) -> str:
         """The inner generator's fingerprint (the cache changes no answer)."""
         return self.inner.fingerprint

@@ -7,10 +7,12 @@ timeouts are retried with exponential backoff plus jitter (``Retry-After`` is ho
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,17 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 class OpenAIError(RuntimeError):
     """A request failed for good (a non-retryable status, or retries exhausted)."""
+
+
+def _reason(error: BaseException) -> str:
+    """A short retry reason for the counts in ``OpenAIGenerator.retries``."""
+    if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+        return "timeout"
+    if isinstance(error, (http.client.HTTPException, ConnectionError)):
+        return "connection dropped"
+    if isinstance(error, ValueError):
+        return "truncated or invalid response"
+    return "connection failed"
 
 
 def _api_root(base_url: str) -> str:
@@ -64,6 +77,9 @@ class OpenAIGenerator:
         self.concurrency, self.timeout = max(1, concurrency), float(timeout)
         self.max_retries, self.backoff = max(0, max_retries), float(backoff)
         self.fingerprint = f"openai:{self.api_root}|{model}"
+        self.retries: dict[str, int] = {}
+        """Retries so far, by reason (``HTTP 429``, ``timeout``, ``truncated response`` ...)."""
+        self._retry_lock = threading.Lock()
 
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
         """``cfg.n`` completions per prompt, in order."""
@@ -119,19 +135,26 @@ class OpenAIGenerator:
             req = urllib.request.Request(self.api_root + path, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
+                    payload = json.loads(resp.read().decode("utf-8"))
+                if not isinstance(payload, dict) or "choices" not in payload:
+                    raise ValueError(f"no 'choices' in the response: {str(payload)[:200]}")
+                return payload
             except urllib.error.HTTPError as e:
                 detail = e.read().decode("utf-8", "replace")[:500]
                 if e.code not in RETRY_STATUS or attempt == self.max_retries:
                     raise OpenAIError(f"{self.api_root}{path}: HTTP {e.code}: {detail}") from e
                 self._sleep(attempt, e.headers.get("Retry-After"), f"HTTP {e.code}")
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException,
+                    ValueError) as e:  # refused, timed out, dropped mid-response, truncated or not JSON
                 if attempt == self.max_retries:
                     raise OpenAIError(f"{self.api_root}{path}: {e!r} after {attempt + 1} tries") from e
-                self._sleep(attempt, None, repr(e))
+                self._sleep(attempt, None, _reason(e))
         raise AssertionError("unreachable")
 
     def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
+        """Wait before retry ``attempt + 1`` (exponential backoff with jitter, at least ``Retry-After``)."""
+        with self._retry_lock:
+            self.retries[why] = self.retries.get(why, 0) + 1
         delay = min(60.0, self.backoff * 2**attempt) * (1 + random.random())
         if retry_after:
             try:
