@@ -117,3 +117,45 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_result(tmp_p
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == sorted(set(steps)), "a step was logged twice"
+
+
+class _Counting:
+    """A generator wrapper that counts prompts and can be 'killed' on its k-th call."""
+
+    def __init__(self, inner, die_on_call: int | None = None) -> None:
+        self.inner, self.die_on_call, self.calls, self.prompts = inner, die_on_call, 0, 0
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    def generate(self, prompts, cfg):
+        self.calls += 1
+        if self.calls == self.die_on_call:
+            raise KeyboardInterrupt("killed")
+        self.prompts += len(prompts)
+        return self.inner.generate(prompts, cfg)
+
+
+def test_a_killed_evaluation_resumes_without_regenerating(tmp_path: Path) -> None:
+    from tunelab.eval.harness import evaluate
+    from tunelab.eval.tasks.base import get_task
+    from tunelab.generate.hf import HFGenerator
+    from tunelab.models.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    inner = HFGenerator(tiny_model(len(tok), seed=0), tok, batch_size=8, progress=False, precision="fp32")
+    task = get_task("arith")
+    kw = {"limit": 40, "seed": 0, "max_new_tokens": 6, "persist_every": 8}
+    reference = evaluate(task, inner, out=tmp_path / "ref" / "arith.jsonl", **kw)
+    out = tmp_path / "killed" / "arith.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, _Counting(inner, die_on_call=3), out=out, **kw)  # dies after 16 of 40 items
+    partial = out.with_name(".arith.jsonl.partial")
+    assert len(partial.read_text().splitlines()) == 16 and not out.exists()
+    partial.write_text(partial.read_text() + '{"id": "cut-by-the-ki')  # a line cut by kill -9
+    resumed = _Counting(inner)
+    result = evaluate(task, resumed, out=out, **kw)
+    assert resumed.prompts == 24  # only the items not generated before the kill
+    assert result.rows == reference.rows and out.read_text() == (tmp_path / "ref" / "arith.jsonl").read_text()
+    assert not partial.exists()
