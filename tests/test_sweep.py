@@ -110,7 +110,9 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypa
     assert set(result["tasks"]["perplexity"]["arms"]) == {"rank=4"}
 
 
-def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["ctrl-c", "kill-9"])
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, how: signal.Signals) -> None:
     path = _sweep_file(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tunelab.cli", "sweep", str(path), "--backend", "inline"]
@@ -119,7 +121,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path) -> N
     deadline = time.time() + 240
     while time.time() < deadline and len(list(runs.glob("*/results.json"))) < 1:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(how)  # SIGKILL: the run in progress and both locks are left behind
     proc.wait(timeout=120)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/results.json")}
     assert 1 <= len(finished) < 4, "the sweep should have been interrupted part-way"

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -305,15 +306,35 @@ def _execute(cmd: list[str], env: dict, cwd: str, root: str, uid: int, plan: _Pl
     return ("passed" if proc.returncode == 0 else "failed"), proc.returncode, duration
 
 
+def _completion_footer(nonce: str) -> str:
+    """The last statement of every program: prints a per-run nonce once everything before it ran."""
+    return f"\nimport sys as _tunelab_sys\n_tunelab_sys.stdout.write('\\n{nonce}\\n')\n_tunelab_sys.stdout.flush()\n"
+
+
+def _completed(stdout: str, nonce: str) -> tuple[bool, str]:
+    """(whether the program printed its nonce last, stdout without what the footer printed)."""
+    suffix = f"\n{nonce}\n"
+    if stdout.endswith(suffix):
+        return True, stdout[: -len(suffix)]
+    return False, stdout
+
+
 def _run_once(source: str, limits: _Limits, plan: _Plan) -> SandboxResult:
-    """One run of ``source`` as ``main.py`` in a fresh directory that is removed afterwards."""
+    """One run of ``source`` as ``main.py`` in a fresh directory that is removed afterwards.
+
+    A program passes only if it exits 0 *and* reaches its end: a per-run nonce printed by a
+    footer must be the last line of stdout, so code that exits early with status 0 (``sys.exit(0)``,
+    ``os._exit(0)``, a patched ``exit``) before its tests ran fails. (A program that reads its own
+    source could still forge the nonce; tests and candidate share one process.)
+    """
     root = tempfile.mkdtemp(prefix="tunelab-sbx-")
+    nonce = "tunelab-done-" + secrets.token_hex(16)
     try:
         with _lease_uid(plan.drop) as uid:
             work = os.path.join(root, "work")
             os.mkdir(work, 0o755)
             with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as fh:
-                fh.write(source)
+                fh.write(source + _completion_footer(nonce))
             if uid >= 0:  # the run's uid may traverse root (not list it) and owns work
                 os.chmod(root, 0o711)
                 os.chown(work, uid, uid)
@@ -321,6 +342,10 @@ def _run_once(source: str, limits: _Limits, plan: _Plan) -> SandboxResult:
             cmd, env = _command(plan, work, uid, fds[1], limits)
             status, rc, duration = _execute(cmd, env, work, root, uid, plan, limits, fds)
         stdout, stderr = (_read_capped(os.path.join(root, name)) for name in ("stdout", "stderr"))
+        completed, stdout = _completed(stdout, nonce)
+        if status == "passed" and not completed:
+            status = "failed"
+            stderr += "\nsandbox: the program exited with status 0 before reaching its end (an early exit)\n"
         return SandboxResult(status, rc, stdout, stderr, duration, plan.isolation)
     finally:
         _remove_tree(root)
