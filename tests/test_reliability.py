@@ -159,3 +159,34 @@ def test_a_killed_evaluation_resumes_without_regenerating(tmp_path: Path) -> Non
     assert resumed.prompts == 24  # only the items not generated before the kill
     assert result.rows == reference.rows and out.read_text() == (tmp_path / "ref" / "arith.jsonl").read_text()
     assert not partial.exists()
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from tunelab.train import checkpoint
+
+    weights = {"w": torch.randn(64, 64)}
+    opt = torch.optim.AdamW([torch.nn.Parameter(weights["w"].clone())])
+    checkpoint.save(tmp_path / "checkpoints", 1, weights, opt, {"method": {}})
+    code = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        from pathlib import Path
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        from tunelab.io import StorageError
+        from tunelab.train import checkpoint
+        weights = {{"w": torch.randn(256, 256)}}
+        opt = torch.optim.AdamW([torch.nn.Parameter(weights["w"].clone())])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+        try:
+            checkpoint.save(Path({str(tmp_path / "checkpoints")!r}), 2, weights, opt, {{"method": {{}}}})
+        except StorageError as e:
+            print(e)
+            sys.exit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"could not write checkpoint {tmp_path / 'checkpoints' / 'step-2'}" in proc.stdout
+    assert checkpoint.list_checkpoints(tmp_path / "checkpoints") == [1]
+    assert checkpoint.verify(tmp_path / "checkpoints" / "step-1") is None
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))

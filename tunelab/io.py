@@ -79,6 +79,9 @@ class StorageError(OSError):
     """A file could not be written (disk full, size limit, permissions); the message names it.
     The file it was replacing is left as it was."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def _atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``; on failure

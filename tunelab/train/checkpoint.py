@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from tunelab.io import StorageError
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,13 +50,12 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: t
     final = folder / f"step-{step}"
     tmp = folder / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
-    if best is not None:
-        save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
-    files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1))
+    try:
+        _write(tmp, step, weights, optimizer, meta, rng, best)
+    except (OSError, SafetensorError) as e:  # disk full, size limit: the previous checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(getattr(e, "errno", None), f"could not write checkpoint {final}: "
+                           f"{getattr(e, 'strerror', None) or e}") from e
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -61,6 +63,18 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: t
         for old in sorted(list_checkpoints(folder))[:-keep]:
             shutil.rmtree(folder / f"step-{old}", ignore_errors=True)
     return final
+
+
+def _write(tmp: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+           meta: dict[str, Any], rng: dict[str, Any] | None, best: dict[str, torch.Tensor] | None) -> None:
+    """The files of one checkpoint, in the temporary folder ``tmp`` (``meta.json`` last)."""
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
+    files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1))
 
 
 def _sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import Row, collate, epoch_order
 from tunelab.device import autocast
+from tunelab.io import StorageError
 from tunelab.methods.base import Method
 from tunelab.methods.layers import decoder_layers
 from tunelab.models.attention import register as register_cpu_attention
@@ -169,10 +170,13 @@ class MetricsLog:
         """Append one row (a no-op off the main process); opens the file again after :meth:`close`."""
         if not self.enabled:
             return
-        if self._f is None:
-            self._f = self.path.open("a")
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        try:
+            if self._f is None:
+                self._f = self.path.open("a")
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        except OSError as e:  # disk full: the rows already written stay; say which file
+            raise StorageError(e.errno, f"could not write {self.path}: {e.strerror or e}") from e
         if self.also is not None:
             self.also(row)
 
