@@ -26,6 +26,7 @@ from tunelab.registry import RegistryError, first_doc_line
 from tunelab.regularizers import REGULARIZERS
 from tunelab.runner.compare import compare_runs
 from tunelab.runner.data import inspect_recipe
+from tunelab.runner.report import run_report, sweep_report
 from tunelab.runner.run import load_results, run
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
 from tunelab.runner.sweep import run_sweep
@@ -50,6 +51,22 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
         print(f"  {task:10s} base {b['value']:6.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  ->  "
               f"tuned {t['value']:6.1%} [{t['ci'][0]:.1%}, {t['ci'][1]:.1%}]  (n={t['n']})")
     print(f"[tunelab] run folder: {run_dir}  ({res['run']['seconds']:.0f}s)")
+    report = run_dir / "report.html" if (run_dir / "report.html").is_file() else run_report(run_dir)
+    print(f"[tunelab] report: {report}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """Write (again) the self-contained report.html of a run folder or a sweep folder; prints its path."""
+
+    folder = Path(a.folder)
+    if (folder / "sweep.json").is_file():
+        path = sweep_report(json.loads((folder / "sweep.json").read_text()))
+    elif (folder / "config.yaml").is_file():
+        path = run_report(folder)
+    else:
+        raise DataError(f"{folder}: not a run folder (no config.yaml) or a sweep folder (no sweep.json)")
+    print(path)
     return 0
 
 
@@ -250,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
             p.add_argument("--out", help="folder for per-item results"),
             p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
+        "report": (cmd_report, lambda p: p.add_argument("folder", help="a run folder or a sweep folder")),
         "compare": (cmd_compare, lambda p: (
             p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
         "chat": (cmd_chat, lambda p: (

@@ -31,6 +31,7 @@ from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
+from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
 from tunelab.train.loop import TrainJob, train
 
@@ -212,6 +213,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                        {"name": run_dir.name, "precision": precision, "model": model_info,
                         "seconds": round(time.perf_counter() - t_start, 1), "reused": reused})
     write_json(run_dir / "results.json", results)
+    say(f"report: {run_report(run_dir)}")
     return run_dir
 
 

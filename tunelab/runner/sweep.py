@@ -51,6 +51,7 @@ from tqdm import tqdm
 from tunelab.config import ConfigError, RunConfig, apply_override, dump_yaml, from_dict
 from tunelab.io import FolderLock, write_json
 from tunelab.runner.aggregate import aggregate, format_table
+from tunelab.runner.report import sweep_report
 from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
 
@@ -345,6 +346,7 @@ def _sweep(sweep: Sweep, *, jobs: int, backend: str, address: str | None, resume
         result = aggregate(sweep, status)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(folder / "sweep.json", result)
+        sweep_report(result)
     if not quiet:
         print(format_table(result))
     return result
