@@ -33,6 +33,7 @@ from tunelab.runner.sweep import run_sweep
 from tunelab.runner.validate import validate
 from tunelab.serve import serve_model
 from tunelab.train.artifacts import export
+from tunelab.ui import serve_ui
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -53,6 +54,13 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"[tunelab] run folder: {run_dir}  ({res['run']['seconds']:.0f}s)")
     report = run_dir / "report.html" if (run_dir / "report.html").is_file() else run_report(run_dir)
     print(f"[tunelab] report: {report}")
+    return 0
+
+
+def cmd_ui(a: argparse.Namespace) -> int:
+    """A local web app over a folder of runs and sweeps: reports, side-by-side answers, blind rating."""
+
+    serve_ui(a.runs, host=a.host, port=a.port)
     return 0
 
 
@@ -267,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
             p.add_argument("--out", help="folder for per-item results"),
             p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
+        "ui": (cmd_ui, lambda p: (
+            p.add_argument("--runs", default="runs", help="folder of runs and sweeps (ratings.sqlite is kept there)"),
+            p.add_argument("--host", default="127.0.0.1"), p.add_argument("--port", type=int, default=8501))),
         "report": (cmd_report, lambda p: p.add_argument("folder", help="a run folder or a sweep folder")),
         "compare": (cmd_compare, lambda p: (
             p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),

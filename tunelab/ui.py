@@ -1,0 +1,376 @@
+"""``tunelab ui``: a local web app over a folder of runs and sweeps, with blind human rating.
+
+Pages (FastAPI + uvicorn, the stack of ``tunelab serve``; bound to 127.0.0.1 by default, no auth):
+
+* ``/``: every run and sweep under the folder, filterable, with their scores and report links, and
+  a form to compare two runs.
+* ``/report?path=...``: a run's or sweep's ``report.html`` (written if missing).
+* ``/compare?a=&b=&task=``: both runs' answers to the same items side by side.
+* ``/rate?a=&b=&task=``: blind pairwise rating: a prompt and two answers in random order (which run
+  wrote which is kept on the server, never in the page), A / B / tie. Ratings are stored in
+  ``<folder>/ratings.sqlite`` with the rater id and the time, one per rater and item.
+* ``/ratings?a=&b=&task=``: B's win rate over A with its CI (a tie counts half; bootstrap over
+  ratings), per rater, and the agreement with an LLM judge on the same items (Cohen's kappa,
+  statsmodels) where run B's ``judge`` evaluation compared it pairwise (``winner_turn1``).
+
+Errors are shown as a short message; no traceback reaches the browser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import html
+import json
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from starlette.exceptions import HTTPException
+from statsmodels.stats.inter_rater import cohens_kappa
+
+from tunelab.config import load_config
+from tunelab.eval.stats import proportion_score
+from tunelab.eval.tasks.base import get_task
+from tunelab.io import read_jsonl
+from tunelab.runner.report import CSS, run_report, sweep_report
+
+CHOICES = ("a", "b", "tie")
+
+
+def _e(value: Any) -> str:
+    """HTML-escaped text."""
+    return html.escape(str(value))
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    """A page in the reports' style."""
+    return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+                        f"<style>{CSS} button{{font-size:1rem;padding:.4rem 1.2rem;margin-right:.5rem}}"
+                        f".pair{{display:flex;gap:1rem}} .pair>div{{flex:1}}</style></head><body>"
+                        f'<p><a href="/">all runs</a></p><h1>{_e(title)}</h1>{body}</body></html>')
+
+
+class Catalog:
+    """The runs and sweeps under one folder, and the ratings database beside them."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.db_path = self.root / "ratings.sqlite"
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS ratings (rater TEXT, at TEXT, a TEXT, b TEXT, task TEXT, "
+                       "item TEXT, winner TEXT, left_side TEXT, PRIMARY KEY (rater, a, b, task, item))")
+            db.execute("CREATE TABLE IF NOT EXISTS pending (token TEXT PRIMARY KEY, rater TEXT, a TEXT, b TEXT, "
+                       "task TEXT, item TEXT, left_side TEXT)")
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success and is always closed."""
+        db = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            yield db
+            db.commit()
+        finally:
+            db.close()
+
+    def resolve(self, rel: str) -> Path:
+        """A folder named relative to the root; anything outside it is refused."""
+        path = (self.root / rel).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise HTTPException(400, f"{rel!r} is outside {self.root}")
+        if not path.is_dir():
+            raise HTTPException(404, f"no folder {rel!r} under {self.root}")
+        return path
+
+    def entries(self, query: str = "") -> list[dict[str, Any]]:
+        """Runs (a ``config.yaml`` and ``results.json``) and sweeps (``sweep.json``), newest first."""
+        out = []
+        for marker in ("results.json", "sweep.json"):
+            for f in self.root.rglob(marker):
+                if len(f.relative_to(self.root).parts) > 6 or (marker == "results.json"
+                                                                  and not (f.parent / "config.yaml").is_file()):
+                    continue
+                rel = str(f.parent.relative_to(self.root))
+                if query.lower() in rel.lower():
+                    out.append({"path": rel, "kind": "sweep" if marker == "sweep.json" else "run",
+                                "mtime": f.stat().st_mtime, "scores": self._scores(f) if marker == "results.json" else ""})
+        return sorted(out, key=lambda e: -e["mtime"])
+
+    @staticmethod
+    def _scores(results: Path) -> str:
+        """``task: tuned value`` for a run's table row."""
+        try:
+            data = json.loads(results.read_text())
+        except (OSError, ValueError):
+            return "(results unreadable)"
+        return ", ".join(f"{t}: {v['tuned']['value']:.3f}" for t, v in data.items()
+                         if t != "run" and isinstance(v, dict) and "tuned" in v)
+
+    def rows(self, rel: str, task: str) -> dict[str, dict[str, Any]]:
+        """A run's tuned per-item rows of ``task`` by id."""
+        path = self.resolve(rel) / "eval" / "tuned" / f"{task}.jsonl"
+        if not path.is_file():
+            raise HTTPException(404, f"run {rel!r} has no evaluation of {task!r}")
+        return {str(r["id"]): r for r in read_jsonl(path)}
+
+    def prompts(self, rel: str, task: str) -> dict[str, str]:
+        """Item id -> prompt text, rebuilt from the run's recipe (empty if it cannot be)."""
+        try:
+            cfg = load_config(self.resolve(rel))
+            items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
+        except Exception:  # noqa: BLE001 - prompts are a convenience; the answers are what is rated
+            return {}
+        return {str(it.id): it.prompt if isinstance(it.prompt, str) else "\n\n".join(
+            f"[{m['role']}] {m['content']}" for m in it.prompt) for it in items}
+
+    def next_pair(self, rater: str, a: str, b: str, task: str) -> tuple[str, str, str] | None:
+        """(token, item, left side) of the next item this rater has not rated, in a fixed shuffled order."""
+        common = sorted(set(self.rows(a, task)) & set(self.rows(b, task)),
+                        key=lambda i: hashlib.sha1(f"{a}|{b}|{task}|{i}".encode()).hexdigest())
+        with self._db() as db:
+            done = {r[0] for r in db.execute("SELECT item FROM ratings WHERE rater=? AND a=? AND b=? AND task=?",
+                                             (rater, a, b, task))}
+            todo = [i for i in common if i not in done]
+            if not todo:
+                return None
+            token, left = secrets.token_urlsafe(16), secrets.choice(("a", "b"))
+            db.execute("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", (token, rater, a, b, task, todo[0], left))
+        return token, todo[0], left
+
+    def record(self, token: str, choice: str) -> dict[str, str]:
+        """Store the rating of a pending pair (``choice``: left / right / tie); returns its context."""
+        if choice not in ("left", "right", "tie"):
+            raise HTTPException(400, f"choice must be left, right or tie, got {choice!r}")
+        with self._db() as db:
+            row = db.execute("SELECT rater, a, b, task, item, left_side FROM pending WHERE token=?", (token,)).fetchone()
+            if row is None:
+                raise HTTPException(400, "this pair was already rated or has expired; load the page again")
+            rater, a, b, task, item, left = row
+            winner = "tie" if choice == "tie" else left if choice == "left" else ("b" if left == "a" else "a")
+            db.execute("INSERT OR REPLACE INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (rater, time.strftime("%Y-%m-%dT%H:%M:%S%z"), a, b, task, item, winner, left))
+            db.execute("DELETE FROM pending WHERE token=?", (token,))
+        return {"rater": rater, "a": a, "b": b, "task": task}
+
+    def ratings(self, a: str, b: str, task: str) -> list[tuple[str, str, str]]:
+        """(rater, item, winner) of every stored rating of this pair of runs on ``task``."""
+        with self._db() as db:
+            return list(db.execute("SELECT rater, item, winner FROM ratings WHERE a=? AND b=? AND task=? "
+                                   "ORDER BY at", (a, b, task)))
+
+    def judge_winners(self, b: str) -> dict[str, str]:
+        """Item -> LLM judge winner (a / b / tie) from run B's pairwise ``judge`` rows (turn 1; the
+        judge's A is the run, its B the baseline)."""
+        path = self.resolve(b) / "eval" / "tuned" / "judge.jsonl"
+        if not path.is_file():
+            return {}
+        mapping = {"A": "b", "B": "a", "tie": "tie"}
+        return {str(r["id"]): mapping[r["winner_turn1"]] for r in read_jsonl(path)
+                if r.get("winner_turn1") in mapping}
+
+
+def summary(catalog: Catalog, a: str, b: str, task: str) -> dict[str, Any]:
+    """B's win rate over A (a tie counts half) with its CI, counts, per rater, and kappa against the judge."""
+    rated = catalog.ratings(a, b, task)
+    values = [1.0 if w == "b" else 0.5 if w == "tie" else 0.0 for _, _, w in rated]
+    out: dict[str, Any] = {"n": len(rated), "b_wins": sum(w == "b" for *_, w in rated),
+                           "a_wins": sum(w == "a" for *_, w in rated), "ties": sum(w == "tie" for *_, w in rated),
+                           "b_win_rate": proportion_score(values),
+                           "raters": sorted({r for r, _, _ in rated})}
+    judge = catalog.judge_winners(b)
+    pairs = [(w, judge[item]) for _, item, w in rated if item in judge]
+    if len(pairs) >= 2:
+        table = np.zeros((3, 3))
+        for human, llm in pairs:
+            table[CHOICES.index(human), CHOICES.index(llm)] += 1
+        kappa = cohens_kappa(table)
+        out["judge_agreement"] = {"n": len(pairs), "kappa": float(kappa.kappa),
+                                  "ci": [float(kappa.kappa_low), float(kappa.kappa_upp)],
+                                  "raw_agreement": float(np.trace(table) / table.sum())}
+    return out
+
+
+def build_app(root: str | Path) -> FastAPI:
+    """The app over the runs folder ``root``."""
+    catalog = Catalog(root)
+    app = FastAPI(title="tunelab ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.catalog = catalog
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> HTMLResponse:
+        page = _page("error", f'<p class="missing">{_e(exc.detail)}</p>')
+        page.status_code = exc.status_code
+        return page
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> HTMLResponse:
+        page = _page("error", f'<p class="missing">{_e(type(exc).__name__)}: {_e(exc)}</p>')
+        page.status_code = 500
+        return page
+
+    @app.get("/")
+    def index(q: str = "") -> HTMLResponse:
+        entries = catalog.entries(q)
+        runs = [e["path"] for e in entries if e["kind"] == "run"]
+        rows = "".join(
+            f'<tr><td><a href="/report?{urlencode({"path": e["path"]})}">{_e(e["path"])}</a></td><td>{e["kind"]}</td>'
+            f'<td>{time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))}</td><td>{_e(e["scores"])}</td></tr>'
+            for e in entries)
+        options = "".join(f"<option>{_e(r)}</option>" for r in runs)
+        body = (f'<form method="get"><input name="q" value="{_e(q)}" placeholder="filter"> '
+                f'<button type="submit">filter</button></form>'
+                f"<table><tr><th>folder</th><th>kind</th><th>modified</th><th>scores (tuned)</th></tr>{rows}</table>"
+                f'<h2>Compare two runs</h2><form method="get" action="/compare">A <select name="a">{options}</select> '
+                f'B <select name="b">{options}</select> task <input name="task" value="arith"> '
+                f'<button type="submit">compare</button></form>')
+        return _page(f"tunelab: {catalog.root}", body)
+
+    @app.get("/report")
+    def report(path: str) -> FileResponse:
+        folder = catalog.resolve(path)
+        target = folder / "report.html"
+        if not target.is_file():
+            if (folder / "sweep.json").is_file():
+                sweep_report(json.loads((folder / "sweep.json").read_text()))
+            else:
+                run_report(folder)
+        return FileResponse(target, media_type="text/html")
+
+    @app.get("/compare")
+    def compare(a: str, b: str, task: str) -> HTMLResponse:
+        rows_a, rows_b, prompts = catalog.rows(a, task), catalog.rows(b, task), catalog.prompts(a, task)
+        common = [i for i in rows_a if i in rows_b]
+        cells = "".join(
+            f"<tr><td>{_e(i)}</td><td><pre>{_e(prompts.get(i, ''))}</pre></td>"
+            f"<td><pre>{_e(rows_a[i].get('completion', ''))}</pre>{_e(rows_a[i].get('correct', ''))}</td>"
+            f"<td><pre>{_e(rows_b[i].get('completion', ''))}</pre>{_e(rows_b[i].get('correct', ''))}</td></tr>"
+            for i in common)
+        query = urlencode({"a": a, "b": b, "task": task})
+        return _page(f"{task}: {a} vs {b}", f'<p>{len(common)} common items. <a href="/rate?{query}">rate them '
+                                            f'blind</a> · <a href="/ratings?{query}">ratings</a></p>'
+                                            f"<table><tr><th>id</th><th>prompt</th><th>A</th><th>B</th></tr>{cells}</table>")
+
+    @app.get("/rate")
+    def rate(request: Request, a: str, b: str, task: str, rater: str = "") -> HTMLResponse:
+        rater = rater or request.cookies.get("tunelab_rater", "")
+        query = {"a": a, "b": b, "task": task}
+        if not rater:
+            return _page("who is rating?", f'<form method="get">{_hidden(query)}rater id '
+                                           f'<input name="rater" required> <button type="submit">start</button></form>')
+        pair = catalog.next_pair(rater, a, b, task)
+        if pair is None:
+            return _page("all rated", f'<p>{_e(rater)} has rated every item. '
+                                      f'<a href="/ratings?{urlencode(query)}">see the ratings</a></p>')
+        token, item, left = pair
+        rows = {"a": catalog.rows(a, task)[item], "b": catalog.rows(b, task)[item]}
+        first, second = rows[left], rows["b" if left == "a" else "a"]
+        prompt = catalog.prompts(a, task).get(item, "(prompt not available)")
+        done = sum(r == rater for r, _, _ in catalog.ratings(a, b, task))
+        body = (f"<p>rater <b>{_e(rater)}</b> · rated {done} · item <code>{_e(item)}</code></p>"
+                f"<h2>Prompt</h2><pre>{_e(prompt)}</pre>"
+                f'<div class="pair"><div><h2>Answer 1</h2><pre id="answer1">{_e(first.get("completion", ""))}</pre>'
+                f'</div><div><h2>Answer 2</h2><pre id="answer2">{_e(second.get("completion", ""))}</pre></div></div>'
+                f'<form method="post" action="/rate"><input type="hidden" name="token" value="{token}">'
+                f'<button name="choice" value="left" id="pick-1">1 is better</button>'
+                f'<button name="choice" value="tie" id="pick-tie">tie</button>'
+                f'<button name="choice" value="right" id="pick-2">2 is better</button></form>')
+        page = _page(f"blind rating: {task}", body)
+        page.set_cookie("tunelab_rater", rater, samesite="strict")
+        return page
+
+    @app.post("/rate")
+    def rated(token: str = Form(...), choice: str = Form(...)) -> RedirectResponse:
+        ctx = catalog.record(token, choice)
+        return RedirectResponse("/rate?" + urlencode(ctx), status_code=303)
+
+    @app.get("/ratings")
+    def ratings(a: str, b: str, task: str) -> HTMLResponse:
+        s = summary(catalog, a, b, task)
+        rate_ = s["b_win_rate"]
+        body = (f'<p id="n-ratings">{s["n"]} ratings by {len(s["raters"])} rater(s): B wins {s["b_wins"]}, '
+                f'A wins {s["a_wins"]}, ties {s["ties"]}</p>'
+                f"<p>B's win rate over A (a tie counts half): {rate_['value']:.3f} "
+                f"[{rate_['ci'][0]:.3f}, {rate_['ci'][1]:.3f}] (95% CI)</p>")
+        if "judge_agreement" in s:
+            j = s["judge_agreement"]
+            body += (f"<p>Agreement with the LLM judge on {j['n']} items: Cohen's kappa {j['kappa']:.3f} "
+                     f"[{j['ci'][0]:.3f}, {j['ci'][1]:.3f}], raw agreement {j['raw_agreement']:.3f}</p>")
+        else:
+            body += '<p class="missing">no LLM judge verdicts on these items (run B has no pairwise judge rows)</p>'
+        return _page(f"ratings: {task}, {a} vs {b}", body)
+
+    return app
+
+
+def _hidden(fields: dict[str, str]) -> str:
+    """Hidden form inputs."""
+    return "".join(f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in fields.items())
+
+
+class UIServer:
+    """The app bound to a socket; :meth:`serve_forever` or :func:`running_ui` (a background thread)."""
+
+    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 8501) -> None:
+        self.app = build_app(root)
+        self.sock = socket.create_server((host, port))
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                     lifespan="off", timeout_graceful_shutdown=2))
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def started(self) -> bool:
+        """Whether uvicorn is accepting requests."""
+        return self._server.started
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` (or Ctrl-C)."""
+        try:
+            self._server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    def shutdown(self) -> None:
+        """Stop serving."""
+        self._server.should_exit = True
+
+
+@contextlib.contextmanager
+def running_ui(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[UIServer]:
+    """The UI in a background thread for the duration of a ``with`` block."""
+    server = UIServer(root, host, port)
+    thread = threading.Thread(target=server.serve_forever, name="tunelab-ui", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        if not server.started:
+            raise RuntimeError(f"the UI at {server.url} did not start")
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def serve_ui(root: str | Path, host: str = "127.0.0.1", port: int = 8501) -> None:
+    """Serve the UI until Ctrl-C (blocking)."""
+    server = UIServer(root, host, port)
+    print(f"[tunelab] ui over {Path(root).resolve()} at {server.url} (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
