@@ -42,6 +42,7 @@ from tunelab.generate.base import GenerationConfig, Generator, Prompt
 from tunelab.generate.build import build_generator
 from tunelab.generate.engine import BatchingLoop, RequestError
 from tunelab.generate.engine import Request as Job
+from tunelab.web import in_background
 
 log = logging.getLogger(__name__)
 
@@ -514,19 +515,8 @@ def running_server(
     Raises:
         RuntimeError: The server did not start within 30 s.
     """
-    server = make_server(generator, host, port, model_name)
-    thread = threading.Thread(target=server.serve_forever, name="tunelab-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        if not server.started:
-            raise RuntimeError(f"the server at {server.url} did not start")
+    with in_background(make_server(generator, host, port, model_name), "tunelab-serve") as server:
         yield server
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def serve_model(

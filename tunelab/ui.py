@@ -25,7 +25,6 @@ import json
 import secrets
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
 from tunelab.runner.report import CSS, run_report, sweep_report
+from tunelab.web import in_background
 
 CHOICES = ("a", "b", "tie")
 
@@ -353,19 +353,8 @@ class UIServer:
 @contextlib.contextmanager
 def running_ui(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[UIServer]:
     """The UI in a background thread for the duration of a ``with`` block."""
-    server = UIServer(root, host, port)
-    thread = threading.Thread(target=server.serve_forever, name="tunelab-ui", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        if not server.started:
-            raise RuntimeError(f"the UI at {server.url} did not start")
+    with in_background(UIServer(root, host, port), "tunelab-ui") as server:
         yield server
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def serve_ui(root: str | Path, host: str = "127.0.0.1", port: int = 8501) -> None:
