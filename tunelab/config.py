@@ -226,6 +226,9 @@ class RunConfig:
     """Optimisation."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """What to evaluate after training."""
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    """Each ``{name: ..., **params}`` (``tunelab ls diagnostics``): run after training (and, for
+    ``grad_interference``, during it); results in ``<run>/diagnostics/`` and the report."""
     name: str | None = None
     """Run name (default: derived from the recipe name and a hash of the config)."""
     out: str = "runs"

@@ -16,6 +16,7 @@ from tunelab.config import ConfigError, load_recipe
 from tunelab.data.formats import FORMATS
 from tunelab.data.tasks import TASK_FAMILIES
 from tunelab.data.transforms.base import TRANSFORMS
+from tunelab.diagnostics import DIAGNOSTICS, run_diagnostics
 from tunelab.eval.tasks.base import EVAL_TASKS, get_task, task_names
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.build import BACKENDS, build_generator
@@ -54,6 +55,17 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     print(f"[tunelab] run folder: {run_dir}  ({res['run']['seconds']:.0f}s)")
     report = run_dir / "report.html" if (run_dir / "report.html").is_file() else run_report(run_dir)
     print(f"[tunelab] report: {report}")
+    return 0
+
+
+def cmd_diagnose(a: argparse.Namespace) -> int:
+    """Run diagnostics on a finished run (CKA drift, weight change, linearity, forgetting ...) and update its report."""
+
+    specs = [{"name": n} for n in a.only.split(",")] if a.only else None
+    results = run_diagnostics(a.run, specs)
+    print(json.dumps({k: {"seconds": v.get("seconds"), **({"error": v["error"]} if "error" in v else {})}
+                      for k, v in results.items()}, indent=1))
+    print(f"[tunelab] report: {run_report(a.run)}", file=sys.stderr)
     return 0
 
 
@@ -112,7 +124,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_ls(a: argparse.Namespace) -> int:
-    """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms."""
+    """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms, diagnostics."""
 
     sections = {
         "models": [(n, a_.description) for n, a_ in ALIASES.items()] + [("<owner/name>", "any hub id"),
@@ -123,6 +135,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
         + [(f"regularizer: {n}", first_doc_line(c)) for n, c in REGULARIZERS.items()],
         "tasks": [(n, _task_doc(n)) for n in task_names()],
         "transforms": [(n, first_doc_line(c)) for n, c in TRANSFORMS.items()],
+        "diagnostics": [(n, first_doc_line(c)) for n, c in DIAGNOSTICS.items()],
     }
     for name, rows in sections.items():
         if a.what and a.what != name:
@@ -250,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print sweep.json on stdout"))),
         "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
         "ls": (cmd_ls, lambda p: p.add_argument(
-            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms"])),
+            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics"])),
         "data": (cmd_data, lambda p: (
             p.add_argument("action", choices=["inspect"]), p.add_argument("recipe"), _overrides(p),
             p.add_argument("--json", action="store_true", help="print only the mixture report as JSON"),
@@ -275,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
             p.add_argument("--out", help="folder for per-item results"),
             p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
+        "diagnose": (cmd_diagnose, lambda p: (
+            p.add_argument("run", help="a finished run folder"),
+            p.add_argument("--only", help="comma-separated diagnostics (default: the recipe's, else all)"))),
         "ui": (cmd_ui, lambda p: (
             p.add_argument("--runs", default="runs", help="folder of runs and sweeps (ratings.sqlite is kept there)"),
             p.add_argument("--host", default="127.0.0.1"), p.add_argument("--port", type=int, default=8501))),

@@ -20,6 +20,7 @@ import torch
 from tunelab.config import ConfigError, RunConfig, dump_yaml, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.device import decide, default_device
+from tunelab.diagnostics import run_diagnostics
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, get_task
@@ -33,6 +34,7 @@ from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
 from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
+from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
 
 
@@ -199,6 +201,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     trainable, total = count_parameters(model)
     job = TrainJob(model, method, data.rows, data.sources, cfg.train, precision, run_dir,
                    tok.pad_token_id, cfg.data.packing, data.heldout_rows, resume)
+    job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})
+                  for d in cfg.diagnostics if d["name"] == "grad_interference"]
     model, summary = train(job)
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
@@ -213,6 +217,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                        {"name": run_dir.name, "precision": precision, "model": model_info,
                         "seconds": round(time.perf_counter() - t_start, 1), "reused": reused})
     write_json(run_dir / "results.json", results)
+    if cfg.diagnostics:
+        run_diagnostics(run_dir, cfg.diagnostics, say=say)
     say(f"report: {run_report(run_dir)}")
     return run_dir
 

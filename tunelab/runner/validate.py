@@ -7,6 +7,7 @@ from pathlib import Path
 from tunelab.config import ConfigError, RunConfig, load_recipe
 from tunelab.data.sources import check_source
 from tunelab.data.transforms.base import build_transforms
+from tunelab.diagnostics.base import build_diagnostic
 from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
@@ -58,6 +59,7 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
               ("data.transforms", lambda: build_transforms(cfg.data.transforms))]
     checks += [(f"eval.tasks: {t}", lambda t=t: get_task(t, **cfg.eval.task_options.get(t, {})))
                for t in cfg.eval.tasks]
+    checks += [(f"diagnostics[{i}]", lambda d=d: build_diagnostic(d)) for i, d in enumerate(cfg.diagnostics)]
     problems += [f"eval.task_options: {t!r} is not in eval.tasks ({', '.join(cfg.eval.tasks) or 'none'})"
                  for t in cfg.eval.task_options if t not in cfg.eval.tasks]
     for where, check in checks:

@@ -67,6 +67,9 @@ class TrainJob:
     """Continue from the newest checkpoint in ``run_dir/checkpoints``."""
     objective: Objective = field(default_factory=SFT)
     """What each micro-batch's loss is (the seam for DPO/KTO/ORPO)."""
+    probes: list[Callable[[int, nn.Module], Any]] = field(default_factory=list)
+    """Called with (steps done, model) after every optimizer step (e.g. ``GradInterference``); they
+    must not change training (their gradients and RNG use are their own)."""
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -319,6 +322,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 done, dt = step + 1, time.perf_counter() - t0
+                for probe in job.probes:
+                    probe(done, acc.unwrap_model(model))
                 row = _metrics_row(job, done, sums, counts, tokens, dt, {
                     "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device)})

@@ -1,0 +1,84 @@
+"""Gradient interference between data sources, measured during training without changing it.
+
+Every ``every`` steps (after the optimizer step), the gradient of each source's loss with respect to
+the trainable parameters is computed on fixed probe micro-batches (held-out rows when there are,
+else training rows; chosen once with a seed), in eval mode (no dropout), through
+``torch.autograd.grad`` (no ``.grad`` is touched) and with the RNG state restored afterwards, so the
+training trajectory is exactly the one without the probe. Each probe appends to
+``diagnostics/grad_interference.jsonl``: per-source gradient norms, the pairwise cosine matrix, the
+conflict rate (share of source pairs with cosine < 0) and the seconds it took.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunelab.data.tokenize import Row, collate
+from tunelab.device import autocast
+from tunelab.train import checkpoint
+
+
+class GradInterference:
+    """The probe (see the module docstring); call it with ``(steps done, model)`` after each step."""
+
+    def __init__(self, job: Any, every: int = 20, batches: int = 2, seed: int = 0) -> None:
+        self.job, self.every = job, max(1, int(every))
+        pool: list[Row] = job.heldout or job.rows
+        rng = random.Random(seed)
+        size = max(1, job.cfg.batch_size)
+        picks = [rng.sample(range(len(pool)), min(size, len(pool))) for _ in range(max(1, batches))]
+        self.batches = [collate([pool[i] for i in idx], job.pad_id, job.packing) for idx in picks]
+        self.path = Path(job.run_dir) / "diagnostics" / "grad_interference.jsonl"
+        self.seconds = 0.0
+
+    def __call__(self, step: int, model: nn.Module) -> dict[str, Any] | None:
+        """Measure at ``step`` when it is due; returns the row written (None when not due)."""
+        if step % self.every:
+            return None
+        t0, rng, training = time.perf_counter(), checkpoint.rng_state(), model.training
+        model.eval()
+        try:
+            row = {"step": step, **self.measure(model)}
+        finally:
+            model.train(training)
+            checkpoint.set_rng_state(rng)
+        row["seconds"] = time.perf_counter() - t0
+        self.seconds += row["seconds"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        """Per-source gradient norms, cosine matrix and conflict rate on the probe batches."""
+        job, device = self.job, next(model.parameters()).device
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads: dict[int, torch.Tensor] = {}
+        units: dict[int, float] = {}
+        for cpu_batch in self.batches:
+            batch = {k: v.to(device) for k, v in cpu_batch.items()}
+            with autocast(device.type, job.precision):
+                losses, src = job.objective(model, batch, job.cfg, job.method.virtual_tokens)
+            present = [int(s) for s in torch.unique(src) if s >= 0]
+            for k, s in enumerate(present):
+                mask = src == s
+                g = torch.autograd.grad(losses[mask].sum(), params, retain_graph=k < len(present) - 1,
+                                        allow_unused=True)
+                flat = torch.cat([(x if x is not None else torch.zeros_like(p)).detach().float().flatten()
+                                  for x, p in zip(g, params)])
+                grads[s] = grads.get(s, 0) + flat
+                units[s] = units.get(s, 0.0) + float(mask.sum())
+        names = [job.sources[s] for s in sorted(grads)]
+        vecs = [grads[s] / max(units[s], 1.0) for s in sorted(grads)]
+        norms = [float(v.norm()) for v in vecs]
+        cos = [[float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for b in vecs] for a in vecs]
+        pairs = [(i, j) for i in range(len(vecs)) for j in range(i + 1, len(vecs))]
+        conflict = sum(cos[i][j] < 0 for i, j in pairs) / len(pairs) if pairs else None
+        return {"sources": names, "grad_norm": dict(zip(names, norms)), "cosine": cos, "conflict_rate": conflict}
