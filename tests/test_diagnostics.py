@@ -87,10 +87,9 @@ def _job(tmp: Path, identical_sources: bool) -> TrainJob:
 
 def test_identical_sources_have_gradient_cosine_one(tmp_path: Path) -> None:
     job = _job(tmp_path, identical_sources=True)
-    probe = GradInterference(job, every=1, batches=3)
-    # the same texts under two names: with the same rows in each source, the gradients coincide
-    probe.batches = [{**b, "source_idx": torch.where(b["source_idx"] >= 0, 0, -1)} for b in probe.batches]
-    probe.batches += [{**b, "source_idx": torch.where(b["source_idx"] >= 0, 1, -1)} for b in probe.batches]
+    probe = GradInterference(job, every=1, rows=6)
+    # the same rows under both names: their gradients coincide
+    probe.batches[1] = {**probe.batches[0], "source_idx": torch.where(probe.batches[0]["source_idx"] >= 0, 1, -1)}
     result = probe.measure(job.model.eval())  # (the probe itself runs in eval mode: no dropout)
     assert result["cosine"][0][1] == pytest.approx(1.0, abs=1e-5) and result["conflict_rate"] == 0.0
     assert result["grad_norm"]["a"] == pytest.approx(result["grad_norm"]["b"], rel=1e-5)
@@ -100,7 +99,7 @@ def test_the_probe_does_not_change_training(tmp_path: Path) -> None:
     plain = _job(tmp_path / "plain", identical_sources=False)
     model_a, _ = train(plain)
     probed = _job(tmp_path / "probed", identical_sources=False)
-    probed.probes = [GradInterference(probed, every=1, batches=2)]
+    probed.probes = [GradInterference(probed, every=1)]
     model_b, _ = train(probed)
     a, b = plain.method.trainable_state(model_a), probed.method.trainable_state(model_b)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical with dropout on

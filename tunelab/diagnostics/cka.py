@@ -64,7 +64,7 @@ class CKA(Diagnostic):
 
     @dataclass
     class Params:
-        max_tokens: int = 1024
+        max_tokens: int = 512
         """Tokens per source (sampled with a fixed seed when there are more)."""
 
     def run(self, ctx: Context) -> dict[str, Any]:

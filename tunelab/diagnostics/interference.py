@@ -23,8 +23,8 @@ class GradInterferenceSummary(Diagnostic):
     class Params:
         every: int = 20
         """Steps between two measurements."""
-        batches: int = 2
-        """Probe micro-batches per measurement."""
+        rows: int = 0
+        """Probe rows per source (0: the batch size divided among the sources, at least 2)."""
 
     def run(self, ctx: Context) -> dict[str, Any]:
         """The logged rows, the mean cosine matrix and the probe's share of the training time."""

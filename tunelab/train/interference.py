@@ -1,8 +1,9 @@
 """Gradient interference between data sources, measured during training without changing it.
 
 Every ``every`` steps (after the optimizer step), the gradient of each source's loss with respect to
-the trainable parameters is computed on fixed probe micro-batches (held-out rows when there are,
-else training rows; chosen once with a seed), in eval mode (no dropout), through
+the trainable parameters is computed on a fixed probe batch per source (``rows`` rows that contain
+the source, held-out rows when there are, else training rows; chosen once with a seed; one forward
+and backward per source, so a probe costs about one training batch), in eval mode (no dropout), through
 ``torch.autograd.grad`` (no ``.grad`` is touched) and with the RNG state restored afterwards, so the
 training trajectory is exactly the one without the probe. Each probe appends to
 ``diagnostics/grad_interference.jsonl``: per-source gradient norms, the pairwise cosine matrix, the
@@ -28,13 +29,17 @@ from tunelab.train import checkpoint
 class GradInterference:
     """The probe (see the module docstring); call it with ``(steps done, model)`` after each step."""
 
-    def __init__(self, job: Any, every: int = 20, batches: int = 2, seed: int = 0) -> None:
+    def __init__(self, job: Any, every: int = 20, rows: int = 0, seed: int = 0) -> None:
         self.job, self.every = job, max(1, int(every))
         pool: list[Row] = job.heldout or job.rows
+        per_source = rows or max(2, job.cfg.batch_size // max(1, len(job.sources)))
         rng = random.Random(seed)
-        size = max(1, job.cfg.batch_size)
-        picks = [rng.sample(range(len(pool)), min(size, len(pool))) for _ in range(max(1, batches))]
-        self.batches = [collate([pool[i] for i in idx], job.pad_id, job.packing) for idx in picks]
+        self.batches: dict[int, dict[str, torch.Tensor]] = {}
+        for s in range(len(job.sources)):
+            having = [r for r in pool if s in r.source_idx]
+            if having:
+                picked = rng.sample(having, min(per_source, len(having)))
+                self.batches[s] = collate(picked, job.pad_id, job.packing)
         self.path = Path(job.run_dir) / "diagnostics" / "grad_interference.jsonl"
         self.seconds = 0.0
 
@@ -62,19 +67,15 @@ class GradInterference:
         params = [p for p in model.parameters() if p.requires_grad]
         grads: dict[int, torch.Tensor] = {}
         units: dict[int, float] = {}
-        for cpu_batch in self.batches:
+        for s, cpu_batch in self.batches.items():
             batch = {k: v.to(device) for k, v in cpu_batch.items()}
             with autocast(device.type, job.precision):
                 losses, src = job.objective(model, batch, job.cfg, job.method.virtual_tokens)
-            present = [int(s) for s in torch.unique(src) if s >= 0]
-            for k, s in enumerate(present):
-                mask = src == s
-                g = torch.autograd.grad(losses[mask].sum(), params, retain_graph=k < len(present) - 1,
-                                        allow_unused=True)
-                flat = torch.cat([(x if x is not None else torch.zeros_like(p)).detach().float().flatten()
+            mask = src == s  # a packed row may hold other sources: only this one's loss
+            g = torch.autograd.grad(losses[mask].sum(), params, allow_unused=True)
+            grads[s] = torch.cat([(x if x is not None else torch.zeros_like(p)).detach().float().flatten()
                                   for x, p in zip(g, params)])
-                grads[s] = grads.get(s, 0) + flat
-                units[s] = units.get(s, 0.0) + float(mask.sum())
+            units[s] = float(mask.sum())
         names = [job.sources[s] for s in sorted(grads)]
         vecs = [grads[s] / max(units[s], 1.0) for s in sorted(grads)]
         norms = [float(v.norm()) for v in vecs]
