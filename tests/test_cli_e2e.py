@@ -112,3 +112,17 @@ def test_recipe_task_options_are_checked_and_used(tmp_path, capsys, tiny):
     assert "task 'nlp_mc': unknown option(s) splits; accepted options: split" in capsys.readouterr().err
     assert main(["validate", "recipes/tiny.yaml", "eval.task_options.gsm8k.fewshot=5"]) == 1
     assert "eval.task_options: 'gsm8k' is not in eval.tasks (arith)" in capsys.readouterr().err
+
+
+def test_a_second_run_reuses_the_base_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    args = ["run", "recipes/tiny.yaml", "train.max_steps=2", "eval.limit=4", "eval.max_new_tokens=8"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    assert main(args + ["--out", str(tmp_path / "two")]) == 0
+    first, second = (next((tmp_path / d).iterdir()) for d in ("one", "two"))
+    reused = lambda d: json.loads((d / "results.json").read_text())["run"]["reused"]  # noqa: E731
+    assert reused(first)["base_eval"] == [] and reused(second)["base_eval"] == ["arith"]
+    assert (first / "eval/base/arith.jsonl").read_text() == (second / "eval/base/arith.jsonl").read_text()
+    monkeypatch.setenv("TUNELAB_NO_EVAL_CACHE", "1")
+    assert main(args + ["--out", str(tmp_path / "three")]) == 0
+    assert reused(next((tmp_path / "three").iterdir()))["base_eval"] == []

@@ -7,8 +7,10 @@ a run reuses an entry only when it would have computed the same thing:
   evaluation sets decontamination reads, and the tunelab version; the entry is the built
   :class:`~tunelab.data.pipeline.DataBundle` (pickled: a local cache written by this package).
   Files under ``TUNELAB_DATA_DIR`` are assumed not to change during a sweep.
-* base evaluation: the model, the task and its options, the evaluation settings and the precision;
-  the entry is the task's scores and per-item rows.
+* base evaluation: the model and its weights (file sizes and times), the task and its options, the
+  evaluation settings and the precision; the entry is the task's scores and per-item rows. Runs use
+  ``<cache>/base_eval`` (``TUNELAB_CACHE``, default ``~/.cache/tunelab``) unless told otherwise, so a
+  second run of the same recipe (the quickstart's too) skips the base model's evaluation.
 
 Writes are atomic (a temporary file renamed into place), so parallel runs that miss together
 both compute and the last rename wins with identical content.
@@ -75,14 +77,24 @@ def save_data(folder: Path, key: str, data: DataBundle) -> None:
     os.replace(tmp, folder / f"{key}.pkl")
 
 
-def base_eval_key(cfg: RunConfig, task: str, precision: str) -> str:
-    """The key of one task's evaluation of the untrained model (see the module docstring)."""
+def model_fingerprint(resolved: str) -> str:
+    """What identifies the weights a run loaded: for a local folder, every file's name, size and
+    modification time (a rewritten checkpoint gets a new fingerprint); else the hub id itself."""
+    folder = Path(resolved)
+    if not folder.is_dir():
+        return resolved
+    return _digest(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+
+
+def base_eval_key(cfg: RunConfig, task: str, precision: str, model_fp: str = "") -> str:
+    """The key of one task's evaluation of the untrained model (see the module docstring):
+    ``model_fp`` is :func:`model_fingerprint` of the weights loaded."""
     settings = to_dict(cfg.eval)
     for k in ("tasks", "task_options", "baseline"):
         settings.pop(k, None)
-    return _digest({"model": to_dict(cfg.model), "task": task, "options": cfg.eval.task_options.get(task, {}),
-                    "eval": settings, "precision": precision, "data_dir": os.environ.get("TUNELAB_DATA_DIR"),
-                    "version": _version()})
+    return _digest({"model": to_dict(cfg.model), "weights": model_fp, "task": task,
+                    "options": cfg.eval.task_options.get(task, {}), "eval": settings, "precision": precision,
+                    "data_dir": os.environ.get("TUNELAB_DATA_DIR"), "version": _version()})
 
 
 def load_base_eval(folder: Path, key: str) -> EvalResult | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ from tunelab.eval.tasks.base import EvalTask, get_task
 from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, write_json
 from tunelab.methods import build_method, count_parameters
-from tunelab.models.load import ModelError, load_model
+from tunelab.models.load import ModelError, cache_dir, load_model
 from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
@@ -119,9 +120,10 @@ def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any]) -> Da
 
 
 def _base_eval(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool, cache: Path | None,
-               reused: dict[str, Any]) -> dict[str, EvalResult]:
+               reused: dict[str, Any], resolved: str) -> dict[str, EvalResult]:
     """The untrained model's evaluation; tasks found in ``cache`` are reused, not recomputed."""
-    keys = {t: cache_mod.base_eval_key(cfg, t, precision) for t in cfg.eval.tasks} if cache else {}
+    fp = cache_mod.model_fingerprint(resolved) if cache else ""
+    keys = {t: cache_mod.base_eval_key(cfg, t, precision, fp) for t in cfg.eval.tasks} if cache else {}
     found = {t: r for t, k in keys.items() if (r := cache_mod.load_base_eval(cache, k)) is not None}
     for task, result in found.items():
         cache_mod.write_rows(folder, task, result)
@@ -141,7 +143,8 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
 
     ``data_cache`` / ``base_eval_cache``: folders shared between runs (a sweep's) where the built
     data and the base model's evaluations are reused when the configuration that made them is the
-    same (:mod:`tunelab.runner.cache`); ``results.json`` says what was reused.
+    same (:mod:`tunelab.runner.cache`); ``results.json`` says what was reused. Base evaluations
+    are cached in ``<TUNELAB_CACHE>/base_eval`` by default (``TUNELAB_NO_EVAL_CACHE=1``: never).
     """
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)
     if out:
@@ -190,8 +193,10 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     base_eval = None
     if cfg.eval.tasks and cfg.eval.baseline:
         say("evaluating the base model")
+        cache = Path(base_eval_cache) if base_eval_cache else cache_dir() / "base_eval"
         base_eval = _base_eval(model, tok, cfg, precision, run_dir / "eval" / "base", quiet,
-                               Path(base_eval_cache) if base_eval_cache else None, reused)
+                               None if os.environ.get("TUNELAB_NO_EVAL_CACHE") else cache, reused,
+                               str(model_info["resolved"]))
 
     seed_everything(cfg.train.seed)
     method = build_method(cfg.method)
