@@ -190,3 +190,34 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path:
     assert checkpoint.list_checkpoints(tmp_path / "checkpoints") == [1]
     assert checkpoint.verify(tmp_path / "checkpoints" / "step-1") is None
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_tunelab_eval_then_rerun_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    args = ["eval", "tiny", "--tasks", "arith", "--limit", "240", "--max-new-tokens", "24", "--batch-size", "8"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "TUNELAB_EVAL_PERSIST_EVERY": "8"}
+
+    def tunelab(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *args, "--out", str(out)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    ref = tunelab(tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    out = tmp_path / "killed"
+    partial = out / ".arith.jsonl.partial"
+    proc = tunelab(out)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 64:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (out / "arith.jsonl").exists(), "the evaluation finished before it could be killed"
+    saved = len(partial.read_text().splitlines())
+    again = tunelab(out)
+    assert again.wait(timeout=300) == 0, again.stderr.read()[-2000:]
+    rows = (out / "arith.jsonl").read_text().splitlines()
+    assert rows == (tmp_path / "ref" / "arith.jsonl").read_text().splitlines()
+    assert len(rows) == 240 and len({json.loads(r)["id"] for r in rows}) == 240 and 64 <= saved < 240
+    assert not partial.exists()

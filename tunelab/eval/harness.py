@@ -59,8 +59,9 @@ class EvalResult:
     """Requests a remote generator retried during this evaluation, by reason (none for local ones)."""
 
 
-PERSIST_EVERY = 64
-"""Items generated between two saves of an evaluation's completions (see :func:`evaluate`)."""
+PERSIST_EVERY = int(os.environ.get("TUNELAB_EVAL_PERSIST_EVERY", "64"))
+"""Items generated between two saves of an evaluation's completions (see :func:`evaluate`);
+``TUNELAB_EVAL_PERSIST_EVERY`` changes it (the kill drills save more often)."""
 
 
 def evaluate(
