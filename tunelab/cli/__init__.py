@@ -10,6 +10,9 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tunelab.cli.eval import eval_command
 from tunelab.config import ConfigError, load_recipe
@@ -17,6 +20,8 @@ from tunelab.data.formats import FORMATS
 from tunelab.data.tasks import TASK_FAMILIES
 from tunelab.data.transforms.base import TRANSFORMS
 from tunelab.diagnostics import DIAGNOSTICS, run_diagnostics
+from tunelab.envs.base import ENVS, get_env
+from tunelab.envs.sample import sample as sample_trajectories
 from tunelab.eval.tasks.base import EVAL_TASKS, get_task, task_names
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.build import BACKENDS, build_generator
@@ -67,6 +72,27 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
                       for k, v in results.items()}, indent=1))
     print(f"[tunelab] report: {run_report(a.run)}", file=sys.stderr)
     return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    """Sample agent trajectories: N attempts per task through an environment, verified, resumable."""
+
+    options = dict(_option(o) for o in a.env_option)
+    env = get_env(a.env, **options)
+    generator = build_generator(a.model, backend=a.backend, batch_size=a.batch_size, progress=False)
+    summary = sample_trajectories(env, a.env, generator, a.out, attempts=a.attempts, limit=a.limit,
+                                  temperature=a.temperature, max_steps=a.max_steps,
+                                  max_new_tokens=a.max_new_tokens, seed=a.seed)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"option {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    return key, yaml.safe_load(raw)
 
 
 def cmd_ui(a: argparse.Namespace) -> int:
@@ -136,6 +162,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
         "tasks": [(n, _task_doc(n)) for n in task_names()],
         "transforms": [(n, first_doc_line(c)) for n, c in TRANSFORMS.items()],
         "diagnostics": [(n, first_doc_line(c)) for n, c in DIAGNOSTICS.items()],
+        "envs": [(n, first_doc_line(c)) for n, c in ENVS.items()],
     }
     for name, rows in sections.items():
         if a.what and a.what != name:
@@ -263,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print sweep.json on stdout"))),
         "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
         "ls": (cmd_ls, lambda p: p.add_argument(
-            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics"])),
+            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics", "envs"])),
         "data": (cmd_data, lambda p: (
             p.add_argument("action", choices=["inspect"]), p.add_argument("recipe"), _overrides(p),
             p.add_argument("--json", action="store_true", help="print only the mixture report as JSON"),
@@ -291,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
         "diagnose": (cmd_diagnose, lambda p: (
             p.add_argument("run", help="a finished run folder"),
             p.add_argument("--only", help="comma-separated diagnostics (default: the recipe's, else all)"))),
+        "sample": (cmd_sample, lambda p: (
+            p.add_argument("env", help="an environment (tunelab ls envs)"),
+            p.add_argument("--model", required=True, help="model name/dir, run folder or http://host:port/v1#name"),
+            p.add_argument("--backend", default="auto", choices=BACKENDS),
+            p.add_argument("--attempts", type=int, default=4, help="attempts per task"),
+            p.add_argument("--limit", type=int, default=20, help="tasks"),
+            p.add_argument("--temperature", type=float, default=0.8),
+            p.add_argument("--max-steps", type=int, default=6),
+            p.add_argument("--max-new-tokens", type=int, default=128),
+            p.add_argument("--batch-size", type=int, default=16),
+            p.add_argument("--seed", type=int, default=0),
+            p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                           help="an environment option, e.g. source=gsm8k"),
+            p.add_argument("--out", required=True, help="trajectories JSONL (appended; a rerun resumes)"))),
         "ui": (cmd_ui, lambda p: (
             p.add_argument("--runs", default="runs", help="folder of runs and sweeps (ratings.sqlite is kept there)"),
             p.add_argument("--host", default="127.0.0.1"), p.add_argument("--port", type=int, default=8501))),

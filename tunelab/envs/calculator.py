@@ -1,0 +1,71 @@
+"""The calculator agent: arithmetic word problems (the ``arith`` family or GSM8K) with a ``calculate`` tool.
+
+``calculate[expr]`` is evaluated by :func:`tunelab.envs.safe_math.calculate` (never ``eval``);
+``finish[answer]`` is checked with the GSM8K numeric normaliser against the gold answer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunelab.data.tasks.base import get_family
+from tunelab.envs.base import ENVS, Environment, EnvTask
+from tunelab.envs.safe_math import CalcError, calculate, format_number
+from tunelab.eval.tasks.gsm8k import GSM8K, gold_answer, normalize_number
+
+EXAMPLE = """Question: A shop sells 12 apples a day for 5 days, then 7 more. How many apples did it sell?
+Thought: First the apples over 5 days.
+Action: calculate[12 * 5]
+Observation: 60
+Thought: Then 7 more.
+Action: calculate[60 + 7]
+Observation: 67
+Thought: The answer is 67.
+Action: finish[67]"""
+
+
+@ENVS.register("calculator")
+class Calculator(Environment):
+    """Arithmetic word problems with a safe calculator tool; success = the exact numeric answer."""
+
+    tools = ("calculate",)
+    example = EXAMPLE
+    instruction = ("Solve the problem step by step. Each step: a Thought, then an Action, either "
+                   "calculate[expression] or finish[answer]. After each calculate you get an Observation.")
+
+    @dataclass
+    class Params:
+        source: Literal["arith", "arith_ood", "gsm8k"] = "arith"
+        """Where the problems come from: the built-in family (in or out of distribution) or GSM8K test."""
+
+    def tasks(self, limit: int | None, seed: int) -> list[EnvTask]:
+        """Problems with their gold answers."""
+        if self.params.source == "gsm8k":
+            rows = GSM8K().rows()
+            order = list(range(len(rows)))
+            random.Random(seed).shuffle(order)
+            return [EnvTask(f"gsm8k/{i}", rows[i]["question"], {"answer": gold_answer(rows[i]["answer"])})
+                    for i in order[:limit]]
+        family, rng = get_family("arith"), random.Random(seed)
+        out = []
+        for k in range(limit or 100):
+            question, answer, meta = family.make_item(rng, self.params.source == "arith_ood")
+            out.append(EnvTask(f"{self.params.source}/{seed}/{k}", question,
+                               {**meta, "solution": answer, "answer": gold_answer(answer)}))
+        return out
+
+    def tool(self, name: str, argument: str) -> str:
+        """The calculator's result, or its error message."""
+        try:
+            return format_number(calculate(argument))
+        except CalcError as e:
+            return f"Error: {e}"
+
+    def verify(self, task: EnvTask, answer: str | None) -> dict[str, Any]:
+        """Exact numeric match after GSM8K normalisation."""
+        got = normalize_number(answer) if answer is not None else None
+        gold = normalize_number(str(task.meta["answer"]))
+        return {"success": got is not None and got == gold, "score": float(got is not None and got == gold),
+                "answer": answer, "gold": gold}
