@@ -187,7 +187,36 @@ def _dolly(r: _Reader) -> Sample:
     return Sample([_turn("user", user), _turn("assistant", r.get("response"))], meta)
 
 
+ACTION = re.compile(r"Action\s*:\s*(\w+)\s*\[([^\]\n]*)\]")
+"""An agent action, ``Action: tool[argument]`` (the first one in a turn counts)."""
+
+
+def _trajectory(r: _Reader) -> Sample:
+    """An agent trajectory (``tunelab sample``): ``messages`` (observations are user turns, no loss)
+    plus its ``outcome`` (``success`` true/false, optional ``score`` in [0, 1]) and ``origin``."""
+    sample = _messages(r)
+    items = r.get(r.col("messages") if r.has("messages") else "messages", kind=list)
+    for i, item in enumerate(items):
+        role, content = item.get("role"), item.get("content", "")
+        if role != "assistant" and (item.get("loss") is True or item.get("train") is True):
+            raise r.error(f"messages[{i}].loss", f"a {role} turn (an observation or prompt) cannot carry loss")
+        if role == "assistant" and "Action" in content and ACTION.search(content) is None:
+            raise r.error(f"messages[{i}].content", "broken action (expected Action: tool[argument])")
+    outcome = r.get("outcome", kind=dict)
+    if not isinstance(outcome.get("success"), bool):
+        raise r.error(f"{r.col('outcome')}.success", "expected true or false")
+    score = outcome.get("score", float(outcome["success"]))
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise r.error(f"{r.col('outcome')}.score", f"expected a number in [0, 1], got {score!r}")
+    sample.meta.update({"outcome": {**outcome, "score": float(score)},
+                        "origin": r.get("origin", default={}, kind=dict)})
+    if r.has("task_id"):
+        sample.meta["task_id"] = str(r.get("task_id", kind=(str, int)))
+    return sample
+
+
 FORMATS: dict[str, Converter] = {
+    "trajectory": _trajectory,
     "messages": _messages,
     "sharegpt": _sharegpt,
     "alpaca": _alpaca,
@@ -201,6 +230,7 @@ FORMATS: dict[str, Converter] = {
 
 # (format, canonical keys that identify it), most specific first.
 _SIGNATURES: list[tuple[str, tuple[str, ...]]] = [
+    ("trajectory", ("messages", "outcome")),
     ("messages", ("messages",)),
     ("sharegpt", ("conversations",)),
     ("humaneval", ("prompt", "canonical_solution")),

@@ -8,14 +8,13 @@ after ``max_steps`` actions, or on an action the environment cannot parse (count
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tunelab.config import parse_params
+from tunelab.data.formats import ACTION
 from tunelab.registry import Registry
 
-ACTION = re.compile(r"Action\s*:\s*(\w+)\s*\[([^\]\n]*)\]")  # the first action in the turn
 OBSERVATION_STOP = "\nObservation:"
 
 
