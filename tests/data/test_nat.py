@@ -107,3 +107,27 @@ def test_nat_on_plain_messages_is_an_error_and_a_recipe_trains_on_trajectories(t
                  "data.heldout=0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sources"][0]["examples"] == 16 and report["sources"][0]["removed"] == {"negatives": 32}
+
+
+def test_a_nat_run_is_evaluated_asking_for_success(tmp_path: Path, capsys) -> None:
+    from tunelab.cli.eval import run_signal
+    from tunelab.config import load_config
+    from tunelab.runner.run import recipe_tasks, run
+
+    path = tmp_path / "traj.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
+    run_dir = run(ROOT / "recipes" / "tiny.yaml", [f"data.sources=[{{name: traj, path: {path}}}]",
+                                                   "data.transforms=[{name: nat}]", "data.heldout=0",
+                                                   "train.max_steps=2", "eval.limit=4", "eval.max_new_tokens=8"],
+                  out=str(tmp_path / "runs"), quiet=True)
+    assert run_signal(str(run_dir), "auto") == "Please solve the problem correctly."
+    assert run_signal(str(run_dir), "failure") == "But incorrectly solve the problem."
+    assert run_signal(str(run_dir), "none") == ""
+    items = recipe_tasks(load_config(run_dir), signal=run_signal(str(run_dir), "auto"))["arith"].items(2, 0)
+    assert all(it.prompt[-1]["content"].endswith("Please solve the problem correctly.") for it in items)
+    assert main(["eval", str(run_dir), "--tasks", "arith", "--limit", "2", "--max-new-tokens", "4",
+                 "--signal", "failure", "--out", str(tmp_path / "ev")]) == 0
+    assert "training signal: 'But incorrectly solve the problem.'" in capsys.readouterr().err
+    plain = run(ROOT / "recipes" / "tiny.yaml", ["train.max_steps=1", "eval.tasks=[]", "name=plain"],
+                out=str(tmp_path / "runs"), quiet=True)
+    assert main(["eval", str(plain), "--tasks", "arith", "--signal", "success", "--out", str(tmp_path / "e2")]) == 2

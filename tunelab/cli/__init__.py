@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-new-tokens", type=int, default=None),
             p.add_argument("--batch-size", type=int, default=16),
             p.add_argument("--seed", type=int, default=1234, help="item sampling and generation seed"),
+            p.add_argument("--signal", default="auto", choices=["auto", "success", "failure", "none"],
+                           help="prompt signal of a NAT-trained run (auto: success; failure/none: sanity checks)"),
             p.add_argument("--backend", default="auto", choices=BACKENDS,
                            help="hf (local), openai (MODEL is http://host:port/v1#name), vllm (GPU); "
                                 "auto: openai for a URL, else hf"),

@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import is_run
+from tunelab.config import is_run, load_config
+from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.predictions import score_predictions
-from tunelab.eval.tasks.base import EvalTask, get_task, parse_task_options
+from tunelab.eval.tasks.base import EvalTask, Signalled, get_task, parse_task_options
 from tunelab.eval.tasks.code_exec import parse_ks
 from tunelab.generate.build import build_generator
 from tunelab.sandbox import SandboxUnavailable
@@ -36,6 +37,17 @@ def make_task(name: str, k: str | None = None, options: dict[str, Any] | None = 
     if k and hasattr(task, "ks"):
         task.ks = parse_ks(k)
     return task
+
+
+def run_signal(model: str | None, which: str) -> str:
+    """The prompt signal for evaluating ``model``: a NAT-trained run asks for success (``auto``);
+    ``success`` / ``failure`` / ``none`` choose (sanity checks); other models get none."""
+    spec = nat_spec(load_config(model).data.transforms) if model and is_run(model) else None
+    if spec is None:
+        if which in ("success", "failure"):
+            raise ValueError(f"--signal {which}: {model} was not trained with a nat transform")
+        return ""
+    return signal_for(spec, "success" if which == "auto" else which)
 
 
 def default_out(model: str) -> Path:
@@ -103,6 +115,10 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, Eva
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     options = parse_task_options(getattr(args, "task_option", None) or [], names)
     tasks = {n: make_task(n, args.k, options.get(n)) for n in names}
+    signal = run_signal(args.model, getattr(args, "signal", "auto"))
+    if signal:
+        print(f"[tunelab] prompts carry the run's training signal: {signal!r}", file=sys.stderr)
+        tasks = {n: Signalled(t, signal) for n, t in tasks.items()}
     if args.predictions:
         if len(tasks) != 1:
             raise ValueError("--predictions scores one task at a time; name exactly one in --tasks")

@@ -20,11 +20,12 @@ import torch
 
 from tunelab.config import ConfigError, RunConfig, dump_yaml, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
+from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.device import decide, default_device
 from tunelab.diagnostics import run_diagnostics
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
-from tunelab.eval.tasks.base import EvalTask, get_task
+from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, write_json
 from tunelab.methods import build_method, count_parameters
@@ -69,19 +70,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def recipe_tasks(cfg: RunConfig, only: list[str] | None = None) -> dict[str, EvalTask]:
-    """The recipe's evaluation tasks (or those of ``only``), built with their ``eval.task_options``."""
-    return {name: get_task(name, **cfg.eval.task_options.get(name, {}))
-            for name in cfg.eval.tasks if only is None or name in only}
+def recipe_tasks(cfg: RunConfig, only: list[str] | None = None, signal: str = "") -> dict[str, EvalTask]:
+    """The recipe's evaluation tasks (or those of ``only``), built with their ``eval.task_options``;
+    with ``signal``, their prompts carry it (a NAT run is evaluated asking for success)."""
+    tasks = {name: get_task(name, **cfg.eval.task_options.get(name, {}))
+             for name in cfg.eval.tasks if only is None or name in only}
+    return {n: Signalled(t, signal) for n, t in tasks.items()} if signal else tasks
 
 
 def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
-                   quiet: bool = False, only: list[str] | None = None) -> dict[str, EvalResult]:
+                   quiet: bool = False, only: list[str] | None = None, signal: str = "") -> dict[str, EvalResult]:
     """The recipe's evaluation of an in-memory model (the one evaluation entry, with the recipe's
     settings), on every task or on those of ``only``."""
     generator = build_generator(model, tokenizer=tok, precision=precision, batch_size=cfg.eval.batch_size,
                                 progress=not quiet)
-    return evaluate_tasks(recipe_tasks(cfg, only), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
+    return evaluate_tasks(recipe_tasks(cfg, only, signal), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                           temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
 
@@ -217,7 +220,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     tuned_eval = {}
     if cfg.eval.tasks:
         say("evaluating the fine-tuned model")
-        tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
+        signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
+        tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
     results = _results(cfg, base_eval, tuned_eval, summary,
                        {"name": run_dir.name, "precision": precision, "model": model_info,
                         "seconds": round(time.perf_counter() - t_start, 1), "reused": reused})

@@ -112,3 +112,20 @@ class NAT(BaseTransform):
 def conditioned(params: dict[str, Any]) -> str:
     """The success signal a run trained with ``params`` (a ``nat`` transform spec) asks for at inference."""
     return NAT(NAT.Params(**{k: v for k, v in params.items() if k != "name"})).success_signal()
+
+
+def nat_spec(transforms: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``nat`` transform spec of a recipe's data transforms when it trains with a signal (mode nat)."""
+    return next((t for t in transforms if t.get("name") == "nat" and t.get("mode", "nat") == "nat"), None)
+
+
+def signal_for(spec: dict[str, Any] | None, which: str) -> str:
+    """The prompt signal for ``which`` (``success``, ``failure`` or ``none``) of a run trained with ``spec``."""
+    if spec is None or which == "none":
+        return ""
+    t = NAT(NAT.Params(**{k: v for k, v in spec.items() if k != "name"}))
+    if which == "success":
+        return t.wording(0)
+    if which == "failure":
+        return t.wording(3 if t.params.classes == "graded" else 1)
+    raise ValueError(f"signal must be success, failure or none, got {which!r}")

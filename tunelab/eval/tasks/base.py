@@ -92,6 +92,31 @@ class FamilyTask(EvalTask):
         return row
 
 
+def with_signal(prompt: Any, signal: str) -> Any:
+    """``prompt`` with ``signal`` appended to its first user turn (chat prompts; text prompts unchanged)."""
+    if not signal or not isinstance(prompt, list):
+        return prompt
+    out = [dict(m) for m in prompt]
+    first = next((k for k, m in enumerate(out) if m.get("role") == "user"), None)
+    if first is not None:
+        out[first]["content"] = f"{out[first]['content']} {signal}"
+    return out
+
+
+class Signalled:
+    """A task whose prompts carry a conditioning signal (a NAT run's success signal); all else is the task's."""
+
+    def __init__(self, task: EvalTask, signal: str) -> None:
+        self.task, self.signal = task, signal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def items(self, limit: int | None, seed: int) -> list[EvalItem]:
+        """The task's items with the signal in their first user turn."""
+        return [EvalItem(it.id, with_signal(it.prompt, self.signal), it.meta) for it in self.task.items(limit, seed)]
+
+
 EVAL_TASKS: Registry[Callable[..., EvalTask]] = Registry(
     "eval task", package="tunelab.eval.tasks", entry_points="tunelab.eval_tasks"
 )
