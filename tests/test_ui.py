@@ -56,15 +56,16 @@ def test_pages_list_runs_compare_and_refuse_bad_paths(runs: Path) -> None:
 
 def test_blind_ratings_are_stored_and_aggregated_with_judge_agreement(runs: Path) -> None:
     catalog = Catalog(runs)
-    seen_left = set()
+    lefts = {}
     for _ in range(6):
         token, item, left = catalog.next_pair("alice", "run-a", "run-b", "arith")
-        seen_left.add(left)
+        lefts[item] = left
         catalog.record(token, "left")  # alice always picks answer 1, whichever run wrote it
     assert catalog.next_pair("alice", "run-a", "run-b", "arith") is None
     rated = catalog.ratings("run-a", "run-b", "arith")
     assert len(rated) == 6 and len({i for _, i, _ in rated}) == 6
-    # answer 1 was run B's exactly when the hidden side said so
+    # "answer 1" is stored as the run the hidden side put there
+    assert {i: w for _, i, w in rated} == lefts
     with pytest.raises(Exception, match="already rated"):
         catalog.record(token, "tie")
     judge = runs / "run-b" / "eval" / "tuned" / "judge.jsonl"
@@ -74,7 +75,6 @@ def test_blind_ratings_are_stored_and_aggregated_with_judge_agreement(runs: Path
     assert s["n"] == 6 and s["b_wins"] + s["a_wins"] == 6 and s["judge_agreement"]["raw_agreement"] == 1.0
     assert s["b_win_rate"]["value"] == pytest.approx(s["b_wins"] / 6)
     judge.unlink()
-    shutil.copy(runs / "ratings.sqlite", runs / "ratings-backup.sqlite")
     assert Catalog(runs).ratings("run-a", "run-b", "arith") == rated  # durable across restarts
 
 

@@ -9,6 +9,7 @@ whose recipe says ``on_error: skip``), and writes results with :func:`write_json
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import socket
@@ -73,6 +74,12 @@ def read_jsonl(path: str | Path, *, with_where: bool = False) -> list[Any]:
             raise row
         rows.append((f"{path}:{line_no}", row) if with_where else row)
     return rows
+
+
+def digest(tree: Any, length: int = 16) -> str:
+    """A short stable hash of a JSON-able tree (keys sorted; non-JSON values by ``str``): run names
+    and cache keys."""
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 class StorageError(OSError):

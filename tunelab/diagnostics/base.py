@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from tunelab.config import RunConfig, load_config, parse_params
-from tunelab.data.pipeline import build_data
-from tunelab.data.tokenize import Row, collate
+from tunelab.data.sources import load_source
+from tunelab.data.tokenize import collate, encode, pack
 from tunelab.io import write_json
 from tunelab.models.load import load_model
 from tunelab.registry import Registry
@@ -79,17 +79,21 @@ class Context:
 
     @cached_property
     def probes(self) -> dict[str, dict[str, torch.Tensor]]:
-        """One batch of ``probe_rows`` rows per source (held-out rows first), unpacked."""
-        cfg = self.cfg
-        cfg.data.packing = False
-        data = build_data(cfg, self.tuned[1])
-        by_source: dict[str, list[Row]] = {}
-        for row in data.heldout_rows + data.rows:
-            name = data.sources[row.source_idx[0]]
-            if len(by_source.setdefault(name, [])) < self.probe_rows:
-                by_source[name].append(row)
-        pad = self.tuned[1].pad_token_id
-        return {name: collate(rows, pad, False) for name, rows in by_source.items()}
+        """One batch of ``probe_rows`` rows per source (held-out examples first), unpacked.
+
+        Only these examples are tokenized: each source is loaded as the run loaded it (same seed and
+        held-out split), without the run's mixing and transforms over the whole training set."""
+        cfg, tok = self.cfg, self.tuned[1]
+        names = [src.name for src in cfg.data.sources]
+        out = {}
+        for src in cfg.data.sources:
+            loaded = load_source(src, cfg.recipe_dir, cfg.data.seed, cfg.data.heldout)
+            encoded = [e for s in loaded.heldout + loaded.train
+                       if (e := encode(s, tok, cfg.data.max_length, cfg.data.truncation)) is not None]
+            rows = pack(encoded[: self.probe_rows], names, cfg.data.max_length, False)
+            if rows:
+                out[src.name] = collate(rows, tok.pad_token_id, False)
+        return out
 
 
 def run_diagnostics(run_dir: str | Path, specs: list[dict[str, Any]] | None = None,

@@ -29,7 +29,6 @@ class _Attempt:
     attempt: int
     messages: list[dict[str, Any]]
     steps: int = 0
-    tokens: int = 0
     malformed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -52,7 +51,7 @@ def sample(env: Environment, env_name: str, generator: Generator, out: str | Pat
 
     The summary: trajectories written (this call and in total), success rate overall and per
     attempt index, failure kinds (wrong answer, no answer, malformed action, step limit,
-    environment error), steps, generated characters and seconds.
+    environment error), steps and seconds.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +71,6 @@ def sample(env: Environment, env_name: str, generator: Generator, out: str | Pat
             still = []
             for a, text in zip(live, texts):
                 a.steps += 1
-                a.tokens += len(text)
                 a.messages.append({"role": "assistant", "content": text.strip()})
                 try:
                     step = env.act(text)

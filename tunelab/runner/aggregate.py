@@ -36,7 +36,7 @@ from tunelab.io import read_jsonl
 from tunelab.runner.compare import item_value
 
 
-def _run_scores(sweep: Any, status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _run_scores(sweep: Any) -> list[dict[str, Any]]:
     """One record per finished run: arm, seed, results.json, folder."""
     records = []
     for p in sweep.runs:
@@ -144,7 +144,7 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
 
 def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``sweep.json``: the design, every run's status, and per task the statistics above."""
-    records = _run_scores(sweep, status)
+    records = _run_scores(sweep)
     tasks = sorted({t for r in records for t, v in r["results"].items() if t != "run" and "tuned" in v})
     reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
               "base_eval": sum(bool(r["results"]["run"].get("reused", {}).get("base_eval")) for r in records)}

@@ -18,24 +18,18 @@ both compute and the last rename wins with identical content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from tunelab.config import RunConfig, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.eval.harness import EvalResult
-from tunelab.io import write_json, write_jsonl
-
-
-def _digest(tree: Any) -> str:
-    """A short stable hash of a JSON-able tree."""
-    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from tunelab.io import digest as _digest
+from tunelab.io import write_json
 
 
 def _version() -> str:
@@ -110,7 +104,3 @@ def save_base_eval(folder: Path, key: str, result: EvalResult) -> None:
     """Cache one task's evaluation under ``key``."""
     write_json(folder / f"{key}.json", {"scores": result.scores, "rows": result.rows, "seconds": result.seconds})
 
-
-def write_rows(folder: Path, task: str, result: EvalResult) -> None:
-    """A reused evaluation's per-item rows, written where the run's own would be."""
-    write_jsonl(folder / f"{task}.jsonl", result.rows)

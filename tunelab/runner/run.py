@@ -6,7 +6,6 @@ metrics.jsonl, checkpoints/step-N/, final/, eval/<when>/<task>.jsonl, results.js
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,7 +26,7 @@ from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
-from tunelab.io import DataError, FolderLock, write_json
+from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.load import ModelError, cache_dir, load_model
 from tunelab.regularizers import build_regularizers
@@ -53,7 +52,7 @@ def config_digest(cfg: RunConfig, skip: tuple[str, ...] = ("out", "recipe_dir", 
     tree = _changed(to_dict(cfg), to_dict(RunConfig()))
     for k in skip:
         tree.pop(k, None)
-    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return digest(tree, 8)
 
 
 def run_name(cfg: RunConfig, recipe: str | Path | None) -> str:
@@ -129,7 +128,7 @@ def _base_eval(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: 
     keys = {t: cache_mod.base_eval_key(cfg, t, precision, fp) for t in cfg.eval.tasks} if cache else {}
     found = {t: r for t, k in keys.items() if (r := cache_mod.load_base_eval(cache, k)) is not None}
     for task, result in found.items():
-        cache_mod.write_rows(folder, task, result)
+        write_jsonl(folder / f"{task}.jsonl", result.rows)  # where the run's own rows would be
     reused["base_eval"] = sorted(found)
     missing = [t for t in cfg.eval.tasks if t not in found]
     computed = evaluate_model(model, tok, cfg, precision, folder, quiet, only=missing) if missing else {}

@@ -41,7 +41,6 @@ class GradInterference:
                 picked = rng.sample(having, min(per_source, len(having)))
                 self.batches[s] = collate(picked, job.pad_id, job.packing)
         self.path = Path(job.run_dir) / "diagnostics" / "grad_interference.jsonl"
-        self.seconds = 0.0
 
     def __call__(self, step: int, model: nn.Module) -> dict[str, Any] | None:
         """Measure at ``step`` when it is due; returns the row written (None when not due)."""
@@ -55,7 +54,6 @@ class GradInterference:
             model.train(training)
             checkpoint.set_rng_state(rng)
         row["seconds"] = time.perf_counter() - t0
-        self.seconds += row["seconds"]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
