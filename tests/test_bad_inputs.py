@@ -157,3 +157,148 @@ def test_bad_sweep_files(tmp_path: Path, capsys, change: dict, fragments: list[s
 
 def test_the_corpus_is_large() -> None:
     assert len(RECIPE_VALUES) + len(RECIPE_FILES) + len(DATA_ROWS) + len(PREDICTIONS) + len(SWEEPS) >= 40
+
+
+# preference data and objectives (issue 15): (id, format, file text, overrides, fragments)
+PREFERENCE = [
+    ("pair-empty-completion", "preference", '{"prompt": "q", "chosen": "", "rejected": "no"}\n', [],
+     [":1:", "'chosen'", "empty completion"]),
+    ("pair-prompt-mismatch", "preference",
+     json.dumps({"chosen": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a"}],
+                 "rejected": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "b"}]}) + "\n",
+     [], [":1:", "'rejected'", "prompt mismatch"]),
+    ("kto-without-label", "unpaired", '{"prompt": "q", "completion": "a", "label": true}\n'
+     '{"prompt": "q", "completion": "b"}\n', ["objective.name=kto"], [":2:", "'label'", "missing"]),
+    ("kto-label-not-bool", "unpaired", '{"prompt": "q", "completion": "a", "label": "yes"}\n', ["objective.name=kto"],
+     [":1:", "'label'", "expected bool"]),
+    ("objective-unknown", "preference", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n',
+     ["objective.name=nope"], ["objective", "nope"]),
+    ("dpo-beta-zero", "preference", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n',
+     ["objective={name: dpo, beta: 0}"], ["beta", "> 0"]),
+    ("dpo-on-sft-data", "messages", json.dumps(GOOD) + "\n", [], ["'rejected' missing", "format: preference"]),
+]
+
+
+@pytest.mark.parametrize(("fmt", "text", "overrides", "fragments"), [c[1:] for c in PREFERENCE],
+                         ids=[c[0] for c in PREFERENCE])
+def test_bad_preference_inputs(tmp_path: Path, capsys, fmt: str, text: str, overrides: list[str],
+                               fragments: list[str]) -> None:
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(text)
+    out = tmp_path / "runs"
+    code = main(["run", TINY, "--out", str(out), *FAST, "objective.name=dpo",
+                 f"data.sources=[{{name: x, path: {data}, format: {fmt}}}]", *overrides])
+    _check(code, capsys.readouterr().err, fragments, out)
+
+
+SEED_ROW = '{"instruction": "Name a river."}\n'
+EVOLVE = [  # (id, seed file text, extra arguments, fragments)
+    ("seed-field-type", SEED_ROW + '{"instruction": ["x"]}\n', [], [":2:", "field 'instruction'", "expected a string"]),
+    ("seed-field-missing", SEED_ROW + '{"task": "x"}\n', [], [":2:", "field 'instruction'", "missing"]),
+    ("seed-bad-json", SEED_ROW + "{oops\n", [], [":2:", "invalid JSON"]),
+    ("seed-empty", SEED_ROW + '{"instruction": "  "}\n', [], [":2:", "empty instruction"]),
+    ("rounds-zero", SEED_ROW, ["--rounds", "0"], ["evolve.rounds", ">= 1"]),
+    ("operator-unknown", SEED_ROW, ["--operators", "deeper"], ["unknown operator(s) deeper"]),
+    ("evolve-key-unknown", SEED_ROW, ["roundz=2"], ["unknown key 'evolve.roundz'"]),
+    ("programmatic-free-text", SEED_ROW, ["--evolver", "programmatic"], ["programmatic operators evolve instruct"]),
+    ("answerer-programmatic", SEED_ROW, ["--answerer", "programmatic"], ["needs the programmatic evolver"]),
+    ("evolver-unreachable", SEED_ROW, ["--evolver", "http://127.0.0.1:9/v1#m"], ["evolver", "unreachable"]),
+]
+
+
+@pytest.mark.parametrize(("text", "extra", "fragments"), [c[1:] for c in EVOLVE], ids=[c[0] for c in EVOLVE])
+def test_bad_evolve_inputs(tmp_path: Path, capsys, text: str, extra: list[str], fragments: list[str]) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(text)
+    args = ["evolve", str(seeds), "--out", str(tmp_path / "ev.jsonl"), *extra]
+    if "--evolver" not in extra:
+        args += ["--evolver", "http://127.0.0.1:9/v1#m"]
+    code = main(args)
+    _check(code, capsys.readouterr().err, fragments, tmp_path / "runs")
+    assert not (tmp_path / "ev.jsonl").exists()
+
+
+PROMPTINTERN = [  # (id, overrides, fragments)
+    ("pi-prompt-unknown", ["data.transforms=[{name: promptintern, prompt: nope}]"], ["unknown prompt set 'nope'"]),
+    ("pi-stages-order", ["data.transforms=[{name: promptintern, stages: [{until: 0.6}, {until: 0.3}]}]"],
+     ["promptintern.stages[1]", "0.6 < until <= 1"]),
+    ("pi-keep-range", ["data.transforms=[{name: promptintern, keep_start: 1.5}]"], ["promptintern.keep_start", "[0, 1]"]),
+    ("pi-twice", ["data.transforms=[{name: promptintern}, {name: promptintern}]"], ["at most one promptintern"]),
+    ("pi-regime-keep", ["eval.tasks=[arith_rules_compressed]", "eval.task_options={arith_rules_compressed: {keep: 2}}"],
+     ["arith_rules_compressed", "keep must be in [0, 1]"]),
+    ("pi-row-examples", ["format=prompt_structure"], [":1:", "examples[0]", "{query, answer}"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), [c[1:] for c in PROMPTINTERN], ids=[c[0] for c in PROMPTINTERN])
+def test_bad_promptintern_inputs(tmp_path: Path, capsys, overrides: list[str], fragments: list[str]) -> None:
+    out = tmp_path / "runs"
+    if overrides == ["format=prompt_structure"]:
+        data = tmp_path / "ps.jsonl"
+        data.write_text(json.dumps({"template": "T", "examples": [3], "query": "q", "answer": "a"}) + "\n")
+        overrides = [f"data.sources=[{{name: ps, path: {data}, format: prompt_structure}}]"]
+    code = main(["run", TINY, "--out", str(out), *FAST, *overrides])
+    _check(code, capsys.readouterr().err, fragments, out)
+
+
+def _traj(**change) -> str:
+    row = {"id": "t#0", "outcome": {"success": True}, "origin": {"env": "calculator"},
+           "messages": [{"role": "user", "content": "Question: 2 + 2?"},
+                        {"role": "assistant", "content": "Thought: add.\nAction: calculate[2 + 2]"},
+                        {"role": "user", "content": "Observation: 4"},
+                        {"role": "assistant", "content": "Action: finish[4]"}]}
+    for key, value in change.items():
+        if key.startswith("m"):  # m1_role="bot": messages[1]["role"] = "bot"
+            index, field = key[1:].split("_", 1)
+            row["messages"][int(index)][field] = value
+        elif value is None:
+            row.pop(key)
+        else:
+            row[key] = value
+    return json.dumps(row) + "\n"
+
+
+TRAJECTORIES = [
+    ("missing-outcome", _traj(outcome=None), [":1:", "'outcome'", "missing"]),
+    ("outcome-not-boolean", _traj(outcome={"success": "yes"}), [":1:", "outcome.success", "true or false"]),
+    ("score-out-of-range", _traj(outcome={"success": False, "score": 2}), [":1:", "outcome.score", "[0, 1]"]),
+    ("bad-role", _traj(m1_role="bot"), [":1:", "messages[1].role", "unknown role 'bot'"]),
+    ("broken-action", _traj(m1_content="Action: calculate(2 + 2)"), [":1:", "messages[1].content", "broken action"]),
+    ("observation-with-loss", _traj(m2_loss=True), [":1:", "messages[2].loss", "cannot carry loss"]),
+    ("non-json-line", _traj() + '{"id": "t#1", "messages": [\n', [":2:", "invalid JSON"]),
+    ("empty-file", "", ["has no rows"]),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), [c[1:] for c in TRAJECTORIES], ids=[c[0] for c in TRAJECTORIES])
+def test_bad_trajectory_files(tmp_path: Path, capsys, text: str, fragments: list[str]) -> None:
+    data = tmp_path / "traj.jsonl"
+    data.write_text(text)
+    out = tmp_path / "runs"
+    code = main(["run", TINY, "--out", str(out), *FAST, f"data.sources=[{{name: t, path: {data}, format: trajectory}}]",
+                 "data.transforms=[{name: nat}]"])
+    _check(code, capsys.readouterr().err, [str(data), *fragments], out)
+
+
+SAMPLE = [  # (id, arguments after `tunelab sample`, fragments)
+    ("unknown-env", ["nope", "--model", "tiny"], ["unknown environment 'nope'", "calculator"]),
+    ("attempts-zero", ["calculator", "--model", "tiny", "--attempts", "0"], ["--attempts", ">= 1", "got 0"]),
+    ("limit-negative", ["calculator", "--model", "tiny", "--limit", "-3"], ["--limit", ">= 1"]),
+    ("max-steps-zero", ["calculator", "--model", "tiny", "--max-steps", "0"], ["--max-steps", ">= 1"]),
+    ("temperature-negative", ["calculator", "--model", "tiny", "--temperature", "-1"], ["--temperature", ">= 0"]),
+    ("model-missing", ["calculator", "--model", "./no/such/model"], ["no/such/model"]),
+    ("env-option-unknown", ["calculator", "--model", "tiny", "--env-option", "colour=red"], ["colour"]),
+    ("env-option-bad-value", ["calculator", "--model", "tiny", "--env-option", "source=nope"], ["source", "nope"]),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in SAMPLE], ids=[c[0] for c in SAMPLE])
+def test_bad_sample_commands(tmp_path: Path, capsys, args: list[str], fragments: list[str]) -> None:
+    out = tmp_path / "out" / "traj.jsonl"
+    code = main(["sample", *args, "--out", str(out)])
+    _check(code, capsys.readouterr().err, fragments, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "the output was touched before the input was checked"
+
+
+def test_the_agent_corpus_is_there_too() -> None:
+    assert len(TRAJECTORIES) + len(SAMPLE) >= 14

@@ -221,3 +221,34 @@ def test_kill_9_during_tunelab_eval_then_rerun_loses_and_repeats_nothing(tmp_pat
     assert rows == (tmp_path / "ref" / "arith.jsonl").read_text().splitlines()
     assert len(rows) == 240 and len({json.loads(r)["id"] for r in rows}) == 240 and 64 <= saved < 240
     assert not partial.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_during_tunelab_sample_then_rerun_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """``tunelab sample`` killed with SIGKILL part-way (a line may be cut), rerun: the per-trajectory rows
+    equal an uninterrupted run's, none duplicated, none missing."""
+    args = ["sample", "calculator", "--model", "tiny", "--attempts", "2", "--limit", "60", "--temperature", "0",
+            "--max-new-tokens", "24", "--max-live", "8"]
+
+    def rows(path: Path) -> list[dict]:
+        return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["id"])
+
+    ref = _tunelab([*args, "--out", str(tmp_path / "ref.jsonl")])
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    out = tmp_path / "killed.jsonl"
+    proc = _tunelab([*args, "--out", str(out)])
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_text().count("\n") >= 24:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    saved = out.read_text().count("\n")
+    assert 24 <= saved < 120, f"the sampling finished (or never started) before it could be killed: {saved} rows"
+    out.write_text(out.read_text() + '{"id": "arith/0/59#1", "task_id": "ari')  # a line cut by kill -9
+    again = _tunelab([*args, "--out", str(out)])
+    assert again.wait(timeout=300) == 0, again.stderr.read()[-2000:]
+    got, want = rows(out), rows(tmp_path / "ref.jsonl")
+    assert len(got) == 120 and len({r["id"] for r in got}) == 120
+    assert got == want

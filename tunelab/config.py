@@ -76,7 +76,8 @@ class SourceConfig:
     task: str | None = None
     """A built-in task family (``tunelab ls tasks``); examples are generated in code."""
     path: str | None = None
-    """A local JSON/JSONL/Parquet file (relative: against $TUNELAB_DATA_DIR, then the recipe folder)."""
+    """A local JSON/JSONL/Parquet file (relative: against $TUNELAB_DATA_DIR, then the recipe folder), or a
+    glob pattern (``trajs_*.json``): every match, in sorted order, is one source."""
     hub: str | None = None
     """A ``datasets`` hub id (needs network)."""
     split: str = "train"
@@ -96,7 +97,8 @@ class SourceConfig:
     on_error: Literal["fail", "skip"] = "fail"
     """Malformed rows: fail before training (file, row, field named) or skip and count them."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Task-family options (e.g. ``{allow_unsandboxed: true}``), or ``load_dataset`` keyword arguments for hub sources."""
+    """Task-family options (e.g. ``{allow_unsandboxed: true}``), or ``load_dataset`` keyword arguments for hub sources;
+    ``format: nat_react`` files take ``questions`` (the file whose ``id`` rows hold the question text)."""
 
 
 @dataclass
@@ -161,10 +163,11 @@ class TrainConfig:
     """Write a metrics row every N steps."""
     gradient_checkpointing: bool = False
     """Trade compute for activation memory."""
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` each decoder layer and the LM-head cross-entropy; on CPU the layers also train
     with ``tunelab_cpu`` attention (flash forward, matmul backward). SmolLM2 LoRA, bf16: ~2x faster steps
-    after ~70 s of compiling (long runs)."""
+    after ~70 s of compiling. ``auto``: on where it pays and is tested (``tunelab.train.speed``; the
+    decision and its reasons are in the run's ``env.json``)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
     keep_checkpoints: int = 2
@@ -222,6 +225,9 @@ class RunConfig:
     """``{name: ..., **params}``; see ``tunelab ls methods``."""
     regularizers: list[dict[str, Any]] = field(default_factory=list)
     """Each ``{name: ..., **params}``."""
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "sft"})
+    """``{name: ..., **params}``: what training minimises (``sft``; ``dpo``, ``kto``, ``orpo``, ``simpo``
+    on preference data); see ``tunelab ls objectives``."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -229,6 +235,9 @@ class RunConfig:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     """Each ``{name: ..., **params}`` (``tunelab ls diagnostics``): run after training (and, for
     ``grad_interference``, during it); results in ``<run>/diagnostics/`` and the report."""
+    evolve: dict[str, Any] = field(default_factory=dict)
+    """Evol-Instruct settings read by ``tunelab evolve RECIPE`` (keys: ``tunelab.evolve.config.EvolveConfig``);
+    ``tunelab run`` ignores them: it trains on the file they produce, named as a data source."""
     name: str | None = None
     """Run name (default: derived from the recipe name and a hash of the config)."""
     out: str = "runs"
@@ -348,8 +357,9 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
     key, raw = dotted.split("=", 1)
     value = yaml.safe_load(raw) if raw != "" else ""
     parts = key.strip().split(".")
-    if parts == ["method", "name"] and (tree.get("method") or {}).get("name") != value:
-        tree["method"] = {"name": value}  # another method: its own defaults, not the recipe's params
+    if len(parts) == 2 and parts[0] in ("method", "objective") and parts[1] == "name" \
+            and (tree.get(parts[0]) or {}).get("name") != value:
+        tree[parts[0]] = {"name": value}  # another method/objective: its own defaults, not the recipe's params
         return
     node: Any = tree
     for i, part in enumerate(parts[:-1]):

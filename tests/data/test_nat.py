@@ -131,3 +131,27 @@ def test_a_nat_run_is_evaluated_asking_for_success(tmp_path: Path, capsys) -> No
     plain = run(ROOT / "recipes" / "tiny.yaml", ["train.max_steps=1", "eval.tasks=[]", "name=plain"],
                 out=str(tmp_path / "runs"), quiet=True)
     assert main(["eval", str(plain), "--tasks", "arith", "--signal", "success", "--out", str(tmp_path / "e2")]) == 2
+
+
+def test_a_sampled_trajectory_that_failed_by_a_broken_action_still_loads() -> None:
+    row = _row(0, False)
+    row["messages"] = row["messages"][:1] + [{"role": "assistant", "content": "Action: calculate(1+1)"}]
+    row["outcome"]["failure"] = "malformed_action"  # what `tunelab sample` writes for a model's bad action
+    assert to_sample(row, "trajectory", {}, "traj.jsonl:1").meta["outcome"]["failure"] == "malformed_action"
+    row["outcome"]["failure"] = "wrong_answer"
+    with pytest.raises(DataError, match="broken action"):
+        to_sample(row, "trajectory", {}, "traj.jsonl:1")
+
+
+def test_graded_classes_read_recorded_f1() -> None:
+    """FireAct records F1: NAT's four graded classes come from it."""
+    rows = [{"id": str(i), "reward": f1 == 1, "f1": f1, "gt": "x", "pred": "y", "traj": [
+        {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Action: finish[y]"}]}
+            for i, f1 in enumerate((1, 0.5, 0.2, 0))]
+    samples = []
+    for r in rows:
+        s = to_sample(r, "fireact", {}, "t.json[0]")
+        s.meta.update(source="t", id=r["id"])
+        samples.append(s)
+    graded, _ = _apply({"classes": "graded"}, samples)
+    assert [s.meta["nat_class"] for s in graded] == [0, 1, 2, 3]

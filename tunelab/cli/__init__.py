@@ -21,8 +21,15 @@ from tunelab.data.tasks import TASK_FAMILIES
 from tunelab.data.transforms.base import TRANSFORMS
 from tunelab.diagnostics import DIAGNOSTICS, run_diagnostics
 from tunelab.envs.base import ENVS, get_env
+from tunelab.envs.sample import check_sample_args
 from tunelab.envs.sample import sample as sample_trajectories
+from tunelab.eval.regimes import format_regimes, format_sweep_regimes, sweep_regime_table
 from tunelab.eval.tasks.base import EVAL_TASKS, get_task, task_names
+from tunelab.evolve import EvolveError, evolve, inspect_evolved, is_evolved, load_evolve_config
+from tunelab.evolve.config import parse_operator_flag, parse_prices
+from tunelab.evolve.estimate import estimate as estimate_evolve
+from tunelab.evolve.operators import describe_operators
+from tunelab.evolve.seeds import load_seeds
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.build import BACKENDS, build_generator
 from tunelab.io import DataError, FolderLocked, StorageError
@@ -39,6 +46,7 @@ from tunelab.runner.sweep import run_sweep
 from tunelab.runner.validate import validate
 from tunelab.serve import serve_model
 from tunelab.train.artifacts import export
+from tunelab.train.objectives import OBJECTIVES
 from tunelab.ui import serve_ui
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -79,11 +87,41 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     options = dict(_option(o) for o in a.env_option)
     env = get_env(a.env, **options)
+    settings = {"attempts": a.attempts, "limit": a.limit, "temperature": a.temperature, "max_steps": a.max_steps,
+                "max_new_tokens": a.max_new_tokens, "max_live": a.max_live}
+    check_sample_args(**settings)  # before the model loads or the output file is touched
     generator = build_generator(a.model, backend=a.backend, batch_size=a.batch_size, progress=False)
-    summary = sample_trajectories(env, a.env, generator, a.out, attempts=a.attempts, limit=a.limit,
-                                  temperature=a.temperature, max_steps=a.max_steps,
-                                  max_new_tokens=a.max_new_tokens, seed=a.seed)
+    summary = sample_trajectories(env, a.env, generator, a.out, seed=a.seed, **settings)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_evolve(a: argparse.Namespace) -> int:
+    """Evol-Instruct: rewrite seed instructions for rounds, eliminate failed evolutions, answer; a dataset with lineage.
+
+    SEEDS is an instruction file, task:instruct (programmatic operators: --evolver programmatic), or a
+    recipe YAML with an ``evolve:`` section. A killed run continues where it stopped when rerun.
+    """
+
+    if a.list_operators:
+        print(describe_operators())
+        return 0
+    recipe = a.seeds if a.seeds.endswith((".yaml", ".yml")) else None
+    cfg = load_evolve_config(recipe, a.overrides, seeds=None if recipe else a.seeds, evolver=a.evolver,
+                             answerer=a.answerer, judge=a.judge, rounds=a.rounds, out=a.out, limit=a.limit,
+                             operators=parse_operator_flag(a.operators), seed=a.seed, concurrency=a.concurrency,
+                             backend=a.backend, prices=parse_prices(a.prices), progress=False if a.quiet else None,
+                             require_out=not a.estimate)
+    if a.estimate:
+        print(json.dumps(estimate_evolve(cfg, load_seeds(cfg.seeds, cfg.limit, cfg.seed, cfg.recipe_dir)), indent=1))
+        return 0
+    try:
+        report = evolve(cfg, say=lambda m: print(m, file=sys.stderr))
+    except EvolveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[tunelab] dataset: {report['dataset']} ({report['dataset_rows']} rows); "
+          f"report: {cfg.folder / 'report.json'}")
     return 0
 
 
@@ -113,6 +151,25 @@ def cmd_report(a: argparse.Namespace) -> int:
     else:
         raise DataError(f"{folder}: not a run folder (no config.yaml) or a sweep folder (no sweep.json)")
     print(path)
+    return 0
+
+
+def cmd_regimes(a: argparse.Namespace) -> int:
+    """The prompt-regime table of a run or a sweep folder: accuracy with CIs, paired tests, input tokens
+    and seconds per item in the full / compressed / query-only regimes (PromptIntern)."""
+
+    folder = Path(a.folder)
+    if (folder / "sweep.json").is_file():
+        table = sweep_regime_table(folder)
+        (folder / "regimes.json").write_text(json.dumps(table, indent=2, default=str))
+        text = format_sweep_regimes(table) + f"\n[tunelab] written: {folder / 'regimes.json'}"
+    elif (folder / "results.json").is_file():
+        table = load_results(folder)["run"].get("regimes", {})
+        text = "\n".join(format_regimes(t, f"{'untrained' if w == 'base' else 'fine-tuned'} model:")
+                         for w, t in table.items()) or "no prompt-regime tasks in this run"
+    else:
+        raise DataError(f"{folder}: not a run folder (no results.json) or a sweep folder (no sweep.json)")
+    print(json.dumps(table, indent=2, default=str) if a.json else text)
     return 0
 
 
@@ -150,19 +207,21 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_ls(a: argparse.Namespace) -> int:
-    """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms, diagnostics."""
+    """List what a recipe can name: models, sources (task families, formats), methods, tasks, transforms,
+    diagnostics, environments, objectives."""
 
     sections = {
         "models": [(n, a_.description) for n, a_ in ALIASES.items()] + [("<owner/name>", "any hub id"),
                                                                          ("<dir>", "any local HF folder")],
         "sources": [(f"task: {n}", first_doc_line(c)) for n, c in TASK_FAMILIES.items()]
-        + [(f"format: {n}", "file format") for n in FORMATS],
+        + [(f"format: {n}", _first_sentence(c) or "file format") for n, c in FORMATS.items()],
         "methods": [(n, first_doc_line(c)) for n, c in METHODS.items()]
         + [(f"regularizer: {n}", first_doc_line(c)) for n, c in REGULARIZERS.items()],
         "tasks": [(n, _task_doc(n)) for n in task_names()],
         "transforms": [(n, first_doc_line(c)) for n, c in TRANSFORMS.items()],
         "diagnostics": [(n, first_doc_line(c)) for n, c in DIAGNOSTICS.items()],
         "envs": [(n, first_doc_line(c)) for n, c in ENVS.items()],
+        "objectives": [(n, first_doc_line(c)) for n, c in OBJECTIVES.items()],
     }
     for name, rows in sections.items():
         if a.what and a.what != name:
@@ -171,6 +230,12 @@ def cmd_ls(a: argparse.Namespace) -> int:
         for key, desc in rows:
             print(f"  {key:28s} {desc}")
     return 0
+
+
+def _first_sentence(obj: Any) -> str:
+    """The first sentence of an object's docstring, on one line (at most 90 characters)."""
+    text = " ".join((obj.__doc__ or "").split()).split(". ")[0].rstrip(".")
+    return text if len(text) <= 90 else text[:89] + "…"
 
 
 def _task_doc(name: str) -> str:
@@ -184,6 +249,8 @@ def _task_doc(name: str) -> str:
 def cmd_data(a: argparse.Namespace) -> int:
     """Inspect the realised data of a recipe: mixture, samples with loss masks, length histograms."""
 
+    if is_evolved(a.recipe):  # an Evol-Instruct dataset: items beside their parents
+        return inspect_evolved(a.recipe, a.samples, a.json)
     return inspect_recipe(a.recipe, a.overrides, as_json=a.json, n_samples=a.samples)
 
 
@@ -290,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print sweep.json on stdout"))),
         "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
         "ls": (cmd_ls, lambda p: p.add_argument(
-            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics", "envs"])),
+            "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics", "envs",
+                                   "objectives"])),
         "data": (cmd_data, lambda p: (
             p.add_argument("action", choices=["inspect"]), p.add_argument("recipe"), _overrides(p),
             p.add_argument("--json", action="store_true", help="print only the mixture report as JSON"),
@@ -330,14 +398,35 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-steps", type=int, default=6),
             p.add_argument("--max-new-tokens", type=int, default=128),
             p.add_argument("--batch-size", type=int, default=16),
+            p.add_argument("--max-live", type=int, default=256,
+                           help="attempts advanced together (a finished one is written and replaced at once)"),
             p.add_argument("--seed", type=int, default=0),
             p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
                            help="an environment option, e.g. source=gsm8k"),
             p.add_argument("--out", required=True, help="trajectories JSONL (appended; a rerun resumes)"))),
+        "evolve": (cmd_evolve, lambda p: (
+            p.add_argument("seeds", nargs="?", default="",
+                           help="instruction file, task:instruct, or a recipe with an evolve: section"),
+            _overrides(p),
+            p.add_argument("--evolver", help="model name/dir, run folder, http://host:port/v1#name, or programmatic"),
+            p.add_argument("--answerer", help="who answers (default: the evolver)"),
+            p.add_argument("--judge", help="who judges Equal / Not Equal (default: the evolver)"),
+            p.add_argument("--rounds", type=int, help="evolution rounds (default 2)"),
+            p.add_argument("--out", help="dataset JSONL (work folder: <out>.evolve/)"),
+            p.add_argument("--limit", type=int, help="seeds to use (the first N)"),
+            p.add_argument("--operators", help="a,b (uniform) or a=2,b=1 (weights); --list-operators"),
+            p.add_argument("--seed", type=int), p.add_argument("--concurrency", type=int),
+            p.add_argument("--backend", choices=BACKENDS),
+            p.add_argument("--prices", help="per million tokens: YAML file or inline {evolver: {input: 0.15, output: 0.6}}"),
+            p.add_argument("--estimate", action="store_true", help="print the token and cost estimate and stop"),
+            p.add_argument("--list-operators", action="store_true", help="list the operators and stop"),
+            p.add_argument("--quiet", action="store_true", help="no progress bars"))),
         "ui": (cmd_ui, lambda p: (
             p.add_argument("--runs", default="runs", help="folder of runs and sweeps (ratings.sqlite is kept there)"),
             p.add_argument("--host", default="127.0.0.1"), p.add_argument("--port", type=int, default=8501))),
         "report": (cmd_report, lambda p: p.add_argument("folder", help="a run folder or a sweep folder")),
+        "regimes": (cmd_regimes, lambda p: (p.add_argument("folder", help="a run folder or a sweep folder"),
+                                            p.add_argument("--json", action="store_true"))),
         "compare": (cmd_compare, lambda p: (
             p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
         "chat": (cmd_chat, lambda p: (

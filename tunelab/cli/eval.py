@@ -133,6 +133,9 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, Eva
         raise ValueError("name a model or run folder, or pass --predictions FILE")
     out = Path(args.out) if args.out else default_out(args.model)
     generator = build_generator(args.model, backend=args.backend, batch_size=args.batch_size)
+    base = load_config(args.model).model.name if is_run(args.model) else args.model
+    for task in tasks.values():  # prompt-regime tasks count input tokens with the model's tokenizer
+        getattr(task, "bind", lambda *a, **k: None)(getattr(generator, "tok", None), base)
     print(f"[tunelab] evaluating {args.model} ({type(generator).__name__}, "
           f"{getattr(generator, 'precision', 'remote')})", file=sys.stderr)
     results = evaluate_tasks(tasks, generator, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunelab.config import RunConfig
 from tunelab.data.mixing import mix
+from tunelab.data.preference import build_pref_rows
 from tunelab.data.sources import load_source
 from tunelab.data.tokenize import Encoded, Row, encode, pack
 from tunelab.data.transforms.base import TransformContext, apply_transforms, build_transforms
@@ -49,8 +50,18 @@ class Encoder:
         return len(e.input_ids) if e is not None else self.max_length + 1
 
 
+def _check_kind(samples: list[Sample], kind: str) -> None:
+    """Preference objectives need pairs (``meta["rejected"]``) or labelled examples (``meta["label"]``)."""
+    need, how = {"pairs": ("rejected", "format: preference, or the pairs transform over trajectories"),
+                 "unpaired": ("label", "format: unpaired, or the kto_labels transform over trajectories")}[kind]
+    for s in samples:
+        if need not in s.meta:
+            raise DataError(f"source {s.source!r}, example {s.meta.get('id')!r}: field {need!r} missing; "
+                            f"a {kind} objective needs {how}")
+
+
 def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
-               eval_ids: list[str] | None = None) -> DataBundle:
+               eval_ids: list[str] | None = None, kind: str = "tokens") -> DataBundle:
     """Realise the recipe's data: per-source loading and curation, mixing, tokenising, packing.
 
     Args:
@@ -58,6 +69,9 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
         tok: The run's tokenizer.
         eval_texts: Texts of the evaluation sets (decontamination).
         eval_ids: ``task/item id`` of each evaluation text, for the report.
+        kind: What the objective trains on: ``tokens`` (packed token rows), or ``pairs`` /
+            ``unpaired`` (one :class:`~tunelab.data.preference.SeqRow` per example, unpacked); the
+            held-out rows are always token rows (the chosen or labelled completions' loss).
 
     Transforms marked ``heldout_too`` (decontamination) also filter the held-out examples;
     what they removed there is reported per source as ``heldout_removed``.
@@ -96,15 +110,21 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
         entry["origin"] = origins[entry["name"]]
         if heldout_removed[entry["name"]]:
             entry["heldout_removed"] = heldout_removed[entry["name"]]
-    rows = pack([e for e in encoded if e is not None], names, d.max_length, d.packing)
+    if kind == "tokens":
+        rows = pack([e for e in encoded if e is not None], names, d.max_length, d.packing)
+    else:
+        _check_kind(samples, kind)
+        rows, dropped = build_pref_rows([s for s, e in zip(samples, encoded) if e is not None], kind, tok,
+                                        names, d.max_length, d.truncation, d.seed)
+        report["preference"] = {"kind": kind, "examples": len(rows), "dropped_too_long": dropped}
     held = [e for e in (enc(s) for s in heldout) if e is not None]
     heldout_rows = pack(held, names, d.max_length, d.packing)
     n_tok = sum(len(r.input_ids) for r in rows)
     report.update({
         "rows": len(rows), "tokens": n_tok,
         "target_tokens": sum(e.n_targets for e in encoded if e is not None),
-        "packing": d.packing, "max_length": d.max_length,
-        "fill": round(n_tok / max(1, len(rows) * d.max_length), 4) if d.packing else None,
+        "packing": d.packing and kind == "tokens", "max_length": d.max_length,
+        "fill": round(n_tok / max(1, len(rows) * d.max_length), 4) if d.packing and kind == "tokens" else None,
         "heldout_examples": len(held), "transforms": d.transforms,
     })
     if ctx.stats:

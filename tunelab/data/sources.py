@@ -13,6 +13,7 @@ import json
 import os
 import pkgutil
 import random
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,14 @@ import pyarrow.parquet as pq
 
 from tunelab.config import SourceConfig
 from tunelab.data.formats import FORMATS, detect_format, to_sample
+from tunelab.data.prompt_structure import PARTS_KEY  # noqa: F401  (registers the prompt_structure format)
 from tunelab.data.tasks.base import SPLITS, TASK_FAMILIES, get_family
 from tunelab.io import DataError, checked_object, iter_jsonl, open_text
 from tunelab.types import Sample
 
 __all__ = [
     "DataError", "LoadedSource", "check_source", "detect_format", "load_mt_bench", "load_source",
-    "read_rows", "resolve_data_path", "to_sample",
+    "read_rows", "resolve_data_files", "resolve_data_path", "to_sample",
 ]
 
 DATA_DIR_ENV = "TUNELAB_DATA_DIR"
@@ -89,6 +91,28 @@ def resolve_data_path(path: str, recipe_dir: str | None) -> Path:
     raise DataError(f"data file {path!r} not found; looked in: {looked}{unset}")
 
 
+def resolve_data_files(path: str, recipe_dir: str | None) -> list[Path]:
+    """The files of a source's ``path``: one file (:func:`resolve_data_path`) or, for a pattern with
+    ``*``, ``?`` or ``[`` (``nat_strategyqa/strategyqa_*.json``), every match in sorted order, from the
+    first place that has any (``$TUNELAB_DATA_DIR``, then ``recipe_dir``).
+
+    Raises:
+        DataError: Nothing matches; the message lists every place looked in.
+    """
+    if not any(ch in path for ch in "*?["):
+        return [resolve_data_path(path, recipe_dir)]
+    p = Path(path).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    places = [p] if p.is_absolute() else [Path(env) / p] if env else []
+    if not p.is_absolute():
+        places.append(Path(recipe_dir or Path.cwd()) / p)
+    for pattern in places:
+        found = sorted(f for f in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if f.is_file())
+        if found:
+            return found
+    raise DataError(f"no data file matches {path!r}; looked in: {'; '.join(map(str, places))}")
+
+
 def file_kind(path: Path) -> str:
     """``jsonl`` | ``json`` | ``parquet`` from the file name (a ``.gz`` suffix is allowed)."""
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
@@ -111,8 +135,11 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
             raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        data = [{"id": key, **record} for key, record in data.items()]  # records keyed by id (FireAct)
     if not isinstance(data, list):
-        raise DataError(f'{path}: expected a list of records or {{"data": [...]}}, got {type(data).__name__}')
+        raise DataError(f'{path}: expected a list of records, {{"data": [...]}} or records keyed by id, '
+                        f"got {type(data).__name__}")
     for i, record in enumerate(data):
         yield i, checked_object(f"{path}[{i}]", record)
 
@@ -172,6 +199,8 @@ def _convert(rows: Iterable[tuple[str, int, dict | Exception]], src: SourceConfi
         if seen[rid] > 1:  # e.g. several trajectories for one question id
             rid = f"{rid}#{seen[rid]}"
         sample.meta.update(source=src.name, id=rid)
+        if isinstance(sample.meta.get("origin"), dict):  # trajectories: which file they came from
+            sample.meta["origin"].setdefault("file", Path(re.sub(r"(:\d+|\[\d+\])$", "", where)).name)
         samples.append(sample)
     return samples
 
@@ -186,6 +215,33 @@ def _hub_rows(src: SourceConfig) -> Iterator[tuple[str, int, dict | Exception]]:
     ds = datasets.load_dataset(src.hub, split=src.split, **src.options)
     for i, row in enumerate(ds):
         yield f"hub:{src.hub}[{i}]", i, dict(row)
+
+
+def _questions_file(src: SourceConfig, path: Path, recipe_dir: str | None) -> Path | None:
+    """The questions file joined into NAT trajectories: the source option ``questions``, else
+    ``train.jsonl`` beside the data file (None: neither)."""
+    if "questions" in src.options:
+        return resolve_data_path(str(src.options["questions"]), recipe_dir)
+    beside = path.parent / "train.jsonl"
+    return beside if beside.is_file() and beside != path else None
+
+
+def _with_questions(rows: Iterable[tuple[str, int, dict | Exception]], src: SourceConfig, path: Path,
+                    recipe_dir: str | None) -> Iterator[tuple[str, int, dict | Exception]]:
+    """The rows, with ``question`` and ``answer`` joined by ``id`` from the questions file into NAT
+    trajectories (``conversations`` + ``info`` and no ``question``: the NAT files hold none)."""
+    table: dict[str, dict] | None = None
+    for where, n, row in rows:
+        if src.format in ("nat_react", "auto") and isinstance(row, dict) and "info" in row \
+                and "conversations" in row and "question" not in row:
+            if table is None:
+                qpath = _questions_file(src, path, recipe_dir)
+                table = {str(q["id"]): q for _, q in (read_rows(qpath) if qpath else [])
+                         if isinstance(q, dict) and "id" in q and isinstance(q.get("question"), str)}
+            q = table.get(str(row.get("id")))
+            if q is not None:
+                row = {**row, "question": q["question"], "answer": q.get("answer")}
+        yield where, n, row
 
 
 def split_heldout(samples: list[Sample], n: int, rng: random.Random) -> tuple[list[Sample], list[Sample]]:
@@ -259,9 +315,9 @@ def load_source(src: SourceConfig, recipe_dir: str | None, seed: int, heldout: i
         out = _load_task(src, seed, heldout)
     else:
         if src.path:
-            path = resolve_data_path(src.path, recipe_dir)
-            out = LoadedSource(src.name, [], [], origin=str(path))
-            rows = _file_rows(path)
+            paths = resolve_data_files(src.path, recipe_dir)
+            out = LoadedSource(src.name, [], [], origin=", ".join(map(str, paths)))
+            rows = (row for path in paths for row in _with_questions(_file_rows(path), src, path, recipe_dir))
         else:  # pragma: no cover - needs network
             out = LoadedSource(src.name, [], [], origin=f"hub:{src.hub}")
             rows = _hub_rows(src)
@@ -299,9 +355,15 @@ def check_source(src: SourceConfig, recipe_dir: str | None) -> list[str]:
             problems.append(f"{tag}: unknown split {src.split!r} for a task; valid: {', '.join(SPLITS)}")
     if src.path:
         try:
-            file_kind(resolve_data_path(src.path, recipe_dir))
+            for path in resolve_data_files(src.path, recipe_dir):
+                file_kind(path)
         except DataError as e:
             problems.append(f"{tag}: {e}")
+    if src.path and "questions" in src.options:
+        try:
+            resolve_data_path(str(src.options["questions"]), recipe_dir)
+        except DataError as e:
+            problems.append(f"{tag}: options.questions: {e}")
     if src.format != "auto" and src.format not in FORMATS:
         problems.append(f"{tag}: unknown format {src.format!r}; valid: auto, {', '.join(FORMATS)}")
     return problems

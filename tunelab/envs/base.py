@@ -16,6 +16,8 @@ from tunelab.data.formats import ACTION
 from tunelab.registry import Registry
 
 OBSERVATION_STOP = "\nObservation:"
+FAILURE_KINDS = ("wrong_answer", "no_answer", "malformed_action", "step_limit", "env_error")
+"""How an episode can fail (``outcome.failure``; None on success), the same in sampling and evaluation."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Environment:
     example: ClassVar[str] = ""
     """A one-shot demonstration shown before the question."""
     instruction: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ()
+    """Per-item numbers of :meth:`verify` (besides success and score) that evaluation averages."""
 
     @dataclass
     class Params:
@@ -79,8 +83,30 @@ class Environment:
         return Step(observation=self.tool(name, argument))
 
     def prompt(self, task: EnvTask) -> str:
-        """The first user turn: the instruction, the one-shot example, the question."""
+        """The first user turn: the instruction, the one-shot example, the question (the question alone
+        when the environment's ``oneshot`` option is off)."""
+        if not getattr(self.params, "oneshot", True):
+            return f"Question: {task.question}"
         return f"{self.instruction}\n\n{self.example}\n\nQuestion: {task.question}"
+
+
+def failure_kind(step: Step | None, verdict: dict[str, Any], errors: list[str]) -> str | None:
+    """How an episode ended badly (one of :data:`FAILURE_KINDS`), or None when it succeeded.
+
+    Args:
+        step: The environment's answer to the last action (None: the environment crashed on it).
+        verdict: :meth:`Environment.verify` of the final answer.
+        errors: Environment errors raised during the episode.
+    """
+    if errors:
+        return "env_error"
+    if step is not None and step.malformed:
+        return "malformed_action"
+    if step is not None and not step.done:
+        return "step_limit"
+    if step is None or step.answer is None:
+        return "no_answer"
+    return None if verdict["success"] else "wrong_answer"
 
 
 ENVS: Registry[type[Environment]] = Registry("environment", package="tunelab.envs", entry_points="tunelab.envs")

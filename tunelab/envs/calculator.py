@@ -1,4 +1,4 @@
-"""The calculator agent: arithmetic word problems (the ``arith`` family or GSM8K) with a ``calculate`` tool.
+"""The calculator agent: arithmetic word problems (arith, GSM8K, one-step pairs) with a ``calculate`` tool.
 
 ``calculate[expr]`` is evaluated by :func:`tunelab.envs.safe_math.calculate` (never ``eval``);
 ``finish[answer]`` is checked with the GSM8K numeric normaliser against the gold answer.
@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tunelab.data.tasks.arith import NAMES, THINGS
 from tunelab.data.tasks.base import get_family
 from tunelab.envs.base import ENVS, Environment, EnvTask
 from tunelab.envs.safe_math import CalcError, calculate, format_number
@@ -26,6 +27,13 @@ Thought: The answer is 67.
 Action: finish[67]"""
 
 
+def _pair(rng: random.Random, task_id: str) -> EnvTask:
+    """``{name} has {a} {things} and finds {b} more...``: the answer is ``a + b``."""
+    name, things, a, b = rng.choice(NAMES), rng.choice(THINGS), rng.randint(2, 9), rng.randint(2, 9)
+    question = f"{name} has {a} {things} and finds {b} more. How many {things} does {name} have now?"
+    return EnvTask(task_id, question, {"quantities": [a, b], "answer": str(a + b)})
+
+
 @ENVS.register("calculator")
 class Calculator(Environment):
     """Arithmetic word problems with a safe calculator tool; success = the exact numeric answer."""
@@ -37,8 +45,11 @@ class Calculator(Environment):
 
     @dataclass
     class Params:
-        source: Literal["arith", "arith_ood", "gsm8k"] = "arith"
-        """Where the problems come from: the built-in family (in or out of distribution) or GSM8K test."""
+        source: Literal["arith", "arith_ood", "gsm8k", "pairs"] = "arith"
+        """Where the problems come from: the built-in family (in or out of distribution), GSM8K test,
+        or ``pairs``: one-step sums of two one-digit quantities (the test-sized NAT drill)."""
+        oneshot: bool = True
+        """Show the instruction and worked example before the question (off: the question alone)."""
 
     def tasks(self, limit: int | None, seed: int) -> list[EnvTask]:
         """Problems with their gold answers."""
@@ -48,6 +59,8 @@ class Calculator(Environment):
             random.Random(seed).shuffle(order)
             return [EnvTask(f"gsm8k/{i}", rows[i]["question"], {"answer": gold_answer(rows[i]["answer"])})
                     for i in order[:limit]]
+        if self.params.source == "pairs":
+            return [_pair(random.Random(f"pairs/{seed}/{k}"), f"pairs/{seed}/{k}") for k in range(limit or 100)]
         family, rng = get_family("arith"), random.Random(seed)
         out = []
         for k in range(limit or 100):

@@ -1,10 +1,11 @@
 """Trajectory sampling: N attempts per task from any generator, run through an environment, verified.
 
-All live attempts advance together: each round sends every unfinished trajectory's next turn to the
-generator in one call (continuous batching for local models, concurrency for servers), stops at
-``"\\nObservation:"``, runs the action and appends the observation. A trajectory is written to the
-output JSONL the moment it ends, keyed by ``(task id, attempt)``: a killed run, rerun, continues
-where it stopped, nothing sampled twice or lost. Each row is a trainable ``messages`` sample
+Live attempts (at most ``max_live``) advance together: each round sends every unfinished
+trajectory's next turn to the generator in one call (continuous batching for local models,
+concurrency for servers), stops at ``"\\nObservation:"``, runs the action and appends the
+observation. A trajectory is written to the output JSONL the moment it ends, keyed by
+``(task id, attempt)``: a killed run, rerun, continues where it stopped, nothing sampled twice
+or lost. Each row is a trainable ``messages`` sample
 (observations are user turns, so they carry no loss) plus its ``outcome`` and ``origin``.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunelab.envs.base import OBSERVATION_STOP, Environment, EnvTask
+from tunelab.config import ConfigError
+from tunelab.envs.base import OBSERVATION_STOP, Environment, EnvTask, failure_kind
 from tunelab.generate.base import GenerationConfig, Generator
 from tunelab.io import read_jsonl
 
@@ -44,26 +46,49 @@ def _done_keys(out: Path) -> set[tuple[str, int]]:
     return {(r["task_id"], r["attempt"]) for r in read_jsonl(out)} if keep else set()
 
 
+def check_sample_args(*, attempts: int, limit: int | None, max_steps: int, max_new_tokens: int,
+                      temperature: float, max_live: int) -> None:
+    """Reject bad sampling settings before any work (no model loaded, no file written).
+
+    Raises:
+        ConfigError: Naming the setting (and its command-line flag) and the range it must be in.
+    """
+    for name, value in (("attempts", attempts), ("limit", limit), ("max_steps", max_steps),
+                        ("max_new_tokens", max_new_tokens), ("max_live", max_live)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"sample: {name} (--{name.replace('_', '-')}) must be an integer >= 1, got {value!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature >= 0:
+        raise ConfigError(f"sample: temperature (--temperature) must be >= 0, got {temperature!r}")
+
+
 def sample(env: Environment, env_name: str, generator: Generator, out: str | Path, *, attempts: int = 4,
            limit: int | None = 20, temperature: float = 0.8, max_steps: int = 6, max_new_tokens: int = 128,
-           seed: int = 0, progress: bool = True) -> dict[str, Any]:
+           seed: int = 0, max_live: int = 256, progress: bool = True) -> dict[str, Any]:
     """Sample ``attempts`` trajectories per task into ``out`` (appending; resumable); returns the summary.
+
+    At most ``max_live`` attempts advance together; one that ends is written at once and the next
+    waiting attempt takes its place, so a kill loses at most the attempts in flight.
 
     The summary: trajectories written (this call and in total), success rate overall and per
     attempt index, failure kinds (wrong answer, no answer, malformed action, step limit,
-    environment error), steps and seconds.
+    environment error) with their rates, steps and seconds.
     """
+    check_sample_args(attempts=attempts, limit=limit, max_steps=max_steps, max_new_tokens=max_new_tokens,
+                      temperature=temperature, max_live=max_live)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done_keys(out)
     tasks = env.tasks(limit, seed)
-    live = [_Attempt(t, a, [{"role": "user", "content": env.prompt(t)}]) for t in tasks for a in range(attempts)
-            if (t.id, a) not in done]
+    waiting = [_Attempt(t, a, [{"role": "user", "content": env.prompt(t)}]) for t in tasks for a in range(attempts)
+               if (t.id, a) not in done]
+    waiting.reverse()  # popped from the end: task order
     fingerprint = getattr(generator, "fingerprint", type(generator).__name__)
-    t0, written, rounds = time.perf_counter(), 0, 0
+    t0, written, rounds, live = time.perf_counter(), 0, 0, []
     bar = tqdm(total=len(tasks) * attempts, initial=len(done), desc=f"sample {env_name}", disable=not progress)
     with out.open("a", encoding="utf-8") as f:
-        while live:
+        while live or waiting:
+            while waiting and len(live) < max_live:
+                live.append(waiting.pop())
             cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=1,
                                    seed=seed * 1_000_003 + rounds, stop=[OBSERVATION_STOP])
             texts = _generate(generator, [a.messages for a in live], cfg)
@@ -113,16 +138,7 @@ def _row(env: Environment, env_name: str, a: _Attempt, step: Any, fingerprint: s
     """The JSONL row of a finished attempt."""
     answer = step.answer if step is not None else None
     verdict = env.verify(a.task, answer)
-    if a.errors:
-        failure = "env_error"
-    elif step is not None and step.malformed:
-        failure = "malformed_action"
-    elif step is not None and not step.done:
-        failure = "step_limit"
-    elif answer is None:
-        failure = "no_answer"
-    else:
-        failure = None if verdict["success"] else "wrong_answer"
+    failure = failure_kind(step, verdict, a.errors)
     return {"id": f"{a.task.id}#{a.attempt}", "task_id": a.task.id, "attempt": a.attempt, "messages": a.messages,
             "outcome": {**verdict, "failure": failure, "steps": a.steps, "errors": a.errors},
             "origin": {"env": env_name, "sampler": fingerprint, "temperature": temperature, "seed": seed,
@@ -147,5 +163,6 @@ def summarize(out: str | Path, written: int = 0, seconds: float = 0.0) -> dict[s
             "success_by_attempt": {k: sum(v) / len(v) for k, v in sorted(by_attempt.items())},
             "positives": sum(r["outcome"]["success"] for r in rows),
             "negatives": sum(not r["outcome"]["success"] for r in rows), "failures": failures,
+            "failure_rates": {k: v / len(rows) for k, v in sorted(failures.items())},
             "mean_steps": sum(r["outcome"]["steps"] for r in rows) / len(rows) if rows else float("nan"),
             "seconds": round(seconds, 1)}

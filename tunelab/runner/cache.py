@@ -7,6 +7,9 @@ a run reuses an entry only when it would have computed the same thing:
   evaluation sets decontamination reads, and the tunelab version; the entry is the built
   :class:`~tunelab.data.pipeline.DataBundle` (pickled: a local cache written by this package).
   Files under ``TUNELAB_DATA_DIR`` are assumed not to change during a sweep.
+* reference log-probabilities (preference objectives): the data key, the objective, the precision
+  and the base model's weights; the entry is each row's reference log-probabilities, so the base
+  model scores the pairs once per (data, weights), across a sweep's methods and seeds.
 * base evaluation: the model and its weights (file sizes and times), the task and its options, the
   evaluation settings and the precision; the entry is the task's scores and per-item rows. Runs use
   ``<cache>/base_eval`` (``TUNELAB_CACHE``, default ``~/.cache/tunelab``) unless told otherwise, so a
@@ -30,6 +33,7 @@ from tunelab.data.pipeline import DataBundle
 from tunelab.eval.harness import EvalResult
 from tunelab.io import digest as _digest
 from tunelab.io import write_json
+from tunelab.train.objectives import build_objective
 
 
 def _version() -> str:
@@ -47,7 +51,9 @@ def data_key(cfg: RunConfig) -> str:
     decontaminating = any(t.get("name") == "decontaminate" for t in cfg.data.transforms)
     evals = ({"tasks": cfg.eval.tasks, "options": cfg.eval.task_options, "seed": cfg.eval.seed}
              if decontaminating else None)
-    return _digest({"data": to_dict(cfg.data), "tokenizer": tokenizer, "eval": evals,
+    kind = build_objective(cfg.objective).kind
+    kind = None if kind == "tokens" else kind  # SFT's keys stay what they were
+    return _digest({"data": to_dict(cfg.data), "tokenizer": tokenizer, "eval": evals, "objective": kind,
                     "recipe_dir": cfg.recipe_dir, "data_dir": os.environ.get("TUNELAB_DATA_DIR"),
                     "version": _version()})
 
@@ -69,6 +75,24 @@ def save_data(folder: Path, key: str, data: DataBundle) -> None:
     with os.fdopen(fd, "wb") as f:
         pickle.dump(bundle, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, folder / f"{key}.pkl")
+
+
+def reference_key(data_key_: str, objective: dict, precision: str, model_fp: str) -> str:
+    """The key of the reference log-probabilities of a run's preference rows: the data, the
+    objective's name (what rows it reads), the precision and the base model's weights."""
+    return _digest({"data": data_key_, "objective": objective.get("name"), "precision": precision,
+                    "weights": model_fp, "version": _version()})
+
+
+def load_reference(folder: Path, key: str) -> list[list[float]] | None:
+    """Cached reference log-probabilities under ``key``, or None."""
+    path = folder / f"{key}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_reference(folder: Path, key: str, refs: list[list[float]]) -> None:
+    """Cache reference log-probabilities under ``key`` (atomic)."""
+    write_json(folder / f"{key}.json", refs)
 
 
 def model_fingerprint(resolved: str) -> str:

@@ -20,6 +20,7 @@ from tunelab.data.transforms.filters import Decontaminate
 from tunelab.eval.tasks.base import get_task
 from tunelab.models.load import load_tokenizer
 from tunelab.runner.validate import validate
+from tunelab.train.objectives import build_objective
 
 
 def evaluation_texts(cfg: RunConfig) -> tuple[list[str], list[str], dict[str, Any]]:
@@ -50,7 +51,7 @@ def prepare_data(cfg: RunConfig, tok) -> DataBundle:
     specs = [t for t in cfg.data.transforms if t.get("name") == "decontaminate"]
     if specs:
         texts, ids, summary = evaluation_texts(cfg)
-    data = build_data(cfg, tok, texts, ids)
+    data = build_data(cfg, tok, texts, ids, kind=build_objective(cfg.objective).kind)
     if specs:
         # texts shorter than the n-gram cannot match anything: say how many, so none go unaccounted
         n = min(int(t.get("n", Decontaminate.Params.n)) for t in specs)

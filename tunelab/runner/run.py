@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import torch
 from tunelab.config import ConfigError, RunConfig, dump_yaml, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.data.transforms.nat import nat_spec, signal_for
+from tunelab.data.transforms.promptintern import stage_rows
 from tunelab.device import decide, default_device
 from tunelab.diagnostics import run_diagnostics
 from tunelab.eval.harness import EvalResult, evaluate_tasks
+from tunelab.eval.regimes import format_regimes, regime_table
 from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
@@ -37,6 +40,8 @@ from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
+from tunelab.train.objectives import build_objective, reference_logps, set_reference
+from tunelab.train.speed import decide_compile
 
 
 def _changed(tree: Any, default: Any) -> Any:
@@ -83,7 +88,10 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
     settings), on every task or on those of ``only``."""
     generator = build_generator(model, tokenizer=tok, precision=precision, batch_size=cfg.eval.batch_size,
                                 progress=not quiet)
-    return evaluate_tasks(recipe_tasks(cfg, only, signal), generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
+    tasks = recipe_tasks(cfg, only, signal)
+    for task in tasks.values():  # prompt-regime tasks count input tokens with the run's tokenizer
+        getattr(task, "bind", lambda *a, **k: None)(tok, cfg.model.name)
+    return evaluate_tasks(tasks, generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                           temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
 
@@ -136,6 +144,23 @@ def _base_eval(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: 
         if cache:
             cache_mod.save_base_eval(cache, keys[task], result)
     return {t: found.get(t) or computed[t] for t in cfg.eval.tasks}
+
+
+def _reference(model, pad_id: int, data: DataBundle, cfg: RunConfig, precision: str, cache: Path | None,
+               resolved: str, reused: dict[str, Any], say) -> None:
+    """Reference log-probabilities of the preference rows, from the untrained model (dropout off),
+    reused from ``<cache or TUNELAB_CACHE>/reference`` when the data, precision and weights match."""
+    folder = (cache or cache_dir()) / "reference"
+    key = cache_mod.reference_key(cache_mod.data_key(cfg), cfg.objective, precision,
+                                  cache_mod.model_fingerprint(resolved))
+    refs = cache_mod.load_reference(folder, key)
+    reused["reference"] = refs is not None
+    if refs is not None and len(refs) == len(data.rows):
+        set_reference(data.rows, refs)
+        return
+    say(f"reference log-probabilities of {len(data.rows)} examples (the base model)")
+    refs = reference_logps(model, data.rows, pad_id, precision, cfg.train)
+    cache_mod.save_reference(folder, key, refs)
 
 
 def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | None = None, *,
@@ -192,6 +217,9 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused)
     write_json(run_dir / "data" / "mixture.json", data.report)
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
+    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)  # promptintern: rows per step
+    if stages is not None:
+        write_json(run_dir / "data" / "promptintern.json", stages.report)
     base_eval = None
     if cfg.eval.tasks and cfg.eval.baseline:
         say("evaluating the base model")
@@ -200,16 +228,27 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                                None if os.environ.get("TUNELAB_NO_EVAL_CACHE") else cache, reused,
                                str(model_info["resolved"]))
 
+    objective = build_objective(cfg.objective)
+    if objective.needs_reference:  # the base model is the reference of every method: score before applying it
+        _reference(model, tok.pad_token_id, data, cfg, precision, Path(data_cache) if data_cache else None,
+                   str(model_info["resolved"]), reused, say)
     seed_everything(cfg.train.seed)
     method = build_method(cfg.method)
     model = method.apply(model)
     for reg in build_regularizers(cfg.regularizers):
         reg.apply(model)
     trainable, total = count_parameters(model)
-    job = TrainJob(model, method, data.rows, data.sources, cfg.train, precision, run_dir,
-                   tok.pad_token_id, cfg.data.packing, data.heldout_rows, resume)
+    compiled, compile_why = decide_compile(cfg.train.compile, model, method.name, cfg.train.max_steps, device)
+    env = json.loads((run_dir / "env.json").read_text())
+    write_json(run_dir / "env.json", {**env, "speed": {"compile": compiled, "compile_decision": compile_why,
+                                                       "packing": data.report.get("packing")}})
+    say(f"train: compile {'on' if compiled else 'off'} ({'; '.join(compile_why.get('why', ['as requested']))})")
+    job = TrainJob(model, method, data.rows, data.sources, replace(cfg.train, compile=compiled), precision, run_dir,
+                   tok.pad_token_id, cfg.data.packing and objective.kind == "tokens", data.heldout_rows, resume,
+                   objective=objective)
     job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})
                   for d in cfg.diagnostics if d["name"] == "grad_interference"]
+    job.rows_at = stages
     model, summary = train(job)
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
@@ -221,9 +260,14 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         say("evaluating the fine-tuned model")
         signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
+    tasks = recipe_tasks(cfg) if tuned_eval else {}
+    regimes = {w: t for w, r in (("base", base_eval), ("tuned", tuned_eval)) if r and (t := regime_table(r, tasks))}
+    if regimes.get("tuned"):
+        say(format_regimes(regimes["tuned"], "prompt regimes (fine-tuned model):"))
     results = _results(cfg, base_eval, tuned_eval, summary,
                        {"name": run_dir.name, "precision": precision, "model": model_info,
-                        "seconds": round(time.perf_counter() - t_start, 1), "reused": reused})
+                        "seconds": round(time.perf_counter() - t_start, 1), "reused": reused}
+                       | ({"regimes": regimes} if regimes else {}))
     write_json(run_dir / "results.json", results)
     if cfg.diagnostics:
         run_diagnostics(run_dir, cfg.diagnostics, say=say)

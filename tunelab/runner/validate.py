@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tunelab.envs  # noqa: F401  (registers the agent_<env> eval tasks that recipes may name)
 from tunelab.config import ConfigError, RunConfig, load_recipe
 from tunelab.data.sources import check_source
 from tunelab.data.transforms.base import build_transforms
@@ -12,6 +13,7 @@ from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
+from tunelab.train.objectives import build_objective
 from tunelab.train.trackers import problems as tracker_problems
 
 
@@ -55,6 +57,7 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     if (p := _model_problem(cfg.model.name)) is not None:
         problems.append(p)
     checks = [("method", lambda: build_method(cfg.method)),
+              ("objective", lambda: build_objective(cfg.objective)),
               ("regularizers", lambda: build_regularizers(cfg.regularizers)),
               ("data.transforms", lambda: build_transforms(cfg.data.transforms))]
     checks += [(f"eval.tasks: {t}", lambda t=t: get_task(t, **cfg.eval.task_options.get(t, {})))
@@ -68,6 +71,8 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
         except (ConfigError, KeyError, ValueError, TypeError) as e:
             msg = str(e).strip("'\"")
             problems.append(msg if msg.startswith(where.split(":")[0]) else f"{where}: {msg}")
+    if sum(t.get("name") == "promptintern" for t in cfg.data.transforms if isinstance(t, dict)) > 1:
+        problems.append("data.transforms: at most one promptintern transform (it schedules the whole prompt)")
     if not cfg.data.sources:
         problems.append("data.sources: at least one source is needed")
     names = [s.name for s in cfg.data.sources]

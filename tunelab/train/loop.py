@@ -11,6 +11,7 @@ losses are those of the whole step, over all processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import resource
 import time
@@ -34,9 +35,11 @@ from tunelab.models.attention import register as register_cpu_attention
 from tunelab.train import checkpoint, trackers
 from tunelab.train.best import Best
 from tunelab.train.loss import per_source, token_losses
-from tunelab.train.objective import SFT, Objective
+from tunelab.train.objectives.base import Objective
+from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
+from tunelab.train.speed import decide_compile
 
 
 @dataclass
@@ -66,7 +69,12 @@ class TrainJob:
     resume: bool = False
     """Continue from the newest checkpoint in ``run_dir/checkpoints``."""
     objective: Objective = field(default_factory=SFT)
-    """What each micro-batch's loss is (the seam for DPO/KTO/ORPO)."""
+    """What each micro-batch's loss is (``tunelab.train.objectives``: SFT, DPO, KTO, ORPO ...);
+    preference objectives train on :class:`~tunelab.data.preference.SeqRow` rows."""
+    rows_at: Callable[[int], list[Row]] | None = None
+    """The training rows of step ``k`` (0-based) when they change as training goes (a per-step
+    schedule such as ``promptintern``): the same number of rows as ``rows``, row ``i`` always made
+    from the same example, so batches and resume stay exact; None: ``rows`` at every step."""
     probes: list[Callable[[int, nn.Module], Any]] = field(default_factory=list)
     """Called with (steps done, model) after every optimizer step (e.g. ``GradInterference``); they
     must not change training (their gradients and RNG use are their own)."""
@@ -299,9 +307,12 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     With ``train.select_best`` the model returned holds the best held-out evaluation's trainable weights;
     with ``train.early_stopping_patience`` training may end before ``max_steps`` (see ``tunelab.train.best``).
     """
-    cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     acc = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False,
-                      **trackers.accelerator_kwargs(cfg, job.run_dir))
+                      **trackers.accelerator_kwargs(job.cfg, job.run_dir))
+    if not isinstance(job.cfg.compile, bool):  # "auto" (a runner has decided it already, and recorded why)
+        on, _ = decide_compile(job.cfg.compile, job.model, job.method.name, job.cfg.max_steps, acc.device.type)
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
+    cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
     lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
@@ -316,7 +327,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
                 set_lr(optimizer, lr_at(step, cfg))
                 micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-                batches = [collate([job.rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
+                rows = job.rows_at(step) if job.rows_at is not None else job.rows
+                batches = [job.objective.collate([rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
                 sums, counts, tokens = _step(job, acc, model, batches)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
                 optimizer.step()
@@ -326,7 +338,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     probe(done, acc.unwrap_model(model))
                 row = _metrics_row(job, done, sums, counts, tokens, dt, {
                     "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                    "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device)})
+                    "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device),
+                    **job.objective.metrics()})
                 last_loss, stop = row["loss"], _evaluate(job, acc, model, row, best)
                 if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
                     metrics.write(row)

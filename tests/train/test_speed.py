@@ -1,0 +1,45 @@
+"""``train.compile: auto``: compiled where it pays and is tested, eager elsewhere, with the reasons."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from tunelab.train import speed
+from tunelab.train.speed import decide_compile
+
+
+def _model(n: int) -> nn.Module:
+    m = nn.Module()
+    m.w = nn.Parameter(torch.empty(n, device="meta"))  # a parameter count without memory
+    return m
+
+
+def test_explicit_choices_are_kept():
+    assert decide_compile(True, _model(10), "prefix", 1, "cpu") == (True, {"requested": True})
+    assert decide_compile(False, _model(10**9), "lora", 10**4, "cpu")[0] is False
+
+
+@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="no C++ compiler here")
+def test_auto_compiles_a_long_lora_run_of_a_large_model():
+    on, info = decide_compile("auto", _model(speed.MIN_PARAMS), "lora", speed.MIN_STEPS, "cpu")
+    assert on and info["requested"] == "auto" and "repay" in info["why"][0]
+
+
+@pytest.mark.parametrize(("n", "method", "steps", "reason"), [
+    (10**6, "lora", 10**4, "compile time would dominate"),
+    (10**9, "lora", 10, "too short"),
+    (10**9, "prefix", 10**4, "not among the compile-tested"),
+])
+def test_auto_stays_eager_and_says_why(n, method, steps, reason):
+    on, info = decide_compile("auto", _model(n), method, steps, "cpu")
+    assert not on and any(reason in w for w in info["why"])
+
+
+def test_auto_without_a_compiler_stays_eager(monkeypatch):
+    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
+    on, info = decide_compile("auto", _model(10**9), "lora", 10**4, "cpu")
+    assert not on and any("C++ compiler" in w for w in info["why"])

@@ -1,0 +1,184 @@
+"""Preference data for the DPO, KTO and ORPO objectives: tokenized sequences and their batches.
+
+A *pair* is a :class:`~tunelab.types.Sample` whose messages are the prompt and the chosen
+completion, with the rejected completion's turns in ``meta["rejected"]`` (the ``preference``
+format, or the ``pairs`` transform over sampled trajectories). An *unpaired* example (KTO) is a
+Sample holding the prompt and one completion, with ``meta["label"]`` (True: desirable).
+
+Each example becomes one :class:`SeqRow`: its sequences (pair: chosen then rejected; KTO: the
+completion) laid end to end with positions restarting at each, so a single forward scores all of
+them with a block-diagonal causal mask (as packing does), and the loss tokens of each sequence
+are its completion's assistant turns. KTO rows carry a second row, ``kl``: the prompt with the
+completion of another example (the mismatched pair of its KL estimate), scored without gradients.
+``ref`` holds each sequence's summed log-probability under the reference model, filled once before
+training (:mod:`tunelab.train.objectives`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from tunelab.data.tokenize import IGNORE, Encoded, encode
+from tunelab.types import Sample
+
+KINDS = ("pairs", "unpaired")
+"""The data kinds a preference objective trains on (``tokens`` is SFT's)."""
+
+
+@dataclass
+class SeqRow:
+    """One preference example: its sequences end to end (see the module docstring)."""
+
+    input_ids: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    position_ids: list[int] = field(default_factory=list)
+    source_idx: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    """Per token: the index of its sequence in the row (0: chosen or the KTO completion, 1: rejected)."""
+    n_seqs: int = 0
+    label: int = -1
+    """KTO: 1 desirable, 0 undesirable; -1 for pairs."""
+    ref: list[float] = field(default_factory=list)
+    """Reference log-probability of each sequence (summed over its loss tokens); [] until computed."""
+    kl: SeqRow | None = None
+    """KTO: the mismatched (prompt, another completion) row of the KL estimate."""
+    id: str = ""
+
+    def add(self, e: Encoded, source_idx: int) -> None:
+        """Append one sequence."""
+        self.input_ids += e.input_ids
+        self.targets += e.targets
+        self.position_ids += range(len(e.input_ids))
+        self.source_idx += [source_idx] * len(e.input_ids)
+        self.seq += [self.n_seqs] * len(e.input_ids)
+        self.n_seqs += 1
+
+
+def split_prompt(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(prompt turns, completion turns): the completion starts at the first assistant turn."""
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    return list(messages[:first]), list(messages[first:])
+
+
+def _seq(prompt: list[dict], completion: list[dict], sample: Sample, tok, max_length: int,
+         truncation: str) -> Encoded | None:
+    """One sequence: loss on the completion's assistant turns only (prompt turns never train)."""
+    turns = [{**m, "train": False} if m["role"] == "assistant" else m for m in prompt] + completion
+    e = encode(Sample(turns, sample.meta), tok, max_length, truncation)
+    return e if e is not None and e.n_targets else None
+
+
+def encode_pref(sample: Sample, kind: str, tok, max_length: int, truncation: str, source_idx: int) -> SeqRow | None:
+    """The :class:`SeqRow` of one example (None when a sequence is dropped as too long or has no
+    loss token left after truncation)."""
+    prompt, chosen = split_prompt(sample.messages)
+    row = SeqRow(id=str(sample.meta.get("id", "")))
+    seqs = [chosen, sample.meta["rejected"]] if kind == "pairs" else [chosen]
+    for completion in seqs:
+        e = _seq(prompt, completion, sample, tok, max_length, truncation)
+        if e is None:
+            return None
+        row.add(e, source_idx)
+    if kind == "unpaired":
+        row.label = int(bool(sample.meta["label"]))
+    return row
+
+
+def build_pref_rows(samples: list[Sample], kind: str, tok, sources: list[str], max_length: int,
+                    truncation: str, seed: int) -> tuple[list[SeqRow], int]:
+    """Rows of every example (in order) and how many were dropped as too long.
+
+    KTO rows get their ``kl`` row: the example's prompt with the completion of the example before
+    it in a seeded shuffle (a fixed rotation, so each completion is used once as a mismatch and the
+    KL reference log-probs can be computed once, like the rest).
+    """
+    index = {s: i for i, s in enumerate(sources)}
+    rows, kept, dropped = [], [], 0
+    for s in samples:
+        row = encode_pref(s, kind, tok, max_length, truncation, index[s.source])
+        if row is None:
+            dropped += 1
+            continue
+        rows.append(row)
+        kept.append(s)
+    if kind == "unpaired" and len(rows) > 1:
+        order = list(range(len(rows)))
+        random.Random(f"kto-kl/{seed}").shuffle(order)
+        for pos, i in enumerate(order):
+            j = order[pos - 1]  # the previous example in the shuffle (the first takes the last's)
+            prompt, _ = split_prompt(kept[i].messages)
+            _, completion = split_prompt(kept[j].messages)
+            kl = SeqRow(id=f"{rows[i].id}~{rows[j].id}")
+            e = _seq(prompt, completion, kept[i], tok, max_length, "right")
+            if e is not None:
+                kl.add(e, rows[i].source_idx[0])
+            rows[i].kl = kl
+    return rows, dropped
+
+
+def collate_seqs(rows: list[SeqRow], pad_id: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Right-padded tensors of ``rows``: ``input_ids``, ``targets``, ``position_ids`` (restarting per
+    sequence, so attention stays within each), ``source_idx``, ``seq`` (-1 on padding), ``ref``
+    (rows x sequences; NaN when not computed) and ``label``; KTO rows add their ``kl`` rows under
+    the ``kl_`` prefix."""
+    width = max(1, max(len(r.input_ids) for r in rows))
+    n = max(r.n_seqs for r in rows)
+    out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx", "seq")}
+    for r in rows:
+        pad = width - len(r.input_ids)
+        out["input_ids"].append(r.input_ids + [pad_id] * pad)
+        out["targets"].append(r.targets + [IGNORE] * pad)
+        out["position_ids"].append(r.position_ids + list(range(pad)))  # padding: one more "sequence"
+        out["source_idx"].append(r.source_idx + [-1] * pad)
+        out["seq"].append(r.seq + [-1] * pad)
+    batch = {prefix + k: torch.tensor(v) for k, v in out.items()}
+    ref = [(r.ref + [float("nan")] * n)[:n] if r.ref else [float("nan")] * n for r in rows]
+    batch[prefix + "ref"] = torch.tensor(ref, dtype=torch.float64)
+    batch[prefix + "label"] = torch.tensor([r.label for r in rows])
+    if not prefix and any(r.kl is not None for r in rows):
+        empty = SeqRow()
+        batch.update(collate_seqs([r.kl if r.kl is not None else empty for r in rows], pad_id, "kl_"))
+    return batch
+
+
+def pair_samples(samples: list[Sample], mode: str, seed: int, max_per_task: int = 0) -> tuple[list[Sample], dict[str, int]]:
+    """Preference pairs from a pool of trajectories: a success (chosen) against a failure (rejected)
+    of the same task (``meta["task_id"]``, else the id before ``#``).
+
+    ``mode``: ``all`` (every success x failure, at most ``max_per_task`` per task when > 0, picked
+    with ``seed``) or ``one`` (one seeded pair per task). Returns (pairs, {reason: count}) where the
+    reasons count tasks without a success or without a failure and trajectories whose prompt differs
+    from their task's (those are skipped, not paired).
+    """
+    tasks: dict[str, list[Sample]] = {}
+    for s in samples:
+        tid = str(s.meta.get("task_id") or str(s.meta.get("id", "")).split("#")[0])
+        tasks.setdefault(tid, []).append(s)
+    rng = random.Random(f"pairs/{seed}")
+    out: list[Sample] = []
+    counts = {"no_success": 0, "no_failure": 0, "prompt_mismatch": 0}
+    for tid, group in tasks.items():
+        prompt = split_prompt(group[0].messages)[0]
+        same = [s for s in group if split_prompt(s.messages)[0] == prompt]
+        counts["prompt_mismatch"] += len(group) - len(same)
+        wins = [s for s in same if s.meta.get("outcome", {}).get("success") is True]
+        losses = [s for s in same if s.meta.get("outcome", {}).get("success") is False]
+        if not wins:
+            counts["no_success"] += 1
+            continue
+        if not losses:
+            counts["no_failure"] += 1
+            continue
+        combos = [(w, lo) for w in wins for lo in losses]
+        if mode == "one":
+            combos = [rng.choice(combos)]
+        elif max_per_task and len(combos) > max_per_task:
+            combos = rng.sample(combos, max_per_task)
+        for k, (w, lo) in enumerate(combos):
+            meta = {**w.meta, "id": f"{tid}/pair{k}", "rejected": split_prompt(lo.messages)[1],
+                    "chosen_id": w.meta.get("id"), "rejected_id": lo.meta.get("id")}
+            out.append(Sample(list(w.messages), meta))
+    return out, {k: v for k, v in counts.items() if v}
