@@ -292,3 +292,21 @@ def table(headers: list[str], rows: list[list[Any]], digits: int = 1) -> str:
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(out)
+
+
+def step_timer() -> tuple[Any, list[float], list[float]]:
+    """(a ``transformers.TrainerCallback``, step begin times, step end times): a Trainer's optimizer
+    steps timed from ``on_step_begin`` to ``on_step_end``."""
+    from transformers import TrainerCallback
+
+    begin: list[float] = []
+    end: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            end.append(time.perf_counter())
+
+    return StepTimer(), begin, end

@@ -64,7 +64,7 @@ def _flops(model, lengths: list[int]) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 threads: int | None, compile: bool = False) -> dict[str, Any]:
+                 threads: int | None, compile: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
     """DPO with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -81,7 +81,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     pairs = _pairs(total * batch_size)
     rows, dropped = build_pref_rows(pairs, "pairs", tok, [pairs[0].source], max_length, "right", SEED)
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, schedule="cosine",
-                      seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads, compile=compile)
+                      seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads, compile=compile,
+                      gradient_checkpointing=gradient_checkpointing)
     t_ref = time.perf_counter()
     net = net.to(torch.device("cpu"))
     reference_logps(net, rows, tok.pad_token_id, precision, cfg)
@@ -103,6 +104,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     flops, seq = _flops(model_out, [len(e) for r in rows for e in _seq_lengths(r)])
     return {
         "side": "tunelab", "precision": precision, "threads": used, "compile": compile,
+        "gradient_checkpointing": gradient_checkpointing,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "mean_loss": sum(r["loss"] for r in timed) / max(1, len(timed)),
@@ -119,12 +121,12 @@ def _seq_lengths(row) -> list[list[int]]:
 
 
 def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-             threads: int | None) -> dict[str, Any]:
-    """DPO with TRL ``DPOTrainer`` + peft LoRA in this process; the figures of one run."""
+             threads: int | None, gradient_checkpointing: bool = True) -> dict[str, Any]:
+    """DPO with TRL ``DPOTrainer`` + peft LoRA in this process (DPOConfig's default gradient
+    checkpointing unless told otherwise); the figures of one run."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     t_start = time.perf_counter()
@@ -139,7 +141,8 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
                      per_device_train_batch_size=batch_size, max_steps=total, learning_rate=LR,
                      lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                      logging_steps=1, report_to=[], save_strategy="no", dataloader_num_workers=0, use_cpu=True,
-                     seed=SEED, data_seed=SEED, precompute_ref_log_probs=True, disable_tqdm=True)
+                     seed=SEED, data_seed=SEED, precompute_ref_log_probs=True, disable_tqdm=True,
+                     gradient_checkpointing=gradient_checkpointing)
     lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     torch.manual_seed(SEED)
@@ -153,17 +156,8 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
         return batch
 
     trainer.data_collator = counting_collator
-    begin: list[float] = []
-    end: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            begin.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            end.append(time.perf_counter())
-
-    trainer.add_callback(StepTimer())
+    timer, begin, end = common.step_timer()
+    trainer.add_callback(timer)
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
@@ -181,7 +175,7 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
                for s in pairs for m in (s.messages, s.prompt_messages() + s.meta["rejected"])]
     flops, seq = _flops(peft_model, lengths)
     return {
-        "side": "trl", "precision": precision, "threads": used,
+        "side": "trl", "precision": precision, "threads": used, "gradient_checkpointing": gradient_checkpointing,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "mean_loss": sum(h["loss"] for h in timed_logs) / max(1, len(timed_logs)),
@@ -208,6 +202,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--tunelab-compile", action="store_true")
+    p.add_argument("--tunelab-gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward (TRL's DPOConfig does by default)")
+    p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
+                   help="turn off DPOConfig's default gradient checkpointing")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -224,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "max_length": args.max_length, "precision": precision, "threads": args.threads}
         if side == "tunelab":
             kw["compile"] = args.tunelab_compile
+            kw["gradient_checkpointing"] = args.tunelab_gradient_checkpointing
+        else:
+            kw["gradient_checkpointing"] = not args.trl_no_gradient_checkpointing
         print(f"[bench] {side} DPO {precision}", flush=True)
         run = common.run_in_subprocess(f"dpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose)
         after = common.matmul_peaks()
@@ -236,8 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | data {common.data_origin()} | {args.model}, DPO beta {BETA}, "
           f"{args.steps} timed steps after {args.warmup}, batch {args.batch_size} pairs, max length {args.max_length}")
-    headers = ["side", "precision", "tokens/s", "peak MB", "mean DPO loss", "reward acc.", "peak GFLOP/s", "MFU"]
-    body = [[r["side"], r["precision"], r["tokens_per_s"], r["peak_mem_mb"], f"{r['mean_loss']:.4f}",
+    headers = ["side", "grad. ckpt", "precision", "tokens/s", "peak MB", "mean DPO loss", "reward acc.", "peak GFLOP/s", "MFU"]
+    body = [[r["side"], r["gradient_checkpointing"], r["precision"], r["tokens_per_s"], r["peak_mem_mb"], f"{r['mean_loss']:.4f}",
              f"{r['reward_accuracy']:.2f}", r["peaks"][r["precision"]],
              None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"] for r in runs]
     print(common.table(headers, body))

@@ -121,7 +121,6 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     t_start = time.perf_counter()
@@ -163,17 +162,8 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
         return batch
 
     trainer.data_collator = counting_collator
-    begin: list[float] = []
-    end: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            begin.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            end.append(time.perf_counter())
-
-    trainer.add_callback(StepTimer())
+    timer, begin, end = common.step_timer()
+    trainer.add_callback(timer)
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train

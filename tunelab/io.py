@@ -8,11 +8,13 @@ whose recipe says ``on_error: skip``), and writes results with :func:`write_json
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,16 @@ class FolderLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def sqlite_db(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the SQLite file ``path`` (WAL journal, 60 s busy timeout) that commits on
+    success, rolls back on error and is always closed: the item caches' one way in."""
+    db = sqlite3.connect(path, timeout=60)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        with db:
+            yield db
+    finally:
+        db.close()

@@ -137,3 +137,19 @@ def test_a_corrupted_checkpoint_is_reported_and_the_previous_one_used(tmp_path, 
     assert "step-10 is unusable: trainable.safetensors does not match its checksum" in out
     assert summary["resumed_from"] == 5
     _assert_same(_weights(straight, straight_model), _weights(resumed, resumed_model))
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    """``train.gradient_checkpointing`` recomputes activations in backward: same losses and weights."""
+    import dataclasses
+
+    results = []
+    for gc in (False, True):
+        job = _job(tmp_path / str(gc), method="lora", max_steps=3)
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=gc, save_every=0))
+        model, _ = train(job)
+        losses = [json.loads(x)["loss"] for x in (tmp_path / str(gc) / "metrics.jsonl").read_text().splitlines()]
+        results.append((losses, _weights(job, model)))
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) is gc
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    _assert_same(results[0][1], results[1][1])

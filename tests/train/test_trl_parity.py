@@ -220,4 +220,4 @@ def test_orpo_loss_and_gradient_equal_trl_formula(setup):
     trl_loss.backward()
     assert abs(loss.item() - trl_loss.item()) < TOL
     _assert_same_grads(ours, theirs)
-    assert n == b["input_ids"].shape[0]
+    assert b["input_ids"].shape[0] == 2 * n  # one batch row per sequence

@@ -5,10 +5,10 @@ completion, with the rejected completion's turns in ``meta["rejected"]`` (the ``
 format, or the ``pairs`` transform over sampled trajectories). An *unpaired* example (KTO) is a
 Sample holding the prompt and one completion, with ``meta["label"]`` (True: desirable).
 
-Each example becomes one :class:`SeqRow`: its sequences (pair: chosen then rejected; KTO: the
-completion) laid end to end with positions restarting at each, so a single forward scores all of
-them with a block-diagonal causal mask (as packing does), and the loss tokens of each sequence
-are its completion's assistant turns. KTO rows carry a second row, ``kl``: the prompt with the
+Each example becomes one :class:`SeqRow` holding its sequences (pair: chosen then rejected; KTO:
+the completion), whose loss tokens are the completion's assistant turns; a micro-batch gives each
+sequence its own causal row (:func:`collate_seqs`), so one forward scores them all with the fast
+unmasked attention kernel. KTO rows carry a second row, ``kl``: the prompt with the
 completion of another example (the mismatched pair of its KL estimate), scored without gradients.
 ``ref`` holds each sequence's summed log-probability under the reference model, filled once before
 training (:mod:`tunelab.train.objectives`).
@@ -46,6 +46,12 @@ class SeqRow:
     kl: SeqRow | None = None
     """KTO: the mismatched (prompt, another completion) row of the KL estimate."""
     id: str = ""
+
+    @property
+    def width(self) -> int:
+        """Batch positions the row takes once collated: its longest sequence times its sequences
+        (what length-grouped batching sorts by, so a batch pads little)."""
+        return max((self.seq.count(k) for k in range(self.n_seqs)), default=0) * max(1, self.n_seqs)
 
     def add(self, e: Encoded, source_idx: int) -> None:
         """Append one sequence."""
@@ -120,24 +126,30 @@ def build_pref_rows(samples: list[Sample], kind: str, tok, sources: list[str], m
 
 
 def collate_seqs(rows: list[SeqRow], pad_id: int, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Right-padded tensors of ``rows``: ``input_ids``, ``targets``, ``position_ids`` (restarting per
-    sequence, so attention stays within each), ``source_idx``, ``seq`` (-1 on padding), ``ref``
-    (rows x sequences; NaN when not computed) and ``label``; KTO rows add their ``kl`` rows under
-    the ``kl_`` prefix."""
-    width = max(1, max(len(r.input_ids) for r in rows))
-    n = max(r.n_seqs for r in rows)
-    out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx", "seq")}
+    """A micro-batch of ``rows``: one right-padded batch row per sequence (row-major: an example's
+    chosen, then its rejected), causal and without an attention mask, so attention runs its fast
+    kernel and never looks across sequences. Tensors: ``input_ids``, ``targets``, ``position_ids``,
+    ``source_idx`` (-1 on padding), ``ref`` (examples x sequences; NaN when not computed), ``label``
+    and ``example_source``; KTO rows add their ``kl`` rows under the ``kl_`` prefix."""
+    n = max(1, max(r.n_seqs for r in rows))
+    seqs: list[tuple[list[int], list[int], list[int]]] = []
     for r in rows:
-        pad = width - len(r.input_ids)
-        out["input_ids"].append(r.input_ids + [pad_id] * pad)
-        out["targets"].append(r.targets + [IGNORE] * pad)
-        out["position_ids"].append(r.position_ids + list(range(pad)))  # padding: one more "sequence"
-        out["source_idx"].append(r.source_idx + [-1] * pad)
-        out["seq"].append(r.seq + [-1] * pad)
+        parts = [([t for t, k in zip(r.input_ids, r.seq) if k == j], [t for t, k in zip(r.targets, r.seq) if k == j],
+                  [t for t, k in zip(r.source_idx, r.seq) if k == j]) for j in range(r.n_seqs)]
+        seqs += parts + [([pad_id], [IGNORE], [-1])] * (n - len(parts))  # a row short of sequences (empty KL)
+    width = max(len(ids) for ids, _, _ in seqs)
+    out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
+    for ids, targets, src in seqs:
+        pad = width - len(ids)
+        out["input_ids"].append(ids + [pad_id] * pad)
+        out["targets"].append(targets + [IGNORE] * pad)
+        out["position_ids"].append(list(range(width)))
+        out["source_idx"].append(src + [-1] * pad)
     batch = {prefix + k: torch.tensor(v) for k, v in out.items()}
     ref = [(r.ref + [float("nan")] * n)[:n] if r.ref else [float("nan")] * n for r in rows]
     batch[prefix + "ref"] = torch.tensor(ref, dtype=torch.float64)
     batch[prefix + "label"] = torch.tensor([r.label for r in rows])
+    batch[prefix + "example_source"] = torch.tensor([r.source_idx[0] if r.source_idx else 0 for r in rows])
     if not prefix and any(r.kl is not None for r in rows):
         empty = SeqRow()
         batch.update(collate_seqs([r.kl if r.kl is not None else empty for r in rows], pad_id, "kl_"))

@@ -87,3 +87,40 @@ def systematic_set(out: str | Path, positives: int = 320, negatives: int = 320, 
     kw: dict[str, Any] = {"attempts": 1, "temperature": 0.0, "max_steps": 3, "progress": False}
     sample(env, "calculator", ScriptedAgent("careful"), out, limit=positives, seed=seed, **kw)
     return sample(env, "calculator", ScriptedAgent("forget_first"), out, limit=negatives, seed=seed + 1, **kw)
+
+
+def paired_set(out: str | Path, tasks: int = 320, seed: int = 0) -> dict[str, Any]:
+    """A pool for every learning-from-failure objective at once: on each of ``tasks`` problems one careful
+    (success) and one forgetful (failure) trajectory, attempts 0 and 1 of the same ``task_id``, so NAT,
+    NUT and positives-only read it as they read any sampled pool and DPO/ORPO (``pairs``) and KTO
+    (``kto_labels``) get a success and a failure of the same task. Returns {policy: summary}."""
+    import json
+    import tempfile
+
+    out = Path(out)
+    env = get_env("calculator", source="pairs", oneshot=False)
+    kw: dict[str, Any] = {"attempts": 1, "temperature": 0.0, "max_steps": 3, "progress": False}
+    summaries, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="tl-drill-") as tmp:
+        for attempt, policy in enumerate(POLICIES):
+            part = Path(tmp) / f"{policy}.jsonl"
+            summaries[policy] = sample(env, "calculator", ScriptedAgent(policy), part, limit=tasks, seed=seed, **kw)
+            for line in part.read_text().splitlines():
+                row = json.loads(line)
+                row.update(attempt=attempt, id=f"{row['task_id']}#{attempt}")
+                row["origin"] = {**row.get("origin", {}), "attempt": attempt, "policy": policy}
+                rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(out.suffix + ".tmp")
+    tmp_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp_out.replace(out)
+    return summaries
+
+
+if __name__ == "__main__":  # python -m tunelab.envs.drill OUT [TASKS]: the paired pool of recipes/failures.yaml
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m tunelab.envs.drill OUT.jsonl [TASKS=320]")
+    result = paired_set(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 320)
+    print({p: {k: s[k] for k in ("trajectories", "success_rate") if k in s} for p, s in result.items()})

@@ -12,19 +12,16 @@ A request that fails for good stops new requests: what arrived is kept, and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tunelab.generate.base import GenerationConfig, Generator, Prompt, encode_prompt
-from tunelab.io import digest
+from tunelab.io import digest, sqlite_db
 
 
 class GenerationFailed(RuntimeError):
@@ -41,23 +38,14 @@ class ItemCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
+        with sqlite_db(self.path) as db:
             db.execute("CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                yield db
-        finally:
-            db.close()
 
     def get_many(self, keys: list[str]) -> dict[str, str]:
         """The cached completions of ``keys`` (missing keys absent)."""
         found: dict[str, str] = {}
-        with self._db() as db:
+        with sqlite_db(self.path) as db:
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -67,7 +55,7 @@ class ItemCache:
 
     def put_many(self, entries: dict[str, str]) -> None:
         """Store completions (committed before returning)."""
-        with self._db() as db:
+        with sqlite_db(self.path) as db:
             db.executemany("INSERT OR REPLACE INTO items (key, value) VALUES (?, ?)",
                            [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()])
 

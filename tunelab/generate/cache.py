@@ -7,15 +7,13 @@ missing from the cache are sent to the inner generator, in one call.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from tunelab.generate.base import GenerationConfig, Generator, Prompt
+from tunelab.io import sqlite_db
 
 DB_NAME = "generations.sqlite"
 
@@ -44,7 +42,7 @@ class CachedGenerator:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
         self._lock = threading.Lock()
-        with self._connect() as db:
+        with sqlite_db(self.path) as db:
             db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     @property
@@ -57,20 +55,10 @@ class CachedGenerator:
         """The inner generator's fingerprint (the cache changes no answer)."""
         return self.inner.fingerprint
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits on success and is always closed."""
-        db = sqlite3.connect(self.path, timeout=60)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                yield db
-        finally:
-            db.close()
 
     def _lookup(self, keys: list[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        with self._connect() as db:
+        with sqlite_db(self.path) as db:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -81,7 +69,7 @@ class CachedGenerator:
         return found
 
     def _store(self, entries: dict[str, list[str]]) -> None:
-        with self._connect() as db:
+        with sqlite_db(self.path) as db:
             db.executemany(
                 "INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)",
                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()],

@@ -32,6 +32,7 @@ from tunelab.io import StorageError
 from tunelab.methods.base import Method
 from tunelab.methods.layers import decoder_layers
 from tunelab.models.attention import register as register_cpu_attention
+from tunelab.models.load import base_model
 from tunelab.train import checkpoint, trackers
 from tunelab.train.best import Best
 from tunelab.train.loss import per_source, token_losses
@@ -258,6 +259,8 @@ def _prepare(job: TrainJob, acc: Accelerator,
     model = job.model.to(acc.device).train()
     if job.precision == "bf16" and job.method.frozen_cast_ok:
         cast_frozen_linears(model)
+    if job.cfg.gradient_checkpointing:  # recompute each layer's activations in backward (non-reentrant)
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     restore = compile_layers(model, acc.device) if job.cfg.compile else (lambda: None)
     start, state = _resume(job, model, job.run_dir / "checkpoints", best)
     optimizer = build_optimizer(model, job.method, job.cfg)
@@ -314,7 +317,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
-    lengths = None if job.packing else [len(r.input_ids) for r in job.rows]  # group unpacked rows by length
+    # group unpacked rows by length (preference rows by their collated width: longest sequence x sequences)
+    lengths = None if job.packing else [getattr(r, "width", len(r.input_ids)) for r in job.rows]
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()

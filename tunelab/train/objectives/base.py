@@ -55,8 +55,8 @@ class Objective:
         return collate_seqs(rows, pad_id)
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
-        """How many loss units the micro-batch holds (the step's loss is their mean): its rows."""
-        return int(batch["input_ids"].shape[0])
+        """How many loss units the micro-batch holds (the step's loss is their mean): its examples."""
+        return int(batch["label"].shape[0])
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                  virtual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,20 +97,19 @@ def seq_logps(model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig
               prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each sequence's loss tokens and their count, both (rows, sequences).
 
-    One forward over the rows (sequences end to end, positions restarting), through the same
-    chunked, fused head as SFT's loss (no full-vocabulary logits), then summed per sequence.
+    One forward over the batch rows (one per sequence), through the same chunked, fused head as SFT's
+    loss (no full-vocabulary logits), then summed per sequence.
     ``prefix`` selects the ``kl_`` rows of a KTO batch.
     """
     b = {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)} if prefix else batch
     inputs = {k: b[k] for k in ("input_ids", "position_ids", "targets", "source_idx")}
     losses, _ = token_losses(model, inputs, cfg.loss_chunk, virtual_tokens, cfg.compile)
     mask = b["targets"] != IGNORE
-    n_rows, n_seqs = b["ref"].shape
-    row = torch.arange(n_rows, device=mask.device)[:, None].expand_as(mask)[mask]
-    unit = row * n_seqs + b["seq"][mask]
-    zeros = torch.zeros(n_rows * n_seqs, dtype=torch.float32, device=mask.device)
-    logps = zeros.index_add(0, unit, -losses.float())
-    count = zeros.index_add(0, unit, torch.ones_like(losses, dtype=torch.float32))
+    n_rows, n_seqs = b["ref"].shape  # batch rows are the examples' sequences, row-major
+    row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+    zeros = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device)
+    logps = zeros.index_add(0, row, -losses.float())
+    count = zeros.index_add(0, row, torch.ones_like(losses, dtype=torch.float32))
     return logps.view(n_rows, n_seqs), count.view(n_rows, n_seqs)
 
 

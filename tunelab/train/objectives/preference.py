@@ -32,8 +32,8 @@ from tunelab.train.objectives.base import OBJECTIVES, Objective, seq_logps
 
 
 def _sources(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The source index of each row (its first token's)."""
-    return batch["source_idx"][:, 0]
+    """The source index of each example."""
+    return batch["example_source"]
 
 
 def _reference(batch: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
