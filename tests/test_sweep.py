@@ -116,7 +116,10 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, how:
     path = _sweep_file(tmp_path, seeds=4)  # 8 short runs: the signal lands part-way even on a loaded host
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tunelab.cli", "sweep", str(path), "--backend", "inline"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a shell's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # give the sweep the default disposition whatever this test inherited
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = tmp_path / "out" / "sweep" / "runs"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(runs.glob("*/results.json"))) < 1:
