@@ -60,6 +60,7 @@ def test_unknown_id_is_an_error_naming_the_row(
     assert f"{preds}:1" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("sandbox")  # runs code in the sandbox: never beside the fork-bomb drill's uid count
 def test_humaneval_predictions_pass_at_k(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
