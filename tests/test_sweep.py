@@ -156,5 +156,5 @@ def test_ray_backend_on_a_local_cluster(tmp_path: Path) -> None:
         result = run_sweep(path, backend="ray", quiet=True)
     finally:
         ray.shutdown()
-    assert [r["status"] for r in result["runs"].values()] == ["done", "done"]
+    assert [r["status"] for r in result["runs"].values()] == ["done", "done"], result["runs"]
     assert set(result["tasks"]["perplexity"]["arms"]) == {"rank=2", "rank=4"}

@@ -147,10 +147,20 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "TUNELAB_SOURCE").write_text(f"dequantized from {gguf}\n")
-        os.replace(tmp, target)
+        _publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a finished checkpoint folder into place; when another process finished the same
+    checkpoint first (a sweep's parallel runs), keep theirs and drop ours."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -165,8 +175,11 @@ def resolve(name: str) -> tuple[str, str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         if name == "tiny":
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-            build_tiny(tmp)
-            os.replace(tmp, target)
+            try:
+                build_tiny(tmp)
+                _publish(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             return str(target), "tiny"
         gguf = alias.gguf() if alias.gguf else None
         if gguf is not None:
