@@ -101,7 +101,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
         metrics = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     timed = [r for r in metrics if "step_time_s" in r and r["step"] > warmup]
     tokens, seconds = sum(r["tokens"] for r in timed), sum(r["step_time_s"] for r in timed)
-    flops, seq = _flops(model_out, [len(e) for r in rows for e in _seq_lengths(r)])
+    flops, seq = _flops(model_out, [len(e.input_ids) for r in rows for e in r.seqs])
     return {
         "side": "tunelab", "precision": precision, "threads": used, "compile": compile,
         "gradient_checkpointing": gradient_checkpointing,
@@ -113,11 +113,6 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
         "reference_seconds": round(ref_seconds, 2), "train_seconds": round(train_seconds, 2),
         "setup_seconds": round(t_train - t_start, 2),
     }
-
-
-def _seq_lengths(row) -> list[list[int]]:
-    """Each sequence's tokens of a preference row (for the mean attended length)."""
-    return [[t for t, s in zip(row.input_ids, row.seq) if s == k] for k in range(row.n_seqs)]
 
 
 def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,

@@ -119,7 +119,7 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
         report["preference"] = {"kind": kind, "examples": len(rows), "dropped_too_long": dropped}
     held = [e for e in (enc(s) for s in heldout) if e is not None]
     heldout_rows = pack(held, names, d.max_length, d.packing)
-    n_tok = sum(len(r.input_ids) for r in rows)
+    n_tok = sum(r.tokens for r in rows)
     report.update({
         "rows": len(rows), "tokens": n_tok,
         "target_tokens": sum(e.n_targets for e in encoded if e is not None),

@@ -30,15 +30,12 @@ KINDS = ("pairs", "unpaired")
 
 @dataclass
 class SeqRow:
-    """One preference example: its sequences end to end (see the module docstring)."""
+    """One preference example: its sequences, each one causal batch row once collated."""
 
-    input_ids: list[int] = field(default_factory=list)
-    targets: list[int] = field(default_factory=list)
-    position_ids: list[int] = field(default_factory=list)
-    source_idx: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    """Per token: the index of its sequence in the row (0: chosen or the KTO completion, 1: rejected)."""
-    n_seqs: int = 0
+    seqs: list[Encoded] = field(default_factory=list)
+    """The sequences (0: chosen or the KTO completion, 1: rejected)."""
+    source_idx: int = 0
+    """The example's source index."""
     label: int = -1
     """KTO: 1 desirable, 0 undesirable; -1 for pairs."""
     ref: list[float] = field(default_factory=list)
@@ -48,19 +45,25 @@ class SeqRow:
     id: str = ""
 
     @property
+    def n_seqs(self) -> int:
+        """How many sequences the row holds."""
+        return len(self.seqs)
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens of all its sequences."""
+        return sum(len(e.input_ids) for e in self.seqs)
+
+    @property
     def width(self) -> int:
         """Batch positions the row takes once collated: its longest sequence times its sequences
         (what length-grouped batching sorts by, so a batch pads little)."""
-        return max((self.seq.count(k) for k in range(self.n_seqs)), default=0) * max(1, self.n_seqs)
+        return max((len(e.input_ids) for e in self.seqs), default=0) * max(1, self.n_seqs)
 
     def add(self, e: Encoded, source_idx: int) -> None:
         """Append one sequence."""
-        self.input_ids += e.input_ids
-        self.targets += e.targets
-        self.position_ids += range(len(e.input_ids))
-        self.source_idx += [source_idx] * len(e.input_ids)
-        self.seq += [self.n_seqs] * len(e.input_ids)
-        self.n_seqs += 1
+        self.seqs.append(e)
+        self.source_idx = source_idx
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -120,7 +123,7 @@ def build_pref_rows(samples: list[Sample], kind: str, tok, sources: list[str], m
             kl = SeqRow(id=f"{rows[i].id}~{rows[j].id}")
             e = _seq(prompt, completion, kept[i], tok, max_length, "right")
             if e is not None:
-                kl.add(e, rows[i].source_idx[0])
+                kl.add(e, rows[i].source_idx)
             rows[i].kl = kl
     return rows, dropped
 
@@ -132,24 +135,21 @@ def collate_seqs(rows: list[SeqRow], pad_id: int, prefix: str = "") -> dict[str,
     ``source_idx`` (-1 on padding), ``ref`` (examples x sequences; NaN when not computed), ``label``
     and ``example_source``; KTO rows add their ``kl`` rows under the ``kl_`` prefix."""
     n = max(1, max(r.n_seqs for r in rows))
-    seqs: list[tuple[list[int], list[int], list[int]]] = []
-    for r in rows:
-        parts = [([t for t, k in zip(r.input_ids, r.seq) if k == j], [t for t, k in zip(r.targets, r.seq) if k == j],
-                  [t for t, k in zip(r.source_idx, r.seq) if k == j]) for j in range(r.n_seqs)]
-        seqs += parts + [([pad_id], [IGNORE], [-1])] * (n - len(parts))  # a row short of sequences (empty KL)
-    width = max(len(ids) for ids, _, _ in seqs)
+    pad_seq = Encoded([pad_id], [IGNORE], "", "")  # a row short of sequences (an empty KL row)
+    seqs = [(e, r.source_idx) for r in rows for e in r.seqs + [pad_seq] * (n - r.n_seqs)]
+    width = max(len(e.input_ids) for e, _ in seqs)
     out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
-    for ids, targets, src in seqs:
-        pad = width - len(ids)
-        out["input_ids"].append(ids + [pad_id] * pad)
-        out["targets"].append(targets + [IGNORE] * pad)
+    for e, src in seqs:
+        pad = width - len(e.input_ids)
+        out["input_ids"].append(e.input_ids + [pad_id] * pad)
+        out["targets"].append(e.targets + [IGNORE] * pad)
         out["position_ids"].append(list(range(width)))
-        out["source_idx"].append(src + [-1] * pad)
+        out["source_idx"].append([src if e is not pad_seq else -1] * len(e.input_ids) + [-1] * pad)
     batch = {prefix + k: torch.tensor(v) for k, v in out.items()}
     ref = [(r.ref + [float("nan")] * n)[:n] if r.ref else [float("nan")] * n for r in rows]
     batch[prefix + "ref"] = torch.tensor(ref, dtype=torch.float64)
     batch[prefix + "label"] = torch.tensor([r.label for r in rows])
-    batch[prefix + "example_source"] = torch.tensor([r.source_idx[0] if r.source_idx else 0 for r in rows])
+    batch[prefix + "example_source"] = torch.tensor([r.source_idx for r in rows])
     if not prefix and any(r.kl is not None for r in rows):
         empty = SeqRow()
         batch.update(collate_seqs([r.kl if r.kl is not None else empty for r in rows], pad_id, "kl_"))

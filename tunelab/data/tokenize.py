@@ -83,6 +83,16 @@ class Row:
     source_idx: list[int] = field(default_factory=list)  # per token; -1 = padding
     ids: list[str] = field(default_factory=list)
 
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens of the row."""
+        return len(self.input_ids)
+
+    @property
+    def width(self) -> int:
+        """Batch positions the row takes once collated (what length-grouped batching sorts by)."""
+        return len(self.input_ids)
+
     def add(self, e: Encoded, source_idx: int) -> None:
         self.input_ids += e.input_ids
         self.targets += e.targets

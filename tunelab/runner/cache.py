@@ -44,6 +44,10 @@ def _version() -> str:
         return "dev"
 
 
+ROWS_LAYOUT = 2
+"""Bumped when the pickled preference rows change shape (2: SeqRow keeps its sequences apart)."""
+
+
 def data_key(cfg: RunConfig) -> str:
     """The key of a recipe's built data (see the module docstring)."""
     model = to_dict(cfg.model)
@@ -54,6 +58,7 @@ def data_key(cfg: RunConfig) -> str:
     kind = build_objective(cfg.objective).kind
     kind = None if kind == "tokens" else kind  # SFT's keys stay what they were
     return _digest({"data": to_dict(cfg.data), "tokenizer": tokenizer, "eval": evals, "objective": kind,
+                    "rows": ROWS_LAYOUT if kind else None,
                     "recipe_dir": cfg.recipe_dir, "data_dir": os.environ.get("TUNELAB_DATA_DIR"),
                     "version": _version()})
 

@@ -317,8 +317,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
-    # group unpacked rows by length (preference rows by their collated width: longest sequence x sequences)
-    lengths = None if job.packing else [getattr(r, "width", len(r.input_ids)) for r in job.rows]
+    lengths = None if job.packing else [r.width for r in job.rows]  # unpacked rows: grouped by collated width
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()

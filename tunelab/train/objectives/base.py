@@ -42,8 +42,7 @@ class Objective:
 
     def __init__(self, params: Any) -> None:
         self.params = params
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        self._recorded: dict[str, list[torch.Tensor]] = {}
 
     @property
     def needs_reference(self) -> bool:
@@ -64,17 +63,19 @@ class Objective:
         raise NotImplementedError
 
     def record(self, name: str, values: torch.Tensor) -> None:
-        """Add ``values`` (detached) to the mean of metric ``name`` over the current step."""
-        v = values.detach().double().reshape(-1)
-        v = v[~torch.isnan(v)]
-        self._sums[name] = self._sums.get(name, 0.0) + float(v.sum())
-        self._counts[name] = self._counts.get(name, 0) + int(v.numel())
+        """Add ``values`` (detached) to the mean of metric ``name`` over the current step; kept as
+        tensors, so recording never waits on the device (one transfer per step, in :meth:`metrics`)."""
+        self._recorded.setdefault(name, []).append(values.detach().double().reshape(-1))
 
     def metrics(self) -> dict[str, float]:
-        """Means of the recorded metrics since the last call (then cleared): the step's."""
-        out = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
-        self._sums.clear()
-        self._counts.clear()
+        """Means of the recorded metrics since the last call (then cleared): the step's, NaNs left out."""
+        out = {}
+        for name, parts in self._recorded.items():
+            v = torch.cat(parts).cpu()
+            v = v[~torch.isnan(v)]
+            if v.numel():
+                out[name] = float(v.mean())
+        self._recorded.clear()
         return out
 
 
