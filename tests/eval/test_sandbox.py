@@ -57,7 +57,7 @@ def _src(code: str) -> str:
 
 
 def _host_processes(uid_range: range, arg: str) -> list[int]:
-    """Host pids running as a uid in ``uid_range`` or with ``arg`` in their command line."""
+    """Live host pids (zombies excluded) running as a uid in ``uid_range`` or with ``arg`` in their command line."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -66,6 +66,8 @@ def _host_processes(uid_range: range, arg: str) -> list[int]:
         except OSError:
             continue
         uid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")), -1)
+        if "\nState:\tZ" in status:  # a zombie runs nothing: it waits to be reaped by its parent
+            continue
         if uid in uid_range or arg.encode() in cmdline:
             pids.append(int(entry.name))
     return pids
