@@ -20,6 +20,14 @@ from tunelab.sandbox import SandboxResult, SandboxUnavailable, isolation_availab
 pytestmark = pytest.mark.xdist_group("sandbox")
 
 
+def test_sandbox_group_runs_on_one_worker(request: pytest.FixtureRequest) -> None:
+    """Under ``--dist loadgroup`` the group suffix must reach the node id, or the grouping silently does
+    nothing (pytest 9.2 with xdist 3.8 dropped it, and the fork-bomb drill then counted other tests' uids)."""
+    if request.config.getoption("dist", "no") != "loadgroup" and not getattr(request.config.option, "loadgroup", 0):
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@sandbox"), request.node.nodeid
+
+
 @pytest.fixture
 def rlimits_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend bubblewrap is unavailable so runs take the rlimits-only path."""
