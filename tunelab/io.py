@@ -116,6 +116,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), json.dumps(obj, indent=2, default=str))
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file + rename; see :class:`StorageError`)."""
+    _atomic_write(Path(path), text)
+
+
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write one JSON object per line, atomically (temporary file + rename; see :class:`StorageError`)."""
     _atomic_write(Path(path), "".join(json.dumps(r, default=str) + "\n" for r in rows))

@@ -58,6 +58,22 @@ def test_active_layers_change_only_every_k_steps_and_are_reproducible():
     assert [other.draw(p) for p in range(10)] != [again.draw(p) for p in range(10)]
 
 
+def test_unset_seed_follows_the_runs_train_seed():
+    # the runner seeds torch with train.seed just before building the method: a sweep's seeds draw apart
+    def built(seed):
+        tok = tiny_tokenizer()
+        model = tiny_model(len(tok), seed=0, layers=LAYERS)
+        torch.manual_seed(seed)
+        method = build_method({"name": "lisa", "gamma": 1, "interval": 3})
+        method.apply(model)
+        return method
+
+    follows, other = built(4), built(5)
+    explicit, _, _ = _lisa(seed=4)
+    assert [follows.draw(p) for p in range(10)] == [explicit.draw(p) for p in range(10)]
+    assert [other.draw(p) for p in range(10)] != [follows.draw(p) for p in range(10)]
+
+
 def test_embeddings_norm_and_head_always_train():
     method, model, _ = _lisa()
     names = _trainable(model)

@@ -216,3 +216,46 @@ def test_a_dpo_recipe_on_plain_sft_data_is_refused(tmp_path, tiny_dir):
     with pytest.raises(DataError, match="'rejected' missing"):
         run(path, out=str(tmp_path / "runs"), quiet=True)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_dpo_starts_from_a_finished_sft_run(tmp_path, tiny_dir):
+    """``model: <run folder>``: the run trains from that run's merged weights, which are also the
+    reference; caches keyed by the weights tell it apart from the base model."""
+    from tunelab.train.artifacts import load_for_inference
+
+    pool = _write(tmp_path / "pool.jsonl", trajectory_pool(12))
+    source = {"name": "arith", "path": pool, "format": "trajectory"}
+
+    def recipe(name, model, objective, transform, lr):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "model": model, "data": {"sources": [source], "transforms": [transform], "max_length": 128,
+                                     "heldout": 0},
+            "objective": objective, "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+            "train": {"max_steps": 4, "batch_size": 4, "lr": lr, "precision": "fp32", "save_every": 0},
+            "eval": {"tasks": []}}))
+        return path
+
+    cache = tmp_path / "cache"
+    sft = run(recipe("sft", str(tiny_dir), {"name": "sft"}, {"name": "nat", "mode": "positives"}, 5e-2),
+              out=str(tmp_path / "runs"), quiet=True, data_cache=cache)
+    pairs = {"name": "pairs", "mode": "one"}
+    # a learning rate so small that the DPO run's weights stay its starting point's
+    dpo = run(recipe("dpo", str(sft), {"name": "dpo"}, pairs, 1e-12), out=str(tmp_path / "runs"), quiet=True,
+              data_cache=cache)
+    from_base = run(recipe("dpo_base", str(tiny_dir), {"name": "dpo"}, pairs, 1e-12), out=str(tmp_path / "runs"),
+                    quiet=True, data_cache=cache)
+    info = json.loads((dpo / "env.json").read_text())["model"]
+    assert info["kind"] == "run" and info["resolved"] == str((sft / "final").resolve())
+    # the reference log-probs were computed from the SFT weights, not served from the base model's cache
+    assert not json.loads((dpo / "results.json").read_text())["run"]["reused"]["reference"]
+    refs = {p.stem: json.loads(p.read_text()) for p in (cache / "reference").glob("*.json")}
+    assert len(refs) == 2 and len({json.dumps(r) for r in refs.values()}) == 2
+    ids = torch.arange(3, 40).unsqueeze(0)
+    logits = {}
+    for name, folder in (("sft", sft), ("dpo", dpo), ("from_base", from_base)):
+        model, _, _ = load_for_inference(str(folder), device="cpu")  # a run on a run loads through both
+        with torch.no_grad():
+            logits[name] = model(input_ids=ids).logits
+    assert torch.allclose(logits["dpo"], logits["sft"], atol=1e-4)
+    assert not torch.allclose(logits["from_base"], logits["sft"], atol=1e-2)

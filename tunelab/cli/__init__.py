@@ -32,11 +32,12 @@ from tunelab.evolve.operators import describe_operators
 from tunelab.evolve.seeds import load_seeds
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.build import BACKENDS, build_generator
-from tunelab.io import DataError, FolderLocked, StorageError
+from tunelab.io import DataError, FolderLocked, StorageError, write_text
 from tunelab.methods import METHODS
 from tunelab.models.load import ALIASES, ModelError
 from tunelab.registry import RegistryError, first_doc_line
 from tunelab.regularizers import REGULARIZERS
+from tunelab.runner import findings
 from tunelab.runner.compare import compare_runs
 from tunelab.runner.data import inspect_recipe
 from tunelab.runner.report import run_report, sweep_report
@@ -183,8 +184,26 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    """Run a factorial sweep (recipe x factors x seeds) and aggregate it: per-arm CIs, tests, interactions."""
+    """Run a factorial sweep (recipe x factors x seeds) and aggregate it: per-arm CIs, tests, interactions.
 
+    ``tunelab sweep report <sweep folder | sweep file> [--markdown]``: the study's findings from its outputs (design,
+    tables, each hypothesis's paired test, power and verdict, diagnostics); written to
+    ``<sweep folder>/findings.md`` too.
+    """
+
+    if a.file == "report":
+        if not a.folder:
+            raise ConfigError("tunelab sweep report: name the sweep folder (runs/sweeps/<name>) or its sweep file")
+        study = findings.report(a.folder)
+        text = findings.markdown(study)
+        write_text(Path(study["folder"]) / "findings.md", text)
+        if a.json:
+            print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
+        else:
+            print(text, end="") if a.markdown else print(findings.summary(study))
+        return 0
+    if a.folder:
+        raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")
     result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=a.resume, out=a.out,
                        quiet=a.json)
     if a.json:
@@ -347,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-cache", help="folder of built data shared between runs (a sweep's)"),
             p.add_argument("--base-eval-cache", help="folder of base-model evaluations shared between runs"))),
         "sweep": (cmd_sweep, lambda p: (
-            p.add_argument("file", help="sweep YAML: recipe, factors, seeds, baseline"),
+            p.add_argument("file", help="sweep YAML: recipe, factors, seeds, baseline; or `report`"),
+            p.add_argument("folder", nargs="?", help="with `report`: the sweep folder, or the sweep file"),
+            p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (local backend)"),
             p.add_argument("--backend", default="local", choices=SWEEP_BACKENDS,
                            help="local: a process per run; inline: in this process; ray: a Ray cluster"),

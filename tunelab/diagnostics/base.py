@@ -15,9 +15,8 @@ from tunelab.config import RunConfig, load_config, parse_params
 from tunelab.data.sources import load_source
 from tunelab.data.tokenize import collate, encode, pack
 from tunelab.io import write_json
-from tunelab.models.load import load_model
 from tunelab.registry import Registry
-from tunelab.train.artifacts import load_for_inference
+from tunelab.train.artifacts import load_for_inference, load_start
 
 
 class Diagnostic:
@@ -74,7 +73,7 @@ class Context:
     @cached_property
     def base(self) -> nn.Module:
         """The untrained model, fp32, eval mode."""
-        model, _, _ = load_model(self.cfg.model, device=self.device)
+        model, _, _ = load_start(self.cfg.model, device=self.device)
         return model.float().eval()
 
     @cached_property

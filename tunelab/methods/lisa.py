@@ -35,8 +35,9 @@ class LISAParams:
     """Decoder layers trained at a time (the paper: 1-2)."""
     interval: int = 20
     """K: steps between re-drawing the active layers (the paper: 20)."""
-    seed: int = 0
-    """Seed of the layer draws (each draw also depends on step // K)."""
+    seed: int | None = None
+    """Seed of the layer draws (each draw also depends on step // K); None: the run's ``train.seed``, so
+    a sweep's seeds draw different layers."""
 
 
 @METHODS.register("lisa")
@@ -51,11 +52,12 @@ class LISA(Full):
         self.ever_active: set[int] = set()
         self._layers: dict[int, list[str]] = {}
         self._always: list[str] = []
+        self._seed = self.params.seed
 
     def draw(self, period: int) -> list[int]:
         """The active layers of period ``step // K``: deterministic in (seed, period)."""
         n = len(self._layers)
-        rng = random.Random(self.params.seed * 1_000_003 + period)
+        rng = random.Random((self._seed or 0) * 1_000_003 + period)
         return sorted(rng.sample(range(n), min(self.params.gamma, n)))
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -66,6 +68,8 @@ class LISA(Full):
         """
         if self.params.gamma < 1 or self.params.interval < 1:
             raise ValueError(f"method.gamma and method.interval must be >= 1, got {self.params}")
+        if self.params.seed is None:  # the runner seeds torch with train.seed just before building the method
+            self._seed = torch.initial_seed()
         self._layers, self._always = params_by_layer(model)
         self._activate(model, self.draw(0))
         return model

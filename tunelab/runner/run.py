@@ -31,13 +31,14 @@ from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
-from tunelab.models.load import ModelError, cache_dir, load_model
+from tunelab.models.load import ModelError, cache_dir
 from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
 from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
+from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
 from tunelab.train.objectives import build_objective, reference_logps, set_reference
@@ -208,7 +209,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     precision, why = decide(cfg.train.precision, device)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     seed_everything(cfg.train.seed)
-    model, tok, model_info = load_model(cfg.model, device=device)
+    model, tok, model_info = load_start(cfg.model, device=device)
     write_json(run_dir / "env.json", {**environment(precision, why), "model": model_info})
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)

@@ -55,7 +55,9 @@ from tunelab.runner.report import sweep_report
 from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
 
-SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out")
+SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "question",
+              "hypotheses")
+HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "direction", "effect", "source")
 BACKENDS = ("local", "inline", "ray")
 
 
@@ -96,6 +98,11 @@ class Sweep:
     seeds: list[int]
     baseline: dict[str, str]
     runs: list[PlannedRun] = field(default_factory=list)
+    question: str = ""
+    """What the study asks (``tunelab sweep report`` prints it)."""
+    hypotheses: list[dict[str, Any]] = field(default_factory=list)
+    """Findings under test: ``{claim, task, arm, versus, direction, effect, source}`` (see
+    :func:`tunelab.runner.findings.verdicts`)."""
 
     @property
     def folder(self) -> Path:
@@ -184,7 +191,8 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
         if baseline[f] not in factors[f]:
             raise ConfigError(f"{path}: baseline: {f}={baseline[f]!r} is not a level ({', '.join(factors[f])})")
     sweep = Sweep(str(spec.get("name") or path.stem), path, Path(out or spec.get("out") or "runs/sweeps").resolve(),
-                  factors, seeds, baseline)
+                  factors, seeds, baseline, question=str(spec.get("question") or "").strip(),
+                  hypotheses=_hypotheses(path, spec.get("hypotheses"), factors, baseline))
     base_tree = yaml.safe_load(recipe.read_text()) or {}
     for ov in spec.get("overrides") or []:
         apply_override(base_tree, ov)
@@ -195,6 +203,48 @@ def load_sweep(path: str | Path, out: str | None = None) -> Sweep:
         for seed in seeds:
             sweep.runs.append(_plan(sweep, arm, seed, base_tree, recipe, seed_key))
     return sweep
+
+
+def _hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], baseline: dict[str, str]
+                ) -> list[dict[str, Any]]:
+    """The validated ``hypotheses`` list: each names a task, an arm (``factor=level,...`` or a mapping
+    ``{factor: level}``, for labels with commas; missing
+    factors take the baseline's level), what it is compared with (default: the baseline arm), the
+    predicted direction (``better``, ``worse`` or ``equal``) and optionally the claimed effect size."""
+    out = []
+    for i, h in enumerate(spec or []):
+        where = f"{path}: hypotheses[{i}]"
+        if not isinstance(h, dict):
+            raise ConfigError(f"{where}: must be a mapping with keys {', '.join(HYPOTHESIS_KEYS)}")
+        unknown = sorted(set(h) - set(HYPOTHESIS_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(HYPOTHESIS_KEYS)}")
+        for key in ("claim", "task", "arm"):
+            if not h.get(key):
+                raise ConfigError(f"{where}: {key!r} is required")
+        if h.get("direction", "better") not in ("better", "worse", "equal"):
+            raise ConfigError(f"{where}: direction: {h['direction']!r} is not better, worse or equal")
+        arms = {}
+        for key in ("arm", "versus"):
+            levels, given = dict(baseline), h.get(key) or {}
+            if isinstance(given, dict):
+                pairs = [(str(f), str(lv)) for f, lv in given.items()]
+            else:
+                pairs = [(f.strip(), lv.strip()) for f, _, lv in (p.partition("=") for p in str(given).split(","))
+                         if f.strip()]
+            for f, lv in pairs:
+                part = f"{f}={lv}"
+                if f not in factors or lv not in factors[f]:
+                    raise ConfigError(f"{where}: {key}: {part!r} is not factor=level "
+                                      f"(factors: {', '.join(f'{k}: {list(v)}' for k, v in factors.items())})")
+                levels[f] = lv
+            arms[key] = ",".join(f"{f}={lv}" for f, lv in levels.items())
+        effect = h.get("effect")
+        if effect is not None and not isinstance(effect, (int, float)):
+            raise ConfigError(f"{where}: effect: must be a number (the claimed difference on the task's metric)")
+        out.append({"claim": str(h["claim"]), "task": str(h["task"]), "arm": arms["arm"], "versus": arms["versus"],
+                    "direction": h.get("direction", "better"), "effect": effect, "source": str(h.get("source", ""))})
+    return out
 
 
 def _plan(sweep: Sweep, arm: Arm, seed: int, base_tree: dict, recipe: Path, seed_key: str) -> PlannedRun:

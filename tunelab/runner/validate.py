@@ -22,7 +22,7 @@ def _model_problem(name: str) -> str | None:
         return None
     if "/" in name and not name.startswith((".", "/")):
         return None  # a hub id: resolved at run time
-    return f"model.name: {name!r} is not an alias ({', '.join(ALIASES)}), a local folder, or a hub id"
+    return f"model.name: {name!r} is not an alias ({', '.join(ALIASES)}), a local folder (a checkpoint or a finished run), or a hub id"
 
 
 def _best_problems(cfg: RunConfig) -> list[str]:

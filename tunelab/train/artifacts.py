@@ -9,10 +9,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from tunelab.config import DEFAULT_METHOD, ModelConfig, is_run, load_config
 from tunelab.device import default_device
 from tunelab.methods import METHODS
-from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.load import ModelError, load_model, load_tokenizer
+
+
+def load_start(cfg: ModelConfig, device: str | torch.device = "cpu"):
+    """(model, tokenizer, info) a run trains from: ``cfg.name`` is a model, or a finished run folder whose
+    final weights are merged into its base (``model: runs/sft-run`` makes DPO start from an SFT run; the
+    reference of a preference objective is then that model). ``info["resolved"]`` names the run's
+    ``final/`` folder, so caches keyed by the weights (base evaluations, reference log-probs) see them.
+
+    Raises:
+        ModelError: the run's method cannot be merged into plain weights (prefix, prompt tuning).
+    """
+    if not is_run(cfg.name):
+        return load_model(cfg, device=device)
+    model, tok, info = load_for_inference(cfg.name, device=str(device))
+    method = METHODS.get(info["method"].get("name", DEFAULT_METHOD))()
+    try:
+        model = method.merge(model)
+    except (NotImplementedError, ValueError) as e:
+        raise ModelError(f"model.name: {cfg.name} was trained with method {method.name!r}, which cannot be "
+                         "merged into plain weights, so a run cannot start from it") from e
+    for p in model.parameters():
+        p.requires_grad_(True)  # as a freshly loaded model: the method decides what trains
+    final = Path(cfg.name).resolve() / "final"
+    return model, tok, {**info, "resolved": str(final), "kind": "run", "from_run": str(cfg.name)}
 
 
 def load_for_inference(model_or_run: str, device: str | None = None):
@@ -23,7 +49,7 @@ def load_for_inference(model_or_run: str, device: str | None = None):
         return model.eval(), tok, info
     cfg = load_config(model_or_run)
     final = Path(model_or_run) / "final"
-    base, _, info = load_model(cfg.model, device=device)
+    base, _, info = load_start(cfg.model, device=device)  # a run started from another run: its merged weights
     method_cls = METHODS.get(cfg.method.get("name", DEFAULT_METHOD))
     model = method_cls.load_final(base, final).to(device)
     has_tok = (final / "tokenizer_config.json").is_file()

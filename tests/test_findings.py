@@ -1,0 +1,114 @@
+"""tunelab sweep report: minimum detectable effect, verdicts on claims, the findings.md section."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import ConfigError
+from tunelab.runner.findings import judge, minimum_detectable_effect
+from tunelab.runner.sweep import load_sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = ["train.max_steps=4", "train.save_every=2", "data.sources.0.count=64", "data.heldout=4",
+             "eval.tasks=[arith, perplexity]", "eval.task_options.perplexity.sources=arith", "eval.limit=8",
+             "eval.max_new_tokens=8"]
+
+
+def test_mde_matches_the_textbook_paired_t_design() -> None:
+    # Cohen (1988) / G*Power: a paired t-test needs 34 pairs to detect d = 0.5 at alpha 0.05 (two-sided)
+    # with 80% power; with 34 differences of standard deviation 1 the MDE is therefore ~0.5.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(34)
+    x = (x - x.mean()) / x.std(ddof=1)  # sd exactly 1
+    assert minimum_detectable_effect(list(x)) == pytest.approx(0.5, abs=0.01)
+    assert minimum_detectable_effect(list(3 * x)) == pytest.approx(1.5, abs=0.03)  # in the metric's units
+    assert minimum_detectable_effect(list(x), n_tests=3) > 0.55  # alpha / 3: a stricter test sees less
+    assert math.isnan(minimum_detectable_effect([0.1, 0.1, 0.1])) and math.isnan(minimum_detectable_effect([1.0]))
+
+
+@pytest.mark.parametrize(("direction", "delta", "ci", "p", "mde", "effect", "expected"), [
+    ("better", 0.08, (0.02, 0.14), 0.01, 0.06, None, "replicates"),
+    ("better", -0.08, (-0.14, -0.02), 0.01, 0.06, None, "does not replicate: significant in the opposite"),
+    ("worse", -0.08, (-0.14, -0.02), 0.01, 0.06, None, "replicates"),
+    ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, None, "inconclusive at this power"),
+    ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.10, "does not replicate: no effect although the design"),
+    ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.03, "inconclusive at this power"),
+    ("equal", 0.005, (-0.02, 0.03), 0.7, 0.05, None, "replicates: the difference lies within +-0.050"),
+    ("equal", 0.005, (-0.02, 0.03), 0.7, 0.05, 0.01, "inconclusive at this power"),
+    ("equal", -0.1, (-0.15, -0.05), 0.001, 0.05, None, "does not replicate: a difference of -0.100"),
+    ("better", 0.08, (0.02, 0.14), 0.2, 0.06, None, "inconclusive at this power"),  # Holm took it away
+])
+def test_verdicts(direction, delta, ci, p, mde, effect, expected) -> None:
+    assert judge(direction, {"delta": delta, "ci": ci}, p, mde, effect).startswith(expected)
+
+
+def _spec(tmp_path: Path, **extra) -> Path:
+    spec = {"recipe": str(ROOT / "recipes" / "tiny.yaml"), "overrides": OVERRIDES,
+            "factors": {"rank": {"method.r": [2, 4]}}, "seeds": 2, "out": str(tmp_path / "out"),
+            "question": "Does rank 4 beat rank 2?",
+            "hypotheses": [{"claim": "rank 4 lowers the loss", "task": "perplexity", "arm": "rank=4",
+                            "direction": "better", "source": "a test"},
+                           {"claim": "rank does not move accuracy", "task": "arith", "arm": "rank=4",
+                            "direction": "equal", "effect": 0.5}], **extra}
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize(("hypothesis", "message"), [
+    ({"claim": "x", "task": "arith", "arm": "rank=8"}, "'rank=8' is not factor=level"),
+    ({"claim": "x", "task": "arith", "arm": "depth=2"}, "'depth=2' is not factor=level"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "direction": "up"}, "direction: 'up'"),
+    ({"claim": "x", "arm": "rank=4"}, "'task' is required"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "size": 3}, "unknown key(s) size"),
+])
+def test_bad_hypotheses_fail_naming_the_file(tmp_path: Path, hypothesis: dict, message: str) -> None:
+    path = _spec(tmp_path, hypotheses=[hypothesis])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_sweep(path)
+    assert f"{path}: hypotheses[0]" in str(e.value)
+
+
+def test_sweep_report_writes_the_study_section(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _spec(tmp_path)
+    result = run_sweep(path, backend="inline", quiet=True)
+    folder = Path(result["folder"])
+    capsys.readouterr()
+    assert main(["sweep", "report", str(folder), "--json"]) == 0
+    study = json.loads(capsys.readouterr().out)
+    loss, acc = study["hypotheses"]
+    assert (loss["arm"], loss["versus"], loss["items"]) == ("rank=4", "rank=2", 8)
+    # the paired difference is the one sweep.json holds against the baseline, the p Holm-adjusted over 2 claims
+    vs = result["tasks"]["perplexity"]["arms"]["rank=4"]["vs_baseline"]
+    assert loss["test"]["delta"] == pytest.approx(vs["delta"]) and loss["p_holm"] >= loss["test"]["p_value"]
+    assert loss["verdict"] in {"replicates", "inconclusive at this power"} or loss["verdict"].startswith("does not")
+    assert len(loss["seed_scores"]["arm"]) == 2 and acc["direction"] == "equal" and acc["effect"] == 0.5
+    assert main(["sweep", "report", str(folder), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert text == (folder / "findings.md").read_text()
+    assert "**Question.** Does rank 4 beat rank 2?" in text and "runs finished: 4/4" in text
+    assert "| rank lowers" not in text and "| rank 4 lowers the loss | perplexity | rank=4 vs rank=2 |" in text
+    assert "| rank=2 | 2 |" in text and "--markdown`" in text
+    assert main(["sweep", "report", str(folder)]) == 0 and "rank 4 lowers the loss" in capsys.readouterr().out
+    assert main(["sweep", "report", str(tmp_path)]) == 2 and "not a sweep folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "experiments").glob("*.yaml"), *(ROOT / "recipes" / "sweeps").glob("*.yaml")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_study_file_plans(path: Path) -> None:
+    """Each sweep file's factors, baseline and hypotheses are valid; a run may only wait for a data file
+    that a command named in the file's header makes (a sampled pool, an evolved set)."""
+    try:
+        sweep = load_sweep(path)
+    except ConfigError as e:
+        assert "data file" in str(e) and "not found" in str(e), e
+        missing = str(e).split("data file '")[1].split("'")[0]
+        assert Path(missing).name in path.read_text(), f"{path}: its header should say how to make {missing}"
+        return
+    assert sweep.runs and all(h["arm"] != h["versus"] for h in sweep.hypotheses)
