@@ -112,3 +112,28 @@ def test_every_study_file_plans(path: Path) -> None:
         assert Path(missing).name in path.read_text(), f"{path}: its header should say how to make {missing}"
         return
     assert sweep.runs and all(h["arm"] != h["versus"] for h in sweep.hypotheses)
+
+
+def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: Path) -> None:
+    from tunelab.io import read_jsonl
+    from tunelab.runner.findings import report
+
+    path = _spec(tmp_path, seeds=1, hypotheses=[], factors={
+        "rank": {"method.r": [2, 4]},
+        "vld": {"off": {"regularizers": []}, "on": {"regularizers": [{"name": "very_large_dropout", "p": 0.9}]}}})
+    run_sweep(path, backend="inline", quiet=True)
+    study = report(path)
+    inter = study["interactions"]["perplexity"]
+    sweep = study["_sweep"]
+    loss = {}
+    for p in sweep.runs:
+        rows = read_jsonl(Path(p.cfg.out) / p.name / "eval" / "tuned" / "perplexity.jsonl")
+        loss[(p.arm.levels["rank"], p.arm.levels["vld"])] = {r["id"]: -r["loss"] for r in rows}
+    ids = sorted(loss[("2", "off")])
+    did = [(loss[("4", "on")][i] - loss[("4", "off")][i]) - (loss[("2", "on")][i] - loss[("2", "off")][i]) for i in ids]
+    assert inter["items"] == len(ids) == 8 and inter["delta"] == pytest.approx(float(np.mean(did)))
+    assert inter["ci"][0] <= inter["delta"] <= inter["ci"][1] and 0 <= inter["p_value"] <= 1
+    assert "vld effect at rank=4" in inter["contrast"]
+    from tunelab.runner.findings import markdown
+
+    assert "Interaction on items (difference in differences" in markdown(study)

@@ -42,7 +42,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired
+from tunelab.eval.stats import compare_paired, sign_flip_test
 from tunelab.io import read_jsonl
 from tunelab.runner.aggregate import _items, _run_scores
 
@@ -126,6 +126,38 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]
                                  if "seed_p" in r else " (on items; too few seeds for a seed-level test)")
     for r in out:
         r.setdefault("verdict", "not tested: no finished runs on both arms")
+    return out
+
+
+def interactions(sweep: Any, records: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """Per task of a 2 x 2 design: the interaction on items, as a difference in differences.
+
+    For each item (values averaged over seeds): ``(a11 - a10) - (a01 - a00)``, where the first index is
+    the first factor's level (baseline 0) and the second the second factor's; tested against 0 with the
+    sign-flip test (:func:`tunelab.eval.stats.sign_flip_test`), with its MDE. Positive: the second
+    factor's effect is larger (better) at the first factor's other level. Empty unless exactly two
+    factors with two levels each.
+    """
+    factors = list(sweep.factors)
+    if len(factors) != 2 or any(len(levels) != 2 for levels in sweep.factors.values()):
+        return {}
+    f1, f2 = factors
+    other = {f: next(lv for lv in sweep.factors[f] if lv != sweep.baseline[f]) for f in factors}
+    label = {(i, j): f"{f1}={other[f1] if i else sweep.baseline[f1]},{f2}={other[f2] if j else sweep.baseline[f2]}"
+             for i in (0, 1) for j in (0, 1)}
+    out = {}
+    for task in tasks:
+        items = _arm_items(records, task)
+        cells = [items.get(label[c], {}) for c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+        common = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
+        if len(common) < 2:
+            continue
+        m = [[float(np.mean(c[i])) for i in common] for c in cells]
+        did = [(d - c) - (b - a) for a, b, c, d in zip(*m)]
+        test = sign_flip_test([0.0] * len(did), did, ids=common)
+        out[task] = {"contrast": f"({f2} effect at {f1}={other[f1]}) - ({f2} effect at {f1}={sweep.baseline[f1]})",
+                     "delta": test["delta"], "ci": test["ci"], "p_value": test["p_value"], "items": len(did),
+                     "mde": minimum_detectable_effect(did), "method": "sign-flip test of per-item difference in differences"}
     return out
 
 
@@ -225,7 +257,8 @@ def report(target: str | Path) -> dict[str, Any]:
     sweep = sweep or load_sweep(result["file"], out=str(folder.parent))
     records = _run_scores(sweep)
     return {**result, "folder": str(folder), "target": str(target), "question": sweep.question, "hypotheses": hypotheses(sweep, records),
-            "diagnostics": diagnostics(records), "resources": resources(records), "_sweep": sweep, "_records": records}
+            "diagnostics": diagnostics(records), "resources": resources(records),
+            "interactions": interactions(sweep, records, list(result.get("tasks", {}))), "_sweep": sweep, "_records": records}
 
 
 def markdown(study: dict[str, Any]) -> str:
@@ -248,8 +281,13 @@ def markdown(study: dict[str, Any]) -> str:
                           "(baseline) | | |"))
         rows = [r for r in t["anova"].get("table", []) if " x " in r["term"]]
         if rows:
-            out += ["", "Interaction (factorial ANOVA of run scores): " + "; ".join(
+            out += ["", "Interaction (factorial ANOVA of run scores, seeds as replicates): " + "; ".join(
                 f"{r['term']}: F = {_f(r['F'], '.2f')}, p = {_f(r['p_value'], '.3g')}" for r in rows)]
+        if task in study.get("interactions", {}):
+            i = study["interactions"][task]
+            out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better): "
+                    f"{i['delta']:+.3f} [{i['ci'][0]:+.3f}, {i['ci'][1]:+.3f}], p = {i['p_value']:.3g} "
+                    f"(sign-flip, {i['items']} items), MDE {_f(i['mde'])}"]
         out.append("")
     if study["hypotheses"]:
         out += ["**Findings under test** (paired on items averaged over seeds; p Holm-adjusted across "
