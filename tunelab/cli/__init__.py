@@ -200,7 +200,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
         else:
-            print(text, end="") if a.markdown else print(findings.summary(study))
+            print(text if a.markdown else findings.summary(study) + "\n", end="")
         return 0
     if a.folder:
         raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")

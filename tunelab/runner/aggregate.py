@@ -36,7 +36,7 @@ from tunelab.io import read_jsonl
 from tunelab.runner.compare import item_value
 
 
-def _run_scores(sweep: Any) -> list[dict[str, Any]]:
+def run_records(sweep: Any) -> list[dict[str, Any]]:
     """One record per finished run: arm, seed, results.json, folder."""
     records = []
     for p in sweep.runs:
@@ -48,7 +48,7 @@ def _run_scores(sweep: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _items(run_dir: Path, task: str) -> tuple[dict[str, float], int]:
+def item_values(run_dir: Path, task: str) -> tuple[dict[str, float], int]:
     """(item id -> value, sign) of a run's tuned evaluation of ``task``: the values the paired tests
     compare (higher is better: a loss is negated, ``sign`` -1)."""
     path = run_dir / "eval" / "tuned" / f"{task}.jsonl"
@@ -104,7 +104,7 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
         entry = arms.setdefault(r["arm"].label, {"levels": r["arm"].levels, "runs": [], "scores": [], "items": {}})
         entry["runs"].append(r["name"])
         entry["scores"].append(r["results"][task]["tuned"]["value"])
-        values, entry["sign"] = _items(r["dir"], task)
+        values, entry["sign"] = item_values(r["dir"], task)
         for item, value in values.items():
             entry["items"].setdefault(item, []).append(value)
     baseline = ",".join(f"{f}={lv}" for f, lv in sweep.baseline.items())
@@ -144,7 +144,7 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
 
 def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``sweep.json``: the design, every run's status, and per task the statistics above."""
-    records = _run_scores(sweep)
+    records = run_records(sweep)
     tasks = sorted({t for r in records for t, v in r["results"].items() if t != "run" and "tuned" in v})
     reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
               "base_eval": sum(bool(r["results"]["run"].get("reused", {}).get("base_eval")) for r in records)}
@@ -162,9 +162,22 @@ def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _num(value: float | None, fmt: str) -> str:
-    """A number for the table (``-`` for none)."""
-    return "-" if value is None else format(value, fmt)
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table: ``-`` for none or NaN."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def arm_cells(task_stats: dict[str, Any]) -> list[list[str]]:
+    """One task's arms as table cells: arm, seeds, mean, CI (items), CI (seeds), delta vs baseline,
+    p (Holm across arms), verdict; the baseline's delta cell says so. The terminal table and
+    ``tunelab sweep report``'s markdown print these."""
+    rows = []
+    for label, a in task_stats["arms"].items():
+        vs = a.get("vs_baseline")
+        cis = [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in (a["ci_items"], a["ci_seeds"])]
+        tail = [f"{vs['delta']:+.3f}", f"{vs['p_holm']:.3g}", vs["verdict"]] if vs else ["(baseline)", "", ""]
+        rows.append([label, str(a["seeds"]), f"{a['mean']:.3f}", *cis, *tail])
+    return rows
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -179,17 +192,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"\n{task} ({t['metric']}; baseline {t['baseline_arm']})")
         lines.append(f"  {'arm':34s} {'seeds':>5s} {'mean':>7s} {'CI (items)':>17s} {'CI (seeds)':>17s} "
                      f"{'delta vs base':>14s} {'p (Holm)':>9s}  verdict")
-        for label, a in t["arms"].items():
-            vs = a.get("vs_baseline")
-            ci_i, ci_s = a["ci_items"], a["ci_seeds"]
-            lines.append(f"  {label[:34]:34s} {a['seeds']:5d} {a['mean']:7.3f} [{ci_i[0]:6.3f}, {ci_i[1]:6.3f}] "
-                         f"[{ci_s[0]:6.3f}, {ci_s[1]:6.3f}] "
-                         + (f"{vs['delta']:+14.3f} {vs['p_holm']:9.3g}  {vs['verdict']}" if vs else
-                            f"{'(baseline)':>14s}"))
+        for c in arm_cells(t):
+            lines.append(f"  {c[0][:34]:34s} {c[1]:>5s} {c[2]:>7s} {c[3]:>17s} {c[4]:>17s} {c[5]:>14s} {c[6]:>9s}  {c[7]}")
         anova = t["anova"]
         if "table" in anova:
             lines.append("  ANOVA (run scores): " + "; ".join(
-                f"{row['term']}: F={_num(row['F'], '.2f')} p={_num(row['p_value'], '.3g')}"
+                f"{row['term']}: F={fmt(row['F'], '.2f')} p={fmt(row['p_value'], '.3g')}"
                 for row in anova["table"] if row["term"] != "residual"))
         else:
             lines.append(f"  ANOVA: {anova['note']}")

@@ -44,7 +44,8 @@ from statsmodels.stats.power import TTestPower
 from tunelab.config import ConfigError
 from tunelab.eval.stats import compare_paired, sign_flip_test
 from tunelab.io import read_jsonl
-from tunelab.runner.aggregate import _items, _run_scores
+from tunelab.runner.aggregate import arm_cells, fmt, item_values, run_records
+from tunelab.runner.sweep import Arm, load_sweep
 
 POWER, ALPHA = 0.8, 0.05
 
@@ -81,11 +82,15 @@ def judge(direction: str, test: dict[str, Any], p_holm: float, mde: float, effec
     return "inconclusive at this power"
 
 
+Items = dict[str, dict[str, dict[str, list[float]]]]
+"""task -> arm label -> item id -> values over seeds (higher is better)."""
+
+
 def _arm_items(records: list[dict[str, Any]], task: str) -> dict[str, dict[str, list[float]]]:
-    """arm label -> item id -> values over seeds (higher is better)."""
+    """arm label -> item id -> values over seeds (higher is better), read once per task by :func:`report`."""
     out: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        values, _ = _items(r["dir"], task)
+        values, _ = item_values(r["dir"], task)
         for item, value in values.items():
             out.setdefault(r["arm"].label, {}).setdefault(item, []).append(value)
     return out
@@ -96,12 +101,12 @@ def _seed_scores(records: list[dict[str, Any]], task: str, arm: str) -> list[flo
             if r["arm"].label == arm and task in r["results"]]
 
 
-def hypotheses(sweep: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[dict[str, Any]]:
     """Each hypothesis of ``sweep`` tested on the finished runs (see the module docstring)."""
     out = []
     for h in sweep.hypotheses:
-        items = _arm_items(records, h["task"])
-        a, b = items.get(h["versus"], {}), items.get(h["arm"], {})
+        by_arm = items.get(h["task"], {})
+        a, b = by_arm.get(h["versus"], {}), by_arm.get(h["arm"], {})
         common = sorted(set(a) & set(b))
         row: dict[str, Any] = {**h, "items": len(common)}
         if common:
@@ -129,7 +134,7 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def interactions(sweep: Any, records: list[dict[str, Any]], tasks: list[str]) -> dict[str, dict[str, Any]]:
+def interactions(sweep: Any, items: Items) -> dict[str, dict[str, Any]]:
     """Per task of a 2 x 2 design: the interaction on items, as a difference in differences.
 
     For each item (values averaged over seeds): ``(a11 - a10) - (a01 - a00)``, where the first index is
@@ -143,12 +148,11 @@ def interactions(sweep: Any, records: list[dict[str, Any]], tasks: list[str]) ->
         return {}
     f1, f2 = factors
     other = {f: next(lv for lv in sweep.factors[f] if lv != sweep.baseline[f]) for f in factors}
-    label = {(i, j): f"{f1}={other[f1] if i else sweep.baseline[f1]},{f2}={other[f2] if j else sweep.baseline[f2]}"
-             for i in (0, 1) for j in (0, 1)}
+    label = {(i, j): Arm({f1: other[f1] if i else sweep.baseline[f1], f2: other[f2] if j else sweep.baseline[f2]},
+                         {}).label for i in (0, 1) for j in (0, 1)}
     out = {}
-    for task in tasks:
-        items = _arm_items(records, task)
-        cells = [items.get(label[c], {}) for c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    for task, by_arm in items.items():
+        cells = [by_arm.get(label[c], {}) for c in ((0, 0), (0, 1), (1, 0), (1, 1))]
         common = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
         if len(common) < 2:
             continue
@@ -208,13 +212,14 @@ def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
     """Bullet lines describing the design."""
     cfg = sweep.runs[0].cfg
     levels = "; ".join(f"{f} in {{{', '.join(lv)}}}" for f, lv in sweep.factors.items())
-    items = ", ".join(f"{t}: {len(_first_items(result, t))}" for t in result["tasks"])
+    n_items = {t: len({i for arm in by_arm.values() for i in arm}) for t, by_arm in result["_items"].items()}
+    items = ", ".join(f"{t}: {n_items.get(t, 0)}" for t in result["tasks"])
     method = ", ".join(f"{k}={v}" for k, v in cfg.method.items() if k in ("name", "r", "alpha"))
     sources = ", ".join(f"{s.name} x{s.count}" if s.count else s.name for s in cfg.data.sources)
-    lines = [f"- arms: {levels} ({len(sweep.runs) // max(len(sweep.seeds), 1)} arms), baseline "
-             + ", ".join(f"{f}={lv}" for f, lv in sweep.baseline.items()),
+    lines = [f"- arms: {levels} ({math.prod(len(lv) for lv in sweep.factors.values())} arms), baseline "
+             + Arm(sweep.baseline, {}).label.replace(",", ", "),
              f"- seeds: {len(sweep.seeds)} per arm ({', '.join(map(str, sweep.seeds))}); runs finished: "
-             f"{len(_finished_names(sweep))}/{len(sweep.runs)}",
+             f"{len(result['_records'])}/{len(sweep.runs)}",
              f"- model {cfg.model.name}; method {method}; data {sources}; {cfg.train.max_steps} steps of batch "
              f"{cfg.train.batch_size}, lr {cfg.train.lr}",
              f"- evaluation items per task: {items}"]
@@ -223,28 +228,10 @@ def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _finished_names(sweep: Any) -> list[str]:
-    return [p.name for p in sweep.runs if (Path(p.cfg.out) / p.name / "results.json").is_file()]
-
-
-def _first_items(result: dict[str, Any], task: str) -> list[str]:
-    """Item ids of the task's first finished run (the evaluation's item count)."""
-    for r in result.get("_records", []):
-        values, _ = _items(r["dir"], task)
-        if values:
-            return list(values)
-    return []
-
-
-def _f(x: Any, fmt: str = ".3f") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
 def report(target: str | Path) -> dict[str, Any]:
     """The study of a sweep: ``target`` is its folder (the sweep file recorded in ``sweep.json`` is
-    read) or its sweep file (its folder is ``<out>/<name>``); nothing is rerun."""
-    from tunelab.runner.sweep import load_sweep
-
+    read) or its sweep file (its folder is ``<out>/<name>``); nothing is rerun. Each task's per-item
+    values are read from the run folders once and shared by the claims, the interaction and the design."""
     target = Path(target)
     if target.is_file():
         sweep = load_sweep(target)
@@ -255,10 +242,13 @@ def report(target: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{folder}: not a sweep folder (no sweep.json); run `tunelab sweep <file>` first")
     result = json.loads((folder / "sweep.json").read_text())
     sweep = sweep or load_sweep(result["file"], out=str(folder.parent))
-    records = _run_scores(sweep)
-    return {**result, "folder": str(folder), "target": str(target), "question": sweep.question, "hypotheses": hypotheses(sweep, records),
-            "diagnostics": diagnostics(records), "resources": resources(records),
-            "interactions": interactions(sweep, records, list(result.get("tasks", {}))), "_sweep": sweep, "_records": records}
+    records = run_records(sweep)
+    tasks = dict.fromkeys([*result.get("tasks", {}), *(h["task"] for h in sweep.hypotheses)])
+    items: Items = {t: _arm_items(records, t) for t in tasks}
+    return {**result, "folder": str(folder), "target": str(target), "question": sweep.question,
+            "hypotheses": hypotheses(sweep, records, items), "diagnostics": diagnostics(records),
+            "resources": resources(records), "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
+            "_sweep": sweep, "_records": records, "_items": items}
 
 
 def markdown(study: dict[str, Any]) -> str:
@@ -269,25 +259,19 @@ def markdown(study: dict[str, Any]) -> str:
         out += [f"**Question.** {study['question']}", ""]
     out += ["**Design.**", *_design(sweep, study), ""]
     for task, t in study["tasks"].items():
-        out += [f"**{task}** ({t['metric']}; untrained model {_f((t.get('untrained') or {}).get('value'))}):", "",
+        out += [f"**{task}** ({t['metric']}; untrained model {fmt((t.get('untrained') or {}).get('value'))}):", "",
                 "| arm | seeds | mean | 95% CI (items) | 95% CI (seeds) | delta vs baseline | p (Holm) | verdict |",
                 "|---|---|---|---|---|---|---|---|"]
-        for label, a in t["arms"].items():
-            vs = a.get("vs_baseline")
-            ci_i, ci_s = a["ci_items"], a["ci_seeds"]
-            out.append(f"| {label} | {a['seeds']} | {a['mean']:.3f} | [{_f(ci_i[0])}, {_f(ci_i[1])}] | "
-                       f"[{_f(ci_s[0])}, {_f(ci_s[1])}] | "
-                       + (f"{vs['delta']:+.3f} | {vs['p_holm']:.3g} | {vs['verdict']} |" if vs else
-                          "(baseline) | | |"))
+        out += ["| " + " | ".join(c) + " |" for c in arm_cells(t)]
         rows = [r for r in t["anova"].get("table", []) if " x " in r["term"]]
         if rows:
             out += ["", "Interaction (factorial ANOVA of run scores, seeds as replicates): " + "; ".join(
-                f"{r['term']}: F = {_f(r['F'], '.2f')}, p = {_f(r['p_value'], '.3g')}" for r in rows)]
+                f"{r['term']}: F = {fmt(r['F'], '.2f')}, p = {fmt(r['p_value'], '.3g')}" for r in rows)]
         if task in study.get("interactions", {}):
             i = study["interactions"][task]
             out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better): "
                     f"{i['delta']:+.3f} [{i['ci'][0]:+.3f}, {i['ci'][1]:+.3f}], p = {i['p_value']:.3g} "
-                    f"(sign-flip, {i['items']} items), MDE {_f(i['mde'])}"]
+                    f"(sign-flip, {i['items']} items), MDE {fmt(i['mde'])}"]
         out.append("")
     if study["hypotheses"]:
         out += ["**Findings under test** (paired on items averaged over seeds; p Holm-adjusted across "
@@ -298,21 +282,21 @@ def markdown(study: dict[str, Any]) -> str:
             t = h.get("test")
             delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
             out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {h['versus']} | {delta} | "
-                       f"{_f(h.get('p_holm'), '.3g')} | {_f(h.get('seed_p'), '.3g')} | {_f(h.get('mde'))} | "
+                       f"{fmt(h.get('p_holm'), '.3g')} | {fmt(h.get('seed_p'), '.3g')} | {fmt(h.get('mde'))} | "
                        f"**{h['verdict']}** |")
         sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})
         out += [""] + [f"Source: {s}" for s in sources] + ([""] if sources else [])
     if study.get("resources"):
         out += ["**Resources** (mean per run on this machine):", "",
                 "| arm | train seconds | trainable parameters | peak memory (MB) |", "|---|---|---|---|"]
-        out += [f"| {arm} | {_f(v.get('train_seconds'), '.0f')} | {_f(v.get('trainable_parameters'), ',.0f')} | "
-                f"{_f(v.get('peak_mem_mb'), ',.0f')} |" for arm, v in study["resources"].items()]
+        out += [f"| {arm} | {fmt(v.get('train_seconds'), '.0f')} | {fmt(v.get('trainable_parameters'), ',.0f')} | "
+                f"{fmt(v.get('peak_mem_mb'), ',.0f')} |" for arm, v in study["resources"].items()]
         out.append("")
     for name, arms in study["diagnostics"].items():
         keys = sorted({k for a in arms.values() for k in a})
         out += [f"**Diagnostic `{name}`** (mean over each arm's runs):", "",
                 "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        out += [f"| {arm} | " + " | ".join(_f(vals.get(k), ".4g") for k in keys) + " |" for arm, vals in arms.items()]
+        out += [f"| {arm} | " + " | ".join(fmt(vals.get(k), ".4g") for k in keys) + " |" for arm, vals in arms.items()]
         out.append("")
     where = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else str(folder)
     out += [f"Report: [{where}/report.html]({where}/report.html); regenerate this section: "
@@ -326,7 +310,7 @@ def summary(study: dict[str, Any]) -> str:
     for h in study["hypotheses"]:
         t = h.get("test")
         lines.append(f"  {h['claim']} [{h['task']}: {h['arm']} vs {h['versus']}]: "
-                     + (f"delta {t['delta']:+.3f} p(Holm) {h['p_holm']:.3g} MDE {_f(h['mde'])} -> " if t else "")
+                     + (f"delta {t['delta']:+.3f} p(Holm) {h['p_holm']:.3g} MDE {fmt(h['mde'])} -> " if t else "")
                      + h["verdict"])
     if not study["hypotheses"]:
         lines.append("  (the sweep file states no hypotheses: see sweep.json for the arms' statistics)")

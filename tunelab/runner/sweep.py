@@ -102,7 +102,7 @@ class Sweep:
     """What the study asks (``tunelab sweep report`` prints it)."""
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
     """Findings under test: ``{claim, task, arm, versus, direction, effect, source}`` (see
-    :func:`tunelab.runner.findings.verdicts`)."""
+    :func:`tunelab.runner.findings.hypotheses`)."""
 
     @property
     def folder(self) -> Path:
