@@ -39,13 +39,62 @@ def test_mde_matches_the_textbook_paired_t_design() -> None:
     ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, None, "inconclusive at this power"),
     ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.10, "does not replicate: no effect although the design"),
     ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.03, "inconclusive at this power"),
-    ("equal", 0.005, (-0.02, 0.03), 0.7, 0.05, None, "replicates: the difference lies within +-0.050"),
-    ("equal", 0.005, (-0.02, 0.03), 0.7, 0.05, 0.01, "inconclusive at this power"),
-    ("equal", -0.1, (-0.15, -0.05), 0.001, 0.05, None, "does not replicate: a difference of -0.100"),
     ("better", 0.08, (0.02, 0.14), 0.2, 0.06, None, "inconclusive at this power"),  # Holm took it away
 ])
 def test_verdicts(direction, delta, ci, p, mde, effect, expected) -> None:
-    assert judge(direction, {"delta": delta, "ci": ci}, p, mde, effect).startswith(expected)
+    assert judge(direction, {"delta": delta, "ci": ci, "p_value": p}, p, mde, effect).startswith(expected)
+
+
+@pytest.mark.parametrize(("delta", "ci", "p_diff", "p_tost", "expected"), [
+    (0.005, (-0.02, 0.03), 0.7, 0.01, "replicates: equivalent within +-0.050 (TOST)"),
+    (0.03, (0.01, 0.05), 0.001, 0.01, "replicates"),  # a significant but trivial difference is still "equal"
+    (0.005, (-0.02, 0.03), 0.7, 0.3, "inconclusive at this power"),  # CI inside the margin is not enough
+    (-0.1, (-0.15, -0.05), 0.001, 0.9, "does not replicate: a difference of -0.100"),
+    (-0.1, (-0.15, -0.05), 0.04, 0.9, "inconclusive at this power"),  # 0.04 > 0.05 / 2 claims (Bonferroni)
+])
+def test_equal_claims_are_judged_by_tost(delta, ci, p_diff, p_tost, expected) -> None:
+    assert judge("equal", {"delta": delta, "ci": ci, "p_value": p_diff}, p_tost, 0.04, 0.05, n_claims=2
+                 ).startswith(expected)
+
+
+def test_tost_is_the_larger_of_two_one_sided_t_tests() -> None:
+    from scipy import stats as sps
+
+    from tunelab.runner.findings import equivalence_p
+
+    rng = np.random.default_rng(1)
+    a = list(rng.normal(0.5, 0.2, 60))
+    b = [x + d for x, d in zip(a, rng.normal(0.01, 0.05, 60))]
+    d = np.subtract(b, a)
+    for margin in (0.005, 0.02, 0.05):
+        lower = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
+        upper = sps.ttest_1samp(d, margin, alternative="less").pvalue
+        assert equivalence_p(a, b, margin) == pytest.approx(max(lower, upper), rel=1e-9)
+    assert equivalence_p(a, b, 0.05) < 0.05 < equivalence_p(a, b, 0.005)
+    assert equivalence_p([0, 1], [0, 1], 0.01) == 0.0 and equivalence_p([0, 0], [1, 1], 0.5) == 1.0
+
+
+def test_seed_test_is_paired_by_seed_and_one_sided() -> None:
+    from scipy import stats as sps
+
+    from tunelab.runner.findings import seed_test
+
+    versus = {0: 0.50, 1: 0.70, 2: 0.60}
+    arm = {2: 0.64, 0: 0.53, 1: 0.72}  # always a little better on the same seed, seeds apart a lot
+    better = seed_test(versus, arm, "better")
+    assert better["seeds"] == [0, 1, 2] and better["delta"] == pytest.approx(0.03)
+    assert better["p_value"] == pytest.approx(sps.ttest_rel([0.53, 0.72, 0.64], [0.5, 0.7, 0.6],
+                                                            alternative="greater").pvalue)
+    assert better["p_value"] < 0.05 < sps.ttest_ind([0.53, 0.72, 0.64], [0.5, 0.7, 0.6]).pvalue  # pairing matters
+    assert seed_test(versus, arm, "worse")["p_value"] == pytest.approx(1 - better["p_value"])
+    assert seed_test({0: 1.0}, {0: 0.5}, "better") is None and seed_test(versus, versus, "equal") is None
+
+
+def test_mde_is_nan_below_the_exact_tests_item_minimum() -> None:
+    x = [0.0, 1.0, -1.0, 1.0, 0.0]  # 5 items: the exact tests cannot reach p < 0.05 (min_items_for_verdict: 6)
+    assert math.isnan(minimum_detectable_effect(x))
+    assert not math.isnan(minimum_detectable_effect(x + [1.0]))
+    assert math.isnan(minimum_detectable_effect(x + [1.0], n_tests=2))  # alpha 0.025 needs 7
 
 
 def _spec(tmp_path: Path, **extra) -> Path:
@@ -67,6 +116,8 @@ def _spec(tmp_path: Path, **extra) -> Path:
     ({"claim": "x", "task": "arith", "arm": "rank=4", "direction": "up"}, "direction: 'up'"),
     ({"claim": "x", "arm": "rank=4"}, "'task' is required"),
     ({"claim": "x", "task": "arith", "arm": "rank=4", "size": 3}, "unknown key(s) size"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "direction": "equal"}, "needs 'effect', the equivalence margin"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "effect": -0.1}, "effect: must be a positive number"),
 ])
 def test_bad_hypotheses_fail_naming_the_file(tmp_path: Path, hypothesis: dict, message: str) -> None:
     path = _spec(tmp_path, hypotheses=[hypothesis])
@@ -97,6 +148,21 @@ def test_sweep_report_writes_the_study_section(tmp_path: Path, capsys: pytest.Ca
     assert "| rank=2 | 2 |" in text and "--markdown`" in text
     assert main(["sweep", "report", str(folder)]) == 0 and "rank 4 lowers the loss" in capsys.readouterr().out
     assert main(["sweep", "report", str(tmp_path)]) == 2 and "not a sweep folder" in capsys.readouterr().err
+    # --into: the study's section in a findings document is replaced in place, never duplicated, and the
+    # sweep's report page is copied beside the document and linked relatively
+    doc = tmp_path / "docs" / "findings.md"
+    doc.parent.mkdir()
+    doc.write_text("# Findings\n\nIntro kept.\n\n<!-- study:other -->\nother study\n<!-- /study:other -->\n")
+    for _ in range(2):
+        assert main(["sweep", "report", str(folder), "--into", str(doc)]) == 0
+    text = doc.read_text()
+    name = study["name"]
+    assert text.count(f"<!-- study:{name} -->") == 1 and text.count(f"<!-- /study:{name} -->") == 1
+    assert text.startswith("# Findings\n\nIntro kept.") and "other study" in text
+    assert text.count("rank 4 lowers the loss | perplexity") == 1
+    if (folder / "report.html").is_file():
+        assert (doc.parent / "studies" / f"{name}.html").read_text() == (folder / "report.html").read_text()
+        assert f"](studies/{name}.html)" in text
 
 
 @pytest.mark.parametrize("path", sorted([*(ROOT / "experiments").glob("*.yaml"), *(ROOT / "recipes" / "sweeps").glob("*.yaml")]),

@@ -188,7 +188,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     ``tunelab sweep report <sweep folder | sweep file> [--markdown]``: the study's findings from its outputs (design,
     tables, each hypothesis's paired test, power and verdict, diagnostics); written to
-    ``<sweep folder>/findings.md`` too.
+    ``<sweep folder>/findings.md`` too; ``--into docs/findings.md`` also replaces the study's section there
+    and copies its report page to ``docs/studies/``.
     """
 
     if a.file == "report":
@@ -197,6 +198,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         study = findings.report(a.folder)
         text = findings.markdown(study)
         write_text(Path(study["folder"]) / "findings.md", text)
+        if a.into:
+            print(f"[tunelab] {a.into}: section '{study['name']}' written", file=sys.stderr)
+            findings.write_into(study, Path(a.into))
         if a.json:
             print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
         else:
@@ -369,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("file", help="sweep YAML: recipe, factors, seeds, baseline; or `report`"),
             p.add_argument("folder", nargs="?", help="with `report`: the sweep folder, or the sweep file"),
             p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
+            p.add_argument("--into", metavar="DOC", help="with `report`: also put the section into DOC (docs/findings.md), "
+                                                        "replacing this study's earlier section, and copy its report page"),
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (local backend)"),
             p.add_argument("--backend", default="local", choices=SWEEP_BACKENDS,
                            help="local: a process per run; inline: in this process; ray: a Ray cluster"),

@@ -138,7 +138,8 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
     factors = list(sweep.factors)
     rows = [{**r["arm"].levels, "score": r["results"][task]["tuned"]["value"]} for r in records if task in r["results"]]
     base = next((r["results"][task].get("base") for r in records if task in r["results"]), None)
-    return {"metric": metric, "baseline_arm": baseline, "untrained": base, "arms": out_arms,
+    higher = all(a.get("sign", 1) == 1 for a in arms.values())
+    return {"metric": metric, "higher_is_better": higher, "baseline_arm": baseline, "untrained": base, "arms": out_arms,
             "anova": _anova(rows, factors)}
 
 
@@ -149,7 +150,7 @@ def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
     reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
               "base_eval": sum(bool(r["results"]["run"].get("reused", {}).get("base_eval")) for r in records)}
     return {
-        "name": sweep.name, "file": str(sweep.path), "folder": str(sweep.folder),
+        "name": sweep.name, "file": str(Path(sweep.path).resolve()), "folder": str(sweep.folder),
         "design": {"factors": {f: list(levels) for f, levels in sweep.factors.items()}, "seeds": sweep.seeds,
                    "baseline": sweep.baseline, "runs": len(sweep.runs)},
         "runs": {p.name: {"arm": p.arm.label, "seed": p.seed,

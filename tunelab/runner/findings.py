@@ -10,21 +10,35 @@ for each study:
   ANOVA's interaction rows where there are two or more factors;
 * per hypothesis of the sweep file (``hypotheses:`` ``{claim, task, arm, versus, direction, effect,
   source}``): the paired difference on the task's items (each item averaged over seeds; exact McNemar
-  or sign-flip, :func:`tunelab.eval.stats.compare_paired`), p Holm-adjusted across the study's
-  hypotheses, a seed-level Welch t-test (training randomness: one score per seed), the minimum
-  detectable effect at 80% power and the verdict;
+  or sign-flip, :func:`tunelab.eval.stats.compare_paired`); for ``direction: equal`` also the
+  equivalence test (TOST, statsmodels ``ttost_paired``) against the claim's margin; the claim's own
+  test (the difference test for better/worse, TOST for equal) Holm-adjusted across the study's claims;
+  a seed-level paired t-test (runs matched by training seed, one-sided in the claimed direction,
+  two-sided for ``equal``: training randomness, one score per seed); the minimum detectable effect at
+  80% power and the verdict;
 * the diagnostics every run wrote (numeric leaves of ``<run>/diagnostics/*.json``, mean per arm).
+
+Two Holm families, never mixed: the arm tables adjust each arm's test against the baseline across
+that task's arms (:mod:`tunelab.runner.aggregate`); the claims table adjusts across the study's claims.
 
 Minimum detectable effect: the paired design's standardised effect at 80% power from statsmodels'
 ``TTestPower`` (two-sided, alpha = 0.05 / number of hypotheses: Holm's strictest step), times the
-standard deviation of the per-item differences; in the units of the task's metric.
+standard deviation of the per-item differences; in the units of the task's metric. NaN below the
+fewest items at which the exact tests can reach that alpha at all
+(:func:`tunelab.eval.stats.min_items_for_verdict`): no effect is detectable there.
+
+Signs: every delta is arm minus comparison with higher better, a loss negated, so a positive delta on a
+loss task is a lower loss.
 
 Verdicts. ``direction: better`` / ``worse``: *replicates* when the Holm-adjusted test is significant
 in the claimed direction; *does not replicate* when it is significant the other way, or when it is not
 significant although the design could detect the claimed ``effect`` (MDE <= effect); otherwise
-*inconclusive at this power*. ``direction: equal`` (``effect`` is the margin, default the MDE):
-*replicates* when the difference's CI lies within +-margin; *does not replicate* when the test finds a
-difference; otherwise *inconclusive at this power*.
+*inconclusive at this power*. ``direction: equal`` (``effect`` is the equivalence margin, required and
+positive): *replicates* when the Holm-adjusted TOST rejects a difference of at least the margin (a
+significant but smaller difference still replicates the claim); *does not replicate* when it does not
+and the difference test is significant at alpha / number of claims (Bonferroni); otherwise
+*inconclusive at this power*. TOST uses the paired t statistic: for 0/1 items a normal approximation,
+fine at the study sizes here (>= 100 items).
 """
 
 from __future__ import annotations
@@ -32,7 +46,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +53,11 @@ import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired, sign_flip_test
-from tunelab.io import read_jsonl
+from tunelab.eval.stats import compare_paired, min_items_for_verdict, sign_flip_test
+from tunelab.io import read_jsonl, write_text
 from tunelab.runner.aggregate import arm_cells, fmt, item_values, run_records
 from tunelab.runner.sweep import Arm, load_sweep
 
@@ -53,33 +67,59 @@ POWER, ALPHA = 0.8, 0.05
 def minimum_detectable_effect(diffs: list[float], n_tests: int = 1, alpha: float = ALPHA,
                               power: float = POWER) -> float:
     """The smallest true mean difference a paired test on ``diffs`` detects with ``power``
-    (two-sided, ``alpha / n_tests``); NaN with fewer than 2 items or no spread."""
+    (two-sided, ``alpha / n_tests``); NaN with no spread, or with fewer items than the exact paired
+    tests need to reach that alpha at all (:func:`tunelab.eval.stats.min_items_for_verdict`)."""
     x = np.asarray(diffs, dtype=float)
-    if len(x) < 2 or float(np.ptp(x)) == 0.0:
+    level = alpha / max(n_tests, 1)
+    if len(x) < max(2, min_items_for_verdict(1.0 - level)) or float(np.ptp(x)) == 0.0:
         return math.nan
-    d = TTestPower().solve_power(effect_size=None, nobs=len(x), alpha=alpha / max(n_tests, 1), power=power,
+    d = TTestPower().solve_power(effect_size=None, nobs=len(x), alpha=level, power=power,
                                  alternative="two-sided")
     return float(d) * float(x.std(ddof=1))
 
 
-def judge(direction: str, test: dict[str, Any], p_holm: float, mde: float, effect: float | None) -> str:
-    """The verdict on one claim (see the module docstring)."""
+def judge(direction: str, test: dict[str, Any], p_holm: float, mde: float, effect: float | None,
+          n_claims: int = 1) -> str:
+    """The verdict on one claim (see the module docstring). For ``equal`` claims ``p_holm`` is the
+    adjusted TOST p-value and ``test["p_value"]`` the unadjusted difference test's."""
     lo, hi = test["ci"]
     delta = test["delta"]
-    significant = p_holm < ALPHA and (lo > 0 or hi < 0)
     if direction == "equal":
-        margin = effect if effect is not None else mde
-        if significant:
+        if p_holm < ALPHA:
+            return f"replicates: equivalent within +-{effect:.3f} (TOST)"
+        if test["p_value"] < ALPHA / max(n_claims, 1) and (lo > 0 or hi < 0):
             return f"does not replicate: a difference of {delta:+.3f}"
-        if not math.isnan(margin) and -margin <= lo and hi <= margin:
-            return f"replicates: the difference lies within +-{margin:.3f}"
-        return "inconclusive at this power"
+        return f"inconclusive at this power (equivalence within +-{effect:.3f} not shown)"
+    significant = p_holm < ALPHA and (lo > 0 or hi < 0)
     sign = 1 if direction == "better" else -1
     if significant:
         return "replicates" if sign * delta > 0 else "does not replicate: significant in the opposite direction"
     if effect is not None and not math.isnan(mde) and mde <= abs(effect):
         return f"does not replicate: no effect although the design detects {abs(effect):.3f}"
     return "inconclusive at this power"
+
+
+def equivalence_p(a: list[float], b: list[float], margin: float) -> float:
+    """TOST p-value that the paired mean difference ``b - a`` lies within ``(-margin, margin)``
+    (statsmodels ``ttost_paired``); 1 with no spread outside the margin, 0 with none inside."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if len(d) < 2:
+        return math.nan
+    if float(np.ptp(d)) == 0.0:
+        return 0.0 if abs(float(d[0])) < margin else 1.0
+    return float(ttost_paired(np.asarray(b, dtype=float), np.asarray(a, dtype=float), -margin, margin)[0])
+
+
+def seed_test(versus: dict[int, float], arm: dict[int, float], direction: str) -> dict[str, Any] | None:
+    """Paired t-test over training seeds (runs matched by seed; scores higher-is-better): one-sided in
+    the claimed direction, two-sided for ``equal``; None with fewer than 2 common seeds or no spread."""
+    seeds = sorted(set(versus) & set(arm))
+    d = [arm[s] - versus[s] for s in seeds]
+    if len(seeds) < 2 or float(np.ptp(d)) == 0.0:
+        return None
+    alternative = {"better": "greater", "worse": "less"}.get(direction, "two-sided")
+    p = sps.ttest_rel([arm[s] for s in seeds], [versus[s] for s in seeds], alternative=alternative).pvalue
+    return {"p_value": float(p), "seeds": seeds, "delta": float(np.mean(d)), "alternative": alternative}
 
 
 Items = dict[str, dict[str, dict[str, list[float]]]]
@@ -96,14 +136,24 @@ def _arm_items(records: list[dict[str, Any]], task: str) -> dict[str, dict[str, 
     return out
 
 
-def _seed_scores(records: list[dict[str, Any]], task: str, arm: str) -> list[float]:
-    return [r["results"][task]["tuned"]["value"] for r in records
-            if r["arm"].label == arm and task in r["results"]]
+def _seed_scores(records: list[dict[str, Any]], task: str, arm: str, sign: int) -> dict[int, float]:
+    """seed -> the arm's run score on ``task``, higher is better (``sign`` -1 negates a loss)."""
+    return {int(r["seed"]): sign * float(r["results"][task]["tuned"]["value"]) for r in records
+            if r["arm"].label == arm and task in r["results"]}
+
+
+def _sign(records: list[dict[str, Any]], task: str) -> int:
+    """+1 when the task's score is higher-is-better, -1 for a loss (as the item values say)."""
+    for r in records:
+        if task in r["results"]:
+            return item_values(r["dir"], task)[1]
+    return 1
 
 
 def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[dict[str, Any]]:
     """Each hypothesis of ``sweep`` tested on the finished runs (see the module docstring)."""
     out = []
+    n_claims = len(sweep.hypotheses)
     for h in sweep.hypotheses:
         by_arm = items.get(h["task"], {})
         a, b = by_arm.get(h["versus"], {}), by_arm.get(h["arm"], {})
@@ -113,22 +163,32 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[
             xa = [float(np.mean(a[i])) for i in common]
             xb = [float(np.mean(b[i])) for i in common]
             row["test"] = compare_paired(xa, xb, ids=common)
-            row["mde"] = minimum_detectable_effect([y - x for x, y in zip(xa, xb)], len(sweep.hypotheses))
-            sa, sb = _seed_scores(records, h["task"], h["versus"]), _seed_scores(records, h["task"], h["arm"])
-            row["seed_scores"] = {"versus": sa, "arm": sb}
-            if len(sa) >= 2 and len(sb) >= 2 and np.ptp(sa + sb) > 0:
-                with warnings.catch_warnings():  # one arm constant (every seed at 100%) is a valid input
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    row["seed_p"] = float(sps.ttest_ind(sb, sa, equal_var=False).pvalue)
+            row["mde"] = minimum_detectable_effect([y - x for x, y in zip(xa, xb)], n_claims)
+            row["claim_p"] = row["test"]["p_value"]
+            if h["direction"] == "equal":
+                row["tost_p"] = row["claim_p"] = equivalence_p(xa, xb, float(h["effect"]))
+            sign = _sign(records, h["task"])
+            sa, sb = (_seed_scores(records, h["task"], h[k], sign) for k in ("versus", "arm"))
+            row["seed_scores"] = {"versus": list(sa.values()), "arm": list(sb.values())}
+            seeds = seed_test(sa, sb, h["direction"])
+            if seeds:
+                row["seed_test"], row["seed_p"] = seeds, seeds["p_value"]
         out.append(row)
-    tested = [r for r in out if "test" in r]
+    tested = [r for r in out if "test" in r and not math.isnan(r["claim_p"])]
     if tested:
-        for r, p in zip(tested, multipletests([r["test"]["p_value"] for r in tested], method="holm")[1]):
+        for r, p in zip(tested, multipletests([r["claim_p"] for r in tested], method="holm")[1]):
             r["p_holm"] = float(p)
-            r["verdict"] = judge(r["direction"], r["test"], float(p), r["mde"], r["effect"])
-            if p < ALPHA and not r.get("seed_p", 0.0) < ALPHA:
-                r["verdict"] += (f" (on items; across training seeds p = {r['seed_p']:.2g}: seed variance is large)"
-                                 if "seed_p" in r else " (on items; too few seeds for a seed-level test)")
+            r["verdict"] = judge(r["direction"], r["test"], float(p), r["mde"], r["effect"], n_claims)
+            if r["direction"] == "equal" or not (p < ALPHA):
+                continue
+            # the seed-level check in the direction the items found: a one-sided t p-value flips to 1 - p
+            seed_p = r.get("seed_p")
+            if seed_p is not None and r["verdict"].startswith("does not replicate: significant"):
+                seed_p = 1.0 - seed_p
+            if seed_p is None:
+                r["verdict"] += " (on items; too few seeds for a seed-level test)"
+            elif seed_p >= ALPHA:
+                r["verdict"] += f" (on items; across training seeds one-sided p = {seed_p:.2g}: seed variance is large)"
     for r in out:
         r.setdefault("verdict", "not tested: no finished runs on both arms")
     return out
@@ -251,16 +311,23 @@ def report(target: str | Path) -> dict[str, Any]:
             "_sweep": sweep, "_records": records, "_items": items}
 
 
-def markdown(study: dict[str, Any]) -> str:
-    """The study's section of ``docs/findings.md``."""
-    sweep, folder = study["_sweep"], Path(study["folder"])
+def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str | None = None) -> str:
+    """The study's section of ``docs/findings.md``. Links are relative to ``dest``, the file the section
+    is written into (default ``<sweep folder>/findings.md``); ``report_href`` overrides the link to the
+    sweep's report page (a copy kept beside the document)."""
+    sweep, folder = study["_sweep"], Path(study["folder"]).resolve()
+    dest = (dest or folder / "findings.md").resolve()
     out = [f"## {study['name']}", ""]
     if study["question"]:
         out += [f"**Question.** {study['question']}", ""]
     out += ["**Design.**", *_design(sweep, study), ""]
     for task, t in study["tasks"].items():
-        out += [f"**{task}** ({t['metric']}; untrained model {fmt((t.get('untrained') or {}).get('value'))}):", "",
-                "| arm | seeds | mean | 95% CI (items) | 95% CI (seeds) | delta vs baseline | p (Holm) | verdict |",
+        loss = not t.get("higher_is_better", True)
+        sense = ("lower is better; delta = baseline minus arm, so a positive delta is a lower loss" if loss
+                 else "higher is better; delta = arm minus baseline")
+        out += [f"**{task}** ({t['metric']}, {sense}; untrained model {fmt((t.get('untrained') or {}).get('value'))}):",
+                "",
+                "| arm | seeds | mean | 95% CI (items) | 95% CI (seeds) | delta vs baseline | p (Holm across arms) | verdict |",
                 "|---|---|---|---|---|---|---|---|"]
         out += ["| " + " | ".join(c) + " |" for c in arm_cells(t)]
         rows = [r for r in t["anova"].get("table", []) if " x " in r["term"]]
@@ -269,19 +336,26 @@ def markdown(study: dict[str, Any]) -> str:
                 f"{r['term']}: F = {fmt(r['F'], '.2f')}, p = {fmt(r['p_value'], '.3g')}" for r in rows)]
         if task in study.get("interactions", {}):
             i = study["interactions"][task]
-            out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better): "
+            out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better"
+                    f"{', a lower loss' if loss else ''}): "
                     f"{i['delta']:+.3f} [{i['ci'][0]:+.3f}, {i['ci'][1]:+.3f}], p = {i['p_value']:.3g} "
                     f"(sign-flip, {i['items']} items), MDE {fmt(i['mde'])}"]
         out.append("")
     if study["hypotheses"]:
-        out += ["**Findings under test** (paired on items averaged over seeds; p Holm-adjusted across "
-                "the claims; MDE: minimum detectable effect at 80% power):", "",
-                "| claim | task | arm vs | delta [95% CI] | p (Holm) | seed-level p | MDE | verdict |",
-                "|---|---|---|---|---|---|---|---|"]
+        n = len(study["hypotheses"])
+        out += [f"**Findings under test** (paired on items averaged over seeds; delta = arm minus comparison, "
+                f"higher is better, a loss negated; p: the claim's own test, the difference test or for `equal` "
+                f"claims the equivalence test (TOST) against the margin, Holm-adjusted across the study's {n} "
+                f"claim{'s' if n != 1 else ''}; seed-level p: paired t-test over training seeds, one-sided in the "
+                f"claimed direction; MDE: minimum detectable effect at 80% power):", "",
+                "| claim | task | arm vs | delta [95% CI] | test | p (Holm across claims) | seed-level p | MDE | verdict |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for h in study["hypotheses"]:
             t = h.get("test")
             delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
-            out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {h['versus']} | {delta} | "
+            test = (f"TOST +-{h['effect']:g}" if h["direction"] == "equal" else
+                    (t["method"].split(" (")[0] if t and t.get("method") else "-"))
+            out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {h['versus']} | {delta} | {test} | "
                        f"{fmt(h.get('p_holm'), '.3g')} | {fmt(h.get('seed_p'), '.3g')} | {fmt(h.get('mde'))} | "
                        f"**{h['verdict']}** |")
         sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})
@@ -298,10 +372,39 @@ def markdown(study: dict[str, Any]) -> str:
                 "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         out += [f"| {arm} | " + " | ".join(fmt(vals.get(k), ".4g") for k in keys) + " |" for arm, vals in arms.items()]
         out.append("")
-    where = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else str(folder)
-    out += [f"Report: [{where}/report.html]({where}/report.html); regenerate this section: "
-            f"`tunelab sweep report {study.get('target', where)} --markdown`", ""]
+    href = report_href or Path(os.path.relpath(folder / "report.html", dest.parent)).as_posix()
+    target = study.get("target", str(folder))
+    out += [f"Report: [{href}]({href}); regenerate this section: `tunelab sweep report {target} --markdown`", ""]
     return "\n".join(out)
+
+
+BEGIN, END = "<!-- study:{} -->", "<!-- /study:{} -->"
+
+
+def write_into(study: dict[str, Any], doc: Path) -> Path:
+    """Put the study's section into the document ``doc`` (``docs/findings.md``): replaced between its
+    ``<!-- study:NAME -->`` markers, or appended; the sweep's ``report.html`` is copied to
+    ``<doc folder>/studies/NAME.html`` (the run folders are not part of the repository) and linked.
+    Returns the document's path; the write is atomic."""
+    doc = Path(doc)
+    name = study["name"]
+    page = Path(study["folder"]) / "report.html"
+    href = None
+    if page.is_file():
+        copy = doc.parent / "studies" / f"{name}.html"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        write_text(copy, page.read_text())
+        href = f"studies/{name}.html"
+    section = f"{BEGIN.format(name)}\n{markdown(study, dest=doc, report_href=href)}{END.format(name)}\n"
+    text = doc.read_text() if doc.is_file() else "# Findings\n\n"
+    begin, end = BEGIN.format(name), END.format(name)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(doc, text)
+    return doc
 
 
 def summary(study: dict[str, Any]) -> str:
@@ -310,7 +413,8 @@ def summary(study: dict[str, Any]) -> str:
     for h in study["hypotheses"]:
         t = h.get("test")
         lines.append(f"  {h['claim']} [{h['task']}: {h['arm']} vs {h['versus']}]: "
-                     + (f"delta {t['delta']:+.3f} p(Holm) {h['p_holm']:.3g} MDE {fmt(h['mde'])} -> " if t else "")
+                     + (f"delta {t['delta']:+.3f} p(Holm) {fmt(h.get('p_holm'), '.3g')} MDE {fmt(h['mde'])} -> "
+                        if t else "")
                      + h["verdict"])
     if not study["hypotheses"]:
         lines.append("  (the sweep file states no hypotheses: see sweep.json for the arms' statistics)")

@@ -240,8 +240,12 @@ def _hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], basel
                 levels[f] = lv
             arms[key] = ",".join(f"{f}={lv}" for f, lv in levels.items())
         effect = h.get("effect")
-        if effect is not None and not isinstance(effect, (int, float)):
-            raise ConfigError(f"{where}: effect: must be a number (the claimed difference on the task's metric)")
+        if effect is not None and (not isinstance(effect, (int, float)) or isinstance(effect, bool) or effect <= 0):
+            raise ConfigError(f"{where}: effect: must be a positive number (the claimed difference on the task's "
+                              f"metric), got {effect!r}")
+        if h.get("direction") == "equal" and effect is None:
+            raise ConfigError(f"{where}: direction: equal needs 'effect', the equivalence margin (a positive number "
+                              "on the task's metric: the largest difference that still counts as equal)")
         out.append({"claim": str(h["claim"]), "task": str(h["task"]), "arm": arms["arm"], "versus": arms["versus"],
                     "direction": h.get("direction", "better"), "effect": effect, "source": str(h.get("source", ""))})
     return out
