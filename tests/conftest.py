@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     os.environ["TUNELAB_CACHE"] = str(tmp_path_factory.mktemp("tunelab-cache"))
+    # study records of test sweeps (module fixtures too) go to a temporary folder, never into studies/
+    os.environ["TUNELAB_STUDIES_DIR"] = str(tmp_path_factory.mktemp("studies"))
 
 
 @pytest.fixture

@@ -100,19 +100,21 @@ def test_mde_is_nan_below_the_exact_tests_item_minimum() -> None:
 def _spec(tmp_path: Path, **extra) -> Path:
     spec = {"recipe": str(ROOT / "recipes" / "tiny.yaml"), "overrides": OVERRIDES,
             "factors": {"rank": {"method.r": [2, 4]}}, "seeds": 2, "out": str(tmp_path / "out"),
-            "question": "Does rank 4 beat rank 2?",
+            "question": "Does rank 4 beat rank 2?", "pilot_range": [0.0, 1.0],  # a random tiny model scores 0
             "hypotheses": [{"claim": "rank 4 lowers the loss", "task": "perplexity", "arm": "rank=4",
-                            "direction": "better", "source": "a test"},
+                            "direction": "better", "effect": 0.01, "source": "a test"},
                            {"claim": "rank does not move accuracy", "task": "arith", "arm": "rank=4",
-                            "direction": "equal", "effect": 0.5}], **extra}
+                            "direction": "equal", "effect": 0.5, "source": "a test"}], **extra}
     path = tmp_path / "study.yaml"
     path.write_text(json.dumps(spec))
     return path
 
 
 @pytest.mark.parametrize(("hypothesis", "message"), [
-    ({"claim": "x", "task": "arith", "arm": "rank=8"}, "'rank=8' is not factor=level"),
-    ({"claim": "x", "task": "arith", "arm": "depth=2"}, "'depth=2' is not factor=level"),
+    ({"claim": "x", "task": "arith", "arm": "rank=8"}, "rank='8' names no level"),
+    ({"claim": "x", "task": "arith", "arm": "depth=2"}, "depth='2' names no level"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "source": "s"}, "'effect' is required: the paper's effect"),
+    ({"claim": "x", "task": "arith", "arm": "rank=4", "effect": 0.1}, "'source' is required"),
     ({"claim": "x", "task": "arith", "arm": "rank=4", "direction": "up"}, "direction: 'up'"),
     ({"claim": "x", "arm": "rank=4"}, "'task' is required"),
     ({"claim": "x", "task": "arith", "arm": "rank=4", "size": 3}, "unknown key(s) size"),
@@ -142,27 +144,12 @@ def test_sweep_report_writes_the_study_section(tmp_path: Path, capsys: pytest.Ca
     assert len(loss["seed_scores"]["arm"]) == 2 and acc["direction"] == "equal" and acc["effect"] == 0.5
     assert main(["sweep", "report", str(folder), "--markdown"]) == 0
     text = capsys.readouterr().out
-    assert text == (folder / "findings.md").read_text()
-    assert "**Question.** Does rank 4 beat rank 2?" in text and "runs finished: 4/4" in text
+    assert text == (Path(study["records"]).parent / "findings.md").read_text()
+    assert "**Question.** Does rank 4 beat rank 2?" in text and "runs recorded: 4/4" in text
     assert "| rank 4 lowers the loss | perplexity | rank=4 vs rank=2 |" in text
-    assert "| rank=2 | 2 |" in text and "--markdown`" in text
+    assert "| rank=2 | 2 |" in text
     assert main(["sweep", "report", str(folder)]) == 0 and "rank 4 lowers the loss" in capsys.readouterr().out
     assert main(["sweep", "report", str(tmp_path)]) == 2 and "not a sweep folder" in capsys.readouterr().err
-    # --into: the study's section in a findings document is replaced in place, never duplicated, and the
-    # sweep's report page is copied beside the document and linked relatively
-    doc = tmp_path / "docs" / "findings.md"
-    doc.parent.mkdir()
-    doc.write_text("# Findings\n\nIntro kept.\n\n<!-- study:other -->\nother study\n<!-- /study:other -->\n")
-    for _ in range(2):
-        assert main(["sweep", "report", str(folder), "--into", str(doc)]) == 0
-    text = doc.read_text()
-    name = study["name"]
-    assert text.count(f"<!-- study:{name} -->") == 1 and text.count(f"<!-- /study:{name} -->") == 1
-    assert text.startswith("# Findings\n\nIntro kept.") and "other study" in text
-    assert text.count("rank 4 lowers the loss | perplexity") == 1
-    if (folder / "report.html").is_file():
-        assert (doc.parent / "studies" / f"{name}.html").read_text() == (folder / "report.html").read_text()
-        assert f"](studies/{name}.html)" in text
 
 
 @pytest.mark.parametrize("path", sorted([*(ROOT / "experiments").glob("*.yaml"), *(ROOT / "recipes" / "sweeps").glob("*.yaml")]),

@@ -82,13 +82,14 @@ def test_inline_sweep_shares_work_aggregates_and_skips_finished_runs(tmp_path: P
     assert "arith" in result["tasks"] and "ANOVA" in capsys.readouterr().out
     folder = Path(result["folder"])
     assert json.loads((folder / "sweep.json").read_text())["reused"] == result["reused"]
-    # a run whose results vanish is the only one redone
+    # a recorded run is finished on any machine; one whose record and results vanish is the only one redone
     runs = sorted((folder / "runs").iterdir())
     stamps = {r.name: (r / "results.json").stat().st_mtime_ns for r in runs}
     (runs[0] / "results.json").unlink()
+    (Path(result["records"]) / f"{runs[0].name}.json.gz").unlink()
     again = run_sweep(path, backend="inline", resume=True)
     statuses = {n: r["status"] for n, r in again["runs"].items()}
-    assert statuses.pop(runs[0].name) == "done" and set(statuses.values()) == {"skipped (finished)"}
+    assert statuses.pop(runs[0].name) == "done" and set(statuses.values()) == {"skipped (recorded)"}
     assert all((r / "results.json").stat().st_mtime_ns == stamps[r.name] for r in runs[1:])
 
 
@@ -132,7 +133,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, how:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout[done.stdout.index("{"):])
-    assert all(result["runs"][n]["status"] == "skipped (finished)" for n in finished)
+    assert all(result["runs"][n]["status"] == "skipped (recorded)" for n in finished)
     assert sum(r["status"] == "done" for r in result["runs"].values()) == 8 - len(finished)
     assert all((runs / n / "results.json").stat().st_mtime_ns == t for n, t in finished.items())
 

@@ -93,16 +93,16 @@ class StorageError(OSError):
         return self.strerror or super().__str__()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``; on failure
-    the temporary file is removed, ``path`` keeps its previous content and StorageError names it."""
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to a temporary file beside ``path``, then rename it over ``path``; on
+    failure the temporary file is removed, ``path`` keeps its previous content and StorageError names it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a temporary name of this process's own: two writers of one path (parallel runs filling a shared
     # cache) never rename each other's file away; the last rename wins, whole
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
+        with tmp.open("wb") as f:
+            f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -119,6 +119,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` atomically (temporary file + rename; see :class:`StorageError`)."""
     _atomic_write(Path(path), text)
+
+
+def write_json_gz(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as compact gzip-compressed JSON, atomically and byte-for-byte reproducibly (keys
+    sorted, no timestamp in the gzip header): the same object always gives the same file."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    _atomic_write(Path(path), gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def read_json_gz(path: str | Path) -> Any:
+    """The object of a :func:`write_json_gz` file.
+
+    Raises:
+        DataError: Naming the file when it is not gzip-compressed JSON.
+    """
+    try:
+        return json.loads(gzip.decompress(Path(path).read_bytes()))
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a gzip-compressed JSON file ({e})") from None
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

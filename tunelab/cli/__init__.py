@@ -38,12 +38,13 @@ from tunelab.models.load import ALIASES, ModelError
 from tunelab.registry import RegistryError, first_doc_line
 from tunelab.regularizers import REGULARIZERS
 from tunelab.runner import findings
+from tunelab.runner import plan as plan_mod
 from tunelab.runner.compare import compare_runs
 from tunelab.runner.data import inspect_recipe
 from tunelab.runner.report import run_report, sweep_report
 from tunelab.runner.run import load_results, run
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
-from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep import check_sweep, is_sweep_file, load_sweep, run_sweep
 from tunelab.runner.validate import validate
 from tunelab.serve import serve_model
 from tunelab.train.artifacts import export
@@ -190,35 +191,90 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     and copies its report page to ``docs/studies/``.
     """
 
-    if a.file == "report":
+    if a.file in ("report", "plan", "pilot"):
         if not a.folder:
-            raise ConfigError("tunelab sweep report: name the sweep folder (runs/sweeps/<name>) or its sweep file")
-        study = findings.report(a.folder)
-        text = findings.markdown(study)
-        write_text(Path(study["folder"]) / "findings.md", text)
-        if a.into:
-            print(f"[tunelab] {a.into}: section '{study['name']}' written", file=sys.stderr)
-            findings.write_into(study, Path(a.into))
-        if a.json:
-            print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
-        else:
-            print(text if a.markdown else findings.summary(study) + "\n", end="")
-        return 0
+            raise ConfigError(f"tunelab sweep {a.file}: name the sweep file"
+                              + (" (or its study folder studies/<name>, or its sweep folder)" if a.file == "report" else ""))
+        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot}[a.file](a)
     if a.folder:
         raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")
-    result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=a.resume, out=a.out,
-                       quiet=a.json)
+    result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
+                       quiet=a.json, records=a.records, budget=a.budget, max_runs=a.max_runs,
+                       accept_floor_ceiling=a.accept_floor_ceiling)
     if a.json:
         print(json.dumps(result, indent=2, default=str))
     failed = sum(r["status"] == "failed" for r in result["runs"].values())
-    print(f"[tunelab] sweep folder: {result['folder']} (sweep.json){f'; {failed} run(s) failed' if failed else ''}",
-          file=sys.stderr)
+    print(f"[tunelab] sweep folder: {result['folder']} (sweep.json); records: {result['records']}"
+          f"{f'; {failed} run(s) failed' if failed else ''}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def cmd_validate(a: argparse.Namespace) -> int:
-    """Check a recipe (keys, types, names, files) without doing any work."""
+def _sweep_report(a: argparse.Namespace) -> int:
+    """``tunelab sweep report``: the study's findings from its records; ``<study folder>/findings.md``."""
+    study = findings.report(a.folder, a.records)
+    text = findings.markdown(study)
+    write_text(study["_sweep"].study_folder / "findings.md", text)
+    if a.json:
+        print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
+    else:
+        print(text if a.markdown else findings.summary(study) + "\n", end="")
+    print(f"[tunelab] {study['_sweep'].study_folder / 'findings.md'}", file=sys.stderr)
+    return 0
 
+
+def _sweep_plan(a: argparse.Namespace) -> int:
+    """``tunelab sweep plan``: runs, minutes on this host, detectable effect per claim; saved as plan.json
+    until runs beyond the pilot are recorded."""
+    sweep = load_sweep(a.folder, a.out, a.records)
+    the_plan = plan_mod.plan(sweep)
+    saved = plan_mod.save_plan(sweep, the_plan)
+    if a.json:
+        print(json.dumps(the_plan, indent=2, default=str))
+    else:
+        print(plan_mod.format_plan(the_plan))
+    print(f"[tunelab] plan {'saved to' if saved else 'frozen (runs beyond the pilot are recorded):'} "
+          f"{sweep.study_folder / 'plan.json'}", file=sys.stderr)
+    return 0
+
+
+def _sweep_pilot(a: argparse.Namespace) -> int:
+    """``tunelab sweep pilot``: the baseline arm (and ``pilot_arms``) at the first seed, recorded, then the
+    floor/ceiling gate (exit 3 when refused)."""
+    try:
+        run_sweep(a.folder, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
+                  quiet=True, records=a.records, accept_floor_ceiling=a.accept_floor_ceiling, pilot_only=True)
+    except ConfigError as e:
+        if "pilot's baseline is outside" not in str(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    sweep = load_sweep(a.folder, a.out, a.records)
+    pilot = json.loads((sweep.study_folder / "pilot.json").read_text()) if (
+        sweep.study_folder / "pilot.json").is_file() else {}
+    print(json.dumps(pilot, indent=1))
+    return 0
+
+
+def cmd_findings(a: argparse.Namespace) -> int:
+    """Write docs/findings.md: every study's section (question, design, plan, pilot, arms with CIs, claims
+    with verdicts, diagnostics, hosts) from its committed records under STUDIES; never edit it by hand."""
+
+    doc, names = findings.write_findings(a.studies, a.out, pages=not a.no_pages)
+    print(f"[tunelab] {doc}: {len(names)} stud{'ies' if len(names) != 1 else 'y'} ({', '.join(names)})")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    """Check a recipe or a sweep file (keys, types, names, files, hypotheses; every problem at once)
+    without doing any work."""
+
+    if is_sweep_file(a.recipe):
+        problems = check_sweep(a.recipe)
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if not problems:
+            print(f"{a.recipe}: ok (sweep: {len(load_sweep(a.recipe).runs)} runs)")
+        return 1 if problems else 0
     problems = validate(load_recipe(a.recipe, a.overrides))
     for p in problems:
         print(f"error: {a.recipe}: {p}", file=sys.stderr)
@@ -368,18 +424,32 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-cache", help="folder of built data shared between runs (a sweep's)"),
             p.add_argument("--base-eval-cache", help="folder of base-model evaluations shared between runs"))),
         "sweep": (cmd_sweep, lambda p: (
-            p.add_argument("file", help="sweep YAML: recipe, factors, seeds, baseline; or `report`"),
-            p.add_argument("folder", nargs="?", help="with `report`: the sweep folder, or the sweep file"),
+            p.add_argument("file", help="sweep YAML (question, hypotheses, recipe, factors, seeds, baseline); "
+                                        "or `plan FILE`, `pilot FILE`, `report FILE|STUDY|FOLDER`"),
+            p.add_argument("folder", nargs="?", help="with plan/pilot/report: the sweep file (report: or its study "
+                                                     "folder studies/<name>, or its sweep folder)"),
             p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
-            p.add_argument("--into", metavar="DOC", help="with `report`: also put the section into DOC (docs/findings.md), "
-                                                        "replacing this study's earlier section, and copy its report page"),
+            p.add_argument("--budget", help="wall time for this call (50m, 2h, 900s): start only the runs expected "
+                                            "to finish inside it (estimated from recorded runs on this host)"),
+            p.add_argument("--max-runs", type=int, help="at most this many runs in this call"),
+            p.add_argument("--records", help="the study's records folder (default: the file's `records`, else "
+                                             "studies/<name>/records under the current directory)"),
+            p.add_argument("--accept-floor-ceiling", action="store_true",
+                           help="spend the seeds although the pilot's baseline is outside pilot_range (said in the "
+                                "findings)"),
             p.add_argument("--jobs", type=int, default=1, help="runs at a time (local backend)"),
             p.add_argument("--backend", default="local", choices=SWEEP_BACKENDS,
                            help="local: a process per run; inline: in this process; ray: a Ray cluster"),
             p.add_argument("--address", help="Ray cluster address (ray://host:10001); default: local"),
-            p.add_argument("--resume", action="store_true", help="interrupted runs continue from their checkpoint"),
-            p.add_argument("--out", help="folder for the sweep folder (default: the file's `out`)"),
-            p.add_argument("--json", action="store_true", help="print sweep.json on stdout"))),
+            p.add_argument("--resume", action="store_true", help="(the default) interrupted runs continue from "
+                                                                 "their checkpoint where this machine has one"),
+            p.add_argument("--restart", action="store_true", help="interrupted runs start over"),
+            p.add_argument("--out", help="folder for the sweep's run folders (default: the file's `out`)"),
+            p.add_argument("--json", action="store_true", help="print sweep.json (plan: the plan) on stdout"))),
+        "findings": (cmd_findings, lambda p: (
+            p.add_argument("studies", nargs="?", default="studies", help="the studies folder (default: studies)"),
+            p.add_argument("--out", default="docs/findings.md", help="the document (default: docs/findings.md)"),
+            p.add_argument("--no-pages", action="store_true", help="do not write docs/studies/<study>.html"))),
         "validate": (cmd_validate, lambda p: (p.add_argument("recipe"), _overrides(p))),
         "ls": (cmd_ls, lambda p: p.add_argument(
             "what", nargs="?", choices=["models", "sources", "methods", "tasks", "transforms", "diagnostics", "envs",

@@ -19,7 +19,6 @@ Per task (its primary metric) and arm, over the arm's finished runs (one per see
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -32,35 +31,29 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
 from tunelab.eval.stats import clustered_mean, compare_paired, verdict
-from tunelab.io import read_jsonl
-from tunelab.runner.compare import item_value
+from tunelab.runner.records import load_records
 
 
 def run_records(sweep: Any) -> list[dict[str, Any]]:
-    """One record per finished run: arm, seed, results.json, folder."""
-    records = []
+    """One entry per recorded run of the sweep (its study records, :mod:`tunelab.runner.records`):
+    ``arm`` (an :class:`~tunelab.runner.sweep.Arm`), ``seed``, ``name``, ``results``, ``items``
+    (task -> item id -> value, higher is better), ``signs`` (task -> +1, or -1 for a loss) and the
+    ``record`` itself; stale records are left out (:func:`stale_records` says which)."""
+    found, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    out = []
     for p in sweep.runs:
-        run_dir = Path(p.cfg.out) / p.name
-        results = run_dir / "results.json"
-        if results.is_file():
-            records.append({"arm": p.arm, "seed": p.seed, "results": json.loads(results.read_text()),
-                            "dir": run_dir, "name": p.name})
-    return records
+        record = found.get(p.name)
+        if record is None:
+            continue
+        out.append({"arm": p.arm, "seed": p.seed, "name": p.name, "results": record["results"], "record": record,
+                    "items": {t: {r["id"]: float(r["value"]) for r in v["rows"]} for t, v in record["items"].items()},
+                    "signs": {t: int(v["sign"]) for t, v in record["items"].items()}})
+    return out
 
 
-def item_values(run_dir: Path, task: str) -> tuple[dict[str, float], int]:
-    """(item id -> value, sign) of a run's tuned evaluation of ``task``: the values the paired tests
-    compare (higher is better: a loss is negated, ``sign`` -1)."""
-    path = run_dir / "eval" / "tuned" / f"{task}.jsonl"
-    out: dict[str, float] = {}
-    sign = 1
-    if path.is_file():
-        for row in read_jsonl(path):
-            value = item_value(row)
-            if value is not None:
-                out[str(row["id"])] = value
-                sign = -1 if "loss" in row and value == -float(row["loss"]) else sign
-    return out, sign
+def stale_records(sweep: Any) -> list[str]:
+    """Why each stale record of the sweep's records folder is not counted."""
+    return load_records(sweep.records, sweep.name, sweep.digests())[1]
 
 
 def _seed_ci(scores: list[float]) -> list[float]:
@@ -104,7 +97,7 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
         entry = arms.setdefault(r["arm"].label, {"levels": r["arm"].levels, "runs": [], "scores": [], "items": {}})
         entry["runs"].append(r["name"])
         entry["scores"].append(r["results"][task]["tuned"]["value"])
-        values, entry["sign"] = item_values(r["dir"], task)
+        values, entry["sign"] = r["items"].get(task, {}), r["signs"].get(task, 1)
         for item, value in values.items():
             entry["items"].setdefault(item, []).append(value)
     baseline = ",".join(f"{f}={lv}" for f, lv in sweep.baseline.items())
@@ -144,19 +137,23 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
 
 
 def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``sweep.json``: the design, every run's status, and per task the statistics above."""
+    """``sweep.json``: the design, every run's status, and per task the statistics above, computed
+    from the study's records alone (no run folder is read)."""
     records = run_records(sweep)
+    recorded = {r["name"] for r in records}
     tasks = sorted({t for r in records for t, v in r["results"].items() if t != "run" and "tuned" in v})
     reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
               "base_eval": sum(bool(r["results"]["run"].get("reused", {}).get("base_eval")) for r in records)}
     return {
         "name": sweep.name, "file": str(Path(sweep.path).resolve()), "folder": str(sweep.folder),
+        "records": str(sweep.records),
         "design": {"factors": {f: list(levels) for f, levels in sweep.factors.items()}, "seeds": sweep.seeds,
                    "baseline": sweep.baseline, "runs": len(sweep.runs)},
         "runs": {p.name: {"arm": p.arm.label, "seed": p.seed,
-                          **status.get(p.name, {"status": "done" if (Path(p.cfg.out) / p.name /
-                                                                        "results.json").is_file() else "not run"})}
+                          **status.get(p.name, {"status": "done" if p.name in recorded else "not run"})}
                  for p in sweep.runs},
+        "stale_records": stale_records(sweep),
+        "run_seconds": round(sum(float(r["record"].get("seconds") or 0) for r in records), 1),
         "reused": {"runs_finished": len(records), "data_from_cache": reused["data"],
                    "base_eval_from_cache": reused["base_eval"]},
         "tasks": {t: _task(sweep, records, t) for t in tasks},

@@ -52,13 +52,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired, min_items_for_verdict, sign_flip_test
-from tunelab.io import read_jsonl, write_text
-from tunelab.runner.aggregate import arm_cells, fmt, item_values, run_records
+from tunelab.eval.stats import compare_paired, sign_flip_test
+from tunelab.io import write_text
+from tunelab.runner.aggregate import aggregate, arm_cells, fmt, run_records
+from tunelab.runner.plan import BELOW, mde
+from tunelab.runner.report import sweep_report
 from tunelab.runner.sweep import Arm, load_sweep
 
 POWER, ALPHA = 0.8, 0.05
@@ -67,15 +68,12 @@ POWER, ALPHA = 0.8, 0.05
 def minimum_detectable_effect(diffs: list[float], n_tests: int = 1, alpha: float = ALPHA,
                               power: float = POWER) -> float:
     """The smallest true mean difference a paired test on ``diffs`` detects with ``power``
-    (two-sided, ``alpha / n_tests``); NaN with no spread, or with fewer items than the exact paired
-    tests need to reach that alpha at all (:func:`tunelab.eval.stats.min_items_for_verdict`)."""
+    (two-sided, ``alpha / n_tests``; :func:`tunelab.runner.plan.mde`); NaN with no spread, or with
+    fewer items than the exact paired tests need to reach that alpha at all."""
     x = np.asarray(diffs, dtype=float)
-    level = alpha / max(n_tests, 1)
-    if len(x) < max(2, min_items_for_verdict(1.0 - level)) or float(np.ptp(x)) == 0.0:
+    if len(x) < 2 or float(np.ptp(x)) == 0.0:
         return math.nan
-    d = TTestPower().solve_power(effect_size=None, nobs=len(x), alpha=level, power=power,
-                                 alternative="two-sided")
-    return float(d) * float(x.std(ddof=1))
+    return mde(len(x), float(x.std(ddof=1)), n_tests, alpha, power)
 
 
 def judge(direction: str, test: dict[str, Any], p_holm: float, mde: float, effect: float | None,
@@ -130,8 +128,7 @@ def _arm_items(records: list[dict[str, Any]], task: str) -> dict[str, dict[str, 
     """arm label -> item id -> values over seeds (higher is better), read once per task by :func:`report`."""
     out: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        values, _ = item_values(r["dir"], task)
-        for item, value in values.items():
+        for item, value in r["items"].get(task, {}).items():
             out.setdefault(r["arm"].label, {}).setdefault(item, []).append(value)
     return out
 
@@ -145,8 +142,8 @@ def _seed_scores(records: list[dict[str, Any]], task: str, arm: str, sign: int) 
 def _sign(records: list[dict[str, Any]], task: str) -> int:
     """+1 when the task's score is higher-is-better, -1 for a loss (as the item values say)."""
     for r in records:
-        if task in r["results"]:
-            return item_values(r["dir"], task)[1]
+        if task in r["signs"]:
+            return r["signs"][task]
     return 1
 
 
@@ -242,9 +239,9 @@ def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict
     """diagnostic -> arm -> key -> mean over the arm's runs (first ``limit`` keys)."""
     acc: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in records:
-        for path in sorted((r["dir"] / "diagnostics").glob("*.json")):
-            values = _flatten(json.loads(path.read_text()))
-            arm = acc.setdefault(path.stem, {}).setdefault(r["arm"].label, {})
+        for name, result in sorted(r["record"].get("diagnostics", {}).items()):
+            values = _flatten(result)
+            arm = acc.setdefault(name, {}).setdefault(r["arm"].label, {})
             for k, v in list(values.items())[:limit]:
                 arm.setdefault(k, []).append(v)
     return {d: {arm: {k: float(np.mean(v)) for k, v in keys.items()} for arm, keys in arms.items()}
@@ -252,8 +249,8 @@ def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict
 
 
 def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """arm -> mean over its runs of training seconds, trainable parameters and peak memory (MB, the
-    largest ``peak_mem_mb`` in ``metrics.jsonl``)."""
+    """arm -> mean over its runs of training seconds, trainable parameters, peak memory (MB) and the
+    run's wall seconds (diagnostics included), from the records."""
     acc: dict[str, dict[str, list[float]]] = {}
     for r in records:
         train = r["results"]["run"].get("train", {})
@@ -261,15 +258,26 @@ def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for key in ("train_seconds", "trainable_parameters"):
             if isinstance(train.get(key), (int, float)):
                 arm.setdefault(key, []).append(float(train[key]))
-        metrics = r["dir"] / "metrics.jsonl"
-        peaks = [row["peak_mem_mb"] for row in read_jsonl(metrics) if "peak_mem_mb" in row] if metrics.is_file() else []
-        if peaks:
-            arm.setdefault("peak_mem_mb", []).append(float(max(peaks)))
+        for key in ("peak_mem_mb", "seconds"):
+            if isinstance(r["record"].get(key), (int, float)):
+                arm.setdefault(key, []).append(float(r["record"][key]))
     return {arm: {k: float(np.mean(v)) for k, v in keys.items()} for arm, keys in acc.items()}
 
 
+def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """host kind (CPU or GPU model, precision, torch) -> how many of the study's runs it made."""
+    out: dict[str, int] = {}
+    for r in records:
+        h = r["record"].get("host", {})
+        flags = ",".join(f for f in h.get("cpu_flags", []) if f in ("avx512_bf16", "amx_bf16", "avx2"))
+        key = f"{h.get('cuda') or h.get('cpu') or 'unknown host'} ({h.get('cores')} cores; {flags or 'no bf16 flags'}); " \
+              f"{h.get('precision')}; torch {h.get('torch')}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
-    """Bullet lines describing the design."""
+    """Bullet lines describing the design, what has run and where."""
     cfg = sweep.runs[0].cfg
     levels = "; ".join(f"{f} in {{{', '.join(lv)}}}" for f, lv in sweep.factors.items())
     n_items = {t: len({i for arm in by_arm.values() for i in arm}) for t, by_arm in result["_items"].items()}
@@ -278,49 +286,106 @@ def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
     sources = ", ".join(f"{s.name} x{s.count}" if s.count else s.name for s in cfg.data.sources)
     lines = [f"- arms: {levels} ({math.prod(len(lv) for lv in sweep.factors.values())} arms), baseline "
              + Arm(sweep.baseline, {}).label.replace(",", ", "),
-             f"- seeds: {len(sweep.seeds)} per arm ({', '.join(map(str, sweep.seeds))}); runs finished: "
+             f"- seeds: {len(sweep.seeds)} per arm ({', '.join(map(str, sweep.seeds))}); runs recorded: "
              f"{len(result['_records'])}/{len(sweep.runs)}",
              f"- model {cfg.model.name}; method {method}; data {sources}; {cfg.train.max_steps} steps of batch "
              f"{cfg.train.batch_size}, lr {cfg.train.lr}",
              f"- evaluation items per task: {items}"]
-    if result.get("seconds"):
-        lines.append(f"- wall time of the sweep on this machine: {result['seconds'] / 60:.1f} min")
+    if result.get("run_seconds"):
+        lines.append(f"- compute: {result['run_seconds'] / 60:.1f} min over the recorded runs (sum of run wall times)")
+    for host, n in hosts(result["_records"]).items():
+        lines.append(f"- host: {host}: {n} run{'s' if n != 1 else ''}")
+    if result.get("stale_records"):
+        lines.append(f"- stale records not counted: {len(result['stale_records'])} (their config no longer matches)")
     return lines
 
 
-def report(target: str | Path) -> dict[str, Any]:
-    """The study of a sweep: ``target`` is its folder (the sweep file recorded in ``sweep.json`` is
-    read) or its sweep file (its folder is ``<out>/<name>``); nothing is rerun. Each task's per-item
-    values are read from the run folders once and shared by the claims, the interaction and the design."""
+def resolve(target: str | Path, records: str | Path | None = None) -> Any:
+    """The :class:`~tunelab.runner.sweep.Sweep` of ``target``: a sweep file, a study folder (its
+    ``study.json`` names the sweep file; the records are its ``records/``) or a sweep run folder (its
+    ``sweep.json``).
+
+    Raises:
+        ConfigError: ``target`` is none of these.
+    """
     target = Path(target)
     if target.is_file():
-        sweep = load_sweep(target)
-        folder = sweep.folder
-    else:
-        folder, sweep = target, None
-    if not (folder / "sweep.json").is_file():
-        raise ConfigError(f"{folder}: not a sweep folder (no sweep.json); run `tunelab sweep <file>` first")
-    result = json.loads((folder / "sweep.json").read_text())
-    sweep = sweep or load_sweep(result["file"], out=str(folder.parent))
-    records = run_records(sweep)
+        return load_sweep(target, records=records)
+    if (target / "study.json").is_file():
+        info = json.loads((target / "study.json").read_text())
+        return load_sweep(target / info["sweep_file"], records=records or target / "records")
+    if (target / "sweep.json").is_file():
+        result = json.loads((target / "sweep.json").read_text())
+        return load_sweep(result["file"], out=str(target.parent), records=records or result.get("records"))
+    raise ConfigError(f"{target}: not a sweep folder (no sweep.json), study folder (no study.json) or sweep file")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def report(target: str | Path, records: str | Path | None = None) -> dict[str, Any]:
+    """The study of a sweep (``target``: see :func:`resolve`), computed from its records alone: nothing
+    is rerun and no run folder is read. Each task's per-item values are gathered once and shared by
+    the claims, the interaction and the design; the saved plan and pilot are attached."""
+    sweep = resolve(target, records)
+    result = aggregate(sweep, {})
+    records_ = run_records(sweep)
     tasks = dict.fromkeys([*result.get("tasks", {}), *(h["task"] for h in sweep.hypotheses)])
-    items: Items = {t: _arm_items(records, t) for t in tasks}
-    return {**result, "folder": str(folder), "target": str(target), "question": sweep.question,
-            "hypotheses": hypotheses(sweep, records, items), "diagnostics": diagnostics(records),
-            "resources": resources(records), "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
-            "_sweep": sweep, "_records": records, "_items": items}
+    items: Items = {t: _arm_items(records_, t) for t in tasks}
+    the_plan = _read(sweep.study_folder / "plan.json")
+    claims = hypotheses(sweep, records_, items)
+    labels = {c["claim"]: c for c in (the_plan or {}).get("claims", [])}
+    for c in claims:
+        planned = labels.get(c["claim"])
+        if planned and planned.get("label") == BELOW:
+            c["verdict"] += f" [{BELOW}: effect {c['effect']:g} < planned MDE {planned['mde']:.3f}]"
+    return {**result, "target": str(target), "question": sweep.question, "hypotheses": claims,
+            "diagnostics": diagnostics(records_), "resources": resources(records_),
+            "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
+            "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
+            "_sweep": sweep, "_records": records_, "_items": items}
+
+
+def _plan_lines(study: dict[str, Any]) -> list[str]:
+    """The saved plan's detectable effects and the pilot's gate."""
+    out = []
+    the_plan, pilot = study.get("plan"), study.get("pilot")
+    if the_plan:
+        minutes = sum(r["seconds"] for r in the_plan["runs"] if r["seconds"] == r["seconds"]) / 60
+        out += [f"**Plan** (before the seeds were spent; host {the_plan['host']}; about {minutes:.0f} min of runs; "
+                f"MDE at {the_plan['power']:.0%} power, alpha {the_plan['alpha_per_claim']:.3g} per claim; "
+                f"assumed item correlation between arms {the_plan['assume']['item_correlation']:g}):", "",
+                "| claim | effect (paper) | items | MDE on items | seed sd | MDE over seeds | detectable? |",
+                "|---|---|---|---|---|---|---|"]
+        for c in the_plan["claims"]:
+            out.append(f"| {c['claim']} | {c['effect']:g} | {c['items']} | {fmt(c['mde_items'])} | "
+                       f"{fmt(c['seed_sd'])} ({c['seed_sd_from'].split(' (')[0]}) | {fmt(c['mde_seeds'])} | "
+                       f"{c['label'] or 'yes'} |")
+        out.append("")
+    if pilot:
+        lo, hi = pilot["range"]
+        scores = ", ".join(f"{t} {v:.3f}" for t, v in pilot["scores"].items())
+        if pilot["passed"]:
+            gate_text = f"inside [{lo:g}, {hi:g}] on every gated task: passed"
+        else:
+            bad = "; ".join(f"{o['task']} {o['why']}" for o in pilot["outside"])
+            gate_text = (f"outside [{lo:g}, {hi:g}]: {bad}; "
+                         + ("the seeds were spent anyway (--accept-floor-ceiling): claims on these tasks are "
+                            "measured at the floor or ceiling" if pilot["accepted"] else "refused"))
+        out += [f"**Pilot** (baseline arm, first seed): {scores or 'no gated task'}; {gate_text}.", ""]
+    return out
 
 
 def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str | None = None) -> str:
-    """The study's section of ``docs/findings.md``. Links are relative to ``dest``, the file the section
-    is written into (default ``<sweep folder>/findings.md``); ``report_href`` overrides the link to the
-    sweep's report page (a copy kept beside the document)."""
-    sweep, folder = study["_sweep"], Path(study["folder"]).resolve()
-    dest = (dest or folder / "findings.md").resolve()
+    """The study's section of ``docs/findings.md``, from its records only (no absolute paths, no
+    dates: the same records give the same bytes). ``report_href``: the link to the study's report page."""
+    sweep = study["_sweep"]
     out = [f"## {study['name']}", ""]
     if study["question"]:
         out += [f"**Question.** {study['question']}", ""]
     out += ["**Design.**", *_design(sweep, study), ""]
+    out += _plan_lines(study)
     for task, t in study["tasks"].items():
         loss = not t.get("higher_is_better", True)
         sense = ("lower is better; delta = baseline minus arm, so a positive delta is a lower loss" if loss
@@ -372,39 +437,49 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                 "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         out += [f"| {arm} | " + " | ".join(fmt(vals.get(k), ".4g") for k in keys) + " |" for arm, vals in arms.items()]
         out.append("")
-    href = report_href or Path(os.path.relpath(folder / "report.html", dest.parent)).as_posix()
-    target = study.get("target", str(folder))
-    out += [f"Report: [{href}]({href}); regenerate this section: `tunelab sweep report {target} --markdown`", ""]
+    if report_href:
+        out += [f"Report: [{report_href}]({report_href})", ""]
     return "\n".join(out)
 
 
 BEGIN, END = "<!-- study:{} -->", "<!-- /study:{} -->"
+HEADER = ("# Findings\n\nGenerated by `tunelab findings` (default: `tunelab findings studies --out docs/findings.md`) "
+          "from the committed study records (`studies/<study>/records/`); never edited by hand. Each section: the "
+          "question, the design, the plan's detectable effects, the pilot, the arms with 95% CIs, the claims under "
+          "test with their verdicts, diagnostics and the hosts the runs ran on.\n")
 
 
-def write_into(study: dict[str, Any], doc: Path) -> Path:
-    """Put the study's section into the document ``doc`` (``docs/findings.md``): replaced between its
-    ``<!-- study:NAME -->`` markers, or appended; the sweep's ``report.html`` is copied to
-    ``<doc folder>/studies/NAME.html`` (the run folders are not part of the repository) and linked.
-    Returns the document's path; the write is atomic."""
-    doc = Path(doc)
+def section(study: dict[str, Any], report_href: str | None = None) -> str:
+    """The study's section between its ``<!-- study:NAME -->`` markers."""
     name = study["name"]
-    page = Path(study["folder"]) / "report.html"
-    href = None
-    if page.is_file():
-        copy = doc.parent / "studies" / f"{name}.html"
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        write_text(copy, page.read_text())
-        href = f"studies/{name}.html"
-    section = f"{BEGIN.format(name)}\n{markdown(study, dest=doc, report_href=href)}{END.format(name)}\n"
-    text = doc.read_text() if doc.is_file() else "# Findings\n\n"
-    begin, end = BEGIN.format(name), END.format(name)
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(doc, text)
-    return doc
+    return f"{BEGIN.format(name)}\n{markdown(study, report_href=report_href)}{END.format(name)}\n"
+
+
+def write_findings(studies: str | Path = "studies", out: str | Path = "docs/findings.md",
+                   pages: bool = True) -> tuple[Path, list[str]]:
+    """``docs/findings.md`` from every study folder under ``studies`` (one with a ``study.json``), in
+    name order, computed from the records alone; with ``pages`` each study's report page is written
+    to ``<out folder>/studies/NAME.html`` and linked. Returns the document and the studies' names.
+
+    Raises:
+        ConfigError: ``studies`` holds no study.
+    """
+    studies, out = Path(studies), Path(out)
+    folders = sorted(p.parent for p in studies.glob("*/study.json"))
+    if not folders:
+        raise ConfigError(f"{studies}: no study folders (each <study>/study.json, written by `tunelab sweep`)")
+    parts, names = [], []
+    for folder in folders:
+        study = report(folder)
+        href = None
+        if pages:
+            page = out.parent / "studies" / f"{study['name']}.html"
+            sweep_report({k: v for k, v in study.items() if not k.startswith("_")}, path=page)
+            href = Path(os.path.relpath(page, out.parent)).as_posix()
+        parts.append(section(study, href))
+        names.append(study["name"])
+    write_text(out, HEADER + "\n" + "\n".join(parts))
+    return out, names
 
 
 def summary(study: dict[str, Any]) -> str:

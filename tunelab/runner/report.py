@@ -253,8 +253,8 @@ def run_report(run_dir: str | Path) -> Path:
     return path
 
 
-def sweep_report(result: dict[str, Any]) -> Path:
-    """Write ``<sweep>/report.html`` from ``sweep.json`` content; returns its path."""
+def sweep_report(result: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``<sweep>/report.html`` (or ``path``) from ``sweep.json`` content; returns its path."""
     folder = Path(result["folder"])
     sections = []
     runs = result["runs"]
@@ -296,7 +296,8 @@ def sweep_report(result: dict[str, Any]) -> Path:
             parts.append(_missing(f"ANOVA: {anova['note']}"))
         sections.append(f"<h2>{_e(task)} ({_e(t['metric'])})</h2>" + "".join(parts))
     sections.append("<h2>Runs</h2>" + _table(["run", "arm", "seed", "status"], status_rows))
-    path = folder / "report.html"
+    path = Path(path) if path else folder / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_page(f"tunelab sweep {result['name']}", sections), encoding="utf-8")
     return path
 

@@ -1,0 +1,239 @@
+"""Studies that finish: records, findings from records alone, budget chunks, plan, pilot gate, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import ConfigError
+from tunelab.io import DataError, read_json_gz, write_json_gz
+from tunelab.runner import plan as plan_mod
+from tunelab.runner.findings import write_findings
+from tunelab.runner.records import CURVE_POINTS, FORMAT, load_records, thin
+from tunelab.runner.sweep import check_sweep, load_sweep, parse_budget, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny.yaml"
+OVERRIDES = ["train.max_steps=4", "train.save_every=2", "data.sources.0.count=64", "data.heldout=4",
+             "eval.tasks=[arith, perplexity]", "eval.task_options.perplexity.sources=arith", "eval.limit=8",
+             "eval.max_new_tokens=8"]
+CLAIMS = [{"claim": "rank 4 lowers the loss", "task": "perplexity", "arm": "rank=4", "direction": "better",
+           "effect": 0.5, "source": "a test"},
+          {"claim": "rank 4 moves accuracy by a hair", "task": "arith", "arm": "rank=4", "direction": "better",
+           "effect": 0.0001, "source": "a test (far below any detectable effect)"}]
+
+
+def _study(tmp_path: Path, name: str = "demo", **extra) -> Path:
+    spec = {"name": name, "recipe": str(TINY), "overrides": OVERRIDES, "factors": {"rank": {"method.r": [2, 4]}},
+            "seeds": 2, "out": str(tmp_path / "runs"), "records": str(tmp_path / "studies" / name / "records"),
+            "question": "Does rank 4 beat rank 2?", "hypotheses": CLAIMS, "pilot_range": [0.0, 1.0], **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_records_are_small_complete_and_rebuild_the_findings_without_run_folders(tmp_path: Path) -> None:
+    path = _study(tmp_path)
+    result = run_sweep(path, backend="inline", quiet=True)
+    records = sorted((tmp_path / "studies" / "demo" / "records").glob("*.json.gz"))
+    assert len(records) == 4 and result["reused"]["runs_finished"] == 4
+    for f in records:
+        assert f.stat().st_size < 100_000  # no weights: a few KB
+        r = read_json_gz(f)
+        assert r["format"] == FORMAT and r["study"] == "demo" and r["run"] + ".json.gz" == f.name
+        assert r["host"]["cpu"] and r["host"]["precision"] == "fp32" and r["host"]["torch"]
+        assert r["train"]["steps"] == 4 and 1 <= len(r["loss_curve"]) <= CURVE_POINTS and r["seconds"] > 0
+        assert "out" not in r["config"] and r["config"]["method"]["r"] in (2, 4)
+        rows = r["items"]["arith"]["rows"]
+        assert len(rows) == 8 and all(set(x) >= {"id", "value", "prediction"} for x in rows)
+        assert all(len(x["prediction"]) <= 500 for x in rows) and r["items"]["perplexity"]["sign"] == -1
+        with gzip.open(f) as g:  # byte-reproducible: no timestamp in the gzip header
+            g.read()
+        assert f.read_bytes()[4:8] == b"\0\0\0\0"
+    # the findings, from the records; then the same bytes with every run folder gone (a fresh clone)
+    doc = tmp_path / "docs" / "findings.md"
+    write_findings(tmp_path / "studies", doc)
+    first = doc.read_bytes()
+    text = first.decode()
+    assert "<!-- study:demo -->" in text and "**Question.** Does rank 4 beat rank 2?" in text
+    assert "runs recorded: 4/4" in text and "| rank 4 lowers the loss | perplexity | rank=4 vs rank=2 |" in text
+    assert "host: " in text and str(tmp_path) not in text  # no absolute paths in a committed document
+    assert (doc.parent / "studies" / "demo.html").is_file() and "](studies/demo.html)" in text
+    shutil.rmtree(tmp_path / "runs")
+    doc.unlink()
+    assert main(["findings", str(tmp_path / "studies"), "--out", str(doc)]) == 0
+    assert doc.read_bytes() == first
+    # and a sweep call on that fresh clone treats every recorded run as finished: nothing reruns
+    again = run_sweep(path, backend="inline", quiet=True)
+    assert {r["status"] for r in again["runs"].values()} == {"skipped (recorded)"}
+    assert not (tmp_path / "runs" / "demo" / "runs").exists()
+
+
+def test_rewriting_a_record_from_the_same_run_changes_no_byte(tmp_path: Path) -> None:
+    obj = {"b": [1.5, "x"], "a": {"z": None}}
+    write_json_gz(tmp_path / "one.json.gz", obj)
+    write_json_gz(tmp_path / "two.json.gz", dict(reversed(list(obj.items()))))
+    assert (tmp_path / "one.json.gz").read_bytes() == (tmp_path / "two.json.gz").read_bytes()
+    assert thin(list(range(1000)))[0] == 0 and thin(list(range(1000)))[-1] == 999
+    assert len(thin(list(range(1000)))) == CURVE_POINTS and thin([1, 2]) == [1, 2]
+
+
+def test_budget_starts_only_what_fits_and_a_second_call_finishes(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, seeds=3)
+    first = run_sweep(path, backend="inline", quiet=True, max_runs=1)  # the pilot, then one more run
+    assert sum(r["status"] == "done" for r in first["runs"].values()) == 2 and first["left"]["runs"] == 4
+    folder = tmp_path / "studies" / "demo" / "records"
+    for f in folder.glob("*.json.gz"):  # make the timings deterministic: 100 s a run on this host
+        r = read_json_gz(f)
+        r["seconds"] = 100.0
+        write_json_gz(f, r)
+    with pytest.raises(ConfigError, match="below one run"):
+        run_sweep(path, backend="inline", quiet=True, budget="60s")
+    second = run_sweep(path, backend="inline", quiet=True, budget="250s")
+    assert sum(r["status"] == "done" for r in second["runs"].values()) == 2 and second["left"]["runs"] == 2
+    err = capsys.readouterr().err
+    assert "budget 4.2 min: 2 of 4 runs (about 3.3 min)" in err and "left: 2 runs, about " in err
+    # the chunks go seed by seed: both arms of a seed before the next seed
+    done = {n for n, r in second["runs"].items() if r["status"] != "not run"}
+    sweep = load_sweep(path)
+    assert {p.seed for p in sweep.runs if p.name in done} == {0, 1}
+    third = run_sweep(path, backend="inline", quiet=True, budget="1h")
+    assert third["left"]["runs"] == 0 and all(r["status"] != "not run" for r in third["runs"].values())
+    assert parse_budget("50m") == 3000 and parse_budget("2h") == 7200 and parse_budget("90") == 90
+    for bad in ("0m", "soon", "-5s"):
+        with pytest.raises(ConfigError, match="not a positive duration"):
+            parse_budget(bad)
+
+
+def test_plan_prints_detectable_effects_and_flags_a_claim_below_detection(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, assume={"item_correlation": 0.5})
+    assert main(["sweep", "plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs, 0 recorded, 4 left" in out and "unknown: run the pilot first" in out
+    assert main(["sweep", "pilot", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "plan", str(path), "--json"]) == 0
+    the_plan = json.loads(capsys.readouterr().out)
+    assert the_plan["runs_left"] == 3 and the_plan["alpha_per_claim"] == pytest.approx(0.025)
+    loss, acc = the_plan["claims"]
+    # loss items vary: MDE from the pilot's per-item variance with the assumed correlation
+    assert loss["items"] == 8 and "pilot's per-item variance" in loss["item_sd_from"]
+    assert loss["mde_items"] > 0 and math.isfinite(loss["mde_items"])
+    from statsmodels.stats.power import TTestPower
+
+    d = TTestPower().solve_power(nobs=8, alpha=0.025, power=0.8, alternative="two-sided")
+    assert loss["mde_items"] == pytest.approx(d * loss["item_sd"])
+    # all 8 pilot items score 0 on arith: no spread, the detectable effect is unknown (said, not invented)
+    assert math.isnan(acc["mde_items"]) and acc["label"] == "detectable effect unknown"
+    saved = json.loads((tmp_path / "studies" / "demo" / "plan.json").read_text())
+    assert saved["claims"][0]["mde_items"] == pytest.approx(loss["mde_items"])
+    # a claim below the detectable effect is labelled before any further run, and the findings keep it
+    tiny = [{**CLAIMS[0], "effect": 0.0001}]
+    small = _study(tmp_path, name="small", hypotheses=tiny)
+    assert main(["sweep", "pilot", str(small)]) == 0
+    assert main(["sweep", "plan", str(small)]) == 0
+    assert "BELOW DETECTION AT THIS DESIGN" in capsys.readouterr().out
+    run_sweep(small, backend="inline", quiet=True)
+    assert main(["sweep", "report", str(small)]) == 0
+    assert "below detection at this design" in capsys.readouterr().out
+    # the plan is frozen once runs beyond the pilot are recorded
+    assert json.loads((tmp_path / "studies" / "small" / "plan.json").read_text())["runs_left"] == 3
+
+
+def test_pilot_refuses_a_floor_or_ceiling_baseline_unless_accepted(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, pilot_range=[0.2, 0.8])  # a random tiny model scores 0 on arith: the floor
+    assert main(["sweep", "pilot", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "outside [0.2, 0.8] on arith: at the floor (0.000)" in err and "--accept-floor-ceiling" in err
+    with pytest.raises(ConfigError, match="at the floor"):
+        run_sweep(path, backend="inline", quiet=True)  # no seed is spent
+    records = list((tmp_path / "studies" / "demo" / "records").glob("*.json.gz"))
+    assert len(records) == 1  # the pilot only
+    pilot = json.loads((tmp_path / "studies" / "demo" / "pilot.json").read_text())
+    assert pilot["not_gated"] == ["perplexity"] and not pilot["passed"] and not pilot["accepted"]
+    # the ceiling, on the same gate: the baseline's record says 100%
+    sweep = load_sweep(path)
+    found, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    record = next(iter(found.values()))
+    record["results"]["arith"]["tuned"]["value"] = 1.0
+    gate = plan_mod.gate(sweep, {record["run"]: record})
+    assert gate["outside"] == [{"task": "arith", "score": 1.0, "why": "at the ceiling"}]
+    assert "at the ceiling (1.000)" in plan_mod.gate_message(sweep, gate)
+    # accepted: the seeds are spent and the findings say so
+    run_sweep(path, backend="inline", quiet=True, accept_floor_ceiling=True)
+    assert len(list((tmp_path / "studies" / "demo" / "records").glob("*.json.gz"))) == 4
+    assert main(["sweep", "report", str(tmp_path / "studies" / "demo"), "--markdown"]) == 0
+    assert "the seeds were spent anyway (--accept-floor-ceiling)" in capsys.readouterr().out
+
+
+def test_sweep_runs_the_pilot_first(tmp_path: Path) -> None:
+    path = _study(tmp_path)
+    result = run_sweep(path, backend="inline", quiet=True, max_runs=1)
+    sweep = load_sweep(path)
+    done = [n for n, r in result["runs"].items() if r["status"] == "done"]
+    pilot = [p.name for p in plan_mod.pilot_runs(sweep)]
+    assert pilot[0] in done and len(pilot) == 1 and pilot[0].startswith("rank=2-seed0")
+    assert (tmp_path / "studies" / "demo" / "pilot.json").is_file()
+
+
+def test_stale_and_foreign_records(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, seeds=1)
+    run_sweep(path, backend="inline", quiet=True)
+    capsys.readouterr()
+    # the sweep file changes (more steps): the old records match no planned run; said, not counted
+    spec = json.loads(path.read_text())
+    spec["overrides"] = [*OVERRIDES, "train.max_steps=5"]
+    path.write_text(json.dumps(spec))
+    plan = plan_mod.plan(load_sweep(path), host="h")
+    assert plan["runs_left"] == 2 and len(plan["stale_records"]) == 2
+    assert all("stale" in line and "not counted" in line for line in plan["stale_records"])
+    # a record of another study in this study's folder is an error naming both
+    records = tmp_path / "studies" / "demo" / "records"
+    one = next(records.glob("*.json.gz"))
+    r = read_json_gz(one)
+    r["study"] = "other"
+    write_json_gz(one, r)
+    with pytest.raises(ConfigError, match="a record of study 'other', not of 'demo'"):
+        plan_mod.plan(load_sweep(path), host="h")
+    one.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="not a gzip-compressed JSON file"):
+        plan_mod.plan(load_sweep(path), host="h")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"hypotheses": [{**CLAIMS[0], "effect": None}]}, "hypotheses[0]: 'effect' is required"),
+    ({"hypotheses": [{**CLAIMS[0], "arm": "rank=8"}]}, "rank='8' names no level"),
+    ({"pilot_arms": ["rank=3"]}, "pilot_arms[0]: rank='3' names no level"),
+    ({"pilot_range": [0.8, 0.2]}, "pilot_range: give [low, high]"),
+    ({"assume": {"seed_sd": -1}}, "assume.seed_sd: must be a number"),
+])
+def test_bad_study_files_fail_clearly(tmp_path: Path, change: dict, message: str) -> None:
+    path = _study(tmp_path, **change)
+    problems = check_sweep(path)
+    assert any(message in p and str(path) in p for p in problems), problems
+
+
+def test_validate_lists_every_error_of_a_sweep_file_at_once(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, hypotheses=[{**CLAIMS[0], "effect": None}, {**CLAIMS[1], "source": ""}],
+                  pilot_range=[2, 3], colour="blue")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    for part in ("unknown key(s) colour", "hypotheses[0]: 'effect' is required", "hypotheses[1]: 'source' is required",
+                 "pilot_range"):
+        assert part in err
+    assert main(["validate", str(_study(tmp_path, name="fine"))]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_budget_below_one_run_without_any_estimate_and_bad_max_runs(tmp_path: Path) -> None:
+    path = _study(tmp_path)
+    with pytest.raises(ConfigError, match="--max-runs: must be at least 1"):
+        run_sweep(path, backend="inline", quiet=True, max_runs=0)
+    with pytest.raises(ConfigError, match="not a positive duration"):
+        run_sweep(path, backend="inline", quiet=True, budget="0s")

@@ -1,0 +1,258 @@
+"""A study's plan and pilot: what a sweep will cost and what it can detect, before seeds are spent.
+
+**Plan** (``tunelab sweep plan FILE``). Per planned run: recorded or not, and its estimated minutes on
+this kind of host (:func:`estimate_seconds`: the mean wall time of this study's recorded runs of
+the same arm on the same host kind, else of any arm scaled by training steps, else of other hosts,
+said; unknown before the pilot). Per hypothesis: the minimum detectable effect (MDE) at 80% power,
+two-sided, at alpha = 0.05 / number of claims (Holm's strictest step; statsmodels ``TTestPower``):
+
+* on items: ``d(n, alpha) * sd`` of the per-item paired differences. The sd comes from the study's
+  records where both arms have run; else from the pilot's per-item variance of the baseline,
+  ``sd = sqrt(2 * var * (1 - rho))`` with ``rho`` the correlation of an item's outcome between two
+  arms (``assume.item_correlation``, default 0.5: stated in the plan); else unknown.
+* over training seeds (the paired t-test on one score per seed): ``d(seeds, alpha) * sd`` of the
+  per-seed differences, from records with two or more seeds on both arms, else
+  ``assume.seed_sd``, else unknown (said).
+
+A claim whose ``effect`` is smaller than the larger known MDE is *below detection at this design*.
+The plan is saved to ``<study>/plan.json`` until the first run beyond the pilot is recorded; from
+then on it is frozen (a pre-registration), and the findings carry its labels.
+
+**Pilot** (``tunelab sweep pilot FILE``): the baseline arm (and ``pilot_arms``) at the first seed,
+recorded like any run. The gate: the baseline's score on every task a hypothesis names must lie in
+``pilot_range`` (default [0.2, 0.8]; tasks scored by a loss are not gated); outside it the sweep
+refuses to spend the other seeds unless ``--accept-floor-ceiling`` is given, which the findings say.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from statsmodels.stats.power import TTestPower
+
+from tunelab.config import ConfigError
+from tunelab.device import cpu_name, decide, default_device
+from tunelab.eval.stats import min_items_for_verdict
+from tunelab.io import write_json
+from tunelab.runner.records import host_kind, load_records
+
+ALPHA = 0.05
+POWER = 0.8
+DEFAULT_ITEM_CORRELATION = 0.5
+BELOW = "below detection at this design"
+
+
+def mde(n: int, sd: float, n_tests: int = 1, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true mean difference a paired test of ``n`` differences with standard deviation
+    ``sd`` detects with ``power`` (two-sided, ``alpha / n_tests``); NaN with no spread, too few
+    pairs, or fewer items than the exact paired tests need to reach that alpha at all."""
+    level = alpha / max(n_tests, 1)
+    if n < 2 or not sd > 0 or n < min_items_for_verdict(1.0 - level):
+        return math.nan
+    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=level, power=power, alternative="two-sided")
+    return float(d) * float(sd)
+
+
+def seed_mde(seeds: int, sd: float, n_tests: int = 1) -> float:
+    """The MDE of the paired t-test over ``seeds`` training seeds (no exact-test minimum)."""
+    if seeds < 2 or not sd > 0:
+        return math.nan
+    d = TTestPower().solve_power(effect_size=None, nobs=seeds, alpha=ALPHA / max(n_tests, 1), power=POWER,
+                                 alternative="two-sided")
+    return float(d) * float(sd)
+
+
+def this_host(sweep: Any) -> str:
+    """The host kind of this machine for the sweep's runs (:func:`tunelab.runner.records.host_kind`)."""
+    device = default_device()
+    precision = decide(sweep.runs[0].cfg.train.precision, device)[0] if sweep.runs else "?"
+    cuda = torch.cuda.get_device_name(0) if device == "cuda" else None
+    return host_kind({"cpu": cpu_name(), "cuda": cuda, "precision": precision})
+
+
+def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) -> dict[str, tuple[float, str]]:
+    """run name -> (estimated wall seconds, where the estimate comes from) for every planned run."""
+    by_kind = [r for r in records.values() if host_kind(r["host"]) == host]
+    others = [r for r in records.values() if host_kind(r["host"]) != host]
+    out = {}
+    for p in sweep.runs:
+        if p.name in records:
+            out[p.name] = (float(records[p.name].get("seconds") or math.nan), "recorded")
+            continue
+        steps = max(p.cfg.train.max_steps, 1)
+        same_arm = [r for r in by_kind if r["arm"] == p.arm.levels]
+        if same_arm:
+            out[p.name] = (float(np.mean([r["seconds"] for r in same_arm])), "same arm, this host")
+        elif by_kind:
+            out[p.name] = (_scaled(by_kind, steps), "other arms on this host, scaled by steps")
+        elif others:
+            out[p.name] = (_scaled(others, steps), "another host (timings may not travel)")
+        else:
+            out[p.name] = (math.nan, "unknown: run the pilot first")
+    return out
+
+
+def _scaled(records: list[dict[str, Any]], steps: int) -> float:
+    """Mean seconds of ``records`` scaled by this run's training steps over theirs."""
+    per = [float(r["seconds"]) * steps / max(int(r["config"].get("train", {}).get("max_steps") or steps), 1)
+           for r in records if r.get("seconds")]
+    return float(np.mean(per)) if per else math.nan
+
+
+def _values(records: dict[str, dict[str, Any]], arm: str, task: str) -> dict[int, dict[str, float]]:
+    """seed -> item id -> value of ``arm``'s recorded runs on ``task``."""
+    out: dict[int, dict[str, float]] = {}
+    for r in records.values():
+        label = ",".join(f"{f}={lv}" for f, lv in r["arm"].items())
+        if label == arm and task in r["items"]:
+            out[int(r["seed"])] = {x["id"]: float(x["value"]) for x in r["items"][task]["rows"]}
+    return out
+
+
+def _seed_score(record_items: dict[str, float]) -> float:
+    return float(np.mean(list(record_items.values()))) if record_items else math.nan
+
+
+def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One hypothesis's detectable effects (see the module docstring)."""
+    n_claims = len(sweep.hypotheses)
+    rho = sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION)
+    arm, versus = _values(records, h["arm"], h["task"]), _values(records, h["versus"], h["task"])
+    planned = next(p for p in sweep.runs if p.arm.label == h["versus"]) if any(
+        p.arm.label == h["versus"] for p in sweep.runs) else sweep.runs[0]
+    out: dict[str, Any] = {"claim": h["claim"], "task": h["task"], "arm": h["arm"], "versus": h["versus"],
+                           "direction": h["direction"], "effect": h["effect"], "seeds": len(sweep.seeds)}
+    if arm and versus:  # both arms ran: the real per-item differences, averaged over common seeds
+        common_items = sorted(set.intersection(*(set(v) for v in [*arm.values(), *versus.values()])))
+        diffs = [float(np.mean([arm[s][i] for s in arm])) - float(np.mean([versus[s][i] for s in versus]))
+                 for i in common_items]
+        out.update(items=len(diffs), item_sd=float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
+                   item_sd_from="records of both arms")
+    elif versus:
+        values = list(next(iter(versus.values())).values())
+        var = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
+        out.update(items=len(values), item_sd=math.sqrt(2 * var * (1 - rho)) if var == var else math.nan,
+                   item_sd_from=f"pilot's per-item variance, item correlation between arms {rho:g} (assumed)")
+    else:
+        out.update(items=planned.cfg.eval.limit or 0, item_sd=math.nan,
+                   item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
+    out["mde_items"] = mde(out["items"], out["item_sd"], n_claims)
+    common_seeds = sorted(set(arm) & set(versus))
+    if len(common_seeds) >= 2:
+        d = [_seed_score(arm[s]) - _seed_score(versus[s]) for s in common_seeds]
+        out.update(seed_sd=float(np.std(d, ddof=1)), seed_sd_from=f"records ({len(d)} seeds on both arms)")
+    elif "seed_sd" in sweep.assume:
+        out.update(seed_sd=sweep.assume["seed_sd"], seed_sd_from="assumed (assume.seed_sd)")
+    else:
+        out.update(seed_sd=math.nan, seed_sd_from="unknown (no two seeds on both arms; state assume.seed_sd)")
+    out["mde_seeds"] = seed_mde(len(sweep.seeds), out["seed_sd"], n_claims)
+    known = [m for m in (out["mde_items"], out["mde_seeds"]) if not math.isnan(m)]
+    out["mde"] = max(known) if known else math.nan
+    out["label"] = BELOW if known and h["effect"] < out["mde"] else ("" if known else "detectable effect unknown")
+    return out
+
+
+def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
+    """The study's plan on this host: runs with estimated seconds, and each claim's detectable effect."""
+    records, stale = load_records(sweep.records, sweep.name, sweep.digests())
+    host = host or this_host(sweep)
+    estimates = estimate_seconds(sweep, records, host)
+    runs = [{"run": p.name, "arm": p.arm.label, "seed": p.seed, "recorded": p.name in records,
+             "seconds": estimates[p.name][0], "estimate_from": estimates[p.name][1]} for p in sweep.runs]
+    left = [r["seconds"] for r in runs if not r["recorded"]]
+    return {"study": sweep.name, "host": host, "runs": runs, "stale_records": stale,
+            "runs_left": len(left), "seconds_left": float(sum(left)) if left else 0.0,
+            "alpha_per_claim": ALPHA / max(len(sweep.hypotheses), 1), "power": POWER,
+            "assume": {"item_correlation": sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION),
+                       **({"seed_sd": sweep.assume["seed_sd"]} if "seed_sd" in sweep.assume else {})},
+            "claims": [claim_power(sweep, h, records) for h in sweep.hypotheses]}
+
+
+def pilot_runs(sweep: Any) -> list[Any]:
+    """The pilot's planned runs: the baseline arm and ``pilot_arms`` at the first seed."""
+    arms = {sweep.baseline_label, *sweep.pilot_arms}
+    return [p for p in sweep.runs if p.seed == sweep.seeds[0] and p.arm.label in arms]
+
+
+def beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
+    """Whether any run outside the pilot is recorded (the plan is frozen from then on)."""
+    pilots = {p.name for p in pilot_runs(sweep)}
+    return any(name not in pilots for name in records)
+
+
+def save_plan(sweep: Any, the_plan: dict[str, Any]) -> bool:
+    """Write ``<study>/plan.json`` unless runs beyond the pilot are recorded (then it is frozen, and
+    False is returned)."""
+    records, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    path = sweep.study_folder / "plan.json"
+    if path.is_file() and beyond_pilot(sweep, records):
+        return False
+    write_json(path, {k: v for k, v in the_plan.items() if k != "stale_records"})
+    return True
+
+
+def gate(sweep: Any, records: dict[str, dict[str, Any]], accept: bool = False) -> dict[str, Any]:
+    """The pilot gate on the recorded baseline run at the first seed (see the module docstring).
+
+    Raises:
+        ConfigError: The baseline's pilot run is not recorded.
+    """
+    base = next((p for p in pilot_runs(sweep) if p.arm.label == sweep.baseline_label), None)
+    if base is None or base.name not in records:
+        raise ConfigError(f"{sweep.path}: the pilot's baseline run is not recorded yet (`tunelab sweep pilot`)")
+    record = records[base.name]
+    lo, hi = sweep.pilot_range
+    scores, outside, not_gated = {}, [], []
+    for task in dict.fromkeys(h["task"] for h in sweep.hypotheses):
+        entry = record["results"].get(task)
+        sign = record["items"].get(task, {}).get("sign", 1)
+        if not entry or "tuned" not in entry:
+            outside.append({"task": task, "score": None, "why": "the baseline has no score on it"})
+            continue
+        value = float(entry["tuned"]["value"])
+        scores[task] = value
+        if sign < 0 or not 0.0 <= value <= 1.0:
+            not_gated.append(task)
+        elif not lo <= value <= hi:
+            outside.append({"task": task, "score": value,
+                            "why": "at the floor" if value < lo else "at the ceiling"})
+    return {"run": base.name, "range": [lo, hi], "scores": scores, "not_gated": not_gated, "outside": outside,
+            "passed": not outside, "accepted": bool(outside) and accept}
+
+
+def gate_message(sweep: Any, result: dict[str, Any]) -> str:
+    """The refusal naming each task outside the range and its score."""
+    lo, hi = result["range"]
+    parts = [f"{o['task']}: {o['why']}" + (f" ({o['score']:.3f})" if o["score"] is not None else "")
+             for o in result["outside"]]
+    return (f"{sweep.path}: the pilot's baseline is outside [{lo:g}, {hi:g}] on {'; '.join(parts)}: the claims "
+            "on it cannot be tested there. Fix the design (harder/easier task, more steps) or pass "
+            "--accept-floor-ceiling to spend the seeds anyway (the findings will say so)")
+
+
+def _num(value: float, spec: str = ".3f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def format_plan(the_plan: dict[str, Any]) -> str:
+    """The plan for the terminal: runs and minutes, then each claim's detectable effect."""
+    runs = the_plan["runs"]
+    done = sum(r["recorded"] for r in runs)
+    lines = [f"study {the_plan['study']} on {the_plan['host']}: {len(runs)} runs, {done} recorded, "
+             f"{the_plan['runs_left']} left, about {_num(the_plan['seconds_left'] / 60, '.0f')} min left"]
+    for r in runs:
+        state = "recorded" if r["recorded"] else f"~{_num(r['seconds'] / 60, '.1f')} min ({r['estimate_from']})"
+        lines.append(f"  {r['arm']:40s} seed {r['seed']}: {state}")
+    lines.append(f"claims (MDE at {the_plan['power']:.0%} power, two-sided alpha {the_plan['alpha_per_claim']:.3g} "
+                 f"per claim, Holm's strictest step):")
+    for c in the_plan["claims"]:
+        lines.append(f"  {c['claim']} [{c['task']}: {c['arm']} vs {c['versus']}]: effect {c['effect']:g}; "
+                     f"MDE items {_num(c['mde_items'])} (n={c['items']}, sd {_num(c['item_sd'])}: {c['item_sd_from']}); "
+                     f"MDE seeds {_num(c['mde_seeds'])} ({c['seeds']} seeds, sd {_num(c['seed_sd'])}: "
+                     f"{c['seed_sd_from']})" + (f" -> {c['label'].upper()}" if c["label"] else " -> detectable"))
+    for line in the_plan.get("stale_records", []):
+        lines.append(f"  {line}")
+    return "\n".join(lines)
