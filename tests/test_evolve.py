@@ -294,16 +294,12 @@ def test_the_recipe_section_and_the_experiment_sweep_load(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="unknown key 'evolve.roundz'"):
         load_evolve_config(recipe, ["roundz=3"])
     # the sweep: seeds only vs seeds + evolved, equal example counts, >= 3 seeds, instruct and instruct_ood
+    # (the evolved source is generated: recipes/evolve.yaml's evolve section, built when a run needs it)
     spec = yaml.safe_load((ROOT / "experiments" / "evolve_instruct.yaml").read_text())
-    evolved = tmp_path / "evolved.jsonl"
-    evolved.write_text("".join(json.dumps({"id": f"e{i}", "messages": [{"role": "user", "content": "q"},
-                                                                        {"role": "assistant", "content": "a"}]})
-                               + "\n" for i in range(600)))
     levels = spec["factors"]["data"]
-    for level in levels.values():
-        for src in level["data.sources"]:
-            if "path" in src:
-                src["path"] = str(evolved)
+    evolved = levels["seeds_evolved"]["data.sources"][1]["generate"]
+    assert {k: evolved[k] for k in ("seeds", "evolver", "rounds", "limit", "seed")} == \
+        {k: load_recipe(recipe).evolve[k] for k in ("seeds", "evolver", "rounds", "limit", "seed")}
     spec["recipe"] = str(recipe)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     sweep = load_sweep(tmp_path / "sweep.yaml", out=str(tmp_path / "sweeps"))

@@ -43,8 +43,8 @@ def test_a_name_resolves_to_the_builtin_recipe(tmp_path: Path, monkeypatch: pyte
     for name in ("failures", "evolve", "quickstart"):
         assert load_recipe(name).recipe_dir == load_recipe(ROOT / "recipes" / f"{name}.yaml").recipe_dir \
             == str((ROOT / "recipes").resolve())
-    pool = Path(load_recipe("failures").recipe_dir) / load_recipe("failures").data.sources[0].path
-    assert pool.resolve() == (ROOT / "runs" / "pools" / "calculator_paired.jsonl").resolve()
+    pool = load_recipe("failures").data.sources[0]  # generated when first needed: no file to find
+    assert pool.path is None and pool.generate == {"kind": "drill", "env": "calculator", "tasks": 320, "seed": 0}
 
 
 def test_an_existing_file_wins_over_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

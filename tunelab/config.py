@@ -80,6 +80,17 @@ class SourceConfig:
     glob pattern (``trajs_*.json``): every match, in sorted order, is one source."""
     hub: str | None = None
     """A ``datasets`` hub id (needs network)."""
+    generate: dict[str, Any] | None = None
+    """Data tunelab makes, instead of a file a manual step must create: ``{kind: ..., **options}`` with
+    ``kind`` one of ``drill`` (the calculator drill's paired pool: ``tasks``, ``seed``; no model, seconds),
+    ``sample`` (what ``tunelab sample`` writes: ``env``, ``model`` (alias, folder, run folder or URL),
+    ``env_options``, ``attempts``, ``limit``, ``temperature``, ``max_steps``, ``max_new_tokens``, ``seed``,
+    ``backend``, ``batch_size``, ``max_live``) or ``evolve`` (what ``tunelab evolve`` writes: the keys of the
+    ``evolve:`` recipe section but ``out``). Checked by ``tunelab validate`` without doing any work; built
+    once, when a run first needs it, into ``<TUNELAB_CACHE>/generated/<kind>-<key>.jsonl`` (the key: a
+    digest of the options, the code that makes the rows and the weights or files they come from) and
+    reused by every later run with the same key; then read as if ``path`` named that file
+    (:mod:`tunelab.runner.generated`)."""
     split: str = "train"
     """Split of the task family or hub dataset."""
     format: str = "auto"

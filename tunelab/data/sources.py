@@ -110,7 +110,8 @@ def resolve_data_files(path: str, recipe_dir: str | None) -> list[Path]:
         found = sorted(f for f in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if f.is_file())
         if found:
             return found
-    raise DataError(f"no data file matches {path!r}; looked in: {'; '.join(map(str, places))}")
+    unset = "" if env or p.is_absolute() else f" (${DATA_DIR_ENV} is not set)"
+    raise DataError(f"no data file matches {path!r}; looked in: {'; '.join(map(str, places))}{unset}")
 
 
 def file_kind(path: Path) -> str:
@@ -276,8 +277,12 @@ def with_system(sample: Sample, system: str) -> Sample:
 # ----------------------------------------------------------------------------- sources
 
 
+SOURCE_KINDS = ("task", "path", "hub", "generate")
+"""Where a source's rows come from: exactly one of these keys is set."""
+
+
 def _kinds(src: SourceConfig) -> list[str]:
-    return [k for k in ("task", "path", "hub") if getattr(src, k)]
+    return [k for k in SOURCE_KINDS if getattr(src, k)]
 
 
 def _load_task(src: SourceConfig, seed: int, heldout: int) -> LoadedSource:
@@ -294,7 +299,8 @@ def load_source(src: SourceConfig, recipe_dir: str | None, seed: int, heldout: i
     """Load one source: read, convert, split off held-out samples, apply per-source options.
 
     Args:
-        src: The source's recipe entry (exactly one of ``task``, ``path``, ``hub``).
+        src: The source's recipe entry (exactly one of ``task``, ``path``, ``hub``; a ``generate``
+            source is turned into a ``path`` one by :mod:`tunelab.runner.generated` first).
         recipe_dir: The recipe's folder (relative paths resolve against it after
             ``$TUNELAB_DATA_DIR``).
         seed: Seed for task generation, the held-out split and the ``max_examples`` cap.
@@ -310,7 +316,11 @@ def load_source(src: SourceConfig, recipe_dir: str | None, seed: int, heldout: i
     """
     kinds = _kinds(src)
     if len(kinds) != 1:
-        raise DataError(f"source {src.name!r}: set exactly one of task, path, hub (got {', '.join(kinds) or 'none'})")
+        raise DataError(f"source {src.name!r}: set exactly one of {', '.join(SOURCE_KINDS)} "
+                        f"(got {', '.join(kinds) or 'none'})")
+    if src.generate:  # the runner builds the file first and hands over the source with ``path`` set
+        raise DataError(f"source {src.name!r}: a generated source is built by the runner "
+                        "(tunelab.runner.generated) before it is loaded")
     if src.task:
         out = _load_task(src, seed, heldout)
     else:
@@ -341,12 +351,13 @@ def task_family_names() -> list[str]:
 
 
 def check_source(src: SourceConfig, recipe_dir: str | None) -> list[str]:
-    """Problems with a source found without loading it (for ``tunelab validate``)."""
+    """Problems with a source found without loading it (for ``tunelab validate``; the options of a
+    ``generate`` source are the runner's to check: :func:`tunelab.runner.generated.check_generated`)."""
     problems: list[str] = []
     tag = f"source {src.name!r}"
     kinds = _kinds(src)
     if len(kinds) != 1:
-        problems.append(f"{tag}: set exactly one of task, path, hub (got {', '.join(kinds) or 'none'})")
+        problems.append(f"{tag}: set exactly one of {', '.join(SOURCE_KINDS)} (got {', '.join(kinds) or 'none'})")
     if src.task:
         names = task_family_names()
         if src.task not in names:

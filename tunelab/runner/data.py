@@ -9,6 +9,8 @@ same overlaps in both, and the report says which sets were indexed and how many 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tunelab.data.transforms.base import words
 from tunelab.data.transforms.filters import Decontaminate
 from tunelab.eval.tasks.base import get_task
 from tunelab.models.load import load_tokenizer
+from tunelab.runner.generated import resolve_generated
 from tunelab.runner.validate import validate
 from tunelab.train.objectives import build_objective
 
@@ -43,9 +46,15 @@ def evaluation_texts(cfg: RunConfig) -> tuple[list[str], list[str], dict[str, An
     return texts, ids, summary
 
 
-def prepare_data(cfg: RunConfig, tok) -> DataBundle:
+def _stderr(msg: str) -> None:
+    print(f"[tunelab] {msg}", file=sys.stderr)
+
+
+def prepare_data(cfg: RunConfig, tok, say: Callable[[str], None] = _stderr) -> DataBundle:
     """The recipe's data with the run's context (see the module docstring); the report says what
-    decontamination indexed under ``decontamination``."""
+    decontamination indexed under ``decontamination``, and which generated sources were built or
+    reused under ``generated`` (:mod:`tunelab.runner.generated`; ``say`` tells it as it happens)."""
+    cfg, built = resolve_generated(cfg, say)
     texts: list[str] = []
     ids: list[str] = []
     specs = [t for t in cfg.data.transforms if t.get("name") == "decontaminate"]
@@ -59,6 +68,12 @@ def prepare_data(cfg: RunConfig, tok) -> DataBundle:
         short = sorted(set(ids) - checkable)
         data.report["decontamination"] = {"tasks": summary, "texts_indexed": len(texts), "n": n,
                                           "items_too_short_to_check": short}
+    if built:
+        data.report["generated"] = {name: {"file": b.path.name, "key": b.key, "reused": b.reused}
+                                    for name, b in built.items()}
+        for entry in data.report["sources"]:  # the cache's path differs between machines; the key does not
+            if entry["name"] in built:
+                entry["origin"] = built[entry["name"]].origin
     return data
 
 

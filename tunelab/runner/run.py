@@ -118,15 +118,19 @@ def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str
     return results
 
 
-def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any]) -> DataBundle:
-    """The run's data, from ``cache`` (a folder shared by runs, e.g. a sweep's) when it holds it."""
+def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any], say=print) -> DataBundle:
+    """The run's data, from ``cache`` (a folder shared by runs, e.g. a sweep's) when it holds it;
+    ``reused["generated"]`` names the generated sources whose pool was already built."""
     key = cache_mod.data_key(cfg) if cache else None
     data = cache_mod.load_data(cache, key) if cache else None
     reused["data"] = data is not None
     if data is None:
-        data = prepare_data(cfg, tok)
+        data = prepare_data(cfg, tok, say)
         if cache:
             cache_mod.save_data(cache, key, data)
+    generated = data.report.get("generated") or {}
+    if generated:
+        reused["generated"] = sorted(n for n, g in generated.items() if g["reused"] or reused["data"])
     return data
 
 
@@ -215,7 +219,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     reused: dict[str, Any] = {}
-    data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused)
+    data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused, say)
     write_json(run_dir / "data" / "mixture.json", data.report)
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
     stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)  # promptintern: rows per step

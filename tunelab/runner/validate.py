@@ -13,6 +13,7 @@ from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
+from tunelab.runner.generated import check_generated
 from tunelab.train.objectives import build_objective
 from tunelab.train.trackers import problems as tracker_problems
 
@@ -80,6 +81,8 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
         problems.append(f"data.sources: source names must be unique, got {names}")
     for i, src in enumerate(cfg.data.sources):
         problems += [f"data.sources[{i}] ({src.name}): {p}" for p in check_source(src, cfg.recipe_dir)]
+        if src.generate is not None:
+            problems += [f"data.sources[{i}] ({src.name}): {p}" for p in check_generated(src, cfg.recipe_dir)]
     t = cfg.train  # ranges of single keys are checked when the recipe loads (config.bound)
     if cfg.data.sources and all(s.weight == 0 for s in cfg.data.sources) and cfg.data.strategy != "concat":
         problems.append("data.sources: every weight is 0 (all zero); at least one source needs a weight > 0")

@@ -1,0 +1,241 @@
+"""Generated sources (``generate: {kind: drill | sample | evolve, ...}``): built once, reused, keyed by
+everything that determines them, checked without work; and every recipe and sweep file of the
+repository validates on a fresh clone (no file a manual step must make first)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.config import ConfigError, SourceConfig, load_recipe
+from tunelab.runner import generated
+from tunelab.runner.generated import build, generated_key, parse_generated
+from tunelab.runner.sweep import check_sweep, is_sweep_file
+from tunelab.runner.validate import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RECIPE_FILES = sorted((ROOT / "recipes").glob("*.yaml"))
+SWEEP_FILES = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml")) + sorted((ROOT / "experiments").glob("*.yaml"))
+DRILL = {"kind": "drill", "env": "calculator", "tasks": 8, "seed": 0}
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private TUNELAB_CACHE; returns its ``generated`` folder."""
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "generated"
+
+
+def _key(spec: dict, recipe_dir: str | None = None) -> str:
+    return generated_key(parse_generated(spec), recipe_dir)
+
+
+# ----------------------------------------------------------------------------- built once, reused
+
+
+def test_a_drill_source_builds_once_and_is_reused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = generated.BUILDERS["drill"]
+    monkeypatch.setitem(generated.BUILDERS, "drill", lambda *a: calls.append(1) or real(*a))
+    src = SourceConfig(name="calculator", format="trajectory", generate=DRILL)
+    said: list[str] = []
+    first = build(src, None, said.append)
+    assert not first.reused and calls == [1]
+    assert first.path == cache / f"drill-{first.key}.jsonl" and first.key == _key(DRILL)
+    rows = [json.loads(line) for line in first.path.read_text().splitlines()]
+    assert len(rows) == 16 and sum(r["outcome"]["success"] for r in rows) == 8  # a success and a failure per task
+    meta = json.loads(first.path.with_suffix(".json").read_text())
+    assert meta["rows"] == 16 and meta["inputs"]["options"] == {"env": "calculator", "tasks": 8, "seed": 0}
+    assert sorted(p.name for p in cache.iterdir()) == [f"drill-{first.key}.json", f"drill-{first.key}.jsonl"]
+    mtime = first.path.stat().st_mtime_ns
+
+    second = build(src, None, said.append)
+    assert second.reused and second.path == first.path and calls == [1]  # nothing generated again
+    assert first.path.stat().st_mtime_ns == mtime
+    assert "reusing the generated drill pool" in said[-1] and "building" in said[0]
+    # the pool is the one `python -m tunelab.envs.drill OUT 8` writes
+    from tunelab.envs.drill import paired_set
+
+    paired_set(cache.parent / "manual.jsonl", tasks=8)
+    assert (cache.parent / "manual.jsonl").read_text() == first.path.read_text()
+
+
+def test_a_run_reads_the_generated_pool_and_says_it_reused_it(cache: Path) -> None:
+    from tunelab.models.tiny import tiny_tokenizer
+    from tunelab.runner.run import _data
+
+    cfg = load_recipe(ROOT / "recipes" / "failures.yaml", ["model.name=tiny", "data.sources.0.generate.tasks=8",
+                                                          "data.heldout=2"])
+    assert validate(cfg) == [] and not cache.exists()  # validation builds nothing
+    tok = tiny_tokenizer()
+    reused: dict = {}
+    data = _data(cfg, tok, None, reused, say=lambda m: None)
+    (entry,) = data.report["sources"]
+    key = data.report["generated"]["calculator"]["key"]
+    assert entry["origin"] == f"generated:drill-{key}" and reused["generated"] == []
+    assert 0 < len(data.samples) <= 8 and all(s.meta["outcome"]["success"] for s in data.samples)  # positives
+    assert cfg.data.sources[0].path is None  # the recipe is left as it was
+    again: dict = {}
+    assert [s.meta["id"] for s in _data(cfg, tok, None, again, say=lambda m: None).samples] == \
+        [s.meta["id"] for s in data.samples]
+    assert again["generated"] == ["calculator"] and data.report["generated"]["calculator"]["reused"] is False
+
+
+def test_sample_and_evolve_sources_build_once(cache: Path) -> None:
+    sample = {"kind": "sample", "env": "calculator", "model": "tiny", "attempts": 2, "limit": 2, "max_steps": 1,
+              "max_new_tokens": 4, "env_options": {"source": "pairs", "oneshot": False}}
+    evolve = {"kind": "evolve", "seeds": "task:instruct", "limit": 6, "evolver": "programmatic", "rounds": 1}
+    for spec, rows in ((sample, 4), (evolve, None)):
+        src = SourceConfig(name="pool", generate=spec)
+        first = build(src, None, lambda m: None)
+        n = len(first.path.read_text().splitlines())
+        assert not first.reused and n == (rows or n) and n > 0
+        assert build(src, None, lambda m: None).reused
+        assert not (cache / f"{spec['kind']}-{first.key}.partial").exists()
+
+
+# ----------------------------------------------------------------------------- the key
+
+
+def test_the_key_covers_every_option_and_nothing_else() -> None:
+    assert _key(DRILL) == _key(dict(DRILL)) == _key({"kind": "drill", "tasks": 8})  # defaults filled in
+    assert len({_key(DRILL), _key({**DRILL, "tasks": 9}), _key({**DRILL, "seed": 1}), _key({"kind": "drill"})}) == 4
+    sample = {"kind": "sample", "env": "calculator", "model": "tiny"}
+    keys = [_key(sample), _key({**sample, "temperature": 0.5}), _key({**sample, "attempts": 2}),
+            _key({**sample, "model": "smollm2-135m-instruct"}), _key({**sample, "env_options": {"source": "pairs"}})]
+    assert len(set(keys)) == len(keys)
+    evolve = {"kind": "evolve", "seeds": "task:instruct", "evolver": "programmatic"}
+    assert _key(evolve) != _key({**evolve, "rounds": 3})
+    assert _key(evolve) == _key({**evolve, "prices": {"evolver": {"input": 1.0, "output": 2.0}}})  # costs only
+    assert set(generated.key_inputs(parse_generated(DRILL), None)) == {"kind", "options", "code"}
+
+
+def test_the_key_follows_local_weights_and_input_files(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"0" * 8)
+    spec = {"kind": "sample", "env": "calculator", "model": str(model)}
+    before = _key(spec)
+    (model / "model.safetensors").write_bytes(b"0" * 9)
+    assert _key(spec) != before  # rewritten weights: a new pool
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "a"}\n')
+    evolve = {"kind": "evolve", "seeds": "seeds.jsonl", "evolver": "http://localhost:1/v1#m"}
+    first = _key(evolve, str(tmp_path))
+    seeds.write_text('{"instruction": "b"}\n')
+    assert _key(evolve, str(tmp_path)) != first
+
+
+def test_the_code_that_makes_the_rows_is_in_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _key(DRILL)
+    monkeypatch.setattr(generated, "code_fingerprint", lambda spec: "changed")
+    assert _key(DRILL) != before
+
+
+# ----------------------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"kind": "drll"}, "generate.kind: got 'drll'; valid choices: drill, sample, evolve"),
+    ({"tasks": 3}, "generate.kind: got None"),
+    ({"kind": "drill", "tasks": 0}, "generate.tasks: must be >= 1, got 0"),
+    ({"kind": "drill", "taks": 3}, "unknown key 'generate.taks'"),
+    ({"kind": "drill", "env": "qa"}, "generate.env: got 'qa'; valid choices: calculator"),
+    ({"kind": "sample", "env": "calculator"}, "generate.model: required for kind sample"),
+    ({"kind": "sample", "model": "tiny"}, "generate.env: required for kind sample"),
+    ({"kind": "sample", "env": "nowhere", "model": "tiny"}, "generate.env: unknown environment 'nowhere'; valid:"),
+    ({"kind": "sample", "env": "calculator", "model": "tiny", "env_options": {"source": "mars"}},
+     "generate.env_options: "),
+    ({"kind": "sample", "env": "calculator", "model": "./no/such/model"}, "generate.model: './no/such/model' is not"),
+    ({"kind": "sample", "env": "calculator", "model": "tiny", "temperature": -1}, "generate.temperature: must be >= 0"),
+    ({"kind": "sample", "env": "calculator", "model": "tiny", "attempts": "many"}, "generate.attempts: expected an integer"),
+    ({"kind": "evolve", "seeds": "task:instruct"}, "generate.evolver: required for kind evolve"),
+    ({"kind": "evolve", "seeds": "task:instruct", "evolver": "programmatic", "out": "x.jsonl"},
+     "generate.out: not an option of a generated source"),
+    ({"kind": "evolve", "seeds": "task:instruct", "evolver": "programmatic", "operators": ["nope"]},
+     "generate.operators: "),
+    ({"kind": "evolve", "seeds": "missing_seeds.jsonl", "evolver": "tiny"},
+     "generate.seeds: data file 'missing_seeds.jsonl' not found"),
+    ({"kind": "evolve", "seeds": "task:instruct", "evolver": "tiny", "answerer": "programmatic"},
+     "generate.answerer: 'programmatic' needs the programmatic evolver"),
+])
+def test_bad_generate_specs_fail_naming_the_source_and_field(spec: dict, message: str, tmp_path: Path,
+                                                             cache: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "tiny", "data": {"sources": [{"name": "pool", "generate": spec}]}}))
+    problems = validate(load_recipe(recipe))
+    assert any(p.startswith("data.sources[0] (pool): ") and message in p for p in problems), problems
+    assert not cache.exists()  # checked without building anything
+
+
+def test_building_a_bad_spec_fails_naming_the_source_and_field(cache: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^source 'pool': generate\.tasks: must be >= 1, got 0"):
+        build(SourceConfig(name="pool", generate={**DRILL, "tasks": 0}), None, lambda m: None)
+    assert not cache.exists()
+
+
+def test_a_generated_source_is_one_kind_and_a_mapping(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "tiny", "data": {"sources": [
+        {"name": "pool", "path": "x.jsonl", "generate": DRILL}]}}))
+    assert any("set exactly one of task, path, hub, generate (got path, generate)" in p
+               for p in validate(load_recipe(recipe)))
+    recipe.write_text(yaml.safe_dump({"model": "tiny", "data": {"sources": [{"name": "pool", "generate": "drill"}]}}))
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.generate: expected a mapping"):
+        load_recipe(recipe)
+
+
+# ----------------------------------------------------------------------------- every recipe and sweep file
+
+
+def _with_data(monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Point TUNELAB_DATA_DIR at the shared data beside the checkout when it is there (True), else unset it."""
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("TUNELAB_DATA_DIR", str(SHARED_DATA))
+        return True
+    monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
+    return False
+
+
+def _check(problems: list[str], have_data: bool) -> None:
+    """No problems, or (without the shared data) only data files that need $TUNELAB_DATA_DIR."""
+    if not have_data and problems:
+        others = [p for p in problems if "$TUNELAB_DATA_DIR is not set" not in p]
+        assert others == []
+        pytest.skip(f"needs the shared data ({SHARED_DATA} is absent): {problems[0]}")
+    assert problems == []
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: f"recipes/{p.name}")
+def test_every_recipe_validates_on_a_fresh_clone(path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    have_data = _with_data(monkeypatch)
+    monkeypatch.chdir(cache.parent.parent)  # nothing the recipes name lies in the current folder
+    _check(validate(load_recipe(path)), have_data)
+    assert not cache.exists()  # generated sources are checked, not built
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_sweep_file_validates_on_a_fresh_clone(path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert is_sweep_file(path)
+    have_data = _with_data(monkeypatch)
+    monkeypatch.chdir(cache.parent.parent)
+    _check(check_sweep(path), have_data)
+    assert not cache.exists()
+
+
+def _paths(tree: object) -> list[str]:
+    """Every ``path:`` value in a YAML tree."""
+    if isinstance(tree, dict):
+        return [str(v) for k, v in tree.items() if k == "path"] + [p for v in tree.values() for p in _paths(v)]
+    return [p for v in tree for p in _paths(v)] if isinstance(tree, list) else []
+
+
+def test_no_recipe_or_sweep_reads_a_file_a_command_must_make_first() -> None:
+    """What runs/ holds is made by a command (the pools, evolved data): a recipe names it as a generated
+    source, so it validates even in a checkout where an old runs/ folder happens to hold the file."""
+    for path in RECIPE_FILES + SWEEP_FILES:
+        assert not [p for p in _paths(yaml.safe_load(path.read_text())) if "runs/" in p], path
