@@ -150,7 +150,7 @@ def test_pilot_refuses_a_floor_or_ceiling_baseline_unless_accepted(tmp_path: Pat
     path = _study(tmp_path, pilot_range=[0.2, 0.8])  # a random tiny model scores 0 on arith: the floor
     assert main(["sweep", "pilot", str(path)]) == 3
     err = capsys.readouterr().err
-    assert "outside [0.2, 0.8] on arith: at the floor (0.000)" in err and "--accept-floor-ceiling" in err
+    assert "arith: at the floor (0.000 outside [0.2, 0.8])" in err and "--accept-floor-ceiling" in err
     with pytest.raises(ConfigError, match="at the floor"):
         run_sweep(path, backend="inline", quiet=True)  # no seed is spent
     records = list((tmp_path / "studies" / "demo" / "records").glob("*.json.gz"))
@@ -163,8 +163,11 @@ def test_pilot_refuses_a_floor_or_ceiling_baseline_unless_accepted(tmp_path: Pat
     record = next(iter(found.values()))
     record["results"]["arith"]["tuned"]["value"] = 1.0
     gate = plan_mod.gate(sweep, {record["run"]: record})
-    assert gate["outside"] == [{"task": "arith", "score": 1.0, "why": "at the ceiling"}]
-    assert "at the ceiling (1.000)" in plan_mod.gate_message(sweep, gate)
+    assert gate["outside"] == [{"task": "arith", "score": 1.0, "range": [0.2, 0.8], "why": "at the ceiling"}]
+    assert "at the ceiling (1.000 outside [0.2, 0.8])" in plan_mod.gate_message(sweep, gate)
+    # a range per task: this ceiling is inside a range that allows it
+    sweep.pilot_range = {"arith": (0.2, 1.0), "default": (0.2, 0.8)}
+    assert plan_mod.gate(sweep, {record["run"]: record})["passed"]
     # accepted: the seeds are spent and the findings say so
     run_sweep(path, backend="inline", quiet=True, accept_floor_ceiling=True)
     assert len(list((tmp_path / "studies" / "demo" / "records").glob("*.json.gz"))) == 4
@@ -211,6 +214,7 @@ def test_stale_and_foreign_records(tmp_path: Path, capsys) -> None:
     ({"hypotheses": [{**CLAIMS[0], "arm": "rank=8"}]}, "rank='8' names no level"),
     ({"pilot_arms": ["rank=3"]}, "pilot_arms[0]: rank='3' names no level"),
     ({"pilot_range": [0.8, 0.2]}, "pilot_range: give [low, high]"),
+    ({"pilot_range": {"arith": [0.2, 1.5]}}, "pilot_range.arith: give [low, high]"),
     ({"assume": {"seed_sd": -1}}, "assume.seed_sd: must be a number"),
 ])
 def test_bad_study_files_fail_clearly(tmp_path: Path, change: dict, message: str) -> None:

@@ -31,7 +31,7 @@ class LoglikScorer(Protocol):
 
 
 class HFLoglikScorer:
-    """Log-likelihoods from a local transformers model: batched, right-padded, one forward per batch.
+    """Log-likelihoods from a local transformers model: batched, left-padded, one forward per batch.
 
     Args:
         model: A causal LM (possibly peft-wrapped).
@@ -71,20 +71,33 @@ class HFLoglikScorer:
         return out
 
     def _batch(self, batch: list[tuple[list[int], int]]) -> list[float]:
+        """Summed continuation log-probabilities of one batch. Rows are left-padded (with position ids
+        counted from each row's first real token), so every continuation ends at the last position and
+        only the last ``max continuation + 1`` positions go through the LM head (``logits_to_keep``):
+        the head over a 49k vocabulary at every prompt position was most of the cost."""
         width = max(len(ids) for ids, _ in batch)
+        keep = max(n for _, n in batch) + 1  # positions whose logits predict some row's continuation
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in batch], device=self.device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=self.device)
+        ids = torch.tensor([[pad] * (width - len(x)) + x for x, _ in batch], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x, _ in batch], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad(), autocast(self.device.type, self.precision):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            logits = logits[:, -width:]  # (B, T, V); prompt tuning prepends virtual positions
+            logits = self._logits(ids, mask, positions, keep)[:, -keep:]  # (B, keep, V)
         out = []
-        for row, (x, n_cont) in enumerate(batch):
-            start = len(x) - n_cont  # first continuation position; predicted by position start-1
-            logp = torch.log_softmax(logits[row, start - 1 : len(x) - 1].float(), dim=-1)  # (n_cont, V)
-            target = ids[row, start : len(x)]
+        for row, (_, n_cont) in enumerate(batch):
+            # continuation tokens: ids[row, width - n_cont:], each predicted by the position before it
+            logp = torch.log_softmax(logits[row, keep - 1 - n_cont : keep - 1].float(), dim=-1)  # (n_cont, V)
+            target = ids[row, width - n_cont :]
             out.append(float(logp.gather(-1, target[:, None]).sum()))
         return out
+
+    def _logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
+        """The model's logits at (at least) the last ``keep`` positions; a model whose forward takes
+        neither ``position_ids`` nor ``logits_to_keep`` gives them all."""
+        try:
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        except TypeError:
+            return self.model(input_ids=ids, attention_mask=mask).logits
 
 
 def scorer_for(generator: Generator, batch_size: int | None = None) -> LoglikScorer:

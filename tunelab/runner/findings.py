@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -364,13 +363,15 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
                        f"{c['label'] or 'yes'} |")
         out.append("")
     if pilot:
-        lo, hi = pilot["range"]
-        scores = ", ".join(f"{t} {v:.3f}" for t, v in pilot["scores"].items())
+        ranges = pilot["range"]
+        scores = ", ".join(f"{t} {v:.3f} (range [{ranges.get(t, ranges['default'])[0]:g}, "
+                           f"{ranges.get(t, ranges['default'])[1]:g}])" for t, v in pilot["scores"].items()
+                           if t not in pilot["not_gated"])
         if pilot["passed"]:
-            gate_text = f"inside [{lo:g}, {hi:g}] on every gated task: passed"
+            gate_text = "inside its range on every gated task: passed"
         else:
             bad = "; ".join(f"{o['task']} {o['why']}" for o in pilot["outside"])
-            gate_text = (f"outside [{lo:g}, {hi:g}]: {bad}; "
+            gate_text = (f"outside the range: {bad}; "
                          + ("the seeds were spent anyway (--accept-floor-ceiling): claims on these tasks are "
                             "measured at the floor or ceiling" if pilot["accepted"] else "refused"))
         out += [f"**Pilot** (baseline arm, first seed): {scores or 'no gated task'}; {gate_text}.", ""]
@@ -459,7 +460,7 @@ def write_findings(studies: str | Path = "studies", out: str | Path = "docs/find
                    pages: bool = True) -> tuple[Path, list[str]]:
     """``docs/findings.md`` from every study folder under ``studies`` (one with a ``study.json``), in
     name order, computed from the records alone; with ``pages`` each study's report page is written
-    to ``<out folder>/studies/NAME.html`` and linked. Returns the document and the studies' names.
+    to ``<out folder>/studies/NAME.html`` (linked either way). Returns the document and the studies' names.
 
     Raises:
         ConfigError: ``studies`` holds no study.
@@ -471,11 +472,10 @@ def write_findings(studies: str | Path = "studies", out: str | Path = "docs/find
     parts, names = [], []
     for folder in folders:
         study = report(folder)
-        href = None
+        page = out.parent / "studies" / f"{study['name']}.html"
         if pages:
-            page = out.parent / "studies" / f"{study['name']}.html"
             sweep_report({k: v for k, v in study.items() if not k.startswith("_")}, path=page)
-            href = Path(os.path.relpath(page, out.parent)).as_posix()
+        href = f"studies/{study['name']}.html"
         parts.append(section(study, href))
         names.append(study["name"])
     write_text(out, HEADER + "\n" + "\n".join(parts))

@@ -204,7 +204,7 @@ def gate(sweep: Any, records: dict[str, dict[str, Any]], accept: bool = False) -
     if base is None or base.name not in records:
         raise ConfigError(f"{sweep.path}: the pilot's baseline run is not recorded yet (`tunelab sweep pilot`)")
     record = records[base.name]
-    lo, hi = sweep.pilot_range
+    ranges = sweep.pilot_range
     scores, outside, not_gated = {}, [], []
     for task in dict.fromkeys(h["task"] for h in sweep.hypotheses):
         entry = record["results"].get(task)
@@ -214,22 +214,22 @@ def gate(sweep: Any, records: dict[str, dict[str, Any]], accept: bool = False) -
             continue
         value = float(entry["tuned"]["value"])
         scores[task] = value
+        lo, hi = ranges.get(task, ranges["default"])
         if sign < 0 or not 0.0 <= value <= 1.0:
             not_gated.append(task)
         elif not lo <= value <= hi:
-            outside.append({"task": task, "score": value,
+            outside.append({"task": task, "score": value, "range": [lo, hi],
                             "why": "at the floor" if value < lo else "at the ceiling"})
-    return {"run": base.name, "range": [lo, hi], "scores": scores, "not_gated": not_gated, "outside": outside,
+    return {"run": base.name, "range": {t: list(r) for t, r in ranges.items()}, "scores": scores, "not_gated": not_gated, "outside": outside,
             "passed": not outside, "accepted": bool(outside) and accept}
 
 
 def gate_message(sweep: Any, result: dict[str, Any]) -> str:
-    """The refusal naming each task outside the range and its score."""
-    lo, hi = result["range"]
-    parts = [f"{o['task']}: {o['why']}" + (f" ({o['score']:.3f})" if o["score"] is not None else "")
-             for o in result["outside"]]
-    return (f"{sweep.path}: the pilot's baseline is outside [{lo:g}, {hi:g}] on {'; '.join(parts)}: the claims "
-            "on it cannot be tested there. Fix the design (harder/easier task, more steps) or pass "
+    """The refusal naming each task outside its range and its score."""
+    parts = [f"{o['task']}: {o['why']}" + (f" ({o['score']:.3f} outside [{o['range'][0]:g}, {o['range'][1]:g}])"
+                                         if o["score"] is not None else "") for o in result["outside"]]
+    return (f"{sweep.path}: the pilot's baseline is outside its range on {'; '.join(parts)}: the claims on it "
+            "cannot be tested there. Fix the design (harder/easier task, more steps) or pass "
             "--accept-floor-ceiling to spend the seeds anyway (the findings will say so)")
 
 

@@ -12,7 +12,9 @@ file or ``--records DIR`` moves it). A record holds:
   thinned to at most :data:`CURVE_POINTS` points), ``heldout_curve`` and ``peak_mem_mb``;
 * ``results``: the run's ``results.json`` (each task's base and tuned scores with CIs);
 * ``items``: per task its sign (+1 higher is better, -1 a loss) and every evaluation item: id, the
-  value the paired tests compare and the prediction cut to :data:`PREDICTION_CHARS` characters;
+  value the paired tests compare, the prediction cut to :data:`PREDICTION_CHARS` characters, and for
+  multiple choice each choice's log-likelihood and the answer's index (an ensemble of runs is scored
+  from these);
 * ``diagnostics``: every diagnostic's result; ``seconds``: the whole run, diagnostics included.
 
 No weights: a typical record is a few KB to a few tens of KB. Records are written byte for byte
@@ -74,6 +76,9 @@ def task_items(path: Path) -> dict[str, Any]:
         if "loss" in row and isinstance(row["loss"], (int, float)) and value == -float(row["loss"]):
             sign = -1
         kept = {k: row[k] for k in ROW_KEYS if isinstance(row.get(k), (int, float, bool, str))}
+        if isinstance(row.get("logliks"), list) and all(isinstance(v, (int, float)) for v in row["logliks"]):
+            kept["logliks"] = row["logliks"]  # multiple choice: an ensemble can be scored from records
+            kept["answer_index"] = next((j for j, c in enumerate(row.get("choices", [])) if c == row.get("answer")), -1)
         rows.append({"id": str(row["id"]), "value": value, **kept, "prediction": _prediction(row)})
     return {"sign": sign, "rows": rows}
 

@@ -113,8 +113,9 @@ class Sweep:
     """The study's records folder (one ``<run>.json.gz`` per finished run; :mod:`tunelab.runner.records`)."""
     pilot_arms: list[str] = field(default_factory=list)
     """Arm labels the pilot runs besides the baseline (``pilot_arms:`` in the sweep file)."""
-    pilot_range: tuple[float, float] = (0.2, 0.8)
-    """The baseline's score on each claimed task must lie inside it (``pilot_range:``)."""
+    pilot_range: dict[str, tuple[float, float]] = field(default_factory=lambda: {"default": (0.2, 0.8)})
+    """The baseline's score on each claimed task must lie inside its range (``pilot_range:`` [lo, hi] for
+    every task, or per task with a ``default``)."""
     assume: dict[str, float] = field(default_factory=dict)
     """The plan's stated assumptions (``assume: {item_correlation, seed_sd}``) where no records tell."""
 
@@ -252,7 +253,8 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
                   records=Path(records or spec.get("records") or studies_dir() / name / "records").resolve(),
                   pilot_arms=[label for i, given in enumerate(spec.get("pilot_arms") or []) if (label := attempt(
                       lambda i=i, g=given: _arm_label(f"{path}: pilot_arms[{i}]", g, factors, baseline), None))],
-                  pilot_range=attempt(lambda: _pilot_range(path, spec.get("pilot_range", [0.2, 0.8])), (0.2, 0.8)),
+                  pilot_range=attempt(lambda: _pilot_range(path, spec.get("pilot_range", [0.2, 0.8])),
+                                      {"default": (0.2, 0.8)}),
                   assume=attempt(lambda: _assume(path, spec.get("assume") or {}), {}))
     if recipe.is_file() and factors:
         base_tree = yaml.safe_load(recipe.read_text()) or {}
@@ -310,13 +312,22 @@ def _arm_label(where: str, given: Any, factors: dict[str, dict[str, Any]], basel
     return Arm(levels, {}).label
 
 
-def _pilot_range(path: Path, spec: Any) -> tuple[float, float]:
-    """``pilot_range: [lo, hi]`` with 0 <= lo < hi <= 1."""
-    ok = (isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec)
-          and 0 <= spec[0] < spec[1] <= 1)
-    if not ok:
-        raise ConfigError(f"{path}: pilot_range: give [low, high] with 0 <= low < high <= 1, got {spec!r}")
-    return float(spec[0]), float(spec[1])
+def _pilot_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
+    """``pilot_range: [lo, hi]`` (every gated task) or ``{task: [lo, hi], default: [lo, hi]}``, each with
+    0 <= lo < hi <= 1; returned as ``{task or "default": (lo, hi)}``."""
+    def one(where: str, value: Any) -> tuple[float, float]:
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+              and 0 <= value[0] < value[1] <= 1)
+        if not ok:
+            raise ConfigError(f"{path}: {where}: give [low, high] with 0 <= low < high <= 1, got {value!r}")
+        return float(value[0]), float(value[1])
+
+    if isinstance(spec, dict):
+        out = {str(task): one(f"pilot_range.{task}", value) for task, value in spec.items()}
+        out.setdefault("default", (0.2, 0.8))
+        return out
+    return {"default": one("pilot_range", spec)}
 
 
 ASSUME_KEYS = {"item_correlation": (0.0, 0.999), "seed_sd": (0.0, math.inf)}

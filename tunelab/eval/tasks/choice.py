@@ -56,3 +56,12 @@ class NlpMultipleChoice(EvalTask):
             "accuracy": proportion_score([r["correct"] for r in rows]),
             "accuracy_norm": proportion_score([r["correct_norm"] for r in rows]),
         }
+
+
+@EVAL_TASKS.register("nlp_mc_ood")
+class NlpMultipleChoiceOOD(NlpMultipleChoice):
+    """``nlp_mc`` on the ``ood`` split (other phrasings, label words, unseen topics, longer passages), so a
+    recipe can score in and out of distribution side by side."""
+
+    def __init__(self, split: str = "ood") -> None:
+        super().__init__(split)
