@@ -189,6 +189,10 @@ class TrainConfig:
     """Return (and save as ``final/``) the trainable weights of the held-out evaluation with the lowest
     ``best_metric`` instead of the last step's; evaluations run every ``eval_every`` steps and at the last
     step (needs ``eval_every > 0`` and ``data.heldout > 0``). Keeps a CPU copy of the best trainable state."""
+    weight_average: float = field(default=0.0, metadata=bound(ge=0, lt=1))
+    """Weight averaging (Arpit et al. 2022; the baseline of Zhang & Bottou 2024): the decay of an
+    exponential moving average of the trainable weights, updated after every step (0: off; 0.99 averages
+    about the last 100 steps). Held-out evaluations, ``select_best`` and the final model use the average."""
     best_metric: str = "heldout_loss"
     """What ``select_best`` and early stopping compare (lower is better): ``heldout_loss`` or ``heldout_loss/<source>``."""
     early_stopping_patience: int = 0

@@ -7,7 +7,7 @@ import torch
 
 from tunelab.generate.loglik import HFLoglikScorer
 
-PAIRS = [("What is 2 + 2?", " 4"), ("Say yes or no: is the sky green? Answer in one word please.", " no"),
+PAIRS = [("What is 2 + 2?", " 4"), ("What is 2 + 2?", " four or five"), ("What is 2 + 2?", ""), ("Say yes or no: is the sky green? Answer in one word please.", " no"),
          ("Topic of: Tom watched the race.", " sports and games"), ("x", " a much longer continuation here")]
 
 
@@ -33,4 +33,4 @@ def test_batched_logliks_match_single_pairs(tiny, wrap: str) -> None:
     batched = scorer.loglik(pairs)
     alone = [_alone(model, scorer, p, c) for p, c in PAIRS]
     assert batched == pytest.approx(alone, rel=1e-4, abs=1e-3)  # prompt tuning ignores position ids: RoPE is shift-invariant
-    assert len({round(v, 3) for v in batched}) == len(PAIRS)  # real, different values
+    assert len({round(v, 3) for v in batched}) == len(PAIRS) and batched[2] == 0.0  # real values; empty: 0

@@ -41,6 +41,7 @@ from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
 from tunelab.train.speed import decide_compile
+from tunelab.train.weight_average import WeightAverage
 
 
 @dataclass
@@ -281,22 +282,31 @@ def _save(job: TrainJob, acc: Accelerator, model: nn.Module, optimizer, step: in
                         rng, best.weights if best is not None else None)
 
 
-def _evaluate(job: TrainJob, acc: Accelerator, model: nn.Module, row: dict[str, Any], best: Best | None) -> bool:
+def _evaluate(job: TrainJob, acc: Accelerator, model: nn.Module, row: dict[str, Any], best: Best | None,
+              avg: WeightAverage | None) -> bool:
     """Held-out losses into ``row`` when an evaluation is due after its step (every ``eval_every`` steps;
-    with ``best``, also after the last step); True when early stopping ends training there."""
+    with ``best``, also after the last step), of the averaged weights with ``avg``; True when early
+    stopping ends training there."""
     cfg, done = job.cfg, row["step"]
     last = best is not None and done == cfg.max_steps  # the last weights are candidates too
     if not (job.heldout and cfg.eval_every and (done % cfg.eval_every == 0 or last)):
         return False
     model = acc.unwrap_model(model)  # not through DDP, whose forward would sync buffers across processes
-    row.update(_heldout(job, model))
-    return best is not None and best.update(done, row, lambda: job.method.trainable_state(model))
+    with avg.applied(model) if avg is not None else contextlib.nullcontext():
+        row.update(_heldout(job, model))
+        return best is not None and best.update(done, row, lambda: job.method.trainable_state(model))
 
 
-def _finish(job: TrainJob, model: nn.Module, metrics: MetricsLog, best: Best | None, done: int) -> dict[str, Any]:
-    """After the loop: the best weights back into ``model`` (``select_best``) and the held-out losses of
-    the model returned (metrics row of step ``done``); returns those summary entries."""
+def _finish(job: TrainJob, model: nn.Module, metrics: MetricsLog, best: Best | None, done: int,
+            avg: WeightAverage | None) -> dict[str, Any]:
+    """After the loop: the averaged weights (``weight_average``) or the best ones (``select_best``, among
+    averaged snapshots with both) into ``model``, and the held-out losses of the model returned (metrics
+    row of step ``done``); returns those summary entries."""
+    if avg is not None:
+        avg.apply(model)
     summary = best.finish(job.method, model) if best is not None else {}
+    if avg is not None:
+        summary.update(weight_average=avg.decay, weight_average_steps=avg.updates)
     if job.heldout:
         summary.update(final := _heldout(job, model))
         metrics.write({"step": done, **final})
@@ -317,6 +327,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
+    avg = WeightAverage.of(cfg.weight_average, method)  # a resumed run starts the average anew
     lengths = None if job.packing else [r.width for r in job.rows]  # unpacked rows: grouped by collated width
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
@@ -336,6 +347,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if avg is not None:
+                    avg.update(acc.unwrap_model(model))
                 done, dt = step + 1, time.perf_counter() - t0
                 for probe in job.probes:
                     probe(done, acc.unwrap_model(model))
@@ -343,7 +356,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device),
                     **job.objective.metrics()})
-                last_loss, stop = row["loss"], _evaluate(job, acc, model, row, best)
+                last_loss, stop = row["loss"], _evaluate(job, acc, model, row, best, avg)
                 if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
                     metrics.write(row)
                 bar.update(1)
@@ -362,5 +375,5 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
             restore()
         model = acc.unwrap_model(model)
         summary = {"steps": done, "final_loss": last_loss, "resumed_from": start,
-                   **_finish(job, model, metrics, best, done)}
+                   **_finish(job, model, metrics, best, done, avg)}
     return model, summary
