@@ -241,3 +241,36 @@ def test_budget_below_one_run_without_any_estimate_and_bad_max_runs(tmp_path: Pa
         run_sweep(path, backend="inline", quiet=True, max_runs=0)
     with pytest.raises(ConfigError, match="not a positive duration"):
         run_sweep(path, backend="inline", quiet=True, budget="0s")
+
+
+def test_an_ensemble_of_an_arms_seeds_is_scored_from_the_records(tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from tunelab.runner.findings import report
+
+    claims = [{"claim": "rank 4 beats the ensemble of rank 2", "task": "nlp_mc", "arm": "rank=4",
+               "versus": "ensemble(rank=2)", "direction": "better", "effect": 0.05, "source": "a test"}]
+    overrides = ["train.max_steps=3", "data.sources.0.count=32", "data.heldout=4", "eval.tasks=[nlp_mc]",
+                 "eval.limit=12"]
+    path = _study(tmp_path, overrides=overrides, hypotheses=claims, seeds=2)
+    run_sweep(path, backend="inline", quiet=True)
+    study = report(path)
+    (claim,) = study["hypotheses"]
+    assert claim["versus"] == "ensemble(rank=2)" and claim["items"] == 12 and "test" in claim
+    # by hand from the two rank=2 records: mean of the softmaxes over the choices, argmax vs the answer
+    sweep = load_sweep(path)
+    found, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    rows = [{x["id"]: x for x in r["items"]["nlp_mc"]["rows"]} for r in found.values() if r["arm"] == {"rank": "2"}]
+    assert len(rows) == 2
+    expected = {}
+    for i in rows[0]:
+        p = [np.exp(np.array(r[i]["logliks"]) - max(r[i]["logliks"])) for r in rows]
+        p = np.mean([x / x.sum() for x in p], axis=0)
+        expected[i] = [float(int(np.argmax(p)) == rows[0][i]["answer_index"])]
+    assert study["_items"]["nlp_mc"]["ensemble(rank=2)"] == dict(sorted(expected.items()))
+    assert main(["sweep", "report", str(path), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "Ensemble of rank=2's 2 seeds (mean class probabilities" in out
+    assert "| rank 4 beats the ensemble of rank 2 | nlp_mc | rank=4 vs ensemble(rank=2) |" in out
+    with pytest.raises(ConfigError, match="rank='8' names no level"):
+        load_sweep(_study(tmp_path, name="bad", hypotheses=[{**claims[0], "versus": "ensemble(rank=8)"}]))

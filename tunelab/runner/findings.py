@@ -54,12 +54,12 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired, sign_flip_test
+from tunelab.eval.stats import compare_paired, proportion_score, sign_flip_test
 from tunelab.io import write_text
 from tunelab.runner.aggregate import aggregate, arm_cells, fmt, run_records
 from tunelab.runner.plan import BELOW, mde
 from tunelab.runner.report import sweep_report
-from tunelab.runner.sweep import Arm, load_sweep
+from tunelab.runner.sweep import ENSEMBLE, Arm, load_sweep
 
 POWER, ALPHA = 0.8, 0.05
 
@@ -130,6 +130,36 @@ def _arm_items(records: list[dict[str, Any]], task: str) -> dict[str, dict[str, 
         for item, value in r["items"].get(task, {}).items():
             out.setdefault(r["arm"].label, {}).setdefault(item, []).append(value)
     return out
+
+
+def ensemble_items(records: list[dict[str, Any]], arm: str, task: str) -> dict[str, list[float]]:
+    """item id -> [1 or 0]: whether the ensemble of ``arm``'s seeds picks the right choice on ``task``,
+    the ensemble's class probabilities being the mean over seeds of each run's softmax over its choice
+    log-likelihoods (as the paper's ensembles average predicted probabilities). Empty when the task
+    keeps no log-likelihoods (not multiple choice) or the arm has no recorded run."""
+    probs: dict[str, list[np.ndarray]] = {}
+    answer: dict[str, int] = {}
+    for r in records:
+        if r["arm"].label != arm:
+            continue
+        for row in r["record"]["items"].get(task, {}).get("rows", []):
+            if "logliks" not in row or row.get("answer_index", -1) < 0:
+                return {}
+            x = np.asarray(row["logliks"], dtype=float)
+            probs.setdefault(row["id"], []).append(np.exp(x - x.max()) / np.exp(x - x.max()).sum())
+            answer[row["id"]] = int(row["answer_index"])
+    return {i: [float(int(np.argmax(np.mean(p, axis=0))) == answer[i])] for i, p in sorted(probs.items())}
+
+
+def _with_ensembles(sweep: Any, records: list[dict[str, Any]], items: Items) -> Items:
+    """``items`` with the ensembles the hypotheses name (``ensemble(<arm>)``) added per task."""
+    for h in sweep.hypotheses:
+        for label in (h["arm"], h["versus"]):
+            if label.startswith(ENSEMBLE + "(") and label not in items.get(h["task"], {}):
+                found = ensemble_items(records, label[len(ENSEMBLE) + 1 : -1], h["task"])
+                if found:
+                    items.setdefault(h["task"], {})[label] = found
+    return items
 
 
 def _seed_scores(records: list[dict[str, Any]], task: str, arm: str, sign: int) -> dict[int, float]:
@@ -331,7 +361,7 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
     result = aggregate(sweep, {})
     records_ = run_records(sweep)
     tasks = dict.fromkeys([*result.get("tasks", {}), *(h["task"] for h in sweep.hypotheses)])
-    items: Items = {t: _arm_items(records_, t) for t in tasks}
+    items: Items = _with_ensembles(sweep, records_, {t: _arm_items(records_, t) for t in tasks})
     the_plan = _read(sweep.study_folder / "plan.json")
     claims = hypotheses(sweep, records_, items)
     labels = {c["claim"]: c for c in (the_plan or {}).get("claims", [])}
@@ -400,6 +430,13 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
         if rows:
             out += ["", "Interaction (factorial ANOVA of run scores, seeds as replicates): " + "; ".join(
                 f"{r['term']}: F = {fmt(r['F'], '.2f')}, p = {fmt(r['p_value'], '.3g')}" for r in rows)]
+        for label, by_item in study["_items"].get(task, {}).items():
+            if label.startswith(ENSEMBLE + "("):
+                score = proportion_score([v[0] for v in by_item.values()])
+                seeds = sum(r["arm"].label == label[len(ENSEMBLE) + 1 : -1] for r in study["_records"])
+                out += ["", f"Ensemble of {label[len(ENSEMBLE) + 1:-1]}'s {seeds} seeds (mean class probabilities "
+                        f"over the choices): accuracy {score['value']:.3f} [{score['ci'][0]:.3f}, {score['ci'][1]:.3f}] "
+                        f"on {score['n']} items"]
         if task in study.get("interactions", {}):
             i = study["interactions"][task]
             out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better"

@@ -120,9 +120,11 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
     """One hypothesis's detectable effects (see the module docstring)."""
     n_claims = len(sweep.hypotheses)
     rho = sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION)
-    arm, versus = _values(records, h["arm"], h["task"]), _values(records, h["versus"], h["task"])
-    planned = next(p for p in sweep.runs if p.arm.label == h["versus"]) if any(
-        p.arm.label == h["versus"] for p in sweep.runs) else sweep.runs[0]
+    # an ensemble's items vary like its arm's (one pass over them): the arm's records stand in for it
+    inner = {label: label[len("ensemble("):-1] if label.startswith("ensemble(") else label
+             for label in (h["arm"], h["versus"])}
+    arm, versus = _values(records, inner[h["arm"]], h["task"]), _values(records, inner[h["versus"]], h["task"])
+    planned = next((p for p in sweep.runs if p.arm.label == inner[h["versus"]]), sweep.runs[0])
     out: dict[str, Any] = {"claim": h["claim"], "task": h["task"], "arm": h["arm"], "versus": h["versus"],
                            "direction": h["direction"], "effect": h["effect"], "seeds": len(sweep.seeds)}
     if arm and versus:  # both arms ran: the real per-item differences, averaged over common seeds

@@ -62,6 +62,7 @@ SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "ba
               "hypotheses", "pilot_arms", "pilot_range", "assume")
 HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "direction", "effect", "source")
 BACKENDS = ("local", "inline", "ray")
+ENSEMBLE = "ensemble"
 
 
 @dataclass
@@ -298,7 +299,11 @@ def is_sweep_file(path: str | Path) -> bool:
 
 def _arm_label(where: str, given: Any, factors: dict[str, dict[str, Any]], baseline: dict[str, str]) -> str:
     """An arm's label from ``factor=level,...`` or a mapping ``{factor: level}`` (for labels with
-    commas); factors not named take the baseline's level."""
+    commas); factors not named take the baseline's level. ``ensemble(<arm>)`` names the ensemble of
+    that arm's seeds (mean class probabilities on multiple-choice tasks; :mod:`tunelab.runner.findings`)."""
+    if isinstance(given, str) and given.strip().startswith(ENSEMBLE + "(") and given.strip().endswith(")"):
+        inner = given.strip()[len(ENSEMBLE) + 1 : -1]
+        return f"{ENSEMBLE}({_arm_label(where, inner, factors, baseline)})"
     levels = dict(baseline)
     if isinstance(given, dict):
         pairs = [(str(f), str(lv)) for f, lv in given.items()]
