@@ -36,6 +36,7 @@ from statsmodels.stats.power import TTestPower
 from tunelab.config import ConfigError
 from tunelab.device import cpu_name, decide, default_device
 from tunelab.eval.stats import min_items_for_verdict
+from tunelab.eval.tasks.base import get_task
 from tunelab.io import write_json
 from tunelab.runner.records import host_kind, load_records
 
@@ -112,6 +113,15 @@ def _values(records: dict[str, dict[str, Any]], arm: str, task: str) -> dict[int
     return out
 
 
+def _proportion(planned: Any, task: str) -> bool:
+    """Whether ``task`` scores items 0/1 (its primary metric is not a loss)."""
+    try:
+        t = get_task(task, **planned.cfg.eval.task_options.get(task, {}))
+    except Exception:  # noqa: BLE001 - an agent task needs its environment; then say nothing
+        return False
+    return getattr(t, "primary", "") not in ("loss", "perplexity", "score", "rating")
+
+
 def _seed_score(record_items: dict[str, float]) -> float:
     return float(np.mean(list(record_items.values()))) if record_items else math.nan
 
@@ -138,6 +148,10 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
         var = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
         out.update(items=len(values), item_sd=math.sqrt(2 * var * (1 - rho)) if var == var else math.nan,
                    item_sd_from=f"pilot's per-item variance, item correlation between arms {rho:g} (assumed)")
+    elif _proportion(planned, h["task"]):  # before the pilot: a 0/1 outcome's variance is at most 0.25
+        out.update(items=planned.cfg.eval.limit or 0, item_sd=math.sqrt(2 * 0.25 * (1 - rho)),
+                   item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome (p = 0.5), item correlation {rho:g} "
+                                "(assumed)")
     else:
         out.update(items=planned.cfg.eval.limit or 0, item_sd=math.nan,
                    item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
