@@ -74,8 +74,16 @@ def this_host(sweep: Any) -> str:
     return host_kind({"cpu": cpu_name(), "cuda": cuda, "precision": precision})
 
 
+def _run_seconds(record: dict[str, Any]) -> float:
+    """A recorded run's wall seconds less the base model's evaluation it computed (a study's later runs
+    reuse that from the cache)."""
+    reused = record.get("results", {}).get("run", {}).get("reused", {})
+    return float(record["seconds"]) - float(reused.get("base_eval_seconds") or 0.0)
+
+
 def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) -> dict[str, tuple[float, str]]:
-    """run name -> (estimated wall seconds, where the estimate comes from) for every planned run."""
+    """run name -> (estimated wall seconds, where the estimate comes from) for every planned run (the
+    base model's evaluation, computed once and reused, left out)."""
     by_kind = [r for r in records.values() if host_kind(r["host"]) == host]
     others = [r for r in records.values() if host_kind(r["host"]) != host]
     out = {}
@@ -86,7 +94,7 @@ def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) 
         steps = max(p.cfg.train.max_steps, 1)
         same_arm = [r for r in by_kind if r["arm"] == p.arm.levels]
         if same_arm:
-            out[p.name] = (float(np.mean([r["seconds"] for r in same_arm])), "same arm, this host")
+            out[p.name] = (float(np.mean([_run_seconds(r) for r in same_arm])), "same arm, this host")
         elif by_kind:
             out[p.name] = (_scaled(by_kind, steps), "other arms on this host, scaled by steps")
         elif others:
@@ -98,7 +106,7 @@ def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) 
 
 def _scaled(records: list[dict[str, Any]], steps: int) -> float:
     """Mean seconds of ``records`` scaled by this run's training steps over theirs."""
-    per = [float(r["seconds"]) * steps / max(int(r["config"].get("train", {}).get("max_steps") or steps), 1)
+    per = [_run_seconds(r) * steps / max(int(r["config"].get("train", {}).get("max_steps") or steps), 1)
            for r in records if r.get("seconds")]
     return float(np.mean(per)) if per else math.nan
 

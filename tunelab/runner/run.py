@@ -229,9 +229,11 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     if cfg.eval.tasks and cfg.eval.baseline:
         say("evaluating the base model")
         cache = Path(base_eval_cache) if base_eval_cache else cache_dir() / "base_eval"
+        t_base = time.perf_counter()
         base_eval = _base_eval(model, tok, cfg, precision, run_dir / "eval" / "base", quiet,
                                None if os.environ.get("TUNELAB_NO_EVAL_CACHE") else cache, reused,
                                str(model_info["resolved"]))
+        reused["base_eval_seconds"] = round(time.perf_counter() - t_base, 1)  # a sweep's later runs reuse it
 
     objective = build_objective(cfg.objective)
     if objective.needs_reference:  # the base model is the reference of every method: score before applying it
