@@ -151,8 +151,9 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
                  for i in common_items]
         out.update(items=len(diffs), item_sd=float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
                    item_sd_from="records of both arms")
-    elif versus:
-        values = list(next(iter(versus.values())).values())
+    elif versus or (baseline := _values(records, sweep.baseline_label, h["task"])):
+        # the pilot's per-item variance: of the comparison arm, else of the baseline arm (the pilot's)
+        values = list(next(iter((versus or baseline).values())).values())
         var = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
         out.update(items=len(values), item_sd=math.sqrt(2 * var * (1 - rho)) if var == var else math.nan,
                    item_sd_from=f"pilot's per-item variance, item correlation between arms {rho:g} (assumed)")
