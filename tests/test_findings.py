@@ -156,7 +156,7 @@ def test_sweep_report_writes_the_study_section(tmp_path: Path, capsys: pytest.Ca
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_study_file_plans(path: Path) -> None:
     """Each sweep file's factors, baseline and hypotheses are valid; a run may only wait for a data file
-    that a command named in the file's header makes (a sampled pool, an evolved set)."""
+    of the shared datasets ($TUNELAB_DATA_DIR) named in the file's header."""
     try:
         sweep = load_sweep(path)
     except ConfigError as e:
