@@ -278,14 +278,15 @@ def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict
 
 
 def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """arm -> mean over its runs of training seconds, trainable parameters, peak memory (MB) and the
+    """arm -> mean over its runs of training seconds, trainable parameters, the last step's training
+    loss, the returned model's held-out loss and the step it was selected at, peak memory (MB) and the
     run's wall seconds (diagnostics included), from the records."""
     acc: dict[str, dict[str, list[float]]] = {}
     for r in records:
         train = r["results"]["run"].get("train", {})
         arm = acc.setdefault(r["arm"].label, {})
-        for key in ("train_seconds", "trainable_parameters"):
-            if isinstance(train.get(key), (int, float)):
+        for key in ("train_seconds", "trainable_parameters", "final_loss", "heldout_loss", "best_step"):
+            if isinstance(train.get(key), (int, float)) and not isinstance(train.get(key), bool):
                 arm.setdefault(key, []).append(float(train[key]))
         for key in ("peak_mem_mb", "seconds"):
             if isinstance(r["record"].get(key), (int, float)):
@@ -464,10 +465,14 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
         sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})
         out += [""] + [f"Source: {s}" for s in sources] + ([""] if sources else [])
     if study.get("resources"):
-        out += ["**Resources** (mean per run on this machine):", "",
-                "| arm | train seconds | trainable parameters | peak memory (MB) |", "|---|---|---|---|"]
-        out += [f"| {arm} | {fmt(v.get('train_seconds'), '.0f')} | {fmt(v.get('trainable_parameters'), ',.0f')} | "
-                f"{fmt(v.get('peak_mem_mb'), ',.0f')} |" for arm, v in study["resources"].items()]
+        out += ["**Training and resources** (mean per run; the held-out loss is the returned model's, selected at "
+                "the step shown when the recipe selects the best):", "",
+                "| arm | last training loss | held-out loss | selected step | wall seconds | train seconds | "
+                "trainable parameters | peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {arm} | {fmt(v.get('final_loss'), '.4f')} | {fmt(v.get('heldout_loss'), '.4f')} | "
+                f"{fmt(v.get('best_step'), '.0f')} | {fmt(v.get('seconds'), '.0f')} | {fmt(v.get('train_seconds'), '.0f')} | "
+                f"{fmt(v.get('trainable_parameters'), ',.0f')} | {fmt(v.get('peak_mem_mb'), ',.0f')} |"
+                for arm, v in study["resources"].items()]
         out.append("")
     for name, arms in study["diagnostics"].items():
         keys = sorted({k for a in arms.values() for k in a})
