@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import skip_without_shared_data
 
 from tunelab.cli import main
 from tunelab.config import ConfigError
@@ -160,6 +161,7 @@ def test_every_study_file_plans(path: Path) -> None:
     try:
         sweep = load_sweep(path)
     except ConfigError as e:
+        skip_without_shared_data(str(e))
         assert "data file" in str(e) and "not found" in str(e), e
         missing = str(e).split("data file '")[1].split("'")[0]
         assert Path(missing).name in path.read_text(), f"{path}: its header should say how to make {missing}"
