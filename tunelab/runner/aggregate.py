@@ -31,15 +31,15 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
 from tunelab.eval.stats import clustered_mean, compare_paired, verdict
-from tunelab.runner.records import load_records
 
 
-def run_records(sweep: Any) -> list[dict[str, Any]]:
+def run_records(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One entry per recorded run of the sweep (its study records, :mod:`tunelab.runner.records`):
     ``arm`` (an :class:`~tunelab.runner.sweep.Arm`), ``seed``, ``name``, ``results``, ``items``
     (task -> item id -> value, higher is better), ``signs`` (task -> +1, or -1 for a loss) and the
-    ``record`` itself; stale records are left out (:func:`stale_records` says which)."""
-    found, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    ``record`` itself; stale records are left out (``sweep.recorded()`` says which). ``found``: the
+    records already read (else they are read here)."""
+    found = sweep.recorded()[0] if found is None else found
     out = []
     for p in sweep.runs:
         record = found.get(p.name)
@@ -49,11 +49,6 @@ def run_records(sweep: Any) -> list[dict[str, Any]]:
                     "items": {t: {r["id"]: float(r["value"]) for r in v["rows"]} for t, v in record["items"].items()},
                     "signs": {t: int(v["sign"]) for t, v in record["items"].items()}})
     return out
-
-
-def stale_records(sweep: Any) -> list[str]:
-    """Why each stale record of the sweep's records folder is not counted."""
-    return load_records(sweep.records, sweep.name, sweep.digests())[1]
 
 
 def _seed_ci(scores: list[float]) -> list[float]:
@@ -136,10 +131,13 @@ def _task(sweep: Any, records: list[dict[str, Any]], task: str) -> dict[str, Any
             "anova": _anova(rows, factors)}
 
 
-def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def aggregate(sweep: Any, status: dict[str, dict[str, Any]],
+              recorded: tuple[dict[str, dict[str, Any]], list[str]] | None = None) -> dict[str, Any]:
     """``sweep.json``: the design, every run's status, and per task the statistics above, computed
-    from the study's records alone (no run folder is read)."""
-    records = run_records(sweep)
+    from the study's records alone (no run folder is read; ``recorded``: ``sweep.recorded()`` when
+    the caller has read it already)."""
+    found, stale = recorded or sweep.recorded()
+    records = run_records(sweep, found)
     recorded = {r["name"] for r in records}
     tasks = sorted({t for r in records for t, v in r["results"].items() if t != "run" and "tuned" in v})
     reused = {"data": sum(bool(r["results"]["run"].get("reused", {}).get("data")) for r in records),
@@ -152,7 +150,7 @@ def aggregate(sweep: Any, status: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "runs": {p.name: {"arm": p.arm.label, "seed": p.seed,
                           **status.get(p.name, {"status": "done" if p.name in recorded else "not run"})}
                  for p in sweep.runs},
-        "stale_records": stale_records(sweep),
+        "stale_records": stale,
         "run_seconds": round(sum(float(r["record"].get("seconds") or 0) for r in records), 1),
         "reused": {"runs_finished": len(records), "data_from_cache": reused["data"],
                    "base_eval_from_cache": reused["base_eval"]},

@@ -359,8 +359,9 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
     is rerun and no run folder is read. Each task's per-item values are gathered once and shared by
     the claims, the interaction and the design; the saved plan and pilot are attached."""
     sweep = resolve(target, records)
-    result = aggregate(sweep, {})
-    records_ = run_records(sweep)
+    recorded = sweep.recorded()  # read once: the aggregate and the claims share it
+    result = aggregate(sweep, {}, recorded)
+    records_ = run_records(sweep, recorded[0])
     tasks = dict.fromkeys([*result.get("tasks", {}), *(h["task"] for h in sweep.hypotheses)])
     items: Items = _with_ensembles(sweep, records_, {t: _arm_items(records_, t) for t in tasks})
     the_plan = _read(sweep.study_folder / "plan.json")

@@ -38,7 +38,7 @@ from tunelab.device import cpu_name, decide, default_device
 from tunelab.eval.stats import min_items_for_verdict
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import write_json
-from tunelab.runner.records import host_kind, load_records
+from tunelab.runner.records import host_kind
 
 ALPHA = 0.05
 POWER = 0.8
@@ -182,7 +182,7 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
 
 def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
     """The study's plan on this host: runs with estimated seconds, and each claim's detectable effect."""
-    records, stale = load_records(sweep.records, sweep.name, sweep.digests())
+    records, stale = sweep.recorded()
     host = host or this_host(sweep)
     estimates = estimate_seconds(sweep, records, host)
     runs = [{"run": p.name, "arm": p.arm.label, "seed": p.seed, "recorded": p.name in records,
@@ -211,7 +211,7 @@ def beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
 def save_plan(sweep: Any, the_plan: dict[str, Any]) -> bool:
     """Write ``<study>/plan.json`` unless runs beyond the pilot are recorded (then it is frozen, and
     False is returned)."""
-    records, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    records, _ = sweep.recorded()
     path = sweep.study_folder / "plan.json"
     if path.is_file() and beyond_pilot(sweep, records):
         return False

@@ -28,7 +28,6 @@ not counted. The aggregate, the findings and the report are computed from the re
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +177,3 @@ def load_records(folder: Path, study: str, planned: dict[str, str]) -> tuple[dic
             continue
         found[name] = record
     return found, stale
-
-
-def mean_seconds(records: list[dict[str, Any]]) -> float:
-    """Mean wall seconds of ``records`` (NaN when none)."""
-    values = [float(r["seconds"]) for r in records if r.get("seconds")]
-    return sum(values) / len(values) if values else math.nan

@@ -139,6 +139,11 @@ class Sweep:
         """run name -> config digest of every planned run (what a record must match)."""
         return {p.name: p.digest for p in self.runs}
 
+    def recorded(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The study's records matched to its planned runs, and why each stale one is not counted
+        (:func:`tunelab.runner.records.load_records`)."""
+        return load_records(self.records, self.name, self.digests())
+
 
 def _label(value: Any) -> str:
     """A level label for a value (compact YAML for lists and mappings)."""
@@ -496,11 +501,12 @@ def _finished(planned: PlannedRun) -> bool:
     return (Path(planned.cfg.out) / planned.name / "results.json").is_file()
 
 
-def record_run(sweep: Sweep, planned: PlannedRun) -> Path:
-    """Write the study record of a finished run (:mod:`tunelab.runner.records`); returns its path."""
+def record_run(sweep: Sweep, planned: PlannedRun) -> dict[str, Any]:
+    """Write the study record of a finished run (:mod:`tunelab.runner.records`); returns the record."""
     record = build_record(sweep.name, Path(planned.cfg.out) / planned.name, arm=planned.arm.levels,
                           seed=planned.seed, config=planned.cfg, config_digest=planned.digest)
-    return write_record(sweep.records, record)
+    write_record(sweep.records, record)
+    return record
 
 
 def _write_study(sweep: Sweep) -> None:
@@ -516,13 +522,13 @@ def sync_records(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """Record every finished run folder of the sweep that has no record yet; returns the study's
     records (stale ones left out, and said)."""
     _write_study(sweep)
-    found, stale = load_records(sweep.records, sweep.name, sweep.digests())
+    found, stale = sweep.recorded()
     for p in sweep.runs:
         if p.name not in found and _finished(p):
-            record_run(sweep, p)
+            found[p.name] = record_run(sweep, p)
     for line in stale:
         print(f"[tunelab] {line}", file=sys.stderr)
-    return load_records(sweep.records, sweep.name, sweep.digests())[0]
+    return found
 
 
 def parse_budget(text: str | None) -> float | None:
@@ -658,7 +664,7 @@ def _run_all(sweep: Sweep, todo: list[PlannedRun], backend: str, address: str | 
 
 def _pilot_gate(sweep: Sweep, accept: bool) -> ConfigError | None:
     """Gate on the pilot's records, write ``pilot.json`` and the plan; the refusal, if any."""
-    records, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    records, _ = sweep.recorded()
     if not sweep.hypotheses or not any(p.name in records for p in plan_mod.pilot_runs(sweep)):
         return None
     path = sweep.study_folder / "pilot.json"
@@ -684,7 +690,7 @@ def _chunk(sweep: Sweep, todo: list[PlannedRun], budget: float | None, max_runs:
         todo = todo[:max_runs]
     if budget is None or not todo:
         return todo
-    records, _ = load_records(sweep.records, sweep.name, sweep.digests())
+    records, _ = sweep.recorded()
     estimates = plan_mod.estimate_seconds(sweep, records, plan_mod.this_host(sweep))
     chosen, total = [], 0.0
     for p in todo:
