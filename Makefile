@@ -50,8 +50,9 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check tunelab tests benchmarks
-	# layers without cycles ([tool.importlinter] in pyproject.toml), docstrings on public API >= 70%
+	# layers ([tool.importlinter] in pyproject.toml), no import cycle (tools/import_cycles.py), docstrings on public API >= 70%
 	$(BIN)/lint-imports
+	$(BIN)/python tools/import_cycles.py  # no module imports itself through others, even from a function
 	$(BIN)/interrogate -c pyproject.toml tunelab
 
 clean:

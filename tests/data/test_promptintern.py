@@ -13,17 +13,12 @@ from tunelab.cli import main
 from tunelab.config import ConfigError, SourceConfig, load_recipe
 from tunelab.data import prompt_structure as ps
 from tunelab.data.pipeline import build_data
-from tunelab.data.prompt_structure import (
-    PARTS_KEY,
-    Compressor,
-    Example,
-    PromptParts,
-    rank_examples,
-    split_units,
-)
+from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts
+from tunelab.data.prompt_structure import Compressor, rank_examples, split_units
 from tunelab.data.sources import load_source
 from tunelab.data.transforms import TRANSFORMS, TransformContext, build_transforms
 from tunelab.data.transforms.promptintern import promptintern_spec, stage_rows
+from tunelab.models.surprisal import model_scorer
 from tunelab.types import Sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +65,7 @@ def test_compression_is_reproducible_and_nested(tiny) -> None:
     units = split_units(template, "sentence")
     assert "".join(units) == template.strip() and len(units) > 10
     c = Compressor("sentence", "surprisal", model="tiny-test")
-    scorer = ps.model_scorer("tiny-test", model, tok)
+    scorer = model_scorer("tiny-test", model, tok)
     first = c.ranking(template, scorer)
     ps._RANKINGS.clear()
     assert c.ranking(template, scorer) == first  # recomputed from scratch: the same order

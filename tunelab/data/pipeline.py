@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import RunConfig
+from tunelab.data.choices import build_choice_rows
 from tunelab.data.mixing import mix
 from tunelab.data.preference import build_pref_rows
 from tunelab.data.sources import load_source
@@ -69,9 +70,11 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
         tok: The run's tokenizer.
         eval_texts: Texts of the evaluation sets (decontamination).
         eval_ids: ``task/item id`` of each evaluation text, for the report.
-        kind: What the objective trains on: ``tokens`` (packed token rows), or ``pairs`` /
-            ``unpaired`` (one :class:`~tunelab.data.preference.SeqRow` per example, unpacked); the
-            held-out rows are always token rows (the chosen or labelled completions' loss).
+        kind: What the objective trains on: ``tokens`` (packed token rows), ``pairs`` /
+            ``unpaired`` (one :class:`~tunelab.data.preference.SeqRow` per example, unpacked; the
+            held-out rows are token rows: the chosen or labelled completions' loss) or ``choices``
+            (one SeqRow of (prompt, choice) sequences per example, :mod:`tunelab.data.choices`; the
+            held-out rows are such rows too).
 
     Transforms marked ``heldout_too`` (decontamination) also filter the held-out examples;
     what they removed there is reported per source as ``heldout_removed``.
@@ -112,13 +115,20 @@ def build_data(cfg: RunConfig, tok, eval_texts: list[str] | None = None,
             entry["heldout_removed"] = heldout_removed[entry["name"]]
     if kind == "tokens":
         rows = pack([e for e in encoded if e is not None], names, d.max_length, d.packing)
+    elif kind == "choices":
+        rows, dropped = build_choice_rows([s for s, e in zip(samples, encoded) if e is not None], tok, names,
+                                          d.max_length)
+        report["choices"] = {"examples": len(rows), "dropped_too_long": dropped}
     else:
         _check_kind(samples, kind)
         rows, dropped = build_pref_rows([s for s, e in zip(samples, encoded) if e is not None], kind, tok,
                                         names, d.max_length, d.truncation, d.seed)
         report["preference"] = {"kind": kind, "examples": len(rows), "dropped_too_long": dropped}
     held = [e for e in (enc(s) for s in heldout) if e is not None]
-    heldout_rows = pack(held, names, d.max_length, d.packing)
+    if kind == "choices":
+        heldout_rows = build_choice_rows([s for s in heldout if enc(s) is not None], tok, names, d.max_length)[0]
+    else:
+        heldout_rows = pack(held, names, d.max_length, d.packing)
     n_tok = sum(r.tokens for r in rows)
     report.update({
         "rows": len(rows), "tokens": n_tok,

@@ -1,24 +1,21 @@
-"""The prompt-structure format: a prompt split into ``template``, ``examples`` and ``query`` (+ ``answer``).
+"""PromptIntern's engine (Zou et al., EMNLP 2024 Findings, arXiv 2407.02211): what acts on a prompt's parts.
 
-PromptIntern (Zou et al., EMNLP 2024 Findings, arXiv 2407.02211) splits every prompt into a long
-instruction *template*, *k few-shot examples* and the *query*, and fine-tunes so the model answers the
-bare query as it answered the whole prompt. This module holds the parts and what acts on them:
+The parts themselves (template, few-shot examples, query) and the ``prompt_structure`` row format are
+:mod:`tunelab.data.prompt_parts`; the staged training schedule is
+:mod:`tunelab.data.transforms.promptintern`. Here:
 
-* :class:`PromptParts` / :func:`render`: the parts of one sample and the user turn they make
-  (``template``, ``Example i:`` blocks, then the query itself, unchanged in every regime);
 * :class:`Compressor`: template compression by dropping units (sentences or words) ranked by a named,
   reproducible score: ``surprisal`` (mean token surprisal -log p under a causal LM, the Selective
-  Context score of Li et al. 2023, arXiv 2310.06201: predictable text goes first), ``position``
-  (earlier units first) or ``random`` (seeded). A fraction ``keep`` keeps the best-ranked units whose
-  words fit in ``keep`` x the template's words, in their original order;
+  Context score of Li et al. 2023, arXiv 2310.06201, computed by :mod:`tunelab.models.surprisal`:
+  predictable text goes first), ``position`` (earlier units first) or ``random`` (seeded). A fraction
+  ``keep`` keeps the best-ranked units whose words fit in ``keep`` x the template's words, in their
+  original order;
 * :func:`rank_examples`: examples ordered by similarity to the query (cosine of word counts) or a
   seeded random order; taking a prefix of the order gives the ``k`` examples, so fewer examples are
   always a subset of more;
 * :data:`PROMPT_SETS`: built-in templates with their example pools (``gsm8k_cot``: Wei et al.'s
   8-shot chain-of-thought exemplars; ``mbpp_long``: a long rule template with MBPP tasks 2-4, the
-  paper's few-shot prompt; ``arith_rules``: a long rule template for the built-in ``arith`` family);
-* the ``prompt_structure`` row format: ``{template, examples: [{query, answer}], query, answer}``;
-  its sample's messages are the bare query and answer, the parts ride in ``meta["prompt_parts"]``.
+  paper's few-shot prompt; ``arith_rules``: a long rule template for the built-in ``arith`` family).
 """
 
 from __future__ import annotations
@@ -29,84 +26,20 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import sparse
 
-from tunelab.data.formats import FORMATS
+from tunelab.data.prompt_parts import Example
+from tunelab.data.sources import read_rows, resolve_data_path
+from tunelab.data.tasks.arith import Arith
 from tunelab.io import DataError
-from tunelab.types import Sample
+from tunelab.models.surprisal import Scorer, model_scorer
 
-PARTS_KEY = "prompt_parts"
-"""``Sample.meta`` key holding a sample's :class:`PromptParts` (as a dict)."""
 UNITS = ("sentence", "word")
 SCORES = ("surprisal", "position", "random")
 SELECTIONS = ("similarity", "random")
-
-
-@dataclass
-class Example:
-    """One few-shot demonstration."""
-
-    query: str
-    answer: str
-
-
-@dataclass
-class PromptParts:
-    """A prompt split as PromptIntern splits it."""
-
-    template: str
-    """The instruction template (rules, format, documentation)."""
-    examples: list[Example] = field(default_factory=list)
-    """Few-shot demonstrations, best first (a prefix of them is what a prompt with fewer shows)."""
-    query: str = ""
-    """The item's own input."""
-    answer: str = ""
-    """The reference answer (the training target)."""
-
-    def to_meta(self) -> dict[str, Any]:
-        """The parts as plain data (for ``Sample.meta``)."""
-        return asdict(self)
-
-    @classmethod
-    def from_meta(cls, data: dict[str, Any]) -> PromptParts:
-        """The parts stored by :meth:`to_meta`."""
-        examples = [e if isinstance(e, Example) else Example(str(e["query"]), str(e["answer"]))
-                    for e in data.get("examples", [])]
-        return cls(str(data.get("template", "")), examples, str(data.get("query", "")), str(data.get("answer", "")))
-
-
-def render(template: str, examples: Sequence[Example], query: str) -> str:
-    """The user turn: the template, ``Example i:`` blocks (query, then ``Answer:``), then the bare query.
-
-    With no template and no examples it is the query alone (the query-only regime).
-    """
-    blocks = [template.strip()] if template.strip() else []
-    blocks += [f"Example {i}:\n{e.query.strip()}\nAnswer:\n{e.answer.strip()}" for i, e in enumerate(examples, 1)]
-    if blocks:
-        return "\n\n".join(blocks) + "\n\nNow the task:\n" + query
-    return query
-
-
-def query_turn(messages: Sequence[dict[str, Any]]) -> int:
-    """Index of the user turn holding the query: the last user turn before the last assistant turn
-    (the last user turn of a prompt without one)."""
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    users = [i for i, m in enumerate(messages[:last]) if m["role"] == "user"]
-    if not users:
-        raise DataError("a prompt-structured sample needs a user turn (the query)")
-    return users[-1]
-
-
-def with_user_text(messages: Sequence[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """A copy of ``messages`` whose query turn (:func:`query_turn`) says ``text``."""
-    out = [dict(m) for m in messages]
-    out[query_turn(out)]["content"] = text
-    return out
 
 
 # ----------------------------------------------------------------------------- template compression
@@ -124,41 +57,7 @@ def split_units(text: str, unit: str) -> list[str]:
     return [m.group(0) for m in pattern.finditer(text.strip()) if m.group(0)]
 
 
-@torch.no_grad()
-def token_surprisal(text: str, model, tok) -> list[tuple[int, float]]:
-    """``(character offset, -log p(token | tokens before))`` of every token of ``text`` under ``model``
-    (fp32, eval mode; the first token, which has no context, gets the mean of the others)."""
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if len(ids) < 2:
-        return [(a, 0.0) for a, _ in offsets]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device)).logits[0, :-1].float()  # (T-1, V)
-    model.train(was_training)
-    logp = torch.log_softmax(logits, dim=-1)
-    s = (-logp.gather(1, torch.tensor(ids[1:], device=device)[:, None])[:, 0]).cpu().tolist()
-    return [(a, v) for (a, _), v in zip(offsets, [sum(s) / len(s)] + s)]
-
-
-Scorer = Callable[[str], list[tuple[int, float]]]
-"""``text -> [(character offset, surprisal)]`` per token (:func:`token_surprisal` of some model)."""
 _RANKINGS: dict[tuple, list[int]] = {}  # (unit, score, model, seed, template) -> unit order; per process
-_SCORERS: dict[str, Scorer] = {}
-
-
-def model_scorer(name: str, model=None, tok=None) -> Scorer:
-    """The surprisal scorer of model ``name`` (an alias, hub id or folder), loaded once per process on
-    CPU in fp32; pass ``model`` and ``tok`` when they are at hand (the run's base model)."""
-    if name not in _SCORERS:
-        if model is None or tok is None:
-            from tunelab.config import ModelConfig  # the scoring model is loaded only when a ranking needs it
-            from tunelab.models.load import load_model
-
-            model, tok, _ = load_model(ModelConfig(name=name))
-        _SCORERS[name] = lambda text: token_surprisal(text, model, tok)
-    return _SCORERS[name]
 
 
 @dataclass
@@ -384,8 +283,6 @@ def mbpp_query(text: str, tests: Sequence[str]) -> str:
 
 
 def _mbpp_examples() -> list[Example]:
-    from tunelab.data.sources import read_rows, resolve_data_path  # sources imports this module
-
     rows = {r.get("task_id"): r for _, r in read_rows(resolve_data_path("mbpp/mbpp.jsonl", None))
             if isinstance(r, dict)}
     missing = [i for i in (2, 3, 4) if i not in rows]
@@ -396,8 +293,7 @@ def _mbpp_examples() -> list[Example]:
 
 
 def _arith_examples() -> list[Example]:
-    from tunelab.data.tasks.arith import Arith  # the family's own generator (a fixed seed of its train split)
-
+    # the family's own generator (a fixed seed of its train split)
     return [Example(s.messages[0]["content"], s.response()) for s in Arith().samples("train", 8, seed=20_240_707)]
 
 
@@ -417,25 +313,3 @@ def get_prompt_set(name: str) -> PromptSet:
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; valid: {', '.join(PROMPT_SETS)}")
     return PROMPT_SETS[name]
-
-
-# ----------------------------------------------------------------------------- the row format
-
-
-def _prompt_structure(r: Any) -> Sample:
-    """``{template, examples: [{query, answer}] or [[query, answer]], query, answer}``: messages are the
-    bare query and answer; the parts are in ``meta["prompt_parts"]``."""
-    examples = []
-    for i, e in enumerate(r.get("examples", default=[], kind=list)):
-        if isinstance(e, dict) and isinstance(e.get("query"), str) and isinstance(e.get("answer"), str):
-            examples.append(Example(e["query"], e["answer"]))
-        elif isinstance(e, list | tuple) and len(e) == 2 and all(isinstance(x, str) for x in e):
-            examples.append(Example(e[0], e[1]))
-        else:
-            raise r.error(f"{r.col('examples')}[{i}]", "expected {query, answer} strings or a [query, answer] pair")
-    parts = PromptParts(r.get("template", default=""), examples, r.get("query"), r.get("answer"))
-    messages = [{"role": "user", "content": parts.query}, {"role": "assistant", "content": parts.answer}]
-    return Sample(messages, {PARTS_KEY: parts.to_meta()})
-
-
-FORMATS.setdefault("prompt_structure", _prompt_structure)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from tunelab.config import SourceConfig
 from tunelab.data.formats import FORMATS, detect_format, to_sample
-from tunelab.data.prompt_structure import PARTS_KEY  # noqa: F401  (registers the prompt_structure format)
+from tunelab.data.prompt_parts import PARTS_KEY  # noqa: F401  (registers the prompt_structure format)
 from tunelab.data.tasks.base import SPLITS, TASK_FAMILIES, get_family
 from tunelab.io import DataError, checked_object, iter_jsonl, open_text
 from tunelab.types import Sample

@@ -11,9 +11,12 @@ from typing import Any, Protocol
 
 import torch
 
+from tunelab.data.choices import choice_ids
 from tunelab.device import autocast
 from tunelab.generate.base import Generator, Prompt, encode_prompt
 from tunelab.generate.hf import HFGenerator, fingerprint
+from tunelab.models.heads import head_of, last_token_features
+from tunelab.models.load import final_hidden_states
 
 
 class LoglikScorer(Protocol):
@@ -127,8 +130,82 @@ class HFLoglikScorer:
             return self.model(input_ids=ids, attention_mask=mask).logits
 
 
+class ChoiceHeadScorer(HFLoglikScorer):
+    """Scores from a classifier head (``choice_head`` objective) instead of log-likelihoods.
+
+    Each (prompt, choice) pair is the sequence training saw (:func:`tunelab.data.choices.choice_ids`),
+    scored by the head on its last token's final hidden state; multiple-choice tasks take the best score,
+    and the softmax of an item's scores is the head's class distribution (what an ensemble averages).
+    The choices of an item share its prompt: each distinct prompt runs once (left-padded, its KV cache
+    kept) and only the choices' few tokens run again per choice on the cache, about 3x fewer tokens
+    than one sequence per pair on the ``nlp`` items (:meth:`score_each` is the one-sequence-per-pair
+    reference, and the path of prompt-tuned models, whose virtual tokens a cache would hide).
+    """
+
+    def loglik(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        """One head score per pair, in order (not a log-probability: its softmax over an item's choices is)."""
+        if _prompt_learning(self.model):
+            return self.score_each(pairs)
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, (p, c) in enumerate(pairs):
+            groups.setdefault(tuple(encode_prompt(self.tok, p)), []).append(
+                (i, self.tok(c, add_special_tokens=False)["input_ids"]))
+        prompts = sorted(groups, key=len, reverse=True)
+        head = head_of(self.model)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        out = [0.0] * len(pairs)
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            ids, mask, positions = self._padded([list(c) for c in chunk])
+            rows = [(r, i, cont) for r, prompt in enumerate(chunk) for i, cont in groups[prompt]]
+            width = max(1, max(len(cont) for _, _, cont in rows))
+            pick = torch.tensor([r for r, _, _ in rows], device=self.device)
+            cont_ids = torch.tensor([cont + [pad] * (width - len(cont)) for _, _, cont in rows], device=self.device)
+            cont_mask = torch.tensor([[1] * len(cont) + [0] * (width - len(cont)) for _, _, cont in rows],
+                                     device=self.device)
+            lengths = torch.tensor([len(cont) for _, _, cont in rows], device=self.device)
+            with torch.no_grad(), autocast(self.device.type, self.precision):
+                cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                   logits_to_keep=1).past_key_values
+                cache.batch_select_indices(pick)  # one cache row per (prompt, choice) row
+                full_mask = torch.cat([mask[pick], cont_mask], dim=1)
+                cont_pos = positions[pick, -1:] + 1 + torch.arange(width, device=self.device)[None]
+                hidden = final_hidden_states(self.model, input_ids=cont_ids, attention_mask=full_mask,
+                                             position_ids=cont_pos, past_key_values=cache)
+                last = (lengths - 1).clamp(min=0)
+                scores = head(hidden[torch.arange(len(rows), device=self.device), last]).float().cpu()
+            for (_, i, _), v in zip(rows, scores.tolist()):
+                out[i] = float(v)
+        return out
+
+    def score_each(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        """One head score per pair from one whole right-padded sequence per pair (no cache)."""
+        encoded = [choice_ids(self.tok, p, c) for p, c in pairs]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        head = head_of(self.model)
+        out = [0.0] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], device=self.device)
+            lengths = torch.tensor([len(encoded[i]) for i in chunk], device=self.device)
+            with torch.no_grad(), autocast(self.device.type, self.precision):
+                scores = head(last_token_features(self.model, ids, lengths)).float().cpu()
+            for i, v in zip(chunk, scores.tolist()):
+                out[i] = float(v)
+        return out
+
+
+def _prompt_learning(model: Any) -> bool:
+    """Whether ``model`` is a peft prompt-learning model (prefix or prompt tuning: virtual tokens)."""
+    return bool(getattr(model, "active_peft_config", None) is not None
+                and getattr(model.active_peft_config, "is_prompt_learning", False))
+
+
 def scorer_for(generator: Generator, batch_size: int | None = None) -> LoglikScorer:
-    """The log-likelihood scorer over a local generator's weights, in its precision.
+    """The log-likelihood scorer over a local generator's weights, in its precision; a model with a
+    classifier head (:mod:`tunelab.models.heads`) is scored by its head (:class:`ChoiceHeadScorer`).
 
     Raises:
         ValueError: The generator is remote (an HTTP endpoint or vLLM): it returns text, not
@@ -136,5 +213,6 @@ def scorer_for(generator: Generator, batch_size: int | None = None) -> LoglikSco
     """
     if not isinstance(generator, HFGenerator):
         raise ValueError(f"log-likelihood tasks need a local model (backend 'hf'); got {type(generator).__name__}")
-    return HFLoglikScorer(generator.source_model, generator.tok, batch_size=batch_size or generator.batch_size,
-                          precision=generator.precision)
+    cls = ChoiceHeadScorer if head_of(generator.source_model) is not None else HFLoglikScorer
+    return cls(generator.source_model, generator.tok, batch_size=batch_size or generator.batch_size,
+               precision=generator.precision)

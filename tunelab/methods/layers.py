@@ -11,6 +11,8 @@ import re
 
 from torch import nn
 
+from tunelab.models.heads import is_head_param
+
 BLOCK_PARTS = ("self_attn", "mlp")
 
 
@@ -50,6 +52,7 @@ def params_by_layer(model: nn.Module) -> tuple[dict[int, list[str]], list[str]]:
 
 
 def set_trainable(model: nn.Module, names: set[str]) -> None:
-    """``requires_grad`` True exactly for the parameters named in ``names``."""
+    """``requires_grad`` True exactly for the parameters named in ``names`` (and an objective's head,
+    which always trains: :mod:`tunelab.models.heads`)."""
     for name, p in model.named_parameters():
-        p.requires_grad_(name in names)
+        p.requires_grad_(name in names or is_head_param(name))

@@ -25,6 +25,7 @@ from torch import nn
 from tunelab.methods.base import METHODS
 from tunelab.methods.full import Full
 from tunelab.methods.layers import params_by_layer, set_trainable
+from tunelab.models.heads import is_head_param
 
 
 @dataclass
@@ -97,7 +98,7 @@ class LISA(Full):
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The always-on parameters and every layer that was ever active (frozen now or not)."""
         keep = set(self._always) | {n for i in self.ever_active for n in self._layers[i]}
-        return {n: p.detach().clone() for n, p in model.named_parameters() if n in keep}
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n in keep or is_head_param(n)}
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Restore the weights and the active set saved with them (``load_state`` runs first)."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from tunelab.config import bound
 from tunelab.methods.base import METHODS, Method
+from tunelab.models.heads import head_state, is_head_param
 
 
 @dataclass
@@ -70,12 +71,16 @@ class LoRA(Method):
                 or (p.bias != "none" and param_name.endswith(".bias")))
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The adapter tensors as peft saves them (names without the adapter name)."""
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        """The adapter tensors as peft saves them (names without the adapter name), and an objective's
+        head (:mod:`tunelab.models.heads`) when one is attached."""
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()} | head_state(model)
 
     def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by ``trainable_state`` into the peft model."""
-        set_peft_model_state_dict(model, state)
+        """Load tensors saved by ``trainable_state`` into the peft model (and its head)."""
+        head = {k: v for k, v in state.items() if is_head_param(k)}
+        set_peft_model_state_dict(model, {k: v for k, v in state.items() if k not in head})
+        if head:
+            super().load_trainable_state(model, head)
 
     @classmethod
     def load_final(cls, base: nn.Module, path: Path) -> nn.Module:

@@ -31,6 +31,7 @@ from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
+from tunelab.models.heads import HEAD_FILE, save_head
 from tunelab.models.load import ModelError, cache_dir
 from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
@@ -244,6 +245,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     model = method.apply(model)
     for reg in build_regularizers(cfg.regularizers):
         reg.apply(model)
+    objective.prepare(model)  # an objective's own modules (choice_head's classifier)
     trainable, total = count_parameters(model)
     compiled, compile_why = decide_compile(cfg.train.compile, model, method.name, cfg.train.max_steps, device)
     env = json.loads((run_dir / "env.json").read_text())
@@ -260,6 +262,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
     method.save_final(model, tok, run_dir / "final")
+    save_head(model, run_dir / "final" / HEAD_FILE)
     write_json(run_dir / "final" / "tunelab.json", {"method": cfg.method, "base_model": model_info})
 
     tuned_eval = {}

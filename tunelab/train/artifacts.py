@@ -14,6 +14,7 @@ import torch
 from tunelab.config import DEFAULT_METHOD, ModelConfig, is_run, load_config
 from tunelab.device import default_device
 from tunelab.methods import METHODS
+from tunelab.models.heads import HEAD_FILE, load_head
 from tunelab.models.load import ModelError, load_model, load_tokenizer
 
 
@@ -52,6 +53,7 @@ def load_for_inference(model_or_run: str, device: str | None = None):
     base, _, info = load_start(cfg.model, device=device)  # a run started from another run: its merged weights
     method_cls = METHODS.get(cfg.method.get("name", DEFAULT_METHOD))
     model = method_cls.load_final(base, final).to(device)
+    load_head(model, final / HEAD_FILE)  # an objective's head (choice_head), where the run trained one
     has_tok = (final / "tokenizer_config.json").is_file()
     tok = load_tokenizer(cfg.model, str(final)) if has_tok else load_tokenizer(cfg.model)
     info = {**info, "run": str(model_or_run), "method": cfg.method}

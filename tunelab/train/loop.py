@@ -134,7 +134,12 @@ def heldout_loss(model: nn.Module, rows: list[Row], sources: list[str], pad_id: 
 
 
 def _heldout(job: TrainJob, model: nn.Module) -> dict[str, float]:
-    """:func:`heldout_loss` of the job's held-out rows with the job's settings."""
+    """The objective's own held-out metrics, else :func:`heldout_loss` of the job's held-out rows with
+    the job's settings."""
+    own = job.objective.heldout(model, job.heldout, job.sources, job.pad_id, job.precision, job.cfg,
+                                job.method.virtual_tokens)
+    if own is not None:
+        return own
     return heldout_loss(model, job.heldout, job.sources, job.pad_id, job.precision, packing=job.packing,
                         batch_size=job.cfg.batch_size, loss_chunk=job.cfg.loss_chunk,
                         virtual_tokens=job.method.virtual_tokens)

@@ -28,21 +28,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tunelab.config import ConfigError, RunConfig
-from tunelab.data.prompt_structure import (
-    PARTS_KEY,
-    Compressor,
-    Example,
-    PromptParts,
-    get_prompt_set,
-    model_scorer,
-    query_turn,
-    rank_examples,
-    render,
-    with_user_text,
-)
+from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts, query_turn, render, with_user_text
+from tunelab.data.prompt_structure import Compressor, get_prompt_set, rank_examples
 from tunelab.data.tokenize import Row, encode, pack
 from tunelab.data.transforms.base import TRANSFORMS, BaseTransform, Removed, TransformContext, build_transform
 from tunelab.io import DataError
+from tunelab.models.surprisal import model_scorer
 from tunelab.types import Sample
 
 DEFAULT_SHOTS = 4

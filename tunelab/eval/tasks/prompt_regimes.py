@@ -26,15 +26,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tunelab.config import ConfigError
-from tunelab.data.prompt_structure import (
-    Compressor,
-    get_prompt_set,
-    mbpp_query,
-    query_turn,
-    rank_examples,
-    render,
-    with_user_text,
-)
+from tunelab.data.prompt_parts import query_turn, render, with_user_text
+from tunelab.data.prompt_structure import Compressor, get_prompt_set, mbpp_query, rank_examples
 from tunelab.eval.stats import bootstrap_ci
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask, get_task
 from tunelab.generate.base import encode_prompt

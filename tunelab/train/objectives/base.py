@@ -6,8 +6,8 @@ unit; the loop sums them over the micro-batches of a step and divides by the ste
 data parallelism give the loss of one large batch. SFT's units are target tokens; the preference
 objectives' are pairs (DPO, ORPO, SimPO) or examples (KTO).
 
-``kind`` says what data an objective reads: ``tokens`` (packed token rows) or ``pairs`` /
-``unpaired`` (:mod:`tunelab.data.preference` rows). Objectives with ``needs_reference`` read each
+``kind`` says what data an objective reads: ``tokens`` (packed token rows), ``pairs`` /
+``unpaired`` (:mod:`tunelab.data.preference` rows) or ``choices`` (:mod:`tunelab.data.choices` rows). Objectives with ``needs_reference`` read each
 sequence's reference log-probability, computed once before training by :func:`reference_logps`.
 """
 
@@ -48,6 +48,16 @@ class Objective:
     def needs_reference(self) -> bool:
         """Whether batches must carry reference log-probabilities (see :func:`reference_logps`)."""
         return False
+
+    def prepare(self, model: nn.Module) -> None:
+        """Add the objective's own trainable modules to ``model`` (after the method is applied, before the
+        optimizer is built); most objectives add none (``choice_head`` adds its classifier head)."""
+
+    def heldout(self, model: nn.Module, rows: list, sources: list[str], pad_id: int, precision: str,
+                cfg: TrainConfig, virtual_tokens: int) -> dict[str, float] | None:
+        """Held-out metrics of the objective's own (``heldout_loss``, ``heldout_loss/<source>`` ...), with
+        dropout off; None: the held-out rows are token rows and the loop takes their token loss."""
+        return None
 
     def collate(self, rows: list, pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
         """Rows into a padded micro-batch (preference rows; SFT overrides this)."""
