@@ -1,5 +1,10 @@
 """Mixing sources into one training set by seeded quotas (not independent random draws).
 
+Instruction mixing (Wang et al. 2023, "Demystifying Instruction Mixing for Fine-tuning Large Language
+Models", arXiv 2312.10793) mixes NLP-task, code and chat sources at fixed counts per included source:
+``strategy: fixed`` with one ``count`` per source, the built-in families ``nlp``, ``code`` and
+``instruct`` (:mod:`tunelab.data.tasks`) as its P, C and A.
+
 Strategies (``data.strategy``):
 
 - ``concat``: every example of every source (``total`` is ignored).

@@ -1,5 +1,6 @@
 """Training objectives (``objective:`` in a recipe; ``tunelab ls objectives``): SFT's token loss and
-the preference objectives DPO, IPO, SimPO, KTO and ORPO, all in the one loop."""
+the preference objectives DPO, IPO, SimPO, KTO and ORPO (one module each, named after its paper) and
+``choice_head`` (a classifier head), all in the one loop."""
 
 from tunelab.train.objectives.base import (
     DEFAULT_OBJECTIVE,
