@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from typing import Any
 from tqdm import tqdm
 
 from tunelab.config import ConfigError
-from tunelab.envs.base import OBSERVATION_STOP, Environment, EnvTask, failure_kind
+from tunelab.envs.base import OBSERVATION_STOP, Environment, EnvTask, Step, failure_kind
 from tunelab.generate.base import GenerationConfig, Generator
 from tunelab.io import read_jsonl
 
 
 @dataclass
-class _Attempt:
+class Attempt:
+    """One episode in flight: its task, attempt index, chat so far, steps taken and errors."""
+
     task: EnvTask
     attempt: int
     messages: list[dict[str, Any]]
@@ -79,40 +82,56 @@ def sample(env: Environment, env_name: str, generator: Generator, out: str | Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done_keys(out)
     tasks = env.tasks(limit, seed)
-    waiting = [_Attempt(t, a, [{"role": "user", "content": env.prompt(t)}]) for t in tasks for a in range(attempts)
+    waiting = [Attempt(t, a, [{"role": "user", "content": env.prompt(t)}]) for t in tasks for a in range(attempts)
                if (t.id, a) not in done]
     waiting.reverse()  # popped from the end: task order
     fingerprint = getattr(generator, "fingerprint", type(generator).__name__)
-    t0, written, rounds, live = time.perf_counter(), 0, 0, []
+    t0, written = time.perf_counter(), 0
     bar = tqdm(total=len(tasks) * attempts, initial=len(done), desc=f"sample {env_name}", disable=not progress)
     with out.open("a", encoding="utf-8") as f:
-        while live or waiting:
-            while waiting and len(live) < max_live:
-                live.append(waiting.pop())
-            cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=1,
-                                   seed=seed * 1_000_003 + rounds, stop=[OBSERVATION_STOP])
-            texts = _generate(generator, [a.messages for a in live], cfg)
-            rounds += 1
-            still = []
-            for a, text in zip(live, texts):
-                a.steps += 1
-                a.messages.append({"role": "assistant", "content": text.strip()})
-                try:
-                    step = env.act(text)
-                except Exception as e:  # noqa: BLE001 - an environment crash ends this attempt, recorded
-                    a.errors.append(f"{type(e).__name__}: {e}")
-                    step = None
-                if step is not None and not step.done and a.steps < max_steps:
-                    a.messages.append({"role": "user", "content": f"Observation: {step.observation}"})
-                    still.append(a)
-                    continue
-                f.write(json.dumps(_row(env, env_name, a, step, fingerprint, temperature, seed, max_steps)) + "\n")
-                f.flush()
-                written += 1
-                bar.update(1)
-            live = still
+
+        def write(a: Attempt, step: Step | None) -> None:
+            nonlocal written
+            f.write(json.dumps(_row(env, env_name, a, step, fingerprint, temperature, seed, max_steps)) + "\n")
+            f.flush()
+            written += 1
+            bar.update(1)
+
+        run_episodes(env, generator, waiting, write, temperature=temperature, max_steps=max_steps,
+                     max_new_tokens=max_new_tokens, seed=seed, max_live=max_live)
     bar.close()
     return summarize(out, written, time.perf_counter() - t0)
+
+
+def run_episodes(env: Environment, generator: Generator, waiting: list[Attempt],
+                 on_done: Callable[[Attempt, Step | None], None], *, temperature: float, max_steps: int,
+                 max_new_tokens: int, seed: int, max_live: int = 256) -> None:
+    """Run the attempts of ``waiting`` (popped from its end) to their ends, ``max_live`` at a time;
+    ``on_done(attempt, last step)`` is called the moment one ends (the step is None when the
+    environment raised). Each round asks the generator for every live attempt's next turn at once."""
+    rounds, live = 0, []
+    while live or waiting:
+        while waiting and len(live) < max_live:
+            live.append(waiting.pop())
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=1,
+                               seed=seed * 1_000_003 + rounds, stop=[OBSERVATION_STOP])
+        texts = _generate(generator, [a.messages for a in live], cfg)
+        rounds += 1
+        still = []
+        for a, text in zip(live, texts):
+            a.steps += 1
+            a.messages.append({"role": "assistant", "content": text.strip()})
+            try:
+                step = env.act(text)
+            except Exception as e:  # noqa: BLE001 - an environment crash ends this attempt, recorded
+                a.errors.append(f"{type(e).__name__}: {e}")
+                step = None
+            if step is not None and not step.done and a.steps < max_steps:
+                a.messages.append({"role": "user", "content": f"Observation: {step.observation}"})
+                still.append(a)
+                continue
+            on_done(a, step)
+        live = still
 
 
 def _generate(generator: Generator, prompts: list, cfg: GenerationConfig) -> list[str]:
@@ -133,7 +152,7 @@ def _generate(generator: Generator, prompts: list, cfg: GenerationConfig) -> lis
     return texts
 
 
-def _row(env: Environment, env_name: str, a: _Attempt, step: Any, fingerprint: str, temperature: float,
+def _row(env: Environment, env_name: str, a: Attempt, step: Any, fingerprint: str, temperature: float,
          seed: int, max_steps: int) -> dict[str, Any]:
     """The JSONL row of a finished attempt."""
     answer = step.answer if step is not None else None

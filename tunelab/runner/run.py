@@ -24,6 +24,7 @@ from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.data.transforms.promptintern import stage_rows
 from tunelab.device import decide, default_device
 from tunelab.diagnostics import run_diagnostics
+from tunelab.envs.rollout import Rollouts
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.regimes import format_regimes, regime_table
 from tunelab.eval.stats import compare_paired
@@ -220,7 +221,13 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     reused: dict[str, Any] = {}
-    data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused, say)
+    objective = build_objective(cfg.objective)
+    if objective.kind == "online":  # grpo / rloo sample their own episodes as training goes
+        data = DataBundle([objective.params.env], [], [], [], {"online": {
+            "objective": objective.name, "env": objective.params.env, "group_size": objective.params.group_size,
+            "episodes_per_step": cfg.train.batch_size * cfg.train.grad_accum}})
+    else:
+        data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused, say)
     write_json(run_dir / "data" / "mixture.json", data.report)
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
     stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)  # promptintern: rows per step
@@ -236,7 +243,6 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                                str(model_info["resolved"]))
         reused["base_eval_seconds"] = round(time.perf_counter() - t_base, 1)  # a sweep's later runs reuse it
 
-    objective = build_objective(cfg.objective)
     if objective.needs_reference:  # the base model is the reference of every method: score before applying it
         _reference(model, tok.pad_token_id, data, cfg, precision, Path(data_cache) if data_cache else None,
                    str(model_info["resolved"]), reused, say)
@@ -248,6 +254,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     objective.prepare(model)  # an objective's own modules (choice_head's classifier)
     trainable, total = count_parameters(model)
     compiled, compile_why = decide_compile(cfg.train.compile, model, method.name, cfg.train.max_steps, device)
+    if objective.kind == "online" and compiled:  # the layers also decode every step, at changing shapes
+        compiled, compile_why = False, {"why": ["online objective: the model generates every step (compile off)"]}
     env = json.loads((run_dir / "env.json").read_text())
     write_json(run_dir / "env.json", {**env, "speed": {"compile": compiled, "compile_decision": compile_why,
                                                        "packing": data.report.get("packing")}})
@@ -258,6 +266,9 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})
                   for d in cfg.diagnostics if d["name"] == "grad_interference"]
     job.rows_at = stages
+    if objective.kind == "online":
+        job.rollouts = Rollouts(objective, tok, cfg.train.batch_size * cfg.train.grad_accum, precision,
+                                cfg.data.max_length, cfg.train.seed)
     model, summary = train(job)
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})

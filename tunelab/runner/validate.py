@@ -9,6 +9,7 @@ from tunelab.config import ConfigError, RunConfig, load_recipe
 from tunelab.data.sources import check_source
 from tunelab.data.transforms.base import build_transforms
 from tunelab.diagnostics.base import build_diagnostic
+from tunelab.envs.base import get_env
 from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
@@ -74,7 +75,10 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
             problems.append(msg if msg.startswith(where.split(":")[0]) else f"{where}: {msg}")
     if sum(t.get("name") == "promptintern" for t in cfg.data.transforms if isinstance(t, dict)) > 1:
         problems.append("data.transforms: at most one promptintern transform (it schedules the whole prompt)")
-    if not cfg.data.sources:
+    online = _online_problems(cfg)
+    if online is not None:
+        problems += online
+    elif not cfg.data.sources:
         problems.append("data.sources: at least one source is needed")
     names = [s.name for s in cfg.data.sources]
     if len(set(names)) != len(names):
@@ -92,4 +96,28 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     problems += _best_problems(cfg) + tracker_problems(t.report_to)
     if raise_errors and problems:
         raise ConfigError(f"{recipe_file or 'recipe'}: invalid recipe:\n  - " + "\n  - ".join(problems))
+    return problems
+
+
+def _online_problems(cfg: RunConfig) -> list[str] | None:
+    """An online objective's (grpo, rloo) problems: its environment, its group size against the step's
+    rows, and no data sources (it samples its own); None when the objective is not online."""
+    try:
+        objective = build_objective(cfg.objective)
+    except (ConfigError, KeyError, ValueError, TypeError):
+        return None  # reported by the objective check
+    if objective.kind != "online":
+        return None
+    p, problems = objective.params, []
+    try:
+        get_env(p.env, **p.env_options)
+    except (ConfigError, KeyError, ValueError, TypeError) as e:
+        problems.append(f"objective.env: {str(e).strip(chr(39))}")
+    rows = cfg.train.batch_size * cfg.train.grad_accum
+    if rows % p.group_size:
+        problems.append(f"objective.group_size: {p.group_size} must divide train.batch_size x train.grad_accum "
+                        f"({rows}): each step samples whole groups of episodes")
+    if cfg.data.sources:
+        problems.append(f"data.sources: objective {objective.name!r} samples its own episodes from objective.env "
+                        f"({p.env}); remove the data sources")
     return problems

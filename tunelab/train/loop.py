@@ -77,6 +77,10 @@ class TrainJob:
     """The training rows of step ``k`` (0-based) when they change as training goes (a per-step
     schedule such as ``promptintern``): the same number of rows as ``rows``, row ``i`` always made
     from the same example, so batches and resume stay exact; None: ``rows`` at every step."""
+    rollouts: Callable[[int, nn.Module], list] | None = None
+    """Online objectives (``grpo``, ``rloo``): step ``k``'s rows, sampled from the model as it is then
+    (``tunelab.envs.rollout.Rollouts``): ``batch_size x grad_accum`` rows, cut into the step's
+    micro-batches in order; ``rows`` is then empty."""
     probes: list[Callable[[int, nn.Module], Any]] = field(default_factory=list)
     """Called with (steps done, model) after every optimizer step (e.g. ``GradInterference``); they
     must not change training (their gradients and RNG use are their own)."""
@@ -345,8 +349,14 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 if method.on_step(step, acc.unwrap_model(model)):
                     optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
                 set_lr(optimizer, lr_at(step, cfg))
-                micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
-                rows = job.rows_at(step) if job.rows_at is not None else job.rows
+                if job.rollouts is not None:  # sampled now, from the current weights
+                    rows = job.rollouts(step, acc.unwrap_model(model))
+                    bs = -(-len(rows) // cfg.grad_accum)
+                    micro = [(list(range(i * bs, min(len(rows), (i + 1) * bs))), float(step))
+                             for i in range(cfg.grad_accum)]
+                else:
+                    micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+                    rows = job.rows_at(step) if job.rows_at is not None else job.rows
                 batches = [job.objective.collate([rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
                 sums, counts, tokens = _step(job, acc, model, batches)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))

@@ -116,11 +116,18 @@ def token_losses(
     chunk: int = 2048,
     virtual_tokens: int = 0,
     compiled: bool = False,
+    temperature: float = 1.0,
 ):
     """Per-target-token losses (n,) and the source index of each (n,).
 
     ``virtual_tokens``: positions the model prepends (prompt tuning), dropped before the head.
     ``compiled``: the head's cross-entropy through ``torch.compile`` (``train.compile``).
+    ``temperature``: the losses of logits / temperature (a sampling distribution's log-probabilities,
+    for online RL), computed as the head of hidden / temperature.
+
+    Raises:
+        ValueError: ``temperature`` other than 1 on a model that soft-caps its logits (the cap comes
+            before the temperature there, so the scaling cannot move into the hidden state).
     """
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
@@ -131,6 +138,11 @@ def token_losses(
     base = base_model(model)
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
+    if temperature != 1.0:
+        if softcap:
+            raise ValueError("a sampling temperature other than 1 in the loss is not supported for a model that "
+                             "soft-caps its logits (final_logit_softcapping)")
+        h = h / temperature
     if h.shape[0] and _fused_ok(head):
         for hook in head._forward_pre_hooks.values():  # e.g. very large dropout on h
             out = hook(head, (h,))

@@ -1,0 +1,186 @@
+"""GRPO and RLOO: advantages, and the loss and every gradient against TRL 1.16's GRPOTrainer."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+from tunelab.config import TrainConfig  # noqa: E402
+from tunelab.data.rollouts import RolloutRow, collate_rollouts  # noqa: E402
+from tunelab.data.tokenize import IGNORE, Encoded  # noqa: E402
+from tunelab.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from tunelab.train.objectives import build_objective  # noqa: E402
+
+TOL = 1e-5
+PROMPTS = ["2+2 is ", "3*3 is "]  # equal lengths: no left padding in TRL's batch (its positions would shift)
+COMPLETIONS = [["4", "four!", "5 I think"], ["9", "nine", "6"]]
+REWARDS = [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_grpo_advantages_are_group_normalised_and_rloo_leaves_one_out():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    g = rewards.view(3, 3)
+    want = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).flatten()  # TRL's formula
+    got = build_objective({"name": "grpo"}).advantages(rewards, groups)
+    torch.testing.assert_close(got, want)
+    assert torch.all(got[6:] == 0)  # a group of equal rewards teaches nothing
+    dr = build_objective({"name": "grpo", "scale_rewards": "none"}).advantages(rewards, groups)
+    torch.testing.assert_close(dr, (g - g.mean(1, keepdim=True)).flatten())
+    loo = build_objective({"name": "rloo"}).advantages(rewards, groups)
+    torch.testing.assert_close(loo, torch.tensor([0.5, 0.5, -1.0, 1.0, -0.5, -0.5, 0.0, 0.0, 0.0]))
+
+
+def test_a_group_of_one_is_refused():
+    with pytest.raises(Exception, match="group_size"):
+        build_objective({"name": "grpo", "group_size": 1})
+
+
+def _trl_inputs(tok):
+    prompt = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    assert len({len(p) for p in prompt}) == 1
+    comps = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for cs in COMPLETIONS for c in cs]
+    width = max(len(c) for c in comps)
+    prompt_ids = torch.tensor([prompt[i // 3] for i in range(6)])
+    completion_ids = torch.tensor([c + [tok.pad_token_id] * (width - len(c)) for c in comps])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in comps])
+    return prompt_ids, completion_ids, completion_mask, comps, width
+
+
+@pytest.mark.parametrize("loss_type, beta, temperature", [("dapo", 0.0, 0.7), ("grpo", 0.0, 1.0),
+                                                          ("dr_grpo", 0.0, 1.0), ("dapo", 0.04, 1.0)])
+def test_grpo_loss_and_gradients_equal_trl(tmp_path, loss_type, beta, temperature):
+    warnings.filterwarnings("ignore")
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=0).float()
+    with torch.no_grad():  # away from the initialisation, so the log-probs are not uniform
+        for p in base.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    objective = build_objective({"name": "grpo", "loss_type": loss_type, "beta": beta, "temperature": temperature,
+                                 "group_size": 3, "max_completion_length": 16})
+    rewards = torch.tensor([r for rs in REWARDS for r in rs])
+    advantages = objective.advantages(rewards, torch.tensor([0, 0, 0, 1, 1, 1]))
+    prompt_ids, completion_ids, completion_mask, comps, width = _trl_inputs(tok)
+    gen = torch.Generator().manual_seed(3)
+    ref = -torch.rand(completion_ids.shape, generator=gen) * 3  # a reference's per-token log-probs
+
+    args = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3,
+                          max_completion_length=16, temperature=temperature, loss_type=loss_type, beta=0.0,
+                          report_to=[], use_cpu=True, bf16=False)
+    theirs = copy.deepcopy(base).train()
+    data = datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS * 3])
+    trainer = trl.GRPOTrainer(model=theirs, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                              args=args, train_dataset=data, processing_class=tok)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.beta = beta  # set after construction: TRL would load its reference model by hub id for beta > 0
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
+              "completion_ids": completion_ids, "completion_mask": completion_mask, "advantages": advantages,
+              "num_items_in_batch": completion_mask.sum()}
+    if beta:
+        inputs["ref_per_token_logps"] = ref
+    trl_loss = trainer._compute_loss(trainer.model, inputs)
+    trl_loss.backward()
+
+    rows = []
+    for i, c in enumerate(comps):
+        ids = prompt_ids[i].tolist() + c
+        targets = [IGNORE] * (len(prompt_ids[i]) - 1) + c + [IGNORE]
+        rows.append(RolloutRow(Encoded(ids, targets, "env", str(i)), float(rewards[i]), i // 3, float(advantages[i]),
+                               ref_logps=ref[i, : len(c)].tolist() if beta else None))
+    ours = copy.deepcopy(base).train()
+    batch = collate_rollouts(rows, tok.pad_token_id)
+    losses, _ = objective(ours, batch, TrainConfig(loss_chunk=7), 0)
+    loss = losses.sum() / objective.units(batch)
+    loss.backward()
+    assert abs(loss.item() - trl_loss.item()) < TOL, (loss.item(), trl_loss.item())
+    g1 = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+    g2 = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert g1.keys() == g2.keys() and g1
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=TOL, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+# -- the objective in the one loop, on an environment ---------------------------------------------------
+
+def _recipe(tmp_path, tiny_dir, **objective):
+    import yaml
+
+    spec = {"name": "grpo", "env": "calculator", "group_size": 2, "max_new_tokens": 12, "episode_steps": 2,
+            "task_limit": 16, "env_options": {"oneshot": False, "source": "pairs"}, **objective}
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": str(tiny_dir), "data": {"sources": [], "max_length": 512}, "objective": spec,
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 5e-2, "precision": "fp32", "save_every": 0},
+        "eval": {"tasks": []}}))
+    return path
+
+
+def _longer_is_better(self, task, answer):
+    """A stand-in verifier the random tiny model can please: a longer final answer scores more."""
+    score = min(1.0, len(answer or "") / 8)
+    return {"success": score >= 0.5, "score": score}
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo"])
+def test_an_online_recipe_samples_scores_and_learns_in_the_loop(tmp_path, tiny_dir, monkeypatch, name):
+    import json
+
+    from tunelab.envs.calculator import Calculator
+    from tunelab.runner.run import run
+
+    monkeypatch.setattr(Calculator, "verify", _longer_is_better)
+    monkeypatch.setattr(Calculator, "act", lambda self, text: __import__("tunelab.envs.base", fromlist=["Step"]).Step(
+        done=True, answer=text.strip()))  # every turn is a final answer
+    out = run(_recipe(tmp_path, tiny_dir, name=name, reward="score", beta=0.05), out=str(tmp_path / "runs"),
+              quiet=True)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3
+    for m in metrics:
+        for key in ("reward", "reward_std", "success", "completion_tokens", "seconds_generation", "clip_ratio", "kl"):
+            assert key in m, key
+    assert any(m["reward_std"] > 0 and m["grad_norm"] > 0 for m in metrics)  # groups that disagree teach
+    env = json.loads((out / "env.json").read_text())
+    assert env["speed"]["compile"] is False
+    assert json.loads((out / "data" / "mixture.json").read_text())["online"]["episodes_per_step"] == 4
+
+
+def test_observations_carry_no_loss(tiny):
+    from tunelab.data.rollouts import encode_episode
+
+    _, tok = tiny
+    messages = [{"role": "user", "content": "Q: 2+3?"}, {"role": "assistant", "content": "calculate[2+3]"},
+                {"role": "user", "content": "Observation: 5"}, {"role": "assistant", "content": "finish[5]"}]
+    e = encode_episode(messages, tok, 512, "env", "x")
+    trained = tok.decode([t for t in e.targets if t != IGNORE])
+    assert "calculate[2+3]" in trained and "finish[5]" in trained and "Observation" not in trained
+
+
+def test_bad_online_recipes_fail_before_any_work(tmp_path, tiny_dir, monkeypatch):
+    import yaml
+
+    from tunelab.config import ConfigError
+    from tunelab.envs.calculator import Calculator
+    from tunelab.runner.run import run
+
+    path = _recipe(tmp_path, tiny_dir, env="no_such_env")
+    with pytest.raises(ConfigError, match="objective.env"):
+        run(path, out=str(tmp_path / "runs"), quiet=True)
+    path = _recipe(tmp_path, tiny_dir, group_size=3)
+    with pytest.raises(ConfigError, match="group_size: 3 must divide"):
+        run(path, out=str(tmp_path / "runs"), quiet=True)
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_dir).read_text())
+    recipe["data"]["sources"] = [{"name": "arith", "task": "arith", "count": 4}]
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="samples its own episodes"):
+        run(path, out=str(tmp_path / "runs"), quiet=True)
+    monkeypatch.setattr(Calculator, "verify", lambda self, task, answer: {"success": False, "score": float("nan")})
+    with pytest.raises(ValueError, match="NaN reward"):
+        run(_recipe(tmp_path, tiny_dir, reward="score"), out=str(tmp_path / "runs"), quiet=True)

@@ -1,0 +1,171 @@
+"""Online learning from a verifier: GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300) and RLOO
+(Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740), in the one loop.
+
+Each optimizer step samples G episodes for each of ``batch_size x grad_accum / G`` prompts of an
+environment (``tunelab ls envs``) from the current weights (:mod:`tunelab.envs.rollout`; LoRA adapters
+live), scores them with the environment's verifier and turns the rewards into advantages:
+
+* GRPO: ``A_i = (r_i - mean_group) / (std_group + 1e-4)`` (``scale_rewards: group``, TRL's default;
+  ``batch`` divides by the std of the whole step; ``none`` is Dr. GRPO's unscaled ``r_i - mean``);
+* RLOO: ``A_i = r_i - mean of the other G - 1 rewards of its group``.
+
+The loss is the clipped token-level objective of PPO/GRPO on the agent's own tokens (observations and
+prompts carry none), with the logits divided by the sampling temperature as TRL does:
+``-min(rho_t A, clip(rho_t, 1 - eps, 1 + eps_high) A) + beta KL_t``, ``rho_t = pi(a_t) / pi_old(a_t)``
+(one optimisation step per generation, so ``pi_old`` is the detached current policy and rho = 1 in
+value), ``KL_t = exp(ref - logp) - (ref - logp) - 1`` (times rho, TRL's bias correction) against the weights
+with the adapters disabled (``beta`` > 0; 0 by default, as TRL). Aggregation (``loss_type``, TRL's names): ``dapo`` (TRL's
+default: the mean over every completion token of the step), ``grpo`` (each episode's token mean, then
+the mean over episodes), ``dr_grpo`` (each episode's token sum over ``max_completion_length``).
+Parity with TRL 1.16's ``GRPOTrainer`` is a test (``tests/train/test_grpo.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from tunelab.config import TrainConfig, bound
+from tunelab.data.rollouts import collate_rollouts
+from tunelab.data.tokenize import IGNORE
+from tunelab.train.loss import token_losses
+from tunelab.train.objectives.base import OBJECTIVES, Objective
+
+
+@dataclass
+class GRPOParams:
+    """Recipe keys of ``objective: {name: grpo}`` (and ``rloo``)."""
+
+    env: str = "calculator"
+    """The environment whose tasks are the prompts and whose verifier gives the rewards (``tunelab ls envs``)."""
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the environment."""
+    group_size: int = field(default=4, metadata=bound(ge=2))
+    """G: episodes sampled per prompt (at least 2: the advantages compare them)."""
+    task_limit: int | None = field(default=None, metadata=bound(ge=1))
+    """Training tasks drawn from (the environment's first ``task_limit`` for ``train.seed``); None: all."""
+    temperature: float = field(default=1.0, metadata=bound(gt=0))
+    """Sampling temperature; the loss divides the logits by it too (the sampling distribution's log-probs)."""
+    max_new_tokens: int = field(default=96, metadata=bound(ge=1))
+    """Tokens per agent turn."""
+    episode_steps: int = field(default=4, metadata=bound(ge=1))
+    """Agent turns per episode at most."""
+    reward: Literal["success", "score"] = "success"
+    """``success`` (0/1) or the verifier's graded ``score``."""
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"
+    """How per-token losses are averaged (see the module docstring)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """GRPO's advantage scaling: by the group's std (GRPO), the step's std, or none (Dr. GRPO)."""
+    epsilon: float = field(default=0.2, metadata=bound(gt=0))
+    """Lower clip range of the ratio (1 - epsilon)."""
+    epsilon_high: float | None = field(default=None, metadata=bound(gt=0))
+    """Upper clip range (1 + epsilon_high); None: ``epsilon`` (DAPO raises it to 0.28)."""
+    beta: float = field(default=0.0, metadata=bound(ge=0))
+    """KL coefficient to the reference (the weights with adapters disabled); 0: no reference pass."""
+    kl_bias_correction: bool = True
+    """Multiply the KL term by the ratio, so its gradient is the unbiased reverse-KL gradient (TRL's default,
+    after DeepSeek-V3.2); it changes the gradient even on-policy, not the value."""
+    max_completion_length: int | None = field(default=None, metadata=bound(ge=1))
+    """``dr_grpo``'s constant denominator; None: ``max_new_tokens x episode_steps``."""
+
+
+class _Online(Objective):
+    """Shared by GRPO and RLOO: rollout rows, the clipped token loss and the step's metrics."""
+
+    Params = GRPOParams
+    kind: ClassVar[str] = "online"
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        if params.group_size < 2:
+            raise ValueError(f"objective.group_size must be >= 2 (the advantages compare a group), got "
+                             f"{params.group_size}")
+
+    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Advantages (N,) of rewards (N,) whose group index is ``groups`` (N,)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def group_stats(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-episode (group sum, group size, group std (unbiased)) of its group."""
+        n = int(groups.max()) + 1 if groups.numel() else 0
+        r = rewards.double()
+        sums = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, r)
+        sizes = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, torch.ones_like(r))
+        means = sums / sizes
+        sq = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, (r - means[groups]) ** 2)
+        std = (sq / (sizes - 1).clamp(min=1)).sqrt()
+        return sums[groups], sizes[groups], std[groups]
+
+    def collate(self, rows: list, pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
+        """Right-padded episodes with their advantages."""
+        return collate_rollouts(rows, pad_id)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``)."""
+        if self.params.loss_type == "dapo":
+            return int((batch["targets"] != IGNORE).sum())
+        return int(batch["advantages"].shape[0])
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
+                 virtual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-unit losses (tokens or episodes) and their source index."""
+        p = self.params
+        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "targets", "source_idx")}
+        nll, src = token_losses(model, inputs, cfg.loss_chunk, virtual_tokens, cfg.compile,
+                                temperature=p.temperature)
+        logp = -nll.float()
+        mask = batch["targets"] != IGNORE
+        row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+        adv = batch["advantages"].to(logp)[row]
+        ratio = torch.exp(logp - logp.detach())  # one step per generation: pi_old is the current policy
+        high = p.epsilon_high if p.epsilon_high is not None else p.epsilon
+        clipped = torch.clamp(ratio, 1 - p.epsilon, 1 + high)
+        per_token = -torch.min(ratio * adv, clipped * adv)
+        if p.beta:
+            ref = batch["ref_logps"].to(logp.device)[mask].to(logp)
+            kl = torch.exp(ref - logp) - (ref - logp) - 1
+            if p.kl_bias_correction:  # the ratio is 1 in value but carries the unbiased reverse-KL gradient
+                kl = kl * ratio
+            per_token = per_token + p.beta * kl
+            self.record("kl", kl.detach())
+        self.record("clip_ratio", ((ratio < 1 - p.epsilon) & (adv < 0) | (ratio > 1 + high) & (adv > 0)).float())
+        if p.loss_type == "dapo":
+            return per_token, src
+        n = mask.shape[0]
+        sums = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add(0, row, per_token)
+        if p.loss_type == "grpo":
+            counts = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add(
+                0, row, torch.ones_like(per_token))
+            return sums / counts.clamp(min=1), batch["example_source"].to(per_token.device)
+        denom = p.max_completion_length or p.max_new_tokens * p.episode_steps
+        return sums / denom, batch["example_source"].to(per_token.device)
+
+
+@OBJECTIVES.register("grpo")
+class GRPO(_Online):
+    """Group Relative Policy Optimization: G episodes per prompt, group-normalised advantages, clipped loss."""
+
+    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """``(r - group mean) / (std + 1e-4)`` with the group's, the step's or no std (``scale_rewards``)."""
+        sums, sizes, std = self.group_stats(rewards, groups)
+        centred = rewards.double() - sums / sizes
+        if self.params.scale_rewards == "group":
+            centred = centred / (std + 1e-4)
+        elif self.params.scale_rewards == "batch":
+            centred = centred / (rewards.double().std() + 1e-4)
+        return centred.float()
+
+
+@OBJECTIVES.register("rloo")
+class RLOO(_Online):
+    """REINFORCE Leave-One-Out: each episode's baseline is the mean reward of the others of its group."""
+
+    def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """``r_i - (group sum - r_i) / (G - 1)``."""
+        sums, sizes, _ = self.group_stats(rewards, groups)
+        r = rewards.double()
+        return (r - (sums - r) / (sizes - 1).clamp(min=1)).float()
