@@ -425,6 +425,25 @@ def resolve_recipe(path: str | Path) -> Path:
     raise ConfigError(f"recipe not found: {path} (not a file, nor a built-in recipe name; built-in: {names})")
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty file: {}).
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or holds something other than a mapping
+            (the message names the file and says it should be ``what``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys")
+    return doc
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a recipe (or the defaults when ``path`` is None) with overrides applied.
 
@@ -433,12 +452,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     where = "defaults"
     if path is not None:
         path = resolve_recipe(path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+        tree = read_yaml_mapping(path, "recipe")
         where = str(path)
     for ov in overrides or []:
         apply_override(tree, ov)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tunelab.config import ConfigError, apply_override, bound, from_dict
+from tunelab.config import ConfigError, apply_override, bound, from_dict, read_yaml_mapping
 
 PROGRAMMATIC = "programmatic"
 """The evolver / judge / answerer spec of the ``instruct`` family's programmatic operators (no model)."""
@@ -125,13 +125,8 @@ def load_evolve_config(recipe: str | Path | None = None, overrides: list[str] | 
     where = "evolve"
     if recipe is not None:
         path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
-        if not isinstance(doc, dict) or not isinstance(doc.get("evolve", {}), dict):
+        doc = read_yaml_mapping(path, "recipe")
+        if not isinstance(doc.get("evolve", {}), dict):
             raise ConfigError(f"{path}: expected a mapping with an 'evolve:' section")
         tree = dict(doc.get("evolve") or {})
         where = f"{path}: evolve"

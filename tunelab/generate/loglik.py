@@ -16,7 +16,7 @@ from tunelab.device import autocast
 from tunelab.generate.base import Generator, Prompt, encode_prompt
 from tunelab.generate.hf import HFGenerator, fingerprint
 from tunelab.models.heads import head_of, last_token_features
-from tunelab.models.load import final_hidden_states
+from tunelab.models.load import cache_kwarg, final_hidden_states
 
 
 class LoglikScorer(Protocol):
@@ -165,13 +165,14 @@ class ChoiceHeadScorer(HFLoglikScorer):
                                      device=self.device)
             lengths = torch.tensor([len(cont) for _, _, cont in rows], device=self.device)
             with torch.no_grad(), autocast(self.device.type, self.precision):
-                cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                   logits_to_keep=1).past_key_values
+                out_prompt = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                        logits_to_keep=1)
+                cache = getattr(out_prompt, "cache", None) or out_prompt.past_key_values
                 cache.batch_select_indices(pick)  # one cache row per (prompt, choice) row
                 full_mask = torch.cat([mask[pick], cont_mask], dim=1)
                 cont_pos = positions[pick, -1:] + 1 + torch.arange(width, device=self.device)[None]
                 hidden = final_hidden_states(self.model, input_ids=cont_ids, attention_mask=full_mask,
-                                             position_ids=cont_pos, past_key_values=cache)
+                                             position_ids=cont_pos, **{cache_kwarg(self.model): cache})
                 last = (lengths - 1).clamp(min=0)
                 scores = head(hidden[torch.arange(len(rows), device=self.device), last]).float().cpu()
             for (_, i, _), v in zip(rows, scores.tolist()):

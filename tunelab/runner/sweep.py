@@ -49,7 +49,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from tunelab.config import ConfigError, RunConfig, apply_override, dump_yaml, from_dict
+from tunelab.config import ConfigError, RunConfig, apply_override, dump_yaml, from_dict, read_yaml_mapping
 from tunelab.io import FolderLock, write_json
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.aggregate import aggregate, format_table
@@ -205,14 +205,7 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
         ConfigError: naming the sweep file and the key, factor or run that is wrong.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a sweep file must be a mapping of keys")
+    spec = read_yaml_mapping(path, "sweep file")
     errors: list[str] = []  # every independent problem, reported at once
 
     def attempt(fn: Callable[[], Any], default: Any) -> Any:
