@@ -98,6 +98,52 @@ def test_sample_and_evolve_sources_build_once(cache: Path) -> None:
         assert not (cache / f"{spec['kind']}-{first.key}.partial").exists()
 
 
+def test_gold_demonstrations_play_the_reference_equations_and_all_succeed(cache: Path) -> None:
+    from tunelab.envs.base import get_env
+    from tunelab.envs.gold import equations
+
+    assert equations("6 * 4 = 24. 31 - 24 = 7.\n#### 7") == ["6 * 4", "31 - 24"]
+    built = build(SourceConfig(name="gold", generate={"kind": "gold", "limit": 12, "seed": 3}), None, lambda m: None)
+    rows = [json.loads(x) for x in built.path.read_text().splitlines()]
+    tasks = {t.id: t for t in get_env("calculator").tasks(12, 3)}
+    assert len(rows) == 12 and all(r["outcome"]["success"] for r in rows)
+    for r in rows:
+        actions = [m["content"].split("Action: ", 1)[1] for m in r["messages"] if m["role"] == "assistant"]
+        want = [f"calculate[{e}]" for e in equations(tasks[r["task_id"]].meta["solution"])]
+        assert actions[:-1] == want and actions[-1] == f"finish[{tasks[r['task_id']].meta['answer']}]"
+
+
+def test_a_pool_sampled_from_the_model_a_recipe_trains(cache: Path, tmp_path: Path) -> None:
+    """``model: recipe:<file>``: the recipe (itself on a generated gold source) is trained once into the
+    cache, then sampled; a second pool with the same recipe reuses the run; editing the recipe changes
+    the pool's key."""
+    gold = {"kind": "gold", "env_options": {"source": "pairs", "oneshot": False}, "limit": 8}
+    recipe = {"model": "tiny", "data": {"sources": [{"name": "gold", "format": "trajectory", "generate": gold}],
+                                        "max_length": 512},
+              "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+              "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "save_every": 0},
+              "eval": {"tasks": []}}
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump(recipe))
+    spec = {"kind": "sample", "env": "calculator", "model": "recipe:teach.yaml", "attempts": 2, "limit": 2,
+            "max_steps": 1, "max_new_tokens": 4, "env_options": {"source": "pairs", "oneshot": False}}
+    said: list[str] = []
+    first = build(SourceConfig(name="pool", generate=spec), str(tmp_path), said.append)
+    assert len(first.path.read_text().splitlines()) == 4
+    assert any("training it first" in m for m in said)
+    runs = list((cache / "runs").glob("*/*/results.json"))
+    assert len(runs) == 1
+    said.clear()
+    other = build(SourceConfig(name="pool", generate={**spec, "seed": 1}), str(tmp_path), said.append)
+    assert not other.reused and any("reusing the run" in m for m in said)
+    before = _key(spec, str(tmp_path))
+    recipe["train"]["max_steps"] = 3
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump(recipe))
+    assert _key(spec, str(tmp_path)) != before
+    problems = generated.check_generated(SourceConfig(name="pool", generate={**spec, "model": "recipe:nope.yaml"}),
+                                         str(tmp_path))
+    assert problems and "generate.model" in problems[0] and "nope.yaml" in problems[0]
+
+
 # ----------------------------------------------------------------------------- the key
 
 

@@ -48,10 +48,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from tunelab.config import ConfigError, RunConfig, SourceConfig, bound, from_dict, is_run, to_dict
+from tunelab.config import (
+    ConfigError,
+    RunConfig,
+    SourceConfig,
+    bound,
+    from_dict,
+    is_run,
+    load_recipe,
+    resolve_recipe,
+    to_dict,
+)
 from tunelab.data.sources import resolve_data_path
 from tunelab.envs.base import ENVS, get_env
 from tunelab.envs.drill import paired_set
+from tunelab.envs.gold import gold_traces
 from tunelab.envs.sample import check_sample_args, sample
 from tunelab.evolve.config import PROGRAMMATIC, EvolveConfig
 from tunelab.evolve.evol_instruct import evolve
@@ -87,7 +98,10 @@ class SampleSpec:
     env: str = ""
     """The environment (``tunelab ls envs``); required."""
     model: str = ""
-    """Who acts: a model alias, hub id, local folder, finished run folder or ``http(s)://host:port/v1#name``; required."""
+    """Who acts: a model alias, hub id, local folder, finished run folder, ``http(s)://host:port/v1#name``,
+    or ``recipe:<recipe>`` (a recipe file, relative to the recipe's folder, or a built-in name): the model
+    that recipe trains, run once into the cache and reused while the recipe and tunelab's code are the same;
+    required."""
     env_options: dict[str, Any] = field(default_factory=dict)
     """The environment's options (``--env-option KEY=VALUE``), e.g. ``{source: pairs, oneshot: false}``."""
     attempts: int = field(default=4, metadata=bound(ge=1))
@@ -110,7 +124,23 @@ class SampleSpec:
     """Attempts advanced together."""
 
 
-SPECS: dict[str, type] = {"drill": DrillSpec, "sample": SampleSpec, "evolve": EvolveConfig}
+@dataclass
+class GoldSpec:
+    """``kind: gold``: one gold demonstration per calculator task, played from its reference solution
+    (:func:`tunelab.envs.gold.gold_traces`): the ReAct format a model learns before sampling its own."""
+
+    kind: Literal["gold"] = "gold"
+    env: Literal["calculator"] = "calculator"
+    """The environment whose format the demonstrations show (the calculator, whose tasks carry solutions)."""
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """The environment's options, e.g. ``{source: arith, oneshot: true}``."""
+    limit: int = field(default=400, metadata=bound(ge=1))
+    """Tasks (one demonstration each)."""
+    seed: int = 0
+    """Seed of the tasks."""
+
+
+SPECS: dict[str, type] = {"drill": DrillSpec, "sample": SampleSpec, "evolve": EvolveConfig, "gold": GoldSpec}
 """The kinds of generated source and the dataclass of each one's options."""
 EVOLVE_NOT_OPTIONS = ("out", "recipe_dir", "progress")
 """EvolveConfig keys a generated source does not take (the file, its folder and the progress bars are tunelab's)."""
@@ -118,6 +148,7 @@ EVOLVE_NOT_KEYED = ("prices",)
 """EvolveConfig keys that do not change the rows (only the report's costs), left out of the key."""
 CODE: dict[str, tuple[str, ...]] = {
     "drill": ("tunelab.envs", "tunelab.data.tasks"),
+    "gold": ("tunelab.envs", "tunelab.data.tasks"),
     "sample": ("tunelab.envs", "tunelab.data.tasks"),
     "evolve": ("tunelab.evolve", "tunelab.data.tasks"),
 }
@@ -183,8 +214,14 @@ def parse_generated(spec: Any) -> Generated:
     return Generated(kind, parsed)
 
 
-def _model_problem(key: str, spec: str) -> str | None:
+def _model_problem(key: str, spec: str, recipe_dir: str | None = None) -> str | None:
     """Why ``spec`` names no model (None: it does); hub ids and URLs are checked when used."""
+    if spec.startswith(RECIPE_PREFIX):
+        try:
+            _recipe_path(spec, recipe_dir)
+        except ConfigError as e:
+            return f"generate.{key}: {e}"
+        return None
     if spec in ALIASES or Path(spec).expanduser().is_dir() or is_url(spec):
         return None
     if "/" in spec and not spec.startswith((".", "/", "~")):
@@ -193,7 +230,7 @@ def _model_problem(key: str, spec: str) -> str | None:
             "folder, a hub id or a server URL")
 
 
-def _sample_problems(opts: SampleSpec) -> list[str]:
+def _sample_problems(opts: SampleSpec, recipe_dir: str | None = None) -> list[str]:
     problems = []
     if opts.env not in ENVS:
         return [f"generate.env: unknown environment {opts.env!r}; valid: {', '.join(ENVS.names())}"]
@@ -207,7 +244,7 @@ def _sample_problems(opts: SampleSpec) -> list[str]:
                 resolve_data_path(value, None)
             except DataError as e:
                 problems.append(f"generate.env_options.path: {e}")
-    if (p := _model_problem("model", opts.model)) is not None:
+    if (p := _model_problem("model", opts.model, recipe_dir)) is not None:
         problems.append(p)
     return problems
 
@@ -249,7 +286,7 @@ def check_generated(src: SourceConfig, recipe_dir: str | None) -> list[str]:
     except ConfigError as e:
         return [str(e)]
     if spec.kind == "sample":
-        return _sample_problems(spec.options)
+        return _sample_problems(spec.options, recipe_dir)
     if spec.kind == "evolve":
         return _evolve_problems(spec.options, recipe_dir)
     return []
@@ -310,6 +347,8 @@ def key_inputs(spec: Generated, recipe_dir: str | None) -> dict[str, Any]:
     tree: dict[str, Any] = {"kind": spec.kind, "options": _options(spec), "code": code_fingerprint(spec)}
     roles = {"sample": ("model",), "evolve": ("evolver", "answerer", "judge")}.get(spec.kind, ())
     weights = {r: w for r in roles if (w := _weights(getattr(spec.options, r))) is not None}
+    if spec.kind == "sample" and spec.options.model.startswith(RECIPE_PREFIX):
+        tree["model_recipe"] = recipe_model_key(spec.options.model, recipe_dir)
     if weights:
         tree["weights"] = weights
     files: dict[str, str] = {}
@@ -338,12 +377,20 @@ def _build_drill(opts: DrillSpec, work: Path, recipe_dir: str | None, say: Calla
     return out, {p: {k: s[k] for k in ("trajectories", "success_rate")} for p, s in summaries.items()}
 
 
+def _build_gold(opts: GoldSpec, work: Path, recipe_dir: str | None, say: Callable[[str], None]) -> tuple[Path, Any]:
+    out = work / "pool.jsonl"
+    return out, gold_traces(out, env_options=opts.env_options, limit=opts.limit, seed=opts.seed)
+
+
 def _build_sample(opts: SampleSpec, work: Path, recipe_dir: str | None, say: Callable[[str], None]) -> tuple[Path, Any]:
     env = get_env(opts.env, **opts.env_options)
     settings = {"attempts": opts.attempts, "limit": opts.limit, "temperature": opts.temperature,
                 "max_steps": opts.max_steps, "max_new_tokens": opts.max_new_tokens, "max_live": opts.max_live}
     check_sample_args(**settings)
-    generator = build_generator(opts.model, backend=opts.backend, batch_size=opts.batch_size, progress=False)
+    model = opts.model
+    if model.startswith(RECIPE_PREFIX):
+        model = str(recipe_model(model, recipe_dir, say))
+    generator = build_generator(model, backend=opts.backend, batch_size=opts.batch_size, progress=False)
     out = work / "pool.jsonl"  # appended to and resumable: a killed build continues here
     return out, sample(env, opts.env, generator, out, seed=opts.seed, progress=False, **settings)
 
@@ -355,7 +402,76 @@ def _build_evolve(cfg: EvolveConfig, work: Path, recipe_dir: str | None, say: Ca
 
 
 BUILDERS: dict[str, Callable[..., tuple[Path, Any]]] = {
-    "drill": _build_drill, "sample": _build_sample, "evolve": _build_evolve}
+    "drill": _build_drill, "sample": _build_sample, "evolve": _build_evolve, "gold": _build_gold}
+
+
+# ----------------------------------------------------------------------------- a model a recipe trains
+
+RECIPE_PREFIX = "recipe:"
+"""``model: recipe:<recipe>``: the model the recipe trains (see :func:`recipe_model`)."""
+RecipeRunner = Callable[[Path, Path, Callable[[str], None]], Path]
+"""``(recipe file, runs folder, say) -> finished run folder``: how a recipe is run (``tunelab.runner.run``
+gives it with :func:`set_recipe_runner`, as it sits above this module)."""
+_RECIPE_RUNNER: list[RecipeRunner] = []
+
+
+def set_recipe_runner(runner: RecipeRunner) -> None:
+    """Say how a recipe is run (called once by :mod:`tunelab.runner.run`, which imports this module)."""
+    _RECIPE_RUNNER[:] = [runner]
+
+
+def _recipe_path(spec: str, recipe_dir: str | None) -> Path:
+    """The recipe file of ``recipe:<recipe>`` (relative to ``recipe_dir``, else a built-in name).
+
+    Raises:
+        ConfigError: no such file or built-in recipe.
+    """
+    name = spec[len(RECIPE_PREFIX):].strip()
+    local = Path(recipe_dir or ".") / name
+    if local.is_file():
+        return local.resolve()
+    return resolve_recipe(name)
+
+
+def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
+    """What the recipe's model depends on: its resolved configuration (generated sources' keys included
+    through their options) and tunelab's training code; the digest names the cached run."""
+    path = _recipe_path(spec, recipe_dir)
+    cfg = load_recipe(path)
+    tree = {"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": _code_digest(
+        ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.models", "tunelab.regularizers"))}
+    return digest(tree)
+
+
+def _code_digest(packages: tuple[str, ...]) -> str:
+    h = hashlib.sha1()
+    for name, f in sorted({named for p in packages for named in _package_files(p)}):
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def recipe_model(spec: str, recipe_dir: str | None, say: Callable[[str], None] = print) -> Path:
+    """The finished run folder of ``recipe:<recipe>``: reused from ``<cache>/generated/runs/<key>/`` when
+    it exists, else trained there first (locked: a parallel build waits and reuses it).
+
+    Raises:
+        ConfigError: an unknown recipe, or no recipe runner (this module used without the runner).
+    """
+    if not _RECIPE_RUNNER:
+        raise ConfigError("model: recipe:... needs tunelab.runner.run (import it to train a recipe's model)")
+    path = _recipe_path(spec, recipe_dir)
+    runs = folder() / "runs" / recipe_model_key(spec, recipe_dir)
+    done = [d for d in runs.glob("*") if (d / "results.json").is_file()] if runs.is_dir() else []
+    if done:
+        say(f"model {spec}: reusing the run {done[0]}")
+        return done[0]
+    runs.mkdir(parents=True, exist_ok=True)
+    with _locked(runs / ".lock"):
+        done = [d for d in runs.glob("*") if (d / "results.json").is_file()]
+        if done:
+            return done[0]
+        say(f"model {spec}: training it first ({path}) into {runs}")
+        return _RECIPE_RUNNER[0](path, runs, say)
 
 
 @contextlib.contextmanager

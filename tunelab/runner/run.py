@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
+from tunelab.runner.generated import set_recipe_runner
 from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
 from tunelab.train.artifacts import load_start
@@ -294,6 +296,14 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         run_diagnostics(run_dir, cfg.diagnostics, say=say)
     say(f"report: {run_report(run_dir)}")
     return run_dir
+
+
+def _train_recipe_model(recipe: Path, runs: Path, say: Callable[[str], None]) -> Path:
+    """A generated source's ``model: recipe:<recipe>``: run the recipe into ``runs`` (its folder)."""
+    return run(recipe, out=str(runs), quiet=True)
+
+
+set_recipe_runner(_train_recipe_model)  # tunelab.runner.generated sits below this module
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
