@@ -285,3 +285,8 @@ def test_no_recipe_or_sweep_reads_a_file_a_command_must_make_first() -> None:
     source, so it validates even in a checkout where an old runs/ folder happens to hold the file."""
     for path in RECIPE_FILES + SWEEP_FILES:
         assert not [p for p in _paths(yaml.safe_load(path.read_text())) if "runs/" in p], path
+
+
+def test_gold_needs_tasks_with_reference_equations(tmp_path: Path) -> None:
+    src = SourceConfig(name="gold", generate={"kind": "gold", "env_options": {"source": "pairs"}})
+    assert "generate.env_options.source" in generated.check_generated(src, None)[0]

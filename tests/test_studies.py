@@ -274,3 +274,24 @@ def test_an_ensemble_of_an_arms_seeds_is_scored_from_the_records(tmp_path: Path,
     assert "| rank 4 beats the ensemble of rank 2 | nlp_mc | rank=4 vs ensemble(rank=2) |" in out
     with pytest.raises(ConfigError, match="rank='8' names no level"):
         load_sweep(_study(tmp_path, name="bad", hypotheses=[{**claims[0], "versus": "ensemble(rank=8)"}]))
+
+
+def test_a_pool_gate_reads_the_generated_pools_make_up_from_the_record(tmp_path: Path, capsys) -> None:
+    """``pool_range``: the success rate of a generated pool (from the pilot baseline's record) must lie in its
+    range; the findings show the pool's make-up."""
+    gold = {"kind": "gold", "env_options": {"oneshot": False}, "limit": 8}
+    pool = [f"data.sources=[{{name: pool, format: trajectory, generate: {json.dumps(gold)}}}]"]
+    overrides = pool + [o for o in OVERRIDES if not o.startswith("data.sources")]
+    path = _study(tmp_path, overrides=overrides, pool_range={"pool": [0.2, 0.6]})
+    assert main(["sweep", "pilot", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "pool pool: too few failures (1.000 outside [0.2, 0.6])" in err, err[-700:]
+    record = next(iter(load_records(load_sweep(path).records, "demo", load_sweep(path).digests())[0].values()))
+    assert record["pools"]["pool"]["kind"] == "gold" and record["pools"]["pool"]["summary"]["trajectories"] == 8
+    spec = json.loads(path.read_text())
+    spec["pool_range"] = {"pool": [0.5, 1.0]}
+    path.write_text(json.dumps(spec))
+    assert main(["sweep", "pilot", str(path)]) == 0
+    assert main(["sweep", "report", str(tmp_path / "studies" / "demo"), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "**Pool `pool`** (gold, key " in out and "8 episodes on 8 tasks, success rate 1.000" in out

@@ -407,6 +407,26 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
                          + ("the seeds were spent anyway (--accept-floor-ceiling): claims on these tasks are "
                             "measured at the floor or ceiling" if pilot["accepted"] else "refused"))
         out += [f"**Pilot** (baseline arm, first seed): {scores or 'no gated task'}; {gate_text}.", ""]
+    return out + _pool_lines(study)
+
+
+def _pool_lines(study: dict[str, Any]) -> list[str]:
+    """Each generated pool's make-up (the pilot baseline's record: episodes, success rate, failure kinds)."""
+    pools: dict[str, Any] = {}
+    for r in study.get("_records", []):
+        for source, pool in (r["record"].get("pools") or {}).items():
+            pools.setdefault(source, pool)
+    out = []
+    for source, pool in sorted(pools.items()):
+        s = pool.get("summary") or {}
+        if "success_rate" not in s:
+            continue
+        n = s.get("trajectories") or 0
+        kinds = ", ".join(f"{k} {v} ({v / n:.0%})" for k, v in sorted((s.get("failures") or {}).items(),
+                                                                       key=lambda kv: -kv[1])) if n else ""
+        out += [f"**Pool `{source}`** ({pool.get('kind')}, key {pool.get('key')}): {n} episodes on {s.get('tasks')} "
+                f"tasks, success rate {s['success_rate']:.3f}, tasks solved at least once "
+                f"{s.get('tasks_solved_at_least_once')}; failures: {kinds or 'none'}.", ""]
     return out
 
 

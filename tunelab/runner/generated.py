@@ -289,6 +289,11 @@ def check_generated(src: SourceConfig, recipe_dir: str | None) -> list[str]:
         return _sample_problems(spec.options, recipe_dir)
     if spec.kind == "evolve":
         return _evolve_problems(spec.options, recipe_dir)
+    if spec.kind == "gold":
+        source = spec.options.env_options.get("source", "arith")
+        if source not in ("arith", "arith_ood"):
+            return [f"generate.env_options.source: gold demonstrations are played from reference equations, "
+                    f"which the calculator's arith and arith_ood tasks have; got {source!r}"]
     return []
 
 

@@ -20,7 +20,8 @@ then on it is frozen (a pre-registration), and the findings carry its labels.
 
 **Pilot** (``tunelab sweep pilot FILE``): the baseline arm (and ``pilot_arms``) at the first seed,
 recorded like any run. The gate: the baseline's score on every task a hypothesis names must lie in
-``pilot_range`` (default [0.2, 0.8]; tasks scored by a loss are not gated); outside it the sweep
+``pilot_range`` (default [0.2, 0.8]; tasks scored by a loss are not gated), and the success rate of each
+generated pool named in ``pool_range`` (read from the record's ``pools``) in its range; outside it the sweep
 refuses to spend the other seeds unless ``--accept-floor-ceiling`` is given, which the findings say.
 """
 
@@ -245,8 +246,20 @@ def gate(sweep: Any, records: dict[str, dict[str, Any]], accept: bool = False) -
         elif not lo <= value <= hi:
             outside.append({"task": task, "score": value, "range": [lo, hi],
                             "why": "at the floor" if value < lo else "at the ceiling"})
+    pools = {}
+    for source, (lo, hi) in getattr(sweep, "pool_range", {}).items():
+        summary = (record.get("pools", {}).get(source) or {}).get("summary") or {}
+        rate = summary.get("success_rate")
+        pools[source] = {"success_rate": rate, "range": [lo, hi], "failures": summary.get("failures", {}),
+                         "trajectories": summary.get("trajectories")}
+        if rate is None:
+            outside.append({"task": f"pool {source}", "score": None,
+                            "why": "the baseline's record holds no summary of this generated pool"})
+        elif not lo <= rate <= hi:
+            outside.append({"task": f"pool {source}", "score": rate, "range": [lo, hi],
+                            "why": "too few successes" if rate < lo else "too few failures"})
     return {"run": base.name, "range": {t: list(r) for t, r in ranges.items()}, "scores": scores, "not_gated": not_gated, "outside": outside,
-            "passed": not outside, "accepted": bool(outside) and accept}
+            "passed": not outside, "accepted": bool(outside) and accept} | ({"pools": pools} if pools else {})
 
 
 def gate_message(sweep: Any, result: dict[str, Any]) -> str:

@@ -15,7 +15,9 @@ file or ``--records DIR`` moves it). A record holds:
   value the paired tests compare, the prediction cut to :data:`PREDICTION_CHARS` characters, and for
   multiple choice each choice's log-likelihood and the answer's index (an ensemble of runs is scored
   from these);
-* ``diagnostics``: every diagnostic's result; ``seconds``: the whole run, diagnostics included.
+* ``diagnostics``: every diagnostic's result; ``seconds``: the whole run, diagnostics included;
+* ``pools`` (runs on generated sources): each pool's kind, key, rows and its build's summary (a sampled
+  pool's success rate and failure kinds), what a study's pool gate and findings read.
 
 No weights: a typical record is a few KB to a few tens of KB. Records are written byte for byte
 reproducibly (:func:`tunelab.io.write_json_gz`), so rewriting one from the same run changes nothing.
@@ -34,6 +36,7 @@ from typing import Any
 from tunelab.config import ConfigError, to_dict
 from tunelab.io import DataError, read_json_gz, read_jsonl, write_json_gz
 from tunelab.runner.compare import item_value
+from tunelab.runner.generated import folder as generated_folder
 
 FORMAT = "tunelab.study-record/1"
 CURVE_POINTS = 200
@@ -115,14 +118,32 @@ def build_record(study: str, run_dir: Path, *, arm: dict[str, str], seed: int, c
     cfg = to_dict(config) if not isinstance(config, dict) else dict(config)
     for key in ("out", "name", "recipe_dir"):
         cfg.pop(key, None)
+    pools = generated_pools(run_dir)
     return {
         "format": FORMAT, "study": study, "run": run_dir.name, "arm": dict(arm), "seed": int(seed),
         "config_digest": config_digest, "config": cfg, "host": _host(env),
         "train": results.get("run", {}).get("train", {}), "loss_curve": thin(curve), "heldout_curve": thin(held),
         "peak_mem_mb": max(peaks) if peaks else None, "results": results, "items": items,
-        "diagnostics": diagnostics,
+        "diagnostics": diagnostics, **({"pools": pools} if pools else {}),
         "seconds": round(float(results.get("run", {}).get("seconds", 0) or 0) + diag_seconds, 1),
     }
+
+
+def generated_pools(run_dir: Path) -> dict[str, Any]:
+    """The make-up of each generated source a run trained on (``data/mixture.json`` names them; the build's
+    summary sits beside the pool in the cache): ``{source: {kind, key, rows, summary}}``; {} when none or
+    when the cache no longer holds the summary."""
+    mixture = Path(run_dir) / "data" / "mixture.json"
+    if not mixture.is_file():
+        return {}
+    out = {}
+    for source, built in (json.loads(mixture.read_text()).get("generated") or {}).items():
+        info = generated_folder() / Path(built["file"]).with_suffix(".json").name
+        if info.is_file():
+            meta = json.loads(info.read_text())
+            out[source] = {"kind": meta.get("inputs", {}).get("kind"), "key": built["key"], "rows": meta.get("rows"),
+                           "summary": meta.get("summary")}
+    return out
 
 
 def record_path(folder: Path, run: str) -> Path:

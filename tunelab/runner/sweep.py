@@ -59,7 +59,7 @@ from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
 
 SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "records", "question",
-              "hypotheses", "pilot_arms", "pilot_range", "assume")
+              "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume")
 HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "direction", "effect", "source")
 BACKENDS = ("local", "inline", "ray")
 ENSEMBLE = "ensemble"
@@ -117,6 +117,10 @@ class Sweep:
     pilot_range: dict[str, tuple[float, float]] = field(default_factory=lambda: {"default": (0.2, 0.8)})
     """The baseline's score on each claimed task must lie inside its range (``pilot_range:`` [lo, hi] for
     every task, or per task with a ``default``)."""
+    pool_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """The success rate of each named generated pool (``pool_range: {source: [lo, hi]}``), read from the
+    pilot baseline's record, must lie inside its range: a sampled pool of natural failures needs both
+    kinds of episode."""
     assume: dict[str, float] = field(default_factory=dict)
     """The plan's stated assumptions (``assume: {item_correlation, seed_sd}``) where no records tell."""
 
@@ -254,6 +258,7 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
                       lambda i=i, g=given: _arm_label(f"{path}: pilot_arms[{i}]", g, factors, baseline), None))],
                   pilot_range=attempt(lambda: _pilot_range(path, spec.get("pilot_range", [0.2, 0.8])),
                                       {"default": (0.2, 0.8)}),
+                  pool_range=attempt(lambda: _pool_range(path, spec.get("pool_range") or {}), {}),
                   assume=attempt(lambda: _assume(path, spec.get("assume") or {}), {}))
     if recipe.is_file() and factors:
         base_tree = yaml.safe_load(recipe.read_text()) or {}
@@ -313,6 +318,13 @@ def _arm_label(where: str, given: Any, factors: dict[str, dict[str, Any]], basel
                               f"(factors: {', '.join(f'{k}: {list(v)}' for k, v in factors.items())})")
         levels[f] = lv
     return Arm(levels, {}).label
+
+
+def _pool_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
+    """``pool_range: {source: [lo, hi]}``: each with 0 <= lo < hi <= 1."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: pool_range: give {{source: [low, high]}}, got {spec!r}")
+    return {str(src): _pilot_range(path, value)["default"] for src, value in spec.items()}
 
 
 def _pilot_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
