@@ -290,3 +290,23 @@ def test_no_recipe_or_sweep_reads_a_file_a_command_must_make_first() -> None:
 def test_gold_needs_tasks_with_reference_equations(tmp_path: Path) -> None:
     src = SourceConfig(name="gold", generate={"kind": "gold", "env_options": {"source": "pairs"}})
     assert "generate.env_options.source" in generated.check_generated(src, None)[0]
+
+
+def test_a_recipe_starts_from_the_model_another_recipe_trains(cache: Path, tmp_path: Path) -> None:
+    """``model: recipe:<file>`` (DPO after SFT in one sweep): the first recipe is trained once into the cache,
+    the second starts from its merged weights; a missing recipe fails validation naming model.name."""
+    from tunelab.runner.run import run
+
+    sft = {"model": "tiny", "data": {"sources": [{"name": "arith", "task": "arith", "count": 16}], "max_length": 256},
+           "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+           "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "save_every": 0},
+           "eval": {"tasks": []}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
+    second = {**sft, "model": "recipe:sft.yaml"}
+    (tmp_path / "next.yaml").write_text(yaml.safe_dump(second))
+    out = run(tmp_path / "next.yaml", out=str(tmp_path / "runs"), quiet=True)
+    env = json.loads((out / "env.json").read_text())
+    assert env["model"]["kind"] == "run" and "generated/runs/" in env["model"]["from_run"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**sft, "model": "recipe:missing.yaml"}))
+    problems = validate(load_recipe(tmp_path / "bad.yaml"))
+    assert any(p.startswith("model.name:") and "missing.yaml" in p for p in problems)

@@ -218,7 +218,7 @@ def _model_problem(key: str, spec: str, recipe_dir: str | None = None) -> str | 
     """Why ``spec`` names no model (None: it does); hub ids and URLs are checked when used."""
     if spec.startswith(RECIPE_PREFIX):
         try:
-            _recipe_path(spec, recipe_dir)
+            recipe_path(spec, recipe_dir)
         except ConfigError as e:
             return f"generate.{key}: {e}"
         return None
@@ -425,7 +425,7 @@ def set_recipe_runner(runner: RecipeRunner) -> None:
     _RECIPE_RUNNER[:] = [runner]
 
 
-def _recipe_path(spec: str, recipe_dir: str | None) -> Path:
+def recipe_path(spec: str, recipe_dir: str | None) -> Path:
     """The recipe file of ``recipe:<recipe>`` (relative to ``recipe_dir``, else a built-in name).
 
     Raises:
@@ -441,7 +441,7 @@ def _recipe_path(spec: str, recipe_dir: str | None) -> Path:
 def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
     """What the recipe's model depends on: its resolved configuration (generated sources' keys included
     through their options) and tunelab's training code; the digest names the cached run."""
-    path = _recipe_path(spec, recipe_dir)
+    path = recipe_path(spec, recipe_dir)
     cfg = load_recipe(path)
     tree = {"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": _code_digest(
         ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.models", "tunelab.regularizers"))}
@@ -464,7 +464,7 @@ def recipe_model(spec: str, recipe_dir: str | None, say: Callable[[str], None] =
     """
     if not _RECIPE_RUNNER:
         raise ConfigError("model: recipe:... needs tunelab.runner.run (import it to train a recipe's model)")
-    path = _recipe_path(spec, recipe_dir)
+    path = recipe_path(spec, recipe_dir)
     runs = folder() / "runs" / recipe_model_key(spec, recipe_dir)
     done = [d for d in runs.glob("*") if (d / "results.json").is_file()] if runs.is_dir() else []
     if done:

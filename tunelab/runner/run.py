@@ -39,7 +39,7 @@ from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
-from tunelab.runner.generated import set_recipe_runner
+from tunelab.runner.generated import RECIPE_PREFIX, recipe_model, set_recipe_runner
 from tunelab.runner.report import run_report
 from tunelab.runner.validate import validate
 from tunelab.train.artifacts import load_start
@@ -216,8 +216,11 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     device = default_device()
     precision, why = decide(cfg.train.precision, device)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    start = cfg.model
+    if start.name.startswith(RECIPE_PREFIX):  # the model another recipe trains: trained once, cached, reused
+        start = replace(start, name=str(recipe_model(start.name, cfg.recipe_dir, say)))
     seed_everything(cfg.train.seed)
-    model, tok, model_info = load_start(cfg.model, device=device)
+    model, tok, model_info = load_start(start, device=device)
     write_json(run_dir / "env.json", {**environment(precision, why), "model": model_info})
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)

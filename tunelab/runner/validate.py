@@ -14,12 +14,18 @@ from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
-from tunelab.runner.generated import check_generated
+from tunelab.runner.generated import RECIPE_PREFIX, check_generated, recipe_path
 from tunelab.train.objectives import build_objective
 from tunelab.train.trackers import problems as tracker_problems
 
 
-def _model_problem(name: str) -> str | None:
+def _model_problem(name: str, recipe_dir: str | None = None) -> str | None:
+    if name.startswith(RECIPE_PREFIX):  # the model another recipe trains (runner.generated.recipe_model)
+        try:
+            recipe_path(name, recipe_dir)
+        except ConfigError as e:
+            return f"model.name: {e}"
+        return None
     if name in ALIASES or Path(name).expanduser().is_dir():
         return None
     if "/" in name and not name.startswith((".", "/")):
@@ -56,7 +62,7 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     if not isinstance(cfg, RunConfig):
         cfg = load_recipe(cfg, overrides)
     problems: list[str] = []
-    if (p := _model_problem(cfg.model.name)) is not None:
+    if (p := _model_problem(cfg.model.name, cfg.recipe_dir)) is not None:
         problems.append(p)
     checks = [("method", lambda: build_method(cfg.method)),
               ("objective", lambda: build_objective(cfg.objective)),
