@@ -226,6 +226,10 @@ class EvalConfig:
     """Completions per item (pass@k, maj@k)."""
     seed: int = 1234
     """Seed for held-out item generation and sampling."""
+    signals: list[str] = field(default_factory=list)
+    """A NAT run (``nat`` transform, ``mode: nat``) is evaluated asking for success; also ask for each of these
+    (``failure``, ``none``): tasks ``<task>@<signal>``, the conditioning check (a NAT model asked for failure
+    should fail more). Ignored by runs without a NAT signal."""
     backend: str = "hf"
     """Generator backend: ``hf`` | ``openai`` | ``vllm``."""
 

@@ -171,7 +171,8 @@ def arm_cells(task_stats: dict[str, Any]) -> list[list[str]]:
     for label, a in task_stats["arms"].items():
         vs = a.get("vs_baseline")
         cis = [f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in (a["ci_items"], a["ci_seeds"])]
-        tail = [f"{vs['delta']:+.3f}", f"{vs['p_holm']:.3g}", vs["verdict"]] if vs else ["(baseline)", "", ""]
+        none = ["(baseline)", "", ""] if label == task_stats.get("baseline_arm") else ["-", "", "the baseline has no score here"]
+        tail = [f"{vs['delta']:+.3f}", f"{vs['p_holm']:.3g}", vs["verdict"]] if vs else none
         rows.append([label, str(a["seeds"]), f"{a['mean']:.3f}", *cis, *tail])
     return rows
 

@@ -101,13 +101,30 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
                           temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
 
 
+def _conditioning_check(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool) -> dict[str, EvalResult]:
+    """``eval.signals``: a NAT run's tasks again, asking for each other class (``<task>@failure``,
+    ``<task>@none``), on the same items."""
+    spec = nat_spec(cfg.data.transforms)
+    if not cfg.eval.signals or spec is None or spec.get("mode", "nat") != "nat":
+        return {}
+    generator = build_generator(model, tokenizer=tok, precision=precision, batch_size=cfg.eval.batch_size,
+                                progress=not quiet)
+    tasks = {}
+    for which in cfg.eval.signals:
+        wording = signal_for(spec, which)
+        tasks |= {f"{n}@{which}": (Signalled(t, wording) if wording else t) for n, t in recipe_tasks(cfg).items()}
+    return evaluate_tasks(tasks, generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
+                          max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
+
+
 def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str, EvalResult], summary: dict,
              extra: dict) -> dict[str, Any]:
     """results.json: {task: {"base": score, "tuned": score, "delta": paired test, ...}, "run": {...}}."""
     results: dict[str, Any] = {}
     tasks = recipe_tasks(cfg) if tuned else {}
     for name, t in tuned.items():
-        primary = tasks[name].primary
+        primary = tasks[name.split("@")[0]].primary  # <task>@<signal>: the conditioning check's tasks
         entry: dict[str, Any] = {"metric": primary, "tuned": t.scores[primary], "tuned_all": t.scores}
         if base and name in base:
             entry["base"] = base[name].scores[primary]
@@ -286,6 +303,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         say("evaluating the fine-tuned model")
         signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
+        tuned_eval |= _conditioning_check(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
     tasks = recipe_tasks(cfg) if tuned_eval else {}
     regimes = {w: t for w, r in (("base", base_eval), ("tuned", tuned_eval)) if r and (t := regime_table(r, tasks))}
     if regimes.get("tuned"):
