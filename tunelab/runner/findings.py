@@ -285,7 +285,8 @@ def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for r in records:
         train = r["results"]["run"].get("train", {})
         arm = acc.setdefault(r["arm"].label, {})
-        for key in ("train_seconds", "trainable_parameters", "final_loss", "heldout_loss", "best_step"):
+        for key in ("train_seconds", "trainable_parameters", "final_loss", "heldout_loss", "best_step",
+                    "optimizer_state_bytes", "median_step_seconds"):
             if isinstance(train.get(key), (int, float)) and not isinstance(train.get(key), bool):
                 arm.setdefault(key, []).append(float(train[key]))
         for key in ("peak_mem_mb", "seconds"):
@@ -489,10 +490,13 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
         out += ["**Training and resources** (mean per run; the held-out loss is the returned model's, selected at "
                 "the step shown when the recipe selects the best):", "",
                 "| arm | last training loss | held-out loss | selected step | wall seconds | train seconds | "
-                "trainable parameters | peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
+                "trainable parameters | peak memory (MB) | optimizer state (MB) | median s/step |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {arm} | {fmt(v.get('final_loss'), '.4f')} | {fmt(v.get('heldout_loss'), '.4f')} | "
                 f"{fmt(v.get('best_step'), '.0f')} | {fmt(v.get('seconds'), '.0f')} | {fmt(v.get('train_seconds'), '.0f')} | "
-                f"{fmt(v.get('trainable_parameters'), ',.0f')} | {fmt(v.get('peak_mem_mb'), ',.0f')} |"
+                f"{fmt(v.get('trainable_parameters'), ',.0f')} | {fmt(v.get('peak_mem_mb'), ',.0f')} | "
+                f"{fmt(v['optimizer_state_bytes'] / 2**20 if 'optimizer_state_bytes' in v else None, ',.1f')} | "
+                f"{fmt(v.get('median_step_seconds'), '.2f')} |"
                 for arm, v in study["resources"].items()]
         out.append("")
     for name, arms in study["diagnostics"].items():

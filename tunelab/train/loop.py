@@ -86,6 +86,12 @@ class TrainJob:
     must not change training (their gradients and RNG use are their own)."""
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes the optimizer's state holds now (AdamW: two moments per trained tensor, and its step)."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor))
+
+
 def peak_mem_mb(device: torch.device) -> float:
     """Peak memory of this process so far: CUDA allocations, or the CPU's max resident set."""
     if device.type == "cuda":
@@ -341,6 +347,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     plan = Batches(len(job.rows), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, lengths)
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
     step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()
+    opt_bytes = 0  # the most the optimizer's state held after any step (LISA's changes with its layers)
+    step_seconds: list[float] = []
     with trackers.tracking(acc, cfg, job.run_dir) as track:
         metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process, also=track)
         try:
@@ -362,9 +370,11 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                opt_bytes = max(opt_bytes, optimizer_state_bytes(optimizer))
                 if avg is not None:
                     avg.update(acc.unwrap_model(model))
                 done, dt = step + 1, time.perf_counter() - t0
+                step_seconds.append(dt)
                 for probe in job.probes:
                     probe(done, acc.unwrap_model(model))
                 row = _metrics_row(job, done, sums, counts, tokens, dt, {
@@ -389,6 +399,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
             metrics.close()
             restore()
         model = acc.unwrap_model(model)
-        summary = {"steps": done, "final_loss": last_loss, "resumed_from": start,
+        summary = {"steps": done, "final_loss": last_loss, "resumed_from": start, "optimizer_state_bytes": opt_bytes,
+                   "median_step_seconds": float(sorted(step_seconds)[len(step_seconds) // 2]) if step_seconds else None,
                    **_finish(job, model, metrics, best, done, avg)}
     return model, summary
