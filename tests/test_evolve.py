@@ -306,7 +306,7 @@ def test_the_recipe_section_and_the_experiment_sweep_load(tmp_path: Path) -> Non
     assert len(sweep.seeds) >= 3 and len(sweep.runs) == 2 * len(sweep.seeds)
     counts = {label: sum(s["count"] for s in lv["data.sources"]) for label, lv in levels.items()}
     assert len(set(counts.values())) == 1
-    assert all(set(r.cfg.eval.tasks) == {"instruct", "instruct_ood"} and r.cfg.data.strategy == "fixed"
+    assert all(set(r.cfg.eval.tasks) == {"instruct", "instruct_ood", "instruct_ood_unseen"} and r.cfg.data.strategy == "fixed"
                for r in sweep.runs)
 
 
@@ -466,3 +466,23 @@ def test_cli_runs_a_recipe_and_prints_the_estimate(tmp_path: Path, capsys) -> No
     rows = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert {r["operator"] for r in rows if r["round"]} == {"add_constraint"}
     assert re.search(r"add_constraint@program\d", rows[-1]["prompt_version"])
+
+
+def test_held_out_pairs_are_never_evolved_into_and_scored_apart(tmp_path: Path) -> None:
+    """``hold_out_pairs``: no kept evolution combines a held-out constraint-type pair (without it, some do);
+    ``instruct_ood_unseen`` holds exactly the out-of-distribution items that do."""
+    from tunelab.data.tasks.instruct import HELD_OUT_PAIRS, holds_out, types_of
+    from tunelab.eval.tasks.base import get_task
+
+    def kept(hold: bool) -> list[dict]:
+        cfg = load_evolve_config(None, None, seeds="task:instruct", limit=80, evolver="programmatic", rounds=2,
+                                 hold_out_pairs=hold, out=str(tmp_path / f"ev-{hold}.jsonl"), progress=False)
+        evolve(cfg, say=lambda m: None)
+        return [r for r in rows_of(cfg) if r["round"] > 0 and r["verdict"] == "kept"]
+
+    assert any(holds_out(types_of(r["constraints"])) for r in kept(False))
+    held = kept(True)
+    assert held and not any(holds_out(types_of(r["constraints"])) for r in held)
+    items = get_task("instruct_ood_unseen").items(40, 3)
+    assert len(items) == 40 and all(holds_out(types_of(i.meta["constraints"])) for i in items)
+    assert all(len(p) == 2 for p in HELD_OUT_PAIRS)

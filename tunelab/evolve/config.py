@@ -72,6 +72,9 @@ class EvolveConfig:
     operators: list[str] | dict[str, float] = field(default_factory=list)
     """Operator names (picked uniformly) or ``{name: weight}``; default: every operator of the
     evolver's kind (``tunelab evolve --list-operators``)."""
+    hold_out_pairs: bool = False
+    """Programmatic evolver: never combine the constraint-type pairs ``instruct_ood_unseen`` scores
+    (:data:`tunelab.data.tasks.instruct.HELD_OUT_PAIRS`): a test of generalisation, not reproduction."""
     include_seeds: bool = True
     """Put the seeds (round 0) into the final dataset with the evolved items."""
     answer_seeds: bool = False

@@ -214,7 +214,8 @@ class EvolInstruct:
         if self.programmatic:
             for it, parent in zip(items, parents):
                 op, root = it["operator"], it["root_id"]
-                result = evolve_item(op, f"{self.cfg.seed}/{round_}/{root}", parent, self._partner(round_, root))
+                result = evolve_item(op, f"{self.cfg.seed}/{round_}/{root}", parent, self._partner(round_, root),
+                                     hold_out=self.cfg.hold_out_pairs)
                 it.update(prompt_version=f"{op}@program{PROGRAM_VERSION}", instruction=result["instruction"],
                           constraints=result["constraints"], topic=result["topic"], _program=result)
             return items

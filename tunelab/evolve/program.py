@@ -31,6 +31,7 @@ from tunelab.data.tasks.instruct import (
     _body,
     _cap,
     _prompt,
+    holds_out,
 )
 
 PROGRAM_VERSION = 1
@@ -105,16 +106,21 @@ def render(rng: random.Random, spec: Spec) -> tuple[str, str, list[dict[str, Any
     return _prompt(rng, spec.fmt, spec.topic, constraints, ood=False), text, constraints
 
 
-def evolve_item(name: str, seed_key: str, parent: dict[str, Any], partner: dict[str, Any]) -> dict[str, Any]:
+def evolve_item(name: str, seed_key: str, parent: dict[str, Any], partner: dict[str, Any],
+                hold_out: bool = False) -> dict[str, Any]:
     """Apply programmatic operator ``name`` to ``parent`` (a row with ``topic`` and ``constraints``).
 
     Returns ``{"instruction", "response", "constraints", "topic", "equal"}``; ``equal`` is True when
-    the constraint types did not change (no information gain).
+    the constraint types did not change (no information gain). With ``hold_out`` an evolution that would
+    combine one of :data:`~tunelab.data.tasks.instruct.HELD_OUT_PAIRS` is not made (the item comes back
+    unchanged, so the eliminator drops it).
     """
     family = get_family("instruct")
     rng = random.Random(f"evolve-program/{seed_key}")
     old = Spec.of(parent["topic"], parent["constraints"])
     new = PROGRAM_OPERATORS[name](rng, old, Spec.of(partner["topic"], partner["constraints"]))
+    if hold_out and holds_out(new.types()):
+        new = old
     for _ in range(20):  # never train on a prompt of the family's test split
         instruction, response, constraints = render(rng, new)
         if not family.in_test(instruction):

@@ -231,14 +231,43 @@ def build_item(rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]
     return prompt, text, {"answer": None, "constraints": constraints, "topic": topic}
 
 
+HELD_OUT_PAIRS: tuple[frozenset[str], ...] = tuple(frozenset(p) for p in (
+    ("bullets", "title"), ("json", "lowercase"), ("sentences", "no_commas"), ("include_words", "end_with"),
+    ("lowercase", "title")))
+"""Constraint-type pairs an evolution study keeps out of training (``hold_out_pairs`` of the programmatic
+evolver never makes them), so ``instruct_ood_unseen`` (the ``ood`` items holding one) measures
+generalisation to combinations never evolved into, not reproduction of them."""
+
+
+def types_of(constraints: list[dict[str, Any]]) -> frozenset[str]:
+    """The constraint types of an item (its format, unless plain, and its modifiers)."""
+    return frozenset(c["type"] for c in constraints if c["type"] != "plain")
+
+
+def holds_out(types: frozenset[str]) -> bool:
+    """Whether constraint ``types`` contain one of :data:`HELD_OUT_PAIRS`."""
+    return any(pair <= types for pair in HELD_OUT_PAIRS)
+
+
 @TASK_FAMILIES.register("instruct")
 class InstructFamily(TaskFamily):
-    """Open instructions with programmatically checkable constraints (IFEval-like)."""
+    """Open instructions with programmatically checkable constraints (IFEval-like).
+
+    Options:
+        pairs: ``all`` (default), ``held_out`` (only items holding one of :data:`HELD_OUT_PAIRS`) or
+            ``seen`` (only items holding none).
+    """
 
     description = "IFEval-like instructions: word/sentence counts, bullets, JSON, lowercase, keywords..."
 
     def make_item(self, rng: random.Random, ood: bool) -> tuple[str, str, dict[str, Any]]:
-        return build_item(rng, ood)
+        want = self.options.get("pairs", "all")
+        if want not in ("all", "held_out", "seen"):
+            raise ValueError(f"instruct: pairs must be all, held_out or seen, got {want!r}")
+        while True:
+            item = build_item(rng, ood)
+            if want == "all" or holds_out(types_of(item[2]["constraints"])) == (want == "held_out"):
+                return item
 
     def verify(self, meta: dict[str, Any], completion: str) -> dict[str, Any]:
         results = [check_constraint(c, completion) for c in meta["constraints"]]
