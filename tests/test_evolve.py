@@ -486,3 +486,13 @@ def test_held_out_pairs_are_never_evolved_into_and_scored_apart(tmp_path: Path) 
     items = get_task("instruct_ood_unseen").items(40, 3)
     assert len(items) == 40 and all(holds_out(types_of(i.meta["constraints"])) for i in items)
     assert all(len(p) == 2 for p in HELD_OUT_PAIRS)
+
+
+def test_keep_rounds_makes_a_dataset_of_one_round(tmp_path: Path) -> None:
+    cfg = load_evolve_config(None, None, seeds="task:instruct", limit=30, evolver="programmatic", rounds=3,
+                             keep_rounds=[2], include_seeds=True, out=str(tmp_path / "r2.jsonl"), progress=False)
+    report = evolve(cfg, say=lambda m: None)
+    kept2 = [r for r in rows_of(cfg) if r["round"] == 2 and r["verdict"] == "kept"]
+    assert report["dataset_rows"] == len(kept2) > 0
+    assert len((tmp_path / "r2.jsonl").read_text().splitlines()) == len(kept2)
+    assert set(report["stats"]["generations"]) == {"0", "1", "2", "3"}

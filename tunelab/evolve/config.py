@@ -75,6 +75,9 @@ class EvolveConfig:
     hold_out_pairs: bool = False
     """Programmatic evolver: never combine the constraint-type pairs ``instruct_ood_unseen`` scores
     (:data:`tunelab.data.tasks.instruct.HELD_OUT_PAIRS`): a test of generalisation, not reproduction."""
+    keep_rounds: list[int] | None = None
+    """Only the kept items of these rounds form the dataset (a rounds curve: ``[2]`` is round 2's evolutions
+    alone); None: every round's (and the seeds with ``include_seeds``)."""
     include_seeds: bool = True
     """Put the seeds (round 0) into the final dataset with the evolved items."""
     answer_seeds: bool = False

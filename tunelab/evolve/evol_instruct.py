@@ -283,7 +283,8 @@ class EvolInstruct:
         """Write the dataset (kept rows of every generation) and the report; return the report."""
         roots = {s["id"] for s in self.seeds}
         rows = [r for r in rows if r["root_id"] in roots and r["round"] <= self.cfg.rounds]
-        kept = [r for r in rows if r["verdict"] == "kept" and (r["round"] > 0 or self.cfg.include_seeds)]
+        kept = [r for r in rows if r["verdict"] == "kept" and (r["round"] > 0 or self.cfg.include_seeds)
+                and (self.cfg.keep_rounds is None or r["round"] in self.cfg.keep_rounds)]
         write_jsonl(self.cfg.out, [dataset_row(r) for r in kept])
         stats = run_stats(rows, kept, self.cfg.near_dup_threshold)
         unparsed = sum(r.get("judge_reply") == "unparsed" for r in rows)

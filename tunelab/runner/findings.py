@@ -411,6 +411,21 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
     return out + _pool_lines(study)
 
 
+def _evolve_pool_lines(source: str, pool: dict[str, Any]) -> list[str]:
+    """An evolved pool's make-up: per round its kept items, length, constraints, diversity, eliminations."""
+    stats = pool["summary"]["stats"]
+    elim = stats.get("eliminations", {})
+    out = [f"**Pool `{source}`** (evolve, key {pool.get('key')}): {pool['summary'].get('dataset_rows')} rows in the "
+           "dataset; per round (kept items):", "",
+           "| round | items | instruction words | constraints | distinct-2 | near-duplicate rate | eliminated |",
+           "|---|---|---|---|---|---|---|"]
+    for k, g in sorted(stats.get("generations", {}).items(), key=lambda kv: int(kv[0])):
+        rate = (elim.get(k) or {}).get("all", {}).get("rate")
+        out.append(f"| {k} | {g['items']} | {fmt(g['instruction_words'], '.1f')} | {fmt(g['constraints'], '.2f')} | "
+                   f"{fmt(g['distinct_2'], '.3f')} | {fmt(g['near_duplicate_rate'], '.3f')} | {fmt(rate, '.3f')} |")
+    return out + [""]
+
+
 def _pool_lines(study: dict[str, Any]) -> list[str]:
     """Each generated pool's make-up (the pilot baseline's record: episodes, success rate, failure kinds)."""
     pools: dict[str, Any] = {}
@@ -420,6 +435,9 @@ def _pool_lines(study: dict[str, Any]) -> list[str]:
     out = []
     for source, pool in sorted(pools.items()):
         s = pool.get("summary") or {}
+        if "stats" in s:  # an evolved pool: each round's kept items, diversity and eliminations
+            out += _evolve_pool_lines(source, pool)
+            continue
         if "success_rate" not in s:
             continue
         n = s.get("trajectories") or 0
