@@ -192,3 +192,19 @@ def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: 
     from tunelab.runner.findings import markdown
 
     assert "Interaction on items (difference in differences" in markdown(study)
+
+
+def test_a_claim_may_score_the_comparison_arm_on_another_task_over_the_same_items():
+    """``versus_task``: PromptIntern's bare query (task Q) against full-prompt fine-tuning read with the full
+    prompt (task F), paired on the items both regimes share."""
+    from types import SimpleNamespace
+
+    from tunelab.runner.findings import hypotheses
+
+    h = {"claim": "bare matches full", "task": "Q", "arm": "a=pi", "versus": "a=full", "versus_task": "F",
+         "direction": "better", "effect": 0.1, "source": "test"}
+    ids = [f"i{k}" for k in range(60)]
+    items = {"Q": {"a=pi": {i: [1.0] for i in ids}, "a=full": {i: [0.0] for i in ids}},
+             "F": {"a=full": {i: [1.0 if k % 2 else 0.0] for k, i in enumerate(ids)}}}
+    row = hypotheses(SimpleNamespace(hypotheses=[h]), [], items)[0]
+    assert row["items"] == 60 and abs(row["test"]["delta"] - 0.5) < 1e-9  # against F's 0.5, not Q's 0.0

@@ -117,7 +117,7 @@ def test_a_pool_sampled_from_the_model_a_recipe_trains(cache: Path, tmp_path: Pa
     """``model: recipe:<file>``: the recipe (itself on a generated gold source) is trained once into the
     cache, then sampled; a second pool with the same recipe reuses the run; editing the recipe changes
     the pool's key."""
-    gold = {"kind": "gold", "env_options": {"source": "pairs", "oneshot": False}, "limit": 8}
+    gold = {"kind": "gold", "env_options": {"oneshot": False}, "limit": 8}
     recipe = {"model": "tiny", "data": {"sources": [{"name": "gold", "format": "trajectory", "generate": gold}],
                                         "max_length": 512},
               "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},

@@ -154,11 +154,11 @@ def ensemble_items(records: list[dict[str, Any]], arm: str, task: str) -> dict[s
 def _with_ensembles(sweep: Any, records: list[dict[str, Any]], items: Items) -> Items:
     """``items`` with the ensembles the hypotheses name (``ensemble(<arm>)``) added per task."""
     for h in sweep.hypotheses:
-        for label in (h["arm"], h["versus"]):
-            if label.startswith(ENSEMBLE + "(") and label not in items.get(h["task"], {}):
-                found = ensemble_items(records, label[len(ENSEMBLE) + 1 : -1], h["task"])
+        for label, task in ((h["arm"], h["task"]), (h["versus"], h.get("versus_task", h["task"]))):
+            if label.startswith(ENSEMBLE + "(") and label not in items.get(task, {}):
+                found = ensemble_items(records, label[len(ENSEMBLE) + 1 : -1], task)
                 if found:
-                    items.setdefault(h["task"], {})[label] = found
+                    items.setdefault(task, {})[label] = found
     return items
 
 
@@ -181,8 +181,8 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[
     out = []
     n_claims = len(sweep.hypotheses)
     for h in sweep.hypotheses:
-        by_arm = items.get(h["task"], {})
-        a, b = by_arm.get(h["versus"], {}), by_arm.get(h["arm"], {})
+        vtask = h.get("versus_task", h["task"])
+        a, b = items.get(vtask, {}).get(h["versus"], {}), items.get(h["task"], {}).get(h["arm"], {})
         common = sorted(set(a) & set(b))
         row: dict[str, Any] = {**h, "items": len(common)}
         if common:
@@ -194,7 +194,7 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[
             if h["direction"] == "equal":
                 row["tost_p"] = row["claim_p"] = equivalence_p(xa, xb, float(h["effect"]))
             sign = _sign(records, h["task"])
-            sa, sb = (_seed_scores(records, h["task"], h[k], sign) for k in ("versus", "arm"))
+            sa, sb = _seed_scores(records, vtask, h["versus"], sign), _seed_scores(records, h["task"], h["arm"], sign)
             row["seed_scores"] = {"versus": list(sa.values()), "arm": list(sb.values())}
             seeds = seed_test(sa, sb, h["direction"])
             if seeds:
@@ -363,7 +363,7 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
     recorded = sweep.recorded()  # read once: the aggregate and the claims share it
     result = aggregate(sweep, {}, recorded)
     records_ = run_records(sweep, recorded[0])
-    tasks = dict.fromkeys([*result.get("tasks", {}), *(h["task"] for h in sweep.hypotheses)])
+    tasks = dict.fromkeys([*result.get("tasks", {}), *(t for h in sweep.hypotheses for t in (h["task"], h.get("versus_task", h["task"])))])
     items: Items = _with_ensembles(sweep, records_, {t: _arm_items(records_, t) for t in tasks})
     the_plan = _read(sweep.study_folder / "plan.json")
     claims = hypotheses(sweep, records_, items)
@@ -499,7 +499,8 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
             delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
             test = (f"TOST +-{h['effect']:g}" if h["direction"] == "equal" else
                     (t["method"].split(" (")[0] if t and t.get("method") else "-"))
-            out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {h['versus']} | {delta} | {test} | "
+            vs = h["versus"] + (f" (on {h['versus_task']})" if h.get("versus_task", h["task"]) != h["task"] else "")
+            out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {vs} | {delta} | {test} | "
                        f"{fmt(h.get('p_holm'), '.3g')} | {fmt(h.get('seed_p'), '.3g')} | {fmt(h.get('mde'))} | "
                        f"**{h['verdict']}** |")
         sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})

@@ -142,7 +142,8 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
     # an ensemble's items vary like its arm's (one pass over them): the arm's records stand in for it
     inner = {label: label[len("ensemble("):-1] if label.startswith("ensemble(") else label
              for label in (h["arm"], h["versus"])}
-    arm, versus = _values(records, inner[h["arm"]], h["task"]), _values(records, inner[h["versus"]], h["task"])
+    arm = _values(records, inner[h["arm"]], h["task"])
+    versus = _values(records, inner[h["versus"]], h.get("versus_task", h["task"]))
     planned = next((p for p in sweep.runs if p.arm.label == inner[h["versus"]]), sweep.runs[0])
     out: dict[str, Any] = {"claim": h["claim"], "task": h["task"], "arm": h["arm"], "versus": h["versus"],
                            "direction": h["direction"], "effect": h["effect"], "seeds": len(sweep.seeds)}

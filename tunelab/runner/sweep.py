@@ -60,7 +60,7 @@ from tunelab.runner.validate import validate
 
 SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "records", "question",
               "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume")
-HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "direction", "effect", "source")
+HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "versus_task", "direction", "effect", "source")
 BACKENDS = ("local", "inline", "ray")
 ENSEMBLE = "ensemble"
 
@@ -368,7 +368,9 @@ def _hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], basel
     """The validated ``hypotheses`` list: each names a task, an arm (``factor=level,...`` or a mapping
     ``{factor: level}``, for labels with commas; missing
     factors take the baseline's level), what it is compared with (default: the baseline arm), the
-    predicted direction (``better``, ``worse`` or ``equal``) and optionally the claimed effect size."""
+    predicted direction (``better``, ``worse`` or ``equal``) and the claimed effect size; ``versus_task`` scores
+    the comparison arm on another task over the same items (a prompt regime: PromptIntern's bare query
+    against full-prompt fine-tuning read with its full prompt; default: ``task``)."""
     out = []
     def one(i: int, h: Any) -> None:
         where = f"{path}: hypotheses[{i}]"
@@ -395,7 +397,10 @@ def _hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], basel
                               "for 5 points of accuracy), so the plan can say whether this design can detect it")
         if not str(h.get("source") or "").strip():
             raise ConfigError(f"{where}: 'source' is required: the paper (and table) the claimed effect comes from")
+        if "versus_task" in h and not (isinstance(h["versus_task"], str) and h["versus_task"]):
+            raise ConfigError(f"{where}: versus_task: the task the comparison arm is scored on, got {h['versus_task']!r}")
         out.append({"claim": str(h["claim"]), "task": str(h["task"]), "arm": arms["arm"], "versus": arms["versus"],
+                    "versus_task": str(h.get("versus_task") or h["task"]),
                     "direction": h.get("direction", "better"), "effect": effect, "source": str(h.get("source", ""))})
 
     for i, h in enumerate(spec or []):
