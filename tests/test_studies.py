@@ -295,3 +295,15 @@ def test_a_pool_gate_reads_the_generated_pools_make_up_from_the_record(tmp_path:
     assert main(["sweep", "report", str(tmp_path / "studies" / "demo"), "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "**Pool `pool`** (gold, key " in out and "8 episodes on 8 tasks, success rate 1.000" in out
+
+
+def test_differences_from_the_paper_are_stated_and_printed(tmp_path: Path, capsys) -> None:
+    path = _study(tmp_path, differences=["a tiny random model, not a 7B one"])
+    assert load_sweep(path).differences == ["a tiny random model, not a 7B one"]
+    run_sweep(path, backend="inline", quiet=True, max_runs=1)
+    assert main(["sweep", "report", str(tmp_path / "studies" / "demo"), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "**Where this design differs from the paper:**" in out and "- a tiny random model, not a 7B one" in out
+    bad = _study(tmp_path, name="bad", differences=[3])
+    with pytest.raises(ConfigError, match="differences: give a list of sentences"):
+        load_sweep(bad)

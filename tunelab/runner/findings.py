@@ -456,6 +456,9 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
     out = [f"## {study['name']}", ""]
     if study["question"]:
         out += [f"**Question.** {study['question']}", ""]
+    if getattr(sweep, "differences", None):
+        out += ["**Where this design differs from the paper:**", "",
+                *[f"- {d}" for d in sweep.differences], ""]
     out += ["**Design.**", *_design(sweep, study), ""]
     out += _plan_lines(study)
     for task, t in study["tasks"].items():

@@ -59,7 +59,7 @@ from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
 
 SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "records", "question",
-              "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume")
+              "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume", "differences")
 HYPOTHESIS_KEYS = ("claim", "task", "arm", "versus", "versus_task", "direction", "effect", "source")
 BACKENDS = ("local", "inline", "ray")
 ENSEMBLE = "ensemble"
@@ -106,6 +106,9 @@ class Sweep:
     runs: list[PlannedRun] = field(default_factory=list)
     question: str = ""
     """What the study asks (``tunelab sweep report`` prints it)."""
+    differences: list[str] = field(default_factory=list)
+    """Where the design differs from the paper's (model, budget, data, metric), stated in the sweep file
+    before the runs; the findings print them beside the question."""
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
     """Findings under test: ``{claim, task, arm, versus, direction, effect, source}`` (see
     :func:`tunelab.runner.findings.hypotheses`)."""
@@ -252,6 +255,7 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
     name = str(spec.get("name") or path.stem)
     sweep = Sweep(name, path, Path(out or spec.get("out") or "runs/sweeps").resolve(),
                   factors, seeds, baseline, question=str(spec.get("question") or "").strip(),
+                  differences=attempt(lambda: _differences(path, spec.get("differences")), []),
                   hypotheses=_hypotheses(path, spec.get("hypotheses"), factors, baseline, errors),
                   records=Path(records or spec.get("records") or studies_dir() / name / "records").resolve(),
                   pilot_arms=[label for i, given in enumerate(spec.get("pilot_arms") or []) if (label := attempt(
@@ -318,6 +322,16 @@ def _arm_label(where: str, given: Any, factors: dict[str, dict[str, Any]], basel
                               f"(factors: {', '.join(f'{k}: {list(v)}' for k, v in factors.items())})")
         levels[f] = lv
     return Arm(levels, {}).label
+
+
+def _differences(path: Path, spec: Any) -> list[str]:
+    """``differences:``: a list of sentences (or one)."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else spec
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise ConfigError(f"{path}: differences: give a list of sentences, got {spec!r}")
+    return [x.strip() for x in items]
 
 
 def _pool_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
