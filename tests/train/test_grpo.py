@@ -184,3 +184,33 @@ def test_bad_online_recipes_fail_before_any_work(tmp_path, tiny_dir, monkeypatch
     monkeypatch.setattr(Calculator, "verify", lambda self, task, answer: {"success": False, "score": float("nan")})
     with pytest.raises(ValueError, match="NaN reward"):
         run(_recipe(tmp_path, tiny_dir, reward="score"), out=str(tmp_path / "runs"), quiet=True)
+
+
+def test_reference_logprobs_are_the_adapter_free_models_at_the_sampling_temperature(tiny):
+    """One batched pass through the loss's head equals each episode scored alone by transformers, with the
+    adapters disabled and the logits divided by the temperature."""
+    from types import SimpleNamespace
+
+    from tunelab.data.rollouts import encode_episode
+    from tunelab.envs.rollout import Rollouts
+    from tunelab.methods import build_method
+
+    model, tok = tiny
+    model = build_method({"name": "lora", "r": 2, "alpha": 4, "dropout": 0.0}).apply(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)  # the adapter changes the outputs, so disabling it matters
+    episodes = [[{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "calculate[2+3]"},
+                 {"role": "user", "content": "Observation: 5"}, {"role": "assistant", "content": "finish[5]"}],
+                [{"role": "user", "content": "7?"}, {"role": "assistant", "content": "finish[7]"}]]
+    rows = [RolloutRow(encode_episode(m, tok, 512, "env", str(i)), 0.0, 0) for i, m in enumerate(episodes)]
+    fake = SimpleNamespace(objective=build_objective({"name": "grpo", "temperature": 0.7, "beta": 0.1}), tok=tok,
+                           precision="fp32")
+    Rollouts._reference(fake, model, rows)
+    with model.disable_adapter(), torch.no_grad():
+        for r in rows:
+            logits = model(input_ids=torch.tensor([r.seq.input_ids])).logits[0].float() / 0.7
+            t = torch.tensor(r.seq.targets)
+            want = torch.log_softmax(logits[t != IGNORE], -1).gather(-1, t[t != IGNORE][:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(r.ref_logps), want, atol=1e-4, rtol=1e-4)

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from tunelab.config import ConfigError
-from tunelab.data.rollouts import RolloutRow, encode_episode
+from tunelab.data.rollouts import RolloutRow, collate_rollouts, encode_episode
 from tunelab.data.tokenize import IGNORE
+from tunelab.device import autocast
 from tunelab.envs.base import Environment, Step, failure_kind, get_env
 from tunelab.envs.sample import Attempt, run_episodes
 from tunelab.generate.hf import HFGenerator
-from tunelab.models.load import base_model
+from tunelab.train.loss import token_losses
 
 
 class Rollouts:
@@ -118,16 +119,16 @@ class Rollouts:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        try:
-            with disable():
-                for r in rows:
-                    ids = torch.tensor([r.seq.input_ids], device=device)
-                    logits = base_model(model)(input_ids=ids).logits[0].float() / self.objective.params.temperature
-                    targets = torch.tensor(r.seq.targets, device=device)
-                    at = targets != IGNORE
-                    r.ref_logps = torch.log_softmax(logits[at], -1).gather(-1, targets[at][:, None])[:, 0].tolist()
+        batch = {k: v.to(device) for k, v in collate_rollouts(rows, self.tok.pad_token_id or 0).items()
+                 if k in ("input_ids", "position_ids", "targets", "source_idx")}
+        try:  # one pass through the same chunked head as the loss, at the sampling temperature
+            with disable(), autocast(device.type, self.precision):
+                nll, _ = token_losses(model, batch, temperature=self.objective.params.temperature)
         finally:
             model.train(was_training)
+        logps = (-nll.float()).cpu().split([sum(t != IGNORE for t in r.seq.targets) for r in rows])
+        for r, lp in zip(rows, logps):
+            r.ref_logps = lp.tolist()
 
     def _record(self, rows: list[RolloutRow], rewards: torch.Tensor, groups: torch.Tensor, seconds: float) -> None:
         """The step's rollout metrics, into the objective's metrics row."""

@@ -324,6 +324,11 @@ def code_fingerprint(spec: Generated) -> str:
         module = inspect.getsourcefile(ENVS.get(spec.options.env))
         if module:
             files.append((f"env:{Path(module).name}", Path(module)))
+    return _source_digest(files)
+
+
+def _source_digest(files: list[tuple[str, Path]]) -> str:
+    """A digest of named source files' text (sorted by name, duplicates once)."""
     h = hashlib.sha1()
     for name, f in sorted(set(files)):
         h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
@@ -443,16 +448,9 @@ def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
     through their options) and tunelab's training code; the digest names the cached run."""
     path = recipe_path(spec, recipe_dir)
     cfg = load_recipe(path)
-    tree = {"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": _code_digest(
-        ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.models", "tunelab.regularizers"))}
-    return digest(tree)
-
-
-def _code_digest(packages: tuple[str, ...]) -> str:
-    h = hashlib.sha1()
-    for name, f in sorted({named for p in packages for named in _package_files(p)}):
-        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    packages = ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.models", "tunelab.regularizers")
+    code = _source_digest([named for p in packages for named in _package_files(p)])
+    return digest({"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": code})
 
 
 def recipe_model(spec: str, recipe_dir: str | None, say: Callable[[str], None] = print) -> Path:

@@ -78,12 +78,6 @@ class _Online(Objective):
     Params = GRPOParams
     kind: ClassVar[str] = "online"
 
-    def __init__(self, params: Any) -> None:
-        super().__init__(params)
-        if params.group_size < 2:
-            raise ValueError(f"objective.group_size must be >= 2 (the advantages compare a group), got "
-                             f"{params.group_size}")
-
     def advantages(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """Advantages (N,) of rewards (N,) whose group index is ``groups`` (N,)."""
         raise NotImplementedError
