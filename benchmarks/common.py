@@ -144,6 +144,65 @@ def model_flops_per_token(model: nn.Module, trainable: int | None, seq_len: floa
     return 2 * n + 2 * n + 2 * n_trainable + attention + 2 * attention
 
 
+def gemm_shapes(model: nn.Module, tokens: int, target_tokens: int, chunk: int = 2048) -> list[dict[str, Any]]:
+    """The GEMMs of one training step of a LoRA/frozen-weight model at ``tokens`` input tokens: each base
+    ``nn.Linear`` forward (``x @ W.T``, tokens x in x out) and its input gradient (``dy @ W``, tokens x out
+    x in), and the LM head on the ``target_tokens`` only, in row chunks of ``chunk`` (tunelab's fused
+    cross-entropy: logits forward and d/dh backward). Adapter matrices and attention scores are left
+    out (a few percent of the FLOPs at these lengths). Returns ``[{kind, m, k, n, count}]``, same
+    shapes merged."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    head = base.get_output_embeddings()
+    merged: dict[tuple[str, int, int, int], int] = {}
+
+    def add(kind: str, m: int, k: int, n: int, count: int = 1) -> None:
+        if m > 0:
+            merged[(kind, m, k, n)] = merged.get((kind, m, k, n), 0) + count
+
+    for name, mod in base.named_modules():
+        if isinstance(mod, nn.Linear) and mod is not head and "lora_" not in name:
+            add("forward", tokens, mod.in_features, mod.out_features)
+            add("input grad", tokens, mod.out_features, mod.in_features)
+    if head is not None:
+        d, vocab = head.weight.shape[1], head.weight.shape[0]
+        full, rest = divmod(target_tokens, chunk)
+        for rows, count in ((chunk, full), (rest, 1)):
+            if count:
+                add("head forward", rows, d, vocab, count)
+                add("head input grad", rows, vocab, d, count)
+    return [{"kind": kind, "m": m, "k": k, "n": n, "count": c} for (kind, m, k, n), c in merged.items()]
+
+
+def shape_matched_peak(shapes: list[dict[str, Any]], dtype: torch.dtype, seconds: float = 0.15) -> dict[str, Any]:
+    """GFLOP/s of the step's own GEMMs alone (:func:`gemm_shapes`), each shape timed in ``dtype`` for
+    about ``seconds`` the way the step runs it (``F.linear`` forward, ``matmul`` for input gradients),
+    weighted by its FLOPs: the throughput a step made of nothing but these GEMMs would reach (a limit
+    that exists, unlike a 2048-cubed matmul's). Also each shape's rate."""
+    total_flops = total_time = 0.0
+    rates = []
+    for s in shapes:
+        m, k, n = s["m"], s["k"], s["n"]
+        x = torch.randn(m, k).to(dtype)
+        if s["kind"].endswith("forward"):
+            w = torch.randn(n, k).to(dtype)
+            op = lambda x=x, w=w: torch.nn.functional.linear(x, w)  # noqa: E731
+        else:
+            w = torch.randn(k, n).to(dtype)
+            op = lambda x=x, w=w: x @ w  # noqa: E731
+        op()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or reps < 2:
+            op()
+            reps += 1
+        per = (time.perf_counter() - t0) / reps
+        flops = 2.0 * m * k * n
+        rates.append({**s, "gflops": round(flops / per / 1e9, 1)})
+        total_flops += flops * s["count"]
+        total_time += per * s["count"]
+    return {"gflops": round(total_flops / total_time / 1e9, 1) if total_time else None,
+            "step_gemm_seconds": round(total_time, 4), "shapes": rates}
+
+
 # ----------------------------------------------------------------------------- subprocesses
 
 
@@ -165,7 +224,7 @@ def run_in_subprocess(fn_name: str, args: dict[str, Any], threads: int | None = 
 
     The child prints the function's result as one JSON line last on stdout; its stderr
     (progress, warnings) passes through with ``verbose``, else it is shown only on failure. ``_wall_s`` is added: the child's whole wall time,
-    interpreter start and imports included.
+    interpreter start and imports included; ``_started_at``: ``time.time()`` just before the launch.
     """
     module, func = fn_name.split(":")
     code = (
@@ -179,7 +238,7 @@ def run_in_subprocess(fn_name: str, args: dict[str, Any], threads: int | None = 
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], stdout=subprocess.PIPE,
                           stderr=None if verbose else subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
                           timeout=timeout)
@@ -190,6 +249,7 @@ def run_in_subprocess(fn_name: str, args: dict[str, Any], threads: int | None = 
         raise RuntimeError(f"{fn_name} failed (exit {proc.returncode}); output tail:\n{tail}")
     result = json.loads(lines[-1])
     result["_wall_s"] = round(wall, 2)
+    result["_started_at"] = started  # time.time() at launch: a child's time.time() minus it is time since start
     return result
 
 

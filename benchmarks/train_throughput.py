@@ -3,22 +3,29 @@
 The job: SmolLM2-135M-Instruct, LoRA r=16 alpha=32 (no dropout) on all linear layers, max length
 512, batch 8, the same chat data (GSM8K train from ``$TUNELAB_DATA_DIR/gsm8k``, else the built-in
 ``arith`` family), the same seed, learning rate and cosine schedule (no LR warm-up, so both
-schedules are identical), ``warmup + steps`` optimizer steps of which the first ``warmup`` are not
-timed. Each side runs in its own subprocess (peak RSS per side); sides alternate, ``--repeats``
+schedules are identical), ``warmup + steps`` optimizer steps (default 10 + 110 = 120, the
+quickstart's length; ``--short``: the old 3 + 12) of which the first ``warmup`` are not timed. tunelab
+compiles or not as a run of that length would (``compile: auto``: on for 120 steps of SmolLM2, off for 15). Each side runs in its own subprocess (peak RSS per side); sides alternate, ``--repeats``
 times, and the best run of each side (by tokens/s) is reported.
 
 * tokens/s: trained (non-padding input) tokens / step seconds over the timed steps. tunelab:
   its ``metrics.jsonl`` (``tokens``, ``step_time_s``). TRL: a wrapped data collator counts the
   tokens of each batch; a ``TrainerCallback`` times ``on_step_begin`` -> ``on_step_end``
   (``tokens_per_s_wall`` also counts the time between steps: batch fetch and logging).
+* end to end: process start (interpreter launch) to the saved adapter, model load, data, compile
+  and every step included (the held-out scoring after it is not).
 * peak memory: the subprocess's peak RSS after training (before the held-out evaluation).
 * loss: both final adapters scored on the same 32 held-out samples with the same code
   (tunelab's ``token_losses``, completion-only); also each side's last training loss.
 * MFU: model FLOP/s (METHODS.md count) / the matmul peak, for the precision used (``mfu``) and
   against each peak (``mfu_bf16``, ``mfu_fp32``). The peak is measured just before and just after
-  each run and averaged: on shared hosts it drifts by 2-3x within minutes.
+  each run and averaged: on shared hosts it drifts by 2-3x within minutes. ``mfu_shape``: against the
+  shape-matched peak, the step's own GEMMs (every frozen projection forward and its input gradient at
+  the run's tokens per step, the LM head's chunks on the target tokens) timed alone in the run's
+  precision (``common.shape_matched_peak``): a limit a training step could actually reach.
 
     python benchmarks/train_throughput.py                       # the real comparison
+    python benchmarks/train_throughput.py --short                # the 15-step job
     python benchmarks/train_throughput.py --model tiny --steps 2 --warmup 1 --max-length 128
 
 The last line printed is one JSON object.
@@ -63,7 +70,7 @@ def _flops(model, encoded: list) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 packing: bool, threads: int | None, compile: bool = False,
+                 packing: bool, threads: int | None, compile: bool | str = "auto",
                  cast_frozen: bool = True) -> dict[str, Any]:
     """Train with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
@@ -71,6 +78,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     from tunelab.config import TrainConfig
     from tunelab.methods.base import build_method
     from tunelab.train.loop import Batches, TrainJob, train
+    from tunelab.train.speed import decide_compile
 
     t_start = time.perf_counter()
     torch.manual_seed(SEED)
@@ -83,6 +91,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     torch.manual_seed(SEED)
     net = method.apply(net)
     total = warmup + steps
+    if not isinstance(compile, bool):  # "auto": what a user's run of this length gets (the runner's decision)
+        compile, _ = decide_compile(compile, net, "lora", total, "cpu")
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, schedule="cosine",
                       seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads,
                       compile=compile)
@@ -92,6 +102,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
         t_train = time.perf_counter()
         model, summary = train(job)
         train_seconds = time.perf_counter() - t_train
+        method.save_final(model, tok, Path(tmp) / "final")
+        saved_at = time.time()
         peak = common.peak_rss_mb()
         metrics = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps_rows = [r for r in metrics if "step_time_s" in r]
@@ -112,6 +124,9 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
         "matmul_params": common.matmul_params(model)[0],
         "trainable_matmul_params": common.matmul_params(model)[1],
         "train_seconds": round(train_seconds, 2), "setup_seconds": round(t_train - t_start, 2),
+        "saved_at": saved_at, "first_step_seconds": summary.get("first_step_seconds"),
+        "tokens_per_step": tokens / max(1, len(timed)),
+        "target_tokens_per_step": sum(r["target_tokens"] for r in timed) / max(1, len(timed)),
     }
 
 
@@ -167,6 +182,8 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
+    trainer.save_model(str(Path(out_dir) / "final"))
+    saved_at = time.time()
     peak = common.peak_rss_mb()
     shutil.rmtree(out_dir, ignore_errors=True)
     timed = range(warmup, min(total, len(end)))
@@ -193,6 +210,7 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
         "flops_per_token": flops, "attn_seq_len": round(seq, 1), "matmul_params": n,
         "trainable_matmul_params": n_tr,
         "train_seconds": round(train_seconds, 2), "setup_seconds": round(t_train - t_start, 2),
+        "saved_at": saved_at, "tokens_per_step": tokens / max(1, len(timed)),
     }
 
 
@@ -217,10 +235,26 @@ def _variants(args: argparse.Namespace, precision: str) -> list[tuple[str, bool]
 def _with_mfu(run: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
     achieved = run["flops_per_token"] * (run["tokens_per_s"] or 0.0) / 1e9  # GFLOP/s
     run["achieved_gflops"] = round(achieved, 2)
+    run["end_to_end_seconds"] = round(run["saved_at"] - run["_started_at"], 2)
     run["mfu_bf16"] = achieved / peaks["bf16"] if peaks["bf16"] else None
     run["mfu_fp32"] = achieved / peaks["fp32"] if peaks["fp32"] else None
     run["mfu"] = run["mfu_bf16"] if run["precision"] == "bf16" else run["mfu_fp32"]
     return run
+
+
+def _shape_peak(args: argparse.Namespace, precision: str, run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shape-matched peak (``common.shape_matched_peak``) of ``run``'s step: the model's GEMMs at its
+    mean tokens (and target tokens) per step, in ``precision``; None without a run."""
+    if run is None:
+        return None
+    import torch
+
+    model, _, _ = _load(args.model, args.threads)
+    tokens = int(round(run["tokens_per_step"]))
+    targets = int(round(run.get("target_tokens_per_step") or tokens / 2))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    out = common.shape_matched_peak(common.gemm_shapes(model, tokens, targets), dtype)
+    return {**out, "tokens_per_step": tokens, "target_tokens_per_step": targets}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -230,8 +264,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias or path (`tiny` for a smoke test)")
-    p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    p.add_argument("--steps", type=int, default=110, help="timed optimizer steps per run")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed steps before them (compile happens here); steps + warmup = 120, the quickstart's")
+    p.add_argument("--short", action="store_true", help="the old 15-step job (3 untimed + 12 timed): "
+                   "compile auto then stays off, as it would for a run that short")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
@@ -243,12 +280,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="auto: packing on bf16 hosts, padding on fp32 hosts (TRL's best per METHODS.md)")
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="keep SFTConfig's default gradient checkpointing (off here: faster)")
-    p.add_argument("--tunelab-compile", action="store_true", help="torch.compile tunelab's decoder layers")
+    p.add_argument("--tunelab-compile", choices=["auto", "true", "false"], default="auto",
+                   help="torch.compile tunelab's decoder layers (auto: as a run of this length decides)")
     p.add_argument("--no-cast-frozen", action="store_true",
                    help="keep tunelab's frozen base weights in fp32 (before/after figure of that optimisation)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
     p.add_argument("--verbose", action="store_true", help="show the sides' progress and warnings (stderr)")
     args = p.parse_args(argv)
+    if args.short:
+        args.steps, args.warmup = 12, 3
 
     from tunelab.device import decide
 
@@ -270,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if side == "trl":
                 kw["gradient_checkpointing"] = args.trl_gradient_checkpointing
             else:
-                kw["compile"] = args.tunelab_compile
+                kw["compile"] = {"auto": "auto", "true": True, "false": False}[args.tunelab_compile]
                 kw["cast_frozen"] = not args.no_cast_frozen
             print(f"[bench] repeat {rep + 1}/{args.repeats}: {side} packing={packing} {precision}", flush=True)
             run = common.run_in_subprocess(f"train_throughput:{side}_side", kw, args.threads, verbose=args.verbose)
@@ -289,6 +329,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if cur is None or (run["tokens_per_s"] or 0) > (cur["tokens_per_s"] or 0):
             best[run["side"]] = run
     tl, trl = best.get("tunelab"), best.get("trl")
+    shape_peak = _shape_peak(args, precision, tl or trl)
+    for run in runs:
+        gf = shape_peak and shape_peak["gflops"]
+        run["mfu_shape"] = run["achieved_gflops"] / gf if gf else None
 
     print()
     print(common.host_line(host))
@@ -296,32 +340,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"of its before/after peaks) | precision {precision} | "
           f"data {job['data']} | {args.model}, {args.steps} timed steps after {args.warmup}, "
           f"batch {args.batch_size}, max length {args.max_length}")
-    headers = ["side", "precision", "packing", "repeat", "tokens/s", "peak MB", "held-out loss",
-               "last train loss", "samples", "bf16 peak", "MFU", "MFU bf16", "MFU fp32"]
-    body = [[r["side"] + (" *" if r is best.get(r["side"]) else ""), r["precision"], r["packing"], r["repeat"],
-             r["tokens_per_s"], r["peak_mem_mb"], f"{r['heldout_loss']:.4f}",
+    if shape_peak:
+        print(f"shape-matched peak: {shape_peak['gflops']} GFLOP/s ({precision}; this step's own GEMMs alone at "
+              f"{shape_peak['tokens_per_step']:.0f} tokens, {shape_peak['target_tokens_per_step']:.0f} of them "
+              f"targets; {len(shape_peak['shapes'])} shapes)")
+    headers = ["side", "precision", "packing", "compile", "repeat", "tokens/s", "end to end s", "peak MB",
+               "held-out loss", "last train loss", "samples", "bf16 peak", "MFU", "MFU bf16", "MFU fp32",
+               "MFU shape-matched"]
+    body = [[r["side"] + (" *" if r is best.get(r["side"]) else ""), r["precision"], r["packing"],
+             r.get("compile", "-"), r["repeat"], r["tokens_per_s"], r["end_to_end_seconds"], r["peak_mem_mb"],
+             f"{r['heldout_loss']:.4f}",
              None if r["last_train_loss"] is None else f"{r['last_train_loss']:.4f}", r["samples_seen"],
              r["peaks"]["bf16"],
              None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
              None if r["mfu_bf16"] is None else f"{100 * r['mfu_bf16']:.1f}%",
-             None if r["mfu_fp32"] is None else f"{100 * r['mfu_fp32']:.1f}%"] for r in runs]
+             None if r["mfu_fp32"] is None else f"{100 * r['mfu_fp32']:.1f}%",
+             None if r["mfu_shape"] is None else f"{100 * r['mfu_shape']:.1f}%"] for r in runs]
     print(common.table(headers, body))
     print("* = the side's best run (by tokens/s), used for the ratios below")
 
     result = {
         "tokens_per_s_ratio": _ratio(tl and tl["tokens_per_s"], trl and trl["tokens_per_s"]),
+        "end_to_end_ratio": _ratio(trl and trl["end_to_end_seconds"], tl and tl["end_to_end_seconds"]),
+        "mfu_shape_matched": tl["mfu_shape"] if tl else None, "shape_matched_peak": shape_peak,
         "peak_memory_ratio": _ratio(tl and tl["peak_mem_mb"], trl and trl["peak_mem_mb"]),
         "loss_rel_diff": (abs(tl["heldout_loss"] - trl["heldout_loss"]) / trl["heldout_loss"]
                           if tl and trl and trl["heldout_loss"] else None),
         "mfu_bf16": tl["mfu_bf16"] if tl else None,
         "mfu": tl["mfu"] if tl else None,
         "tunelab": tl, "trl": trl, "runs": runs, "job": job, "peaks": peaks, "host": host,
-        "targets": {"tokens_per_s_ratio": 6.0 if precision == "bf16" else 3.0, "peak_memory_ratio": 0.5,
-                    "loss_rel_diff": 0.02, "mfu_bf16": 0.45},
+        "targets": {"tokens_per_s_ratio": 5.0 if precision == "bf16" else 3.0, "end_to_end_ratio": 3.0,
+                    "peak_memory_ratio": 0.5, "loss_rel_diff": 0.02, "mfu_shape_matched": 0.65},
     }
     if result["tokens_per_s_ratio"] is not None:
-        print(f"tokens/s ratio {result['tokens_per_s_ratio']:.2f}x, peak memory ratio "
+        print(f"steady-state tokens/s ratio {result['tokens_per_s_ratio']:.2f}x, end-to-end ratio "
+              f"{result['end_to_end_ratio']:.2f}x (TRL {trl['end_to_end_seconds']:.0f} s / tunelab "
+              f"{tl['end_to_end_seconds']:.0f} s, process start to saved adapter), peak memory ratio "
               f"{result['peak_memory_ratio']:.2f}, held-out loss rel. diff {100 * result['loss_rel_diff']:.2f}%")
+    if tl and tl["mfu_shape"] is not None:
+        print(f"tunelab MFU: {100 * tl['mfu_shape']:.1f}% of the shape-matched peak, {100 * (tl['mfu'] or 0):.1f}% of "
+              f"the 2048-cubed {precision} peak")
     print(common.dumps(result))
     return result
 

@@ -33,6 +33,13 @@ def test_tiny_run_through_cli_writes_the_run_folder(tmp_path, capsys):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3, 4]
     assert "heldout_loss/arith" in steps[-1]
+    # the run's wall time, phase by phase (benchmarks/study_run.py prints them): they add up to it
+    phases, train = res["run"]["phases"], res["run"]["train"]
+    assert list(phases) == ["load", "data", "base_eval", "prepare", "train", "save", "evaluate"]
+    assert all(v >= 0 for v in phases.values()) and phases["base_eval"] > 0 and phases["evaluate"] > 0
+    assert abs(sum(phases.values()) - res["run"]["seconds"]) <= 0.2 + 0.01 * res["run"]["seconds"]
+    assert 0 < train["first_step_seconds"] <= train["step_seconds"] <= phases["train"]
+    assert train["heldout_seconds"] > 0 and train["step_seconds"] + train["heldout_seconds"] <= phases["train"]
     # a second identical run is skipped, not redone
     assert main(["run", "recipes/tiny.yaml", "--out", str(tmp_path), "train.max_steps=4"]) == 0
     assert "skipping" in capsys.readouterr().out

@@ -65,7 +65,10 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
         b, t = r["base"], r["tuned"]
         print(f"  {task:10s} base {b['value']:6.1%} [{b['ci'][0]:.1%}, {b['ci'][1]:.1%}]  ->  "
               f"tuned {t['value']:6.1%} [{t['ci'][0]:.1%}, {t['ci'][1]:.1%}]  (n={t['n']})")
-    print(f"[tunelab] run folder: {run_dir}  ({res['run']['seconds']:.0f}s)")
+    phases = res["run"].get("phases") or {}
+    print(f"[tunelab] wall time {res['run']['seconds']:.0f} s"
+          + (": " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items() if v >= 0.5) if phases else ""))
+    print(f"[tunelab] run folder: {run_dir}")
     report = run_dir / "report.html" if (run_dir / "report.html").is_file() else run_report(run_dir)
     print(f"[tunelab] report: {report}")
     return 0

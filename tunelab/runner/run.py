@@ -73,6 +73,22 @@ def run_name(cfg: RunConfig, recipe: str | Path | None) -> str:
     return f"{stem}-{config_digest(cfg)}"
 
 
+class Phases:
+    """Wall seconds of a run's phases (``load``, ``data``, ``base_eval``, ``reference``, ``prepare``,
+    ``train``, ``save``, ``evaluate``), each the time since the previous :meth:`lap`; kept in
+    ``results.json`` (``run.phases``) and printed by ``benchmarks/study_run.py``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Close phase ``name`` now (its seconds add up when it is lapped twice)."""
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -226,7 +242,7 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
 def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_cache: str | Path | None,
              base_eval_cache: str | Path | None) -> Path:
     """The body of :func:`run`, in its locked, prepared folder."""
-    t_start = time.perf_counter()
+    t_start, phases = time.perf_counter(), Phases()
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[tunelab] {msg}"))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -238,6 +254,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         start = replace(start, name=str(recipe_model(start.name, cfg.recipe_dir, say)))
     seed_everything(cfg.train.seed)
     model, tok, model_info = load_start(start, device=device)
+    phases.lap("load")
     write_json(run_dir / "env.json", {**environment(precision, why), "model": model_info})
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -251,6 +268,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     else:
         data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused, say)
     write_json(run_dir / "data" / "mixture.json", data.report)
+    phases.lap("data")
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
     stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)  # promptintern: rows per step
     if stages is not None:
@@ -264,10 +282,12 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                                None if os.environ.get("TUNELAB_NO_EVAL_CACHE") else cache, reused,
                                str(model_info["resolved"]))
         reused["base_eval_seconds"] = round(time.perf_counter() - t_base, 1)  # a sweep's later runs reuse it
+    phases.lap("base_eval")
 
     if objective.needs_reference:  # the base model is the reference of every method: score before applying it
         _reference(model, tok.pad_token_id, data, cfg, precision, Path(data_cache) if data_cache else None,
                    str(model_info["resolved"]), reused, say)
+        phases.lap("reference")
     seed_everything(cfg.train.seed)
     method = build_method(cfg.method)
     model = method.apply(model)
@@ -288,15 +308,18 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})
                   for d in cfg.diagnostics if d["name"] == "grad_interference"]
     job.rows_at = stages
+    phases.lap("prepare")
     if objective.kind == "online":
         job.rollouts = Rollouts(objective, tok, cfg.train.batch_size * cfg.train.grad_accum, precision,
                                 cfg.data.max_length, cfg.train.seed)
     model, summary = train(job)
+    phases.lap("train")
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
     method.save_final(model, tok, run_dir / "final")
     save_head(model, run_dir / "final" / HEAD_FILE)
     write_json(run_dir / "final" / "tunelab.json", {"method": cfg.method, "base_model": model_info})
+    phases.lap("save")
 
     tuned_eval = {}
     if cfg.eval.tasks:
@@ -304,13 +327,15 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
         signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
         tuned_eval |= _conditioning_check(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
+    phases.lap("evaluate")
     tasks = recipe_tasks(cfg) if tuned_eval else {}
     regimes = {w: t for w, r in (("base", base_eval), ("tuned", tuned_eval)) if r and (t := regime_table(r, tasks))}
     if regimes.get("tuned"):
         say(format_regimes(regimes["tuned"], "prompt regimes (fine-tuned model):"))
     results = _results(cfg, base_eval, tuned_eval, summary,
                        {"name": run_dir.name, "precision": precision, "model": model_info,
-                        "seconds": round(time.perf_counter() - t_start, 1), "reused": reused}
+                        "seconds": round(time.perf_counter() - t_start, 1), "reused": reused,
+                        "phases": phases.seconds}
                        | ({"regimes": regimes} if regimes else {}))
     write_json(run_dir / "results.json", results)
     if cfg.diagnostics:

@@ -349,6 +349,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     step, done, last_loss, step_rng = start, start, float("nan"), checkpoint.rng_state()
     opt_bytes = 0  # the most the optimizer's state held after any step (LISA's changes with its layers)
     step_seconds: list[float] = []
+    heldout_seconds = 0.0  # held-out evaluations between steps (not in the step times)
     with trackers.tracking(acc, cfg, job.run_dir) as track:
         metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process, also=track)
         try:
@@ -381,7 +382,9 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / dt, "epoch": micro[-1][1], "peak_mem_mb": peak_mem_mb(acc.device),
                     **job.objective.metrics()})
+                t_eval = time.perf_counter()
                 last_loss, stop = row["loss"], _evaluate(job, acc, model, row, best, avg)
+                heldout_seconds += time.perf_counter() - t_eval
                 if done % cfg.log_every == 0 or done == cfg.max_steps or stop:
                     metrics.write(row)
                 bar.update(1)
@@ -401,5 +404,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         model = acc.unwrap_model(model)
         summary = {"steps": done, "final_loss": last_loss, "resumed_from": start, "optimizer_state_bytes": opt_bytes,
                    "median_step_seconds": float(sorted(step_seconds)[len(step_seconds) // 2]) if step_seconds else None,
+                   "first_step_seconds": round(step_seconds[0], 3) if step_seconds else None,
+                   "step_seconds": round(sum(step_seconds), 2), "heldout_seconds": round(heldout_seconds, 2),
                    **_finish(job, model, metrics, best, done, avg)}
     return model, summary

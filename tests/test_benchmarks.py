@@ -1,0 +1,50 @@
+"""The speed benchmarks' own arithmetic: the shape-matched peak's GEMM list and the study-run breakdown."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import common  # noqa: E402
+import study_run  # noqa: E402
+
+from tunelab.config import ModelConfig  # noqa: E402
+from tunelab.methods import build_method  # noqa: E402
+from tunelab.models.load import load_model  # noqa: E402
+
+
+def test_gemm_shapes_cover_every_frozen_projection_and_the_head_chunks():
+    model, _, _ = load_model(ModelConfig("tiny"))
+    model = build_method({"name": "lora", "r": 4, "alpha": 8, "target_modules": "all-linear"}).apply(model)
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+    tokens, targets, chunk = 300, 70, 32
+    shapes = common.gemm_shapes(model, tokens, targets, chunk=chunk)
+    flops = {}
+    for s in shapes:
+        flops[s["kind"]] = flops.get(s["kind"], 0) + 2 * s["m"] * s["k"] * s["n"] * s["count"]
+    projections = sum(m.weight.numel() for n, m in base.named_modules()
+                      if isinstance(m, torch.nn.Linear) and m is not head and "lora_" not in n)
+    assert projections > 0
+    assert flops["forward"] == flops["input grad"] == 2 * tokens * projections
+    assert flops["head forward"] == flops["head input grad"] == 2 * targets * head.weight.numel()
+    head_rows = sorted((s["m"], s["count"]) for s in shapes if s["kind"] == "head forward")
+    assert head_rows == [(targets % chunk, 1), (chunk, targets // chunk)]  # 2 full chunks of 32 and 6 rows
+    assert not any(s["m"] == 0 for s in shapes)
+    peak = common.shape_matched_peak(shapes[:2], torch.float32, seconds=0.01)
+    assert peak["gflops"] > 0 and len(peak["shapes"]) == 2
+
+
+def test_study_run_breakdown_adds_up_to_the_process_wall_time():
+    run = {"_wall_s": 100.0, "seconds": 90.0,
+           "phases": {"load": 5.0, "data": 2.0, "base_eval": 20.0, "prepare": 1.0, "train": 50.0, "save": 0.5,
+                      "evaluate": 11.0},
+           "train": {"median_step_seconds": 0.4, "first_step_seconds": 10.4, "heldout_seconds": 3.0}}
+    parts = study_run.breakdown(run)
+    assert parts["start + imports"] == 10.0 and parts["compile (first step above median)"] == 10.0
+    assert parts["train steps"] == 37.0 and parts["held-out evaluation"] == 3.0
+    assert abs(sum(parts.values()) - 100.0) < 0.2 and parts["other"] == 0.5
