@@ -23,6 +23,11 @@ add ``"\\n\\n\\n"``). ``--gsm8k-only`` skips part A (e.g. for an fp32 agreement 
 
     python benchmarks/generate_throughput.py --lm-eval
     python benchmarks/generate_throughput.py --model tiny --n 4 --max-new-tokens 8 --skip-gsm8k
+    python benchmarks/generate_throughput.py --decode-profile smollm2-135m-instruct,gemma3-270m --max-new-tokens 96
+
+Part C (``--decode-profile``): where each model's evaluation time goes, on the same ``instruct`` items
+(:func:`decode_profile`): decode tokens/s, prefill vs decode seconds, the LM head's share of a decode
+step, answer lengths and the share that hits the budget, and the decoding path.
 
 The last line printed is one JSON object.
 """
@@ -271,6 +276,77 @@ def part_b(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- part C
+
+
+def decode_profile(model: str, task: str, n: int, max_new_tokens: int, batch_size: int,
+                   precision: str) -> dict[str, Any]:
+    """Where a model's evaluation time goes (issue 42: gemma's tuned evaluation 3.6x its base's): the
+    ``task``'s first ``n`` items generated as its evaluation does, timed by hooks: prefill forwards
+    (more than one input token) vs decode steps, and within decode the LM head (its vocabulary is 5x
+    SmolLM2's on gemma); how long the answers are and how many hit ``max_new_tokens``; the decoding
+    path (continuous batching, or fixed left-padded batches for sliding-window caches). ``model``: an
+    alias, a path or a run folder (its tuned weights)."""
+    import torch
+
+    from tunelab.eval.tasks.base import get_task
+    from tunelab.generate.hf import HFGenerator
+    from tunelab.train.artifacts import load_for_inference
+
+    net, tok, _ = load_for_inference(model, "cpu")
+    gen = HFGenerator(net, tok, batch_size=batch_size, precision=precision, progress=False)
+    t = get_task(task)
+    items = t.items(n, 0)
+    cfg = t.generation_config(max_new_tokens)
+    clock: dict[str, float] = {"prefill": 0.0, "decode": 0.0, "head": 0.0, "decode_steps": 0, "decode_rows": 0}
+    started: dict[str, float] = {}
+    body = gen.model
+    head = getattr(body, "get_base_model", lambda: body)().get_output_embeddings()
+
+    def before(mod, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        started["call"], started["kind"] = time.perf_counter(), "decode" if ids.shape[1] == 1 else "prefill"
+        if ids.shape[1] == 1:
+            clock["decode_steps"] += 1
+            clock["decode_rows"] += ids.shape[0]
+
+    def after(mod, args, kwargs, out):
+        clock[started["kind"]] += time.perf_counter() - started["call"]
+
+    def head_before(mod, args):
+        started["head"] = time.perf_counter()
+
+    def head_after(mod, args, out):
+        if started.get("kind") == "decode":
+            clock["head"] += time.perf_counter() - started["head"]
+
+    hooks = [body.register_forward_pre_hook(before, with_kwargs=True),
+             body.register_forward_hook(after, with_kwargs=True),
+             head.register_forward_pre_hook(head_before), head.register_forward_hook(head_after)]
+    t0, tokens0 = time.perf_counter(), gen.generated_tokens
+    texts = [c[0] for c in gen.generate([it.prompt for it in items], cfg)]
+    wall = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    tokens = gen.generated_tokens - tokens0
+    lengths = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts]
+    return {
+        "model": model, "task": task, "items": len(items), "max_new_tokens": cfg.max_new_tokens,
+        "path": "continuous batching" if gen.decode_engine() is not None else "fixed batches (sliding-window cache)",
+        "vocab": int(head.weight.shape[0]), "hidden": int(head.weight.shape[1]),
+        "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
+        "wall_seconds": round(wall, 2), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
+        "mean_answer_tokens": round(sum(lengths) / max(1, len(lengths)), 1),
+        "at_max_share": round(sum(x >= cfg.max_new_tokens - 1 for x in lengths) / max(1, len(lengths)), 3),
+        "prefill_seconds": round(clock["prefill"], 2), "decode_seconds": round(clock["decode"], 2),
+        "decode_steps": clock["decode_steps"],
+        "mean_decode_batch": round(clock["decode_rows"] / max(1, clock["decode_steps"]), 1),
+        "ms_per_decode_step": round(1000 * clock["decode"] / max(1, clock["decode_steps"]), 2),
+        "head_share_of_decode": round(clock["head"] / clock["decode"], 3) if clock["decode"] else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias or path (`tiny` for a smoke test)")
@@ -287,7 +363,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lm-eval", action="store_true", help="run lm-eval's HF backend too (else its reference figure)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
     p.add_argument("--verbose", action="store_true", help="show the GSM8K side's progress and warnings")
+    p.add_argument("--decode-profile", default="", metavar="MODELS",
+                   help="part C only: comma-separated models or run folders, each profiled in its own process")
+    p.add_argument("--profile-task", default="instruct", help="part C's evaluation task")
+    p.add_argument("--profile-items", type=int, default=64, help="part C's items")
     args = p.parse_args(argv)
+    if args.decode_profile:
+        return profile_main(args)
 
     from tunelab.device import decide
 
@@ -336,6 +418,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "agreement": b["comparison"]["agreement"] if b and "comparison" in b else None,
               "generate": a, "gsm8k": b, "precision": precision, "precision_evidence": why, "host": host,
               "targets": {"tokens_per_s_ratio": 3.0, "vs_lm_eval_speedup": 2.0, "agreement": 0.95}}
+    print(common.dumps(result))
+    return result
+
+
+def profile_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Part C for each model of ``--decode-profile``, each in its own process; one table."""
+    from tunelab.device import decide
+
+    precision, _ = decide(args.precision, "cpu")
+    host = common.host_info()
+    runs = []
+    for model in [m.strip() for m in args.decode_profile.split(",") if m.strip()]:
+        print(f"[bench] part C: {model} on {args.profile_items} {args.profile_task} items", flush=True)
+        runs.append(common.run_in_subprocess(
+            "generate_throughput:decode_profile",
+            {"model": model, "task": args.profile_task, "n": args.profile_items,
+             "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "precision": precision},
+            args.threads, verbose=args.verbose))
+    print()
+    print(common.host_line(host))
+    keys = ["path", "vocab", "parameters_m", "wall_seconds", "generated_tokens", "tokens_per_s",
+            "mean_answer_tokens", "at_max_share", "prefill_seconds", "decode_seconds", "decode_steps",
+            "mean_decode_batch", "ms_per_decode_step", "head_share_of_decode"]
+    print(common.table(["figure"] + [r["model"] for r in runs], [[k] + [r[k] for r in runs] for k in keys], digits=2))
+    result = {"decode_profile": runs, "precision": precision, "host": host}
     print(common.dumps(result))
     return result
 
