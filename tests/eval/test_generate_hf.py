@@ -133,3 +133,30 @@ def test_bos_for_base_tokenizers(tmp_path) -> None:
     assert encode_prompt(tok, "abc") == [bos_id, *tok("abc", add_special_tokens=False)["input_ids"]]
     plain = tiny_tokenizer()  # adds nothing: no BOS anywhere
     assert encode_prompt(plain, "abc") == plain("abc", add_special_tokens=False)["input_ids"]
+
+
+def test_a_sliding_window_model_batches_continuously_inside_its_window() -> None:
+    """Gemma3 (sliding-window layers): prompts that fit the window with their budget take continuous
+    batching (its plain merged caches see what the sliding layers see) and give generate's tokens;
+    longer ones take the per-batch loop, also equal to generate."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = tiny_tokenizer()
+    widest = max(len(encode_prompt(tok, p)) for p in PROMPTS)
+    window = widest + 12
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=window,
+                           layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    g = HFGenerator(Gemma3ForCausalLM(cfg).eval(), tok, batch_size=3, progress=False)
+    assert not g._plain_cache() and g.decode_engine() is None  # a server still decodes per batch
+    paths: list[str] = []
+    for name in ("_continuous", "_decode"):
+        original = getattr(g, name)
+        setattr(g, name, lambda *a, _f=original, _n=name: paths.append(_n) or _f(*a))
+    inside = GenerationConfig(max_new_tokens=window - widest)
+    assert g.generate(PROMPTS, inside) == reference(g, inside) and paths == ["_continuous"]
+    beyond = GenerationConfig(max_new_tokens=window - widest + 1)  # the widest prompt would outgrow the window
+    paths.clear()
+    assert g.generate(PROMPTS, beyond) == reference(g, beyond) and set(paths) == {"_decode"}

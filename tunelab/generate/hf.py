@@ -6,7 +6,9 @@ follows the tokens actually generated, not the longest completion of the batch. 
 growing KV cache, :class:`tunelab.generate.engine.DecodeEngine` batches continuously (queued
 prompts take the freed rows, each prompt is prefilled alone, every row has its own settings; a
 server feeds one engine through ``BatchingLoop``). Models whose cache layers are not plain (sliding
-windows: Gemma3) decode fixed left-padded batches sorted by length (``_decode``).
+windows: Gemma3) batch continuously too when every prompt plus its budget fits the window (the
+sliding layers then evict nothing); longer ones decode fixed left-padded batches sorted by length
+(``_decode``).
 Greedy decoding gives the same tokens as ``generate`` (tested). Prompt-learning peft models
 (prefix/prompt tuning, whose virtual tokens live in ``prepare_inputs_for_generation``) keep
 ``model.generate``.
@@ -100,7 +102,7 @@ class HFGenerator:
         """
         ids = [encode_prompt(self.tok, p) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        if self._own_loop and self._plain_cache():
+        if self._own_loop and (self._plain_cache() or self._fits_window(ids, cfg)):
             return self._continuous(ids, order, cfg)
         out: list[list[str]] = [[] for _ in prompts]
         bs = max(1, self.batch_size // max(1, cfg.n))
@@ -127,6 +129,15 @@ class HFGenerator:
             layers = getattr(DynamicCache(config=self.model.config), "layers", None)
             self._plain = bool(layers) and all(type(x) is DynamicLayer for x in layers)
         return self._plain
+
+    def _fits_window(self, ids: list[list[int]], cfg: GenerationConfig) -> bool:
+        """Whether every prompt plus its token budget fits the model's sliding window (Gemma3: 512). Then
+        the sliding layers see every token, as plain layers do, and continuous batching gives the same
+        tokens (its merged caches are plain: a sliding layer evicts nothing at these lengths)."""
+        cfg_text = self.model.config
+        cfg_text = getattr(cfg_text, "get_text_config", lambda: cfg_text)()
+        window = getattr(cfg_text, "sliding_window", None)
+        return bool(window) and bool(ids) and max(map(len, ids)) + cfg.max_new_tokens <= int(window)
 
     def _ends(self, cfg: GenerationConfig) -> tuple[set[int], list[str], int]:
         """(end tokens, stop strings, tokens of decoded tail that can hold the longest stop string)."""
