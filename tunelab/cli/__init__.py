@@ -37,11 +37,11 @@ from tunelab.methods import METHODS
 from tunelab.models.load import ALIASES, ModelError
 from tunelab.registry import RegistryError, first_doc_line
 from tunelab.regularizers import REGULARIZERS
-from tunelab.runner import findings
+from tunelab.report import findings, findings_doc
+from tunelab.report.data_report import inspect_recipe
+from tunelab.report.run_report import run_report, sweep_report
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.compare import compare_runs
-from tunelab.runner.data import inspect_recipe
-from tunelab.runner.report import run_report, sweep_report
 from tunelab.runner.run import load_results, run
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
 from tunelab.runner.sweep import check_sweep, is_sweep_file, load_sweep, run_sweep
@@ -212,12 +212,12 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 def _sweep_report(a: argparse.Namespace) -> int:
     """``tunelab sweep report``: the study's findings from its records; ``<study folder>/findings.md``."""
     study = findings.report(a.folder, a.records)
-    text = findings.markdown(study)
+    text = findings_doc.markdown(study)
     write_text(study["_sweep"].study_folder / "findings.md", text)
     if a.json:
         print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
     else:
-        print(text if a.markdown else findings.summary(study) + "\n", end="")
+        print(text if a.markdown else findings_doc.summary(study) + "\n", end="")
     print(f"[tunelab] {study['_sweep'].study_folder / 'findings.md'}", file=sys.stderr)
     return 0
 
@@ -259,7 +259,7 @@ def cmd_findings(a: argparse.Namespace) -> int:
     """Write docs/findings.md: every study's section (question, design, plan, pilot, arms with CIs, claims
     with verdicts, diagnostics, hosts) from its committed records under STUDIES; never edit it by hand."""
 
-    doc, names = findings.write_findings(a.studies, a.out, pages=not a.no_pages)
+    doc, names = findings_doc.write_findings(a.studies, a.out, pages=not a.no_pages)
     print(f"[tunelab] {doc}: {len(names)} stud{'ies' if len(names) != 1 else 'y'} ({', '.join(names)})")
     return 0
 

@@ -53,8 +53,8 @@ from tunelab.config import ConfigError, RunConfig, apply_override, dump_yaml, fr
 from tunelab.io import FolderLock, write_json
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.aggregate import aggregate, format_table
+from tunelab.runner.hooks import report_sweep
 from tunelab.runner.records import build_record, load_records, write_record
-from tunelab.runner.report import sweep_report
 from tunelab.runner.run import config_digest, run
 from tunelab.runner.validate import validate
 
@@ -111,7 +111,7 @@ class Sweep:
     before the runs; the findings print them beside the question."""
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
     """Findings under test: ``{claim, task, arm, versus, direction, effect, source}`` (see
-    :func:`tunelab.runner.findings.hypotheses`)."""
+    :func:`tunelab.report.findings.hypotheses`)."""
 
     records: Path = Path("studies")
     """The study's records folder (one ``<run>.json.gz`` per finished run; :mod:`tunelab.runner.records`)."""
@@ -307,7 +307,7 @@ def is_sweep_file(path: str | Path) -> bool:
 def _arm_label(where: str, given: Any, factors: dict[str, dict[str, Any]], baseline: dict[str, str]) -> str:
     """An arm's label from ``factor=level,...`` or a mapping ``{factor: level}`` (for labels with
     commas); factors not named take the baseline's level. ``ensemble(<arm>)`` names the ensemble of
-    that arm's seeds (mean class probabilities on multiple-choice tasks; :mod:`tunelab.runner.findings`)."""
+    that arm's seeds (mean class probabilities on multiple-choice tasks; :mod:`tunelab.report.findings`)."""
     if isinstance(given, str) and given.strip().startswith(ENSEMBLE + "(") and given.strip().endswith(")"):
         inner = given.strip()[len(ENSEMBLE) + 1 : -1]
         return f"{ENSEMBLE}({_arm_label(where, inner, factors, baseline)})"
@@ -658,7 +658,7 @@ def _sweep(sweep: Sweep, *, jobs: int, backend: str, address: str | None, resume
         left = plan_mod.plan(sweep)
         result["left"] = {"runs": left["runs_left"], "seconds": left["seconds_left"]}
         write_json(folder / "sweep.json", result)
-        sweep_report(result)
+        report_sweep(result)  # registered by tunelab.report, above the runner
     if not quiet:
         print(format_table(result))
     minutes = left["seconds_left"] / 60
