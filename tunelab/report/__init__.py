@@ -10,7 +10,7 @@ reports with the runner (:mod:`tunelab.runner.hooks`), so every run and sweep st
 its ``report.html``.
 """
 
-from tunelab.report.run_report import run_report, sweep_report
+from tunelab.report import run_report as _pages
 from tunelab.runner.hooks import set_reporters
 
-set_reporters(run=run_report, sweep=sweep_report)
+set_reporters(run=_pages.run_report, sweep=_pages.sweep_report)
