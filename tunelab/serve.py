@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` (and
 ``/v1/models/{id}``), ``GET /health``. Every request goes into one
-:class:`~tunelab.generate.engine.BatchingLoop`: over a local transformers model, requests that arrive
+:class:`~tunelab.generate.batching.BatchingLoop`: over a local transformers model, requests that arrive
 together decode together (continuous batching), each with its own settings; any other generator
 answers one request at a time.
 
@@ -39,9 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.generate.base import GenerationConfig, Generator, Prompt
+from tunelab.generate.batching import BatchingLoop
 from tunelab.generate.build import build_generator
-from tunelab.generate.engine import BatchingLoop, RequestError
 from tunelab.generate.engine import Request as Job
+from tunelab.generate.engine import RequestError
 from tunelab.web import in_background
 
 log = logging.getLogger(__name__)
