@@ -13,7 +13,8 @@ from conftest import skip_without_shared_data
 from tunelab.cli import main
 from tunelab.config import ConfigError
 from tunelab.report.findings import judge, minimum_detectable_effect
-from tunelab.runner.sweep import load_sweep, run_sweep
+from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["train.max_steps=4", "train.save_every=2", "data.sources.0.count=64", "data.heldout=4",

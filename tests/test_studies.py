@@ -16,7 +16,8 @@ from tunelab.io import DataError, read_json_gz, write_json_gz
 from tunelab.report.findings_doc import write_findings
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.records import CURVE_POINTS, FORMAT, load_records, thin
-from tunelab.runner.sweep import check_sweep, load_sweep, parse_budget, run_sweep
+from tunelab.runner.sweep import parse_budget, run_sweep
+from tunelab.runner.sweep_file import check_sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"

@@ -12,7 +12,7 @@ from tunelab.config import builtin_recipes, load_recipe
 from tunelab.diagnostics import run_diagnostics
 from tunelab.report.run_report import run_report
 from tunelab.runner.run import load_results, run
-from tunelab.runner.sweep import check_sweep, is_sweep_file, load_sweep
+from tunelab.runner.sweep_file import check_sweep, is_sweep_file, load_sweep
 from tunelab.runner.validate import validate
 from tunelab.train.artifacts import export
 

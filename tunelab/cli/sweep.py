@@ -14,7 +14,8 @@ from tunelab.io import write_text
 from tunelab.report import findings, findings_doc
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
-from tunelab.runner.sweep import load_sweep, run_sweep
+from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:

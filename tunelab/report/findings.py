@@ -57,7 +57,8 @@ from tunelab.config import ConfigError
 from tunelab.eval.stats import compare_paired, sign_flip_test
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.plan import BELOW, mde
-from tunelab.runner.sweep import ENSEMBLE, Arm, load_sweep
+from tunelab.runner.sweep_fields import ENSEMBLE
+from tunelab.runner.sweep_file import Arm, load_sweep
 
 POWER, ALPHA = 0.8, 0.05
 
@@ -306,7 +307,7 @@ def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def resolve(target: str | Path, records: str | Path | None = None) -> Any:
-    """The :class:`~tunelab.runner.sweep.Sweep` of ``target``: a sweep file, a study folder (its
+    """The :class:`~tunelab.runner.sweep_file.Sweep` of ``target``: a sweep file, a study folder (its
     ``study.json`` names the sweep file; the records are its ``records/``) or a sweep run folder (its
     ``sweep.json``).
 

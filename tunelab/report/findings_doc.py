@@ -20,7 +20,8 @@ from tunelab.io import write_text
 from tunelab.report.findings import hosts, report
 from tunelab.report.run_report import sweep_report
 from tunelab.runner.aggregate import arm_cells, fmt
-from tunelab.runner.sweep import ENSEMBLE, Arm
+from tunelab.runner.sweep_fields import ENSEMBLE
+from tunelab.runner.sweep_file import Arm
 
 
 def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
