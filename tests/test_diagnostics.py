@@ -132,3 +132,27 @@ def test_diagnostics_on_a_run_and_in_its_report(tmp_path: Path, capsys) -> None:
     (d / "cka.json").unlink()
     assert main(["diagnose", str(run_dir), "--only", "cka"]) == 0 and (d / "cka.json").is_file()
     assert main(["validate", "recipes/tiny.yaml", "diagnostics=[{name: nope}]"]) == 1
+
+
+def test_a_diagnostic_without_a_panel_of_its_own_still_shows_in_the_report(tmp_path: Path) -> None:
+    from tunelab.diagnostics import DIAGNOSTICS, Diagnostic
+    from tunelab.report.run_report import run_report
+
+    @DIAGNOSTICS.register("toy_probe")
+    class ToyProbe(Diagnostic):
+        """A diagnostic that draws no panel: the report shows its values as a table."""
+
+        def run(self, ctx) -> dict:
+            return {}
+
+    try:
+        folder = tmp_path / "run" / "diagnostics"
+        folder.mkdir(parents=True)
+        (folder / "toy_probe.json").write_text(json.dumps({"score": 0.625, "layers": {"3": [1, 2]}, "seconds": 2.0}))
+        (folder / "not_installed.json").write_text(json.dumps({"drift": 0.5}))  # a plugin missing here
+        page = run_report(tmp_path / "run").read_text()
+    finally:
+        DIAGNOSTICS._items.pop("toy_probe", None)
+    assert "<h3>toy_probe (2.0s)</h3>" in page and "<td>score</td><td>0.625</td>" in page
+    assert "<td>layers.3</td><td>[1, 2]</td>" in page
+    assert "<h3>not_installed (0.0s)</h3>" in page and "<td>drift</td><td>0.5</td>" in page

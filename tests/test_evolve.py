@@ -32,7 +32,7 @@ from tunelab.evolve.operators import OPERATORS, parse_equal, parse_operators, pi
 from tunelab.evolve.seeds import load_seeds
 from tunelab.evolve.stats import distinct_n, near_duplicate_rate
 from tunelab.generate.base import GenerationConfig
-from tunelab.runner.sweep import load_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ["Explain photosynthesis to a child.", "Write a haiku about rain.", "GARBAGE list three rivers.",

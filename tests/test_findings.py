@@ -12,8 +12,9 @@ from conftest import skip_without_shared_data
 
 from tunelab.cli import main
 from tunelab.config import ConfigError
-from tunelab.runner.findings import judge, minimum_detectable_effect
-from tunelab.runner.sweep import load_sweep, run_sweep
+from tunelab.report.findings import judge, minimum_detectable_effect
+from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["train.max_steps=4", "train.save_every=2", "data.sources.0.count=64", "data.heldout=4",
@@ -61,7 +62,7 @@ def test_equal_claims_are_judged_by_tost(delta, ci, p_diff, p_tost, expected) ->
 def test_tost_is_the_larger_of_two_one_sided_t_tests() -> None:
     from scipy import stats as sps
 
-    from tunelab.runner.findings import equivalence_p
+    from tunelab.report.findings import equivalence_p
 
     rng = np.random.default_rng(1)
     a = list(rng.normal(0.5, 0.2, 60))
@@ -78,7 +79,7 @@ def test_tost_is_the_larger_of_two_one_sided_t_tests() -> None:
 def test_seed_test_is_paired_by_seed_and_one_sided() -> None:
     from scipy import stats as sps
 
-    from tunelab.runner.findings import seed_test
+    from tunelab.report.findings import seed_test
 
     versus = {0: 0.50, 1: 0.70, 2: 0.60}
     arm = {2: 0.64, 0: 0.53, 1: 0.72}  # always a little better on the same seed, seeds apart a lot
@@ -171,7 +172,7 @@ def test_every_study_file_plans(path: Path) -> None:
 
 def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: Path) -> None:
     from tunelab.io import read_jsonl
-    from tunelab.runner.findings import report
+    from tunelab.report.findings import report
 
     path = _spec(tmp_path, seeds=1, hypotheses=[], factors={
         "rank": {"method.r": [2, 4]},
@@ -189,7 +190,7 @@ def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: 
     assert inter["items"] == len(ids) == 8 and inter["delta"] == pytest.approx(float(np.mean(did)))
     assert inter["ci"][0] <= inter["delta"] <= inter["ci"][1] and 0 <= inter["p_value"] <= 1
     assert "vld effect at rank=4" in inter["contrast"]
-    from tunelab.runner.findings import markdown
+    from tunelab.report.findings_doc import markdown
 
     assert "Interaction on items (difference in differences" in markdown(study)
 
@@ -199,7 +200,7 @@ def test_a_claim_may_score_the_comparison_arm_on_another_task_over_the_same_item
     prompt (task F), paired on the items both regimes share."""
     from types import SimpleNamespace
 
-    from tunelab.runner.findings import hypotheses
+    from tunelab.report.findings import hypotheses
 
     h = {"claim": "bare matches full", "task": "Q", "arm": "a=pi", "versus": "a=full", "versus_task": "F",
          "direction": "better", "effect": 0.1, "source": "test"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.runner.findings import write_findings
+from tunelab.report.findings_doc import write_findings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import yaml
 from tunelab.config import ConfigError, SourceConfig, load_recipe
 from tunelab.runner import generated
 from tunelab.runner.generated import build, generated_key, parse_generated
-from tunelab.runner.sweep import check_sweep, is_sweep_file
+from tunelab.runner.sweep_file import check_sweep, is_sweep_file
 from tunelab.runner.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -66,6 +66,7 @@ def test_an_unknown_name_lists_the_builtin_names(tmp_path: Path, monkeypatch: py
 def test_validate_and_quickstart_use_the_builtin_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import tunelab.cli as cli
+    import tunelab.cli.runs as run_commands
 
     monkeypatch.chdir(tmp_path)
     Path("quickstart").write_text("not: a recipe\n")  # a stray file named like the recipe does not hijack quickstart
@@ -81,7 +82,7 @@ def test_validate_and_quickstart_use_the_builtin_recipe(tmp_path: Path, monkeypa
         raise Stop
 
     seen: list[Path] = []
-    monkeypatch.setattr(cli, "run", fake_run)
+    monkeypatch.setattr(run_commands, "run", fake_run)
     with pytest.raises(Stop):
         cli.main(["quickstart"])
     assert seen == [BUILTIN_RECIPES / "quickstart.yaml"]

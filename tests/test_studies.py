@@ -13,10 +13,11 @@ import pytest
 from tunelab.cli import main
 from tunelab.config import ConfigError
 from tunelab.io import DataError, read_json_gz, write_json_gz
+from tunelab.report.findings_doc import write_findings
 from tunelab.runner import plan as plan_mod
-from tunelab.runner.findings import write_findings
 from tunelab.runner.records import CURVE_POINTS, FORMAT, load_records, thin
-from tunelab.runner.sweep import check_sweep, load_sweep, parse_budget, run_sweep
+from tunelab.runner.sweep import parse_budget, run_sweep
+from tunelab.runner.sweep_file import check_sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -246,7 +247,7 @@ def test_budget_below_one_run_without_any_estimate_and_bad_max_runs(tmp_path: Pa
 def test_an_ensemble_of_an_arms_seeds_is_scored_from_the_records(tmp_path: Path, capsys) -> None:
     import numpy as np
 
-    from tunelab.runner.findings import report
+    from tunelab.report.findings import report
 
     claims = [{"claim": "rank 4 beats the ensemble of rank 2", "task": "nlp_mc", "arm": "rank=4",
                "versus": "ensemble(rank=2)", "direction": "better", "effect": 0.05, "source": "a test"}]

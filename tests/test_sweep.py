@@ -14,7 +14,8 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.config import ConfigError
-from tunelab.runner.sweep import load_sweep, run_sweep
+from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -94,16 +95,16 @@ def test_inline_sweep_shares_work_aggregates_and_skips_finished_runs(tmp_path: P
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
-    from tunelab.runner import sweep as sweep_mod
+    from tunelab.runner import sweep_runs
 
-    real = sweep_mod._run_inline
+    real = sweep_runs._run_inline
 
     def flaky(planned, folder, resume):
         if planned.arm.levels["rank"] == "2":
             raise RuntimeError("out of memory (simulated)")
         real(planned, folder, resume)
 
-    monkeypatch.setattr(sweep_mod, "_run_inline", flaky)
+    monkeypatch.setattr(sweep_runs, "_run_inline", flaky)
     result = run_sweep(_sweep_file(tmp_path, seeds=1), backend="inline", quiet=True)
     runs = sorted(result["runs"].values(), key=lambda r: r["arm"])
     assert [r["status"] for r in runs] == ["failed", "done"]

@@ -25,6 +25,10 @@ _PUBLIC = {
     "evaluate_tasks": "tunelab.eval.harness",
 }
 
+_REGISTERS = {"run": "tunelab.report"}
+"""Imported with a public name: the report layer registers the run report with the runner, so that a
+run started as ``tunelab.run`` ends by writing its ``report.html`` as ``tunelab run`` does."""
+
 __all__ = ["__version__", *_PUBLIC]
 
 
@@ -32,6 +36,8 @@ def __getattr__(name: str) -> Any:
     """Resolve a public name (``tunelab.run`` ...) from the module that defines it."""
     if name not in _PUBLIC:
         raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
+    if name in _REGISTERS:
+        importlib.import_module(_REGISTERS[name])
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
     globals()[name] = value
     return value

@@ -42,7 +42,7 @@ from tunelab.config import load_config
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
-from tunelab.runner.report import CSS, run_report, sweep_report
+from tunelab.report.run_report import CSS, run_report, sweep_report
 from tunelab.web import in_background
 
 CHOICES = ("a", "b", "tie")

@@ -197,7 +197,7 @@ def test_real_qa_sets_and_the_nat_recipe_through_data_inspect(capsys) -> None:
 
 
 def test_nat_recipe_variants_and_the_ratio_sweep_validate(tmp_path: Path, capsys) -> None:
-    from tunelab.runner.sweep import load_sweep
+    from tunelab.runner.sweep_file import load_sweep
 
     if not (DATA / "nat_strategyqa" / "strategyqa_gpt-3.5_positive.json").is_file():
         pytest.skip("nat_strategyqa not in TUNELAB_DATA_DIR")

@@ -176,7 +176,7 @@ def test_a_promptintern_run_trains_and_resumes_exactly(tmp_path: Path) -> None:
 
 
 def test_recipes_and_sweeps_validate(capsys) -> None:
-    from tunelab.runner.sweep import check_sweep, load_sweep
+    from tunelab.runner.sweep_file import check_sweep, load_sweep
 
     recipes = sorted((ROOT / "recipes").glob("promptintern*.yaml"))
     assert len(recipes) >= 3

@@ -1,4 +1,5 @@
-"""What the continuous-batching decoder (``tunelab.generate.engine``) relies on from transformers' KV cache.
+"""What the continuous-batching decoder (``tunelab.generate.engine``; its cache, ``tunelab.generate.kv_cache``)
+relies on from transformers' KV cache.
 
 The decoder builds caches layer by layer, swaps in its own ``GrowingLayer``, merges and drops batch
 rows; a transformers upgrade that changes any of this must fail here, loudly, not as wrong text.
@@ -13,7 +14,7 @@ import torch
 from transformers import Gemma3TextConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from tunelab.generate.engine import GrowingLayer
+from tunelab.generate.kv_cache import GrowingLayer
 from tunelab.models.load import cache_kwarg
 from tunelab.models.tiny import tiny_model
 

@@ -13,7 +13,8 @@ import pytest
 from tunelab.generate.base import GenerationConfig
 from tunelab.generate.cache import CachedGenerator, cache_key
 from tunelab.generate.openai_compat import OpenAIError, OpenAIGenerator, _api_root
-from tunelab.serve import config_from_request, running_server
+from tunelab.serve import running_server
+from tunelab.serve.api import config_from_request
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.cli.common import Commands
 from tunelab.config import is_run, load_config
 from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.predictions import score_predictions
 from tunelab.eval.tasks.base import EvalTask, Signalled, get_task, parse_task_options
 from tunelab.eval.tasks.code_exec import parse_ks
-from tunelab.generate.build import build_generator
+from tunelab.generate.build import BACKENDS, build_generator
 from tunelab.sandbox import SandboxUnavailable
 
 
@@ -161,3 +162,40 @@ def eval_command(args: argparse.Namespace) -> int:
         print(f"[tunelab] {name}: per-item rows in {out / f'{name}.jsonl'}")
     print(f"[tunelab] scores in {scores_path}")
     return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """Evaluate a model or run on tasks, with confidence intervals (per-item rows written).
+
+    Task options: --task-option gsm8k.fewshot=5 --task-option judge.mode=pairwise (repeatable;
+    values parsed as YAML; a bare key=value applies to every task that takes it).
+    """
+
+    return eval_command(a)
+
+
+COMMANDS: Commands = {
+    "eval": (cmd_eval, lambda p: (
+        p.add_argument("model", nargs="?", help="model name/dir or run folder (not needed with --predictions)"),
+        p.add_argument("--tasks", "--task", dest="tasks", required=True, help="comma-separated task names"),
+        p.add_argument("--limit", type=int, default=None, help="items per task"),
+        p.add_argument("--task-option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                       help="a task constructor option, value parsed as YAML (repeatable): "
+                            "gsm8k.fewshot=5, judge.mode=pairwise; a bare KEY=VALUE goes to every "
+                            "task that takes KEY; unknown options fail listing the accepted ones"),
+        p.add_argument("--k", default=None, help="pass@k values to report, e.g. 1,10"),
+        p.add_argument("--samples", type=int, default=1, help="completions per item"),
+        p.add_argument("--temperature", type=float, default=0.0),
+        p.add_argument("--max-new-tokens", type=int, default=None),
+        p.add_argument("--batch-size", type=int, default=16),
+        p.add_argument("--seed", type=int, default=1234, help="item sampling and generation seed"),
+        p.add_argument("--signal", default="auto", choices=["auto", "success", "failure", "none"],
+                       help="prompt signal of a NAT-trained run (auto: success; failure/none: sanity checks)"),
+        p.add_argument("--backend", default="auto", choices=BACKENDS,
+                       help="hf (local), openai (MODEL is http://host:port/v1#name), vllm (GPU); "
+                            "auto: openai for a URL, else hf"),
+        p.add_argument("--predictions", help="score a predictions JSONL instead of generating"),
+        p.add_argument("--out", help="folder for per-item results"),
+        p.add_argument("--json", action="store_true", help="print only JSON on stdout"))),
+}
+"""The commands of this module: name -> (function, what adds its arguments)."""

@@ -2,9 +2,10 @@
 
 Each module registers one with ``@DIAGNOSTICS.register``: gradient interference between sources
 (measured during training), representation drift (CKA), weight change, a linearity check and a
-forgetting panel. Results go to ``<run>/diagnostics/<name>.json`` and into the run's report.
+forgetting panel. Results go to ``<run>/diagnostics/<name>.json`` and into the run's report, each
+as the panel its :meth:`Diagnostic.panel` draws (by default a table of the result's values).
 """
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, run_diagnostics
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, run_diagnostics
 
-__all__ = ["DIAGNOSTICS", "Context", "Diagnostic", "run_diagnostics"]
+__all__ = ["DIAGNOSTICS", "Context", "Diagnostic", "Panel", "run_diagnostics"]

@@ -1,7 +1,9 @@
-"""The diagnostics registry, the context they read (run folder, base and tuned models, probe rows)."""
+"""The diagnostics registry, the context they read (run folder, base and tuned models, probe rows), and
+the panel each draws in the run report (:class:`Panel`; by default a table of its result's values)."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,8 +21,63 @@ from tunelab.registry import Registry
 from tunelab.train.artifacts import load_for_inference, load_start
 
 
+@dataclass
+class Panel:
+    """A diagnostic's panel in the run report: a heading, then a paragraph, a figure and a table, each
+    optional (:mod:`tunelab.report.run_report` draws it as HTML, escaping the text)."""
+
+    title: str
+    text: str = ""
+    """A paragraph under the heading."""
+    figure: Any = None
+    """A matplotlib figure; the report inlines it as SVG (labelled ``label``) and closes it."""
+    label: str = ""
+    """The figure's label (``data-plot``)."""
+    table: tuple[list[str], list[list[Any]]] | None = None
+    """(header, rows) of plain values."""
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive backend, imported on first use (only panels draw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cost(result: dict[str, Any]) -> str:
+    """`` (1.2s)``: the seconds the diagnostic took, for a panel's heading."""
+    return f" ({result.get('seconds', 0):.1f}s)"
+
+
+def _value(value: Any, width: int = 120) -> str:
+    """A leaf of a result as table text (a float to 4 significant digits, anything else as JSON, shortened)."""
+    text = f"{value:.4g}" if isinstance(value, float) else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def generic_panel(name: str, result: dict[str, Any], limit: int = 40) -> Panel:
+    """A result as a table of its values (nested keys joined by dots; at most ``limit`` rows, the rest
+    counted): the panel of a diagnostic that draws none of its own, or is not installed here."""
+    rows: list[list[Any]] = []
+
+    def walk(tree: Any, prefix: str) -> None:
+        if isinstance(tree, dict) and tree:
+            for key, value in tree.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            rows.append([prefix, _value(tree)])
+
+    walk({k: v for k, v in result.items() if k != "seconds"}, "")
+    more = f"{len(rows) - limit} more value(s) in diagnostics/{name}.json" if len(rows) > limit else ""
+    return Panel(f"{name}{cost(result)}", more, table=(["value", ""], rows[:limit]))
+
+
 class Diagnostic:
-    """One diagnostic: ``Params`` are its recipe keys; :meth:`run` returns its JSON-able result."""
+    """One diagnostic: ``Params`` are its recipe keys; :meth:`run` returns its JSON-able result and
+    :meth:`panel` draws it in the run report."""
 
     during_training: ClassVar[bool] = False
     """True for diagnostics measured by the training loop (their :meth:`run` summarises the log)."""
@@ -35,6 +92,13 @@ class Diagnostic:
     def run(self, ctx: Context) -> dict[str, Any]:
         """The diagnostic's result for the run in ``ctx``."""
         raise NotImplementedError
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """The diagnostic's panel in the run report, from its result (``<run>/diagnostics/<name>.json``,
+        neither an error nor a note). By default a table of the result's values: a diagnostic without
+        a panel of its own still shows."""
+        return generic_panel(getattr(cls, "name", cls.__name__), result)
 
 
 DIAGNOSTICS: Registry[type[Diagnostic]] = Registry(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, cost, pyplot
 
 
 def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 - the paper's names
@@ -82,3 +82,18 @@ class CKA(Diagnostic):
                                 for b, t in zip(base_h, tuned_h)],
             }
         return {"layers": "embeddings, then each decoder layer (the last after the final norm)", "sources": out}
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """CKA and mean-state cosine against the layer, one line per source."""
+        from matplotlib.ticker import MaxNLocator
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for source, v in result["sources"].items():
+            ax.plot(v["cka"], "o-", label=f"{source} CKA")
+            ax.plot(v["mean_cosine"], "x--", label=f"{source} mean cosine", alpha=0.6)
+        ax.set(xlabel="layer (0 = embeddings)", title="Base vs tuned representations", ylim=(-0.05, 1.05))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+        return Panel(f"Representation drift{cost(result)}", figure=fig, label="cka")

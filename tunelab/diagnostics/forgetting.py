@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, cost
 from tunelab.io import read_jsonl
 
 
@@ -29,3 +29,11 @@ class Forgetting(Diagnostic):
                               "lost": [i for i in common if base[i] and not tuned[i]],
                               "gained": [i for i in common if tuned[i] and not base[i]]}
         return {"tasks": out} if out else {"note": "no task with per-item correctness for base and tuned"}
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """Per task: items, those the base got right, lost and gained, the first lost ones."""
+        rows = [[t, v["n"], v["base_right"], len(v["lost"]), len(v["gained"]), ", ".join(v["lost"][:10])]
+                for t, v in result["tasks"].items()]
+        return Panel(f"Forgetting{cost(result)}", table=(
+            ["task", "items", "base right", "lost", "gained", "first lost items"], rows))

@@ -7,10 +7,11 @@ enabled by ``diagnostics: [{name: grad_interference, every: 20}]``); this diagno
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, pyplot
 
 
 @DIAGNOSTICS.register("grad_interference")
@@ -41,3 +42,22 @@ class GradInterferenceSummary(Diagnostic):
                 "mean_cosine": mean, "conflict_rate": [r["conflict_rate"] for r in rows],
                 "grad_norm": [r["grad_norm"] for r in rows], "probe_seconds": spent,
                 "share_of_training": spent / train_s if train_s else None}
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """The mean cosine matrix between sources and the conflict rate over steps (nothing measured:
+        the default table)."""
+        if not result.get("steps"):
+            return super().panel(result)
+        plt = pyplot()
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+        im = ax1.imshow(result["mean_cosine"], vmin=-1, vmax=1, cmap="RdBu")
+        ax1.set_xticks(range(len(result["sources"])), result["sources"], rotation=45, fontsize=7)
+        ax1.set_yticks(range(len(result["sources"])), result["sources"], fontsize=7)
+        ax1.set_title("mean gradient cosine")
+        fig.colorbar(im, ax=ax1)
+        ax2.plot(result["steps"], [c if c is not None else math.nan for c in result["conflict_rate"]], "o-")
+        ax2.set(xlabel="step", title="conflict rate (cosine < 0)", ylim=(-0.05, 1.05))
+        share = result.get("share_of_training")
+        return Panel("Gradient interference", f"probe time {result['probe_seconds']:.1f}s"
+                     + (f", {share:.1%} of training" if share is not None else ""), fig, "grad_interference")

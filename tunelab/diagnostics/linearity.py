@@ -8,13 +8,14 @@ very-large-dropout paper argues fine-tuning is close to linear; this measures it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.func import functional_call, jvp
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, cost
 from tunelab.diagnostics.weights import weight_deltas
 
 
@@ -71,3 +72,15 @@ class Linearity(Diagnostic):
             out[source] = {**linear, "base_agreement": zero_order["agreement"], "base_kl": zero_order["kl"],
                            "positions": int(mask.sum())}
         return {"sources": out}
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """Per source: agreement and KL of the tuned model with its linearisation and with the base."""
+        def num(x: Any, spec: str = ".3f") -> str:
+            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+        rows = [[s, num(v["agreement"]), num(v["kl"], ".4f"), num(v["base_agreement"]), num(v["base_kl"], ".4f"),
+                 v["positions"]] for s, v in result["sources"].items()]
+        return Panel(f"Linearity{cost(result)}", table=(
+            ["source", "agreement tuned vs linear", "KL tuned || linear", "agreement tuned vs base",
+             "KL tuned || base", "positions"], rows))

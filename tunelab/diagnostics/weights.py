@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic
+from tunelab.diagnostics.base import DIAGNOSTICS, Context, Diagnostic, Panel, cost, pyplot
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
@@ -64,3 +64,17 @@ class WeightChange(Diagnostic):
         layers = {k: v / total for k, v in sorted(layer_sq.items(), key=lambda kv: (kv[0] == "other",
                                                                                     int(kv[0]) if kv[0].isdigit() else 0))}
         return {"matrices": matrices, "layers": layers, "changed": len(deltas)}
+
+    @classmethod
+    def panel(cls, result: dict[str, Any]) -> Panel:
+        """Each layer's share of the squared update; the median relative change and effective rank."""
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar(list(result["layers"]), list(result["layers"].values()))
+        ax.set(xlabel="layer", title="Share of the squared update")
+        ranks = [m["effective_rank"] for m in result["matrices"].values() if "effective_rank" in m]
+        rel = sorted(m["relative"] for m in result["matrices"].values())
+        return Panel(f"Weight change{cost(result)}",
+                     f"{result['changed']} tensors changed; median ||dW||/||W|| {rel[len(rel) // 2]:.4f}; median "
+                     f"effective rank {sorted(ranks)[len(ranks) // 2] if ranks else float('nan'):.2f}",
+                     fig, "weight_change")

@@ -4,37 +4,36 @@ A :class:`Request` is one prompt with its :class:`GenerationConfig`; it becomes 
 the running batch. Between steps, rows leave (end-of-sequence, a stop string, ``max_new_tokens``)
 and waiting requests join: each prompt is prefilled alone (no padding) and its KV rows are merged
 into the batch's cache, left-padded to the batch's width (:meth:`DecodeEngine._admit`); columns that
-hold only padding are trimmed as rows leave (:meth:`DecodeEngine._retire`).
+hold only padding are trimmed as rows leave (:meth:`DecodeEngine._retire`). The cache operations are
+:mod:`tunelab.generate.kv_cache`'s.
 
 Every row samples with its own temperature, top_p and ``torch.Generator`` (seeded from the request's
 seed, its prompt and the sample's index), so a request's tokens do not depend on what else shares
 the batch (greedy rows exactly, sampled rows up to the rounding of the batched logits), and two
-prompts with the same seed do not draw the same random numbers.
+prompts with the same seed do not draw the same random numbers (:mod:`tunelab.generate.sampling`).
 
-:class:`BatchingLoop` runs one engine in a background thread for servers: any thread submits, and
-requests that arrive together decode together. A generator without an engine (other backends,
-sliding-window caches, prompt-learning peft models) is called once per request, in turn.
+:class:`~tunelab.generate.batching.BatchingLoop` runs one engine in a background thread for servers:
+any thread submits, and requests that arrive together decode together. A generator without an engine
+(other backends, sliding-window caches, prompt-learning peft models) is called once per request, in
+turn.
 
 Shapes in comments: B rows in the batch, T cache columns, V vocabulary, H KV heads, D head size.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
 import logging
 import threading
-from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
-from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt
+from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop
+from tunelab.generate.kv_cache import Part, decode_step, merge, prefill, select_rows
+from tunelab.generate.sampling import row_seed, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,140 +45,11 @@ DoneCallback = Callable[["Request"], None]
 """``on_done(request)``: the request finished or failed (see ``Request.error``); decoding thread."""
 
 
-
 class RequestError(ValueError):
     """A request the engine cannot decode (empty or too long prompt, a chat template that fails)."""
 
 
-# ----------------------------------------------------------------------------- KV cache and forward
-
-
-class GrowingLayer(DynamicLayer):
-    """A KV cache layer that appends into spare columns and hands attention a view.
-
-    transformers' ``DynamicLayer`` concatenates at every step, copying the whole cache each time
-    (on CPU that copy costs more than the attention that reads it).
-    """
-
-    def hold(self, k: torch.Tensor, v: torch.Tensor, spare: int = 128) -> GrowingLayer:
-        """Take keys/values (B, H, T, D) into fresh storage with ``spare`` free columns; returns self."""
-        b, h, t, d = k.shape
-        self._k, self._v = k.new_empty(b, h, t + spare, d), v.new_empty(b, h, t + spare, v.shape[3])
-        self._k[:, :, :t], self._v[:, :, :t] = k, v
-        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
-        self.device, self.is_initialized = k.device, True
-        return self
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Append (B, H, new, D) states; the keys and values so far (views of the storage)."""
-        t, new = self.keys.shape[2], key_states.shape[2]
-        if t + new > self._k.shape[2]:
-            self.hold(self.keys, self.values, spare=max(128, t // 4, new))
-        self._k[:, :, t : t + new], self._v[:, :, t : t + new] = key_states, value_states
-        self.keys, self.values = self._k[:, :, : t + new], self._v[:, :, : t + new]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep the rows ``indices`` (B',) of the batch."""
-        t = self.keys.shape[2]
-        self._k, self._v = self._k[indices], self._v[indices]
-        self.keys, self.values = self._k[:, :, :t], self._v[:, :, :t]
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """Not supported (the decoder never crops)."""
-        raise NotImplementedError("GrowingLayer: crop is not supported")
-
-    def drop_front(self, n: int) -> None:
-        """Forget the first ``n`` columns (padding in every row)."""
-        self._k, self._v = self._k[:, :, n:], self._v[:, :, n:]
-        self.keys, self.values = self.keys[:, :, n:], self.values[:, :, n:]
-
-
-def _left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, H, T, D) -> (B, H, width, D), zeros in front."""
-    return nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) if t.shape[2] < width else t
-
-
-def prefill(model: nn.Module, ids: list[int], cache_kw: str) -> tuple[DynamicCache, torch.Tensor]:
-    """KV cache and last-position logits (1, V) fp32 of one prompt, alone (no padding, no mask).
-
-    Args:
-        model: The causal LM.
-        ids: Prompt token ids.
-        cache_kw: The model's cache keyword (``tunelab.models.load.cache_kwarg``).
-    """
-    cache = DynamicCache(config=model.config)
-    device = next(model.parameters()).device
-    out = model(
-        input_ids=torch.tensor([ids], device=device),
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_kw: cache},
-    )
-    return cache, out.logits[:, -1].float()
-
-
-def decode_step(
-    model: nn.Module,
-    picked: torch.Tensor,
-    mask: torch.Tensor,
-    next_pos: torch.Tensor,
-    cache: DynamicCache,
-    cache_kw: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Feed one token per row: picked (B,), mask (B, T), next_pos (B,) -> logits (B, V) fp32, mask
-    (B, T + 1), next_pos + 1 (the cache grows in place)."""
-    mask = torch.cat([mask, mask.new_ones(len(picked), 1)], dim=1)
-    out = model(
-        input_ids=picked[:, None],
-        attention_mask=mask,
-        position_ids=next_pos[:, None],
-        use_cache=True,
-        **{cache_kw: cache},
-    )
-    return out.logits[:, -1].float(), mask, next_pos + 1
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def row_seed(seed: int, ids: list[int], sample: int) -> int:
-    """The generator seed of sample ``sample`` of prompt ``ids`` in a request seeded ``seed``."""
-    h = hashlib.blake2b(f"{seed}|{sample}|".encode(), digest_size=8)
-    h.update(array("q", ids).tobytes())
-    return int.from_bytes(h.digest(), "little") >> 1  # 63 bits
-
-
-def sample_rows(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Next token per row, each with its own settings: logits (B, V) fp32 -> tokens (B,).
-
-    Greedy rows take the argmax; the others draw with their own generator. Rows with and without
-    top_p are drawn apart, so that no row's draw depends on the other rows' settings.
-    """
-    picked = logits.argmax(-1)  # (B,)
-    hot = [j for j, r in enumerate(rows) if r.cfg.temperature > 0]
-    for nucleus in (False, True):
-        group = [j for j in hot if (rows[j].cfg.top_p < 1.0) == nucleus]
-        if group:
-            idx = torch.tensor(group, device=logits.device)
-            picked[idx] = _draw(logits[idx], [rows[j] for j in group], nucleus)
-    return picked
-
-
-def _draw(logits: torch.Tensor, rows: list[_Row], nucleus: bool) -> torch.Tensor:
-    """Inverse-CDF draws, one uniform from each row's generator: logits (k, V) -> tokens (k,)."""
-    dev = logits.device
-    temps = torch.tensor([r.cfg.temperature for r in rows], device=dev)[:, None]  # (k, 1)
-    probs = torch.softmax(logits / temps, dim=-1)  # (k, V)
-    order = None
-    if nucleus:
-        probs, order = probs.sort(dim=-1, descending=True)
-        top_p = torch.tensor([r.cfg.top_p for r in rows], device=dev)[:, None]
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)  # mass before it already > top_p
-    cdf = probs.cumsum(-1)  # (k, V)
-    u = torch.cat([torch.rand(1, generator=r.gen, device=dev) for r in rows])  # (k,)
-    pos = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[1] - 1)
-    return (pos if order is None else order.gather(-1, pos)).squeeze(-1)
+# ----------------------------------------------------------------------------- streaming and callbacks
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
@@ -193,7 +63,7 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
     return best
 
 
-def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
+def call_back(fn: Callable[..., Any] | None, *args: Any) -> None:
     """Run a caller's callback; its failure is logged, never allowed to stop decoding."""
     if fn is None:
         return
@@ -211,7 +81,8 @@ class Request:
 
     Attributes:
         cfg: Its settings.
-        prompt: The prompt as submitted to a :class:`BatchingLoop` (None when given as ids).
+        prompt: The prompt as submitted to a :class:`~tunelab.generate.batching.BatchingLoop` (None
+            when given as ids).
         ids: Prompt token ids (set once encoded).
         texts: The ``n`` completions, each cut at its first stop string (final once ``done``).
         finish_reasons: Per sample: ``stop`` (end-of-sequence or stop string), ``length``, or
@@ -290,7 +161,7 @@ class Request:
     def _complete(self) -> None:
         """Mark done and tell the listener."""
         self._event.set()
-        _call(self.on_done, self)
+        call_back(self.on_done, self)
 
 
 class _Row:
@@ -350,7 +221,8 @@ class _Row:
 
 
 class DecodeEngine:
-    """Continuous batching over one model; single-threaded (:class:`BatchingLoop` adds a thread).
+    """Continuous batching over one model; single-threaded (:class:`~tunelab.generate.batching.BatchingLoop`
+    adds a thread).
 
     Usage: ``submit`` requests, then call ``step`` while ``busy``.
 
@@ -447,7 +319,7 @@ class DecodeEngine:
         if joined:
             self._merge(parts)
 
-    def _prefill(self, req: Request) -> tuple:
+    def _prefill(self, req: Request) -> Part:
         """Prefill one prompt alone; its ``n`` rows join ``self.rows``.
 
         Returns:
@@ -462,19 +334,9 @@ class DecodeEngine:
         mask = torch.ones(n, length, dtype=torch.long, device=self.device)
         return cache, mask, torch.full((n,), length, device=self.device), logits.expand(n, -1)
 
-    def _merge(self, parts: list[tuple]) -> None:
+    def _merge(self, parts: list[Part]) -> None:
         """One batch from (cache, mask, next_pos, logits) parts, KV left-padded to the widest part."""
-        width = max(part[1].shape[1] for part in parts)
-        self.cache = DynamicCache(config=self.model.config)
-        for i in range(len(self.cache.layers)):
-            olds = [part[0].layers[i] for part in parts]
-            self.cache.layers[i] = GrowingLayer().hold(
-                torch.cat([_left_pad_kv(o.keys, width) for o in olds]),  # (B, H, width, D)
-                torch.cat([_left_pad_kv(o.values, width) for o in olds]),
-            )
-        self.mask = torch.cat([nn.functional.pad(p[1], (width - p[1].shape[1], 0)) for p in parts])
-        self.next_pos = torch.cat([part[2] for part in parts])
-        self.logits = torch.cat([part[3] for part in parts])
+        self.cache, self.mask, self.next_pos, self.logits = merge(self.model, parts)
 
     def _advance(self, picked: list[int]) -> tuple[list[Request], list[int]]:
         """Give each row its token and stream new text; (requests finished, indices of rows that go on)."""
@@ -484,7 +346,7 @@ class DecodeEngine:
             if reason is None:
                 keep.append(j)
                 if row.req.on_text is not None and (delta := row.stream_delta()):
-                    _call(row.req.on_text, row.index, delta, None)
+                    call_back(row.req.on_text, row.index, delta, None)
             elif self._finish(row, reason):
                 finished.append(row.req)
         return finished, keep
@@ -494,7 +356,7 @@ class DecodeEngine:
         text = "" if reason == "abort" else row.final_text(self.tok)
         if row.req.on_text is not None:
             streamed = row.text[: row.sent]
-            _call(row.req.on_text, row.index, text[row.sent :] if text.startswith(streamed) else "", reason)
+            call_back(row.req.on_text, row.index, text[row.sent :] if text.startswith(streamed) else "", reason)
         return row.req.finish_sample(row.index, text, reason, row.sampled)
 
     def _retire(self, keep: list[int], picked: torch.Tensor) -> torch.Tensor:
@@ -506,13 +368,7 @@ class DecodeEngine:
             self.cache = self.mask = self.next_pos = self.logits = None
             return picked[:0]
         idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.cache.batch_select_indices(idx)
-        self.mask, self.next_pos = self.mask[idx], self.next_pos[idx]
-        lead = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # columns of padding only
-        if lead:
-            for layer in self.cache.layers:
-                layer.drop_front(lead)
-            self.mask = self.mask[:, lead:]
+        self.mask, self.next_pos = select_rows(self.cache, self.mask, self.next_pos, idx)
         return picked[idx]
 
     def _forward(self, picked: torch.Tensor) -> None:
@@ -521,156 +377,3 @@ class DecodeEngine:
         self.logits, self.mask, self.next_pos = decode_step(
             self.model, picked, self.mask, self.next_pos, self.cache, self.cache_kw
         )
-
-
-# ----------------------------------------------------------------------------- the loop thread
-
-
-class BatchingLoop:
-    """One decoding thread fed from any thread: requests that arrive together decode together.
-
-    Args:
-        generator: A generator whose ``decode_engine()`` returns a :class:`DecodeEngine` (an
-            ``HFGenerator`` over a model with plain KV caches: continuous batching), or any Generator
-            (called once per request, one request at a time).
-        max_prompt_tokens: The model's context: longer prompts are rejected, completions end at it
-            (default: the model's ``max_position_embeddings``).
-    """
-
-    def __init__(self, generator: Any, max_prompt_tokens: int | None = None) -> None:
-        self.generator = generator
-        make = getattr(generator, "decode_engine", None)
-        self.engine: DecodeEngine | None = make() if callable(make) else None
-        config = getattr(getattr(generator, "model", None), "config", None)
-        self.max_prompt_tokens = max_prompt_tokens or getattr(config, "max_position_embeddings", None)
-        self.served = 0
-        """Requests answered one at a time (generators without an engine)."""
-        self._inbox: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._paused, self._closed = 0, False
-        self._thread = threading.Thread(target=self._run, name="tunelab-decode", daemon=True)
-        self._thread.start()
-
-    @property
-    def batching(self) -> bool:
-        """Whether requests decode together (continuous batching) rather than one at a time."""
-        return self.engine is not None
-
-    @property
-    def queued(self) -> int:
-        """Requests submitted and not yet taken by the decoding thread."""
-        return len(self._inbox)
-
-    @property
-    def running(self) -> int:
-        """Rows decoding now (0 without an engine)."""
-        return len(self.engine.rows) if self.engine is not None else 0
-
-    @property
-    def max_rows(self) -> int:
-        """Most rows decoded together in one step so far (1 without an engine, once it served)."""
-        return self.engine.max_rows if self.engine is not None else min(1, self.served)
-
-    def submit(
-        self,
-        prompt: Prompt,
-        cfg: GenerationConfig,
-        on_text: TextCallback | None = None,
-        on_done: DoneCallback | None = None,
-    ) -> Request:
-        """Queue ``prompt`` (thread-safe); returns its :class:`Request` (``wait()`` on it, or use callbacks).
-
-        Raises:
-            RuntimeError: The loop is closed.
-        """
-        req = Request(cfg, prompt=prompt, on_text=on_text, on_done=on_done)
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the decoding loop is closed")
-            self._inbox.append(req)
-            self._cv.notify()
-        return req
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Hold decoding for the block: submitted requests queue up, then start together."""
-        with self._cv:
-            self._paused += 1
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._paused -= 1
-                self._cv.notify()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread; requests not done fail with ``RuntimeError``."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout)
-
-    def _has_work(self) -> bool:
-        """Whether the decoding thread should wake: closing, or (not paused) requests to take or rows to decode."""
-        busy = self._inbox or (self.engine is not None and self.engine.busy)
-        return self._closed or (not self._paused and bool(busy))
-
-    def _run(self) -> None:
-        """The decoding thread: take new requests, then run one engine step; repeat."""
-        while True:
-            with self._cv:
-                self._cv.wait_for(self._has_work)
-                if self._closed:
-                    break
-                incoming = list(self._inbox)
-                self._inbox.clear()
-            for req in incoming:
-                self._accept(req)
-            if self.engine is not None and self.engine.busy:
-                self._step()
-        gone = RuntimeError("the server is shutting down")
-        for req in self._inbox:
-            req.fail(gone)
-        if self.engine is not None:
-            self.engine.fail_all(gone)
-
-    def _step(self) -> None:
-        """One engine step; a failure fails the batch's requests, not the loop."""
-        try:
-            self.engine.step()
-        except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving
-            log.exception("decoding step failed")
-            self.engine.fail_all(e)
-
-    def _accept(self, req: Request) -> None:
-        """Encode a new request into the engine, or (no engine) answer it now."""
-        if self.engine is None:
-            return self._answer(req)
-        try:
-            req.ids = encode_prompt(self.engine.tok, req.prompt)
-        except Exception as e:  # noqa: BLE001 - a chat template that rejects the messages
-            return req.fail(RequestError(f"cannot encode the prompt: {e}"))
-        limit = self.max_prompt_tokens
-        if limit and len(req.ids) >= limit:
-            return req.fail(RequestError(f"the prompt has {len(req.ids)} tokens; the model's context is {limit}"))
-        if limit and len(req.ids) + req.cfg.max_new_tokens > limit:  # stop at the context's end ("length")
-            req.cfg = dataclasses.replace(req.cfg, max_new_tokens=limit - len(req.ids))
-        self.engine.add(req)
-
-    def _answer(self, req: Request) -> None:
-        """Serve a request with one ``generate`` call (usage counted with the generator's ``tok``, if any)."""
-        if req.cancelled:
-            return req.abort()
-        try:
-            texts = self.generator.generate([req.prompt], req.cfg)[0]
-        except Exception as e:  # noqa: BLE001 - reported to the request's caller
-            return req.fail(e)
-        self.served += 1
-        tok = getattr(self.generator, "tok", None)
-        req.ids = encode_prompt(tok, req.prompt) if tok is not None else []
-        for i in range(req.cfg.n):
-            text = texts[i] if i < len(texts) else ""
-            used = len(tok(text, add_special_tokens=False)["input_ids"]) if tok is not None else 0
-            reason = "length" if tok is not None and used >= req.cfg.max_new_tokens else "stop"
-            _call(req.on_text, i, text, reason)
-            req.finish_sample(i, text, reason, used)

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, n_generated
-from tunelab.generate.engine import DecodeEngine, decode_step
+from tunelab.generate.engine import DecodeEngine
+from tunelab.generate.kv_cache import decode_step
 from tunelab.models.load import cache_kwarg
 
 
@@ -118,7 +119,7 @@ class HFGenerator:
         """A new continuous-batching engine over this model, or None where the model cannot use one.
 
         Rows of one engine may each have their own settings; feed it from threads through
-        ``tunelab.generate.engine.BatchingLoop``. Models with sliding-window caches or
+        ``tunelab.generate.batching.BatchingLoop``. Models with sliding-window caches or
         prompt-learning adapters get None (callers then use :meth:`generate`).
         """
         return DecodeEngine(self) if self._own_loop and self._plain_cache() else None

@@ -35,7 +35,7 @@ from tunelab.eval.stats import clustered_mean, compare_paired, verdict
 
 def run_records(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One entry per recorded run of the sweep (its study records, :mod:`tunelab.runner.records`):
-    ``arm`` (an :class:`~tunelab.runner.sweep.Arm`), ``seed``, ``name``, ``results``, ``items``
+    ``arm`` (an :class:`~tunelab.runner.sweep_file.Arm`), ``seed``, ``name``, ``results``, ``items``
     (task -> item id -> value, higher is better), ``signs`` (task -> +1, or -1 for a loss) and the
     ``record`` itself; stale records are left out (``sweep.recorded()`` says which). ``found``: the
     records already read (else they are read here)."""

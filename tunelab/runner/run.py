@@ -40,7 +40,7 @@ from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
 from tunelab.runner.generated import RECIPE_PREFIX, recipe_model, set_recipe_runner
-from tunelab.runner.report import run_report
+from tunelab.runner.hooks import report_run
 from tunelab.runner.validate import validate
 from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
@@ -340,7 +340,9 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     write_json(run_dir / "results.json", results)
     if cfg.diagnostics:
         run_diagnostics(run_dir, cfg.diagnostics, say=say)
-    say(f"report: {run_report(run_dir)}")
+    report = report_run(run_dir)  # tunelab.report registers the writer (it sits above the runner)
+    if report is not None:
+        say(f"report: {report}")
     return run_dir
 
 

@@ -2,7 +2,7 @@
 
 ``tunelab sweep report <sweep folder> [--markdown]`` regenerates, from the sweep's outputs only
 (``sweep.json``, the sweep file it names and the run folders), the section ``docs/findings.md`` keeps
-for each study:
+for each study (:func:`report` computes it here; :mod:`tunelab.report.findings_doc` writes it):
 
 * the question and the design (arms, seeds, items per task, training steps, method, model);
 * per task, every arm's mean with its item-bootstrap and seed-t 95% CIs and the paired test against
@@ -54,12 +54,11 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired, proportion_score, sign_flip_test
-from tunelab.io import write_text
-from tunelab.runner.aggregate import aggregate, arm_cells, fmt, run_records
+from tunelab.eval.stats import compare_paired, sign_flip_test
+from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.plan import BELOW, mde
-from tunelab.runner.report import sweep_report
-from tunelab.runner.sweep import ENSEMBLE, Arm, load_sweep
+from tunelab.runner.sweep_fields import ENSEMBLE
+from tunelab.runner.sweep_file import Arm, load_sweep
 
 POWER, ALPHA = 0.8, 0.05
 
@@ -307,32 +306,8 @@ def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
-    """Bullet lines describing the design, what has run and where."""
-    cfg = sweep.runs[0].cfg
-    levels = "; ".join(f"{f} in {{{', '.join(lv)}}}" for f, lv in sweep.factors.items())
-    n_items = {t: len({i for arm in by_arm.values() for i in arm}) for t, by_arm in result["_items"].items()}
-    items = ", ".join(f"{t}: {n_items.get(t, 0)}" for t in result["tasks"])
-    method = ", ".join(f"{k}={v}" for k, v in cfg.method.items() if k in ("name", "r", "alpha"))
-    sources = ", ".join(f"{s.name} x{s.count}" if s.count else s.name for s in cfg.data.sources)
-    lines = [f"- arms: {levels} ({math.prod(len(lv) for lv in sweep.factors.values())} arms), baseline "
-             + Arm(sweep.baseline, {}).label.replace(",", ", "),
-             f"- seeds: {len(sweep.seeds)} per arm ({', '.join(map(str, sweep.seeds))}); runs recorded: "
-             f"{len(result['_records'])}/{len(sweep.runs)}",
-             f"- model {cfg.model.name}; method {method}; data {sources}; {cfg.train.max_steps} steps of batch "
-             f"{cfg.train.batch_size}, lr {cfg.train.lr}",
-             f"- evaluation items per task: {items}"]
-    if result.get("run_seconds"):
-        lines.append(f"- compute: {result['run_seconds'] / 60:.1f} min over the recorded runs (sum of run wall times)")
-    for host, n in hosts(result["_records"]).items():
-        lines.append(f"- host: {host}: {n} run{'s' if n != 1 else ''}")
-    if result.get("stale_records"):
-        lines.append(f"- stale records not counted: {len(result['stale_records'])} (their config no longer matches)")
-    return lines
-
-
 def resolve(target: str | Path, records: str | Path | None = None) -> Any:
-    """The :class:`~tunelab.runner.sweep.Sweep` of ``target``: a sweep file, a study folder (its
+    """The :class:`~tunelab.runner.sweep_file.Sweep` of ``target``: a sweep file, a study folder (its
     ``study.json`` names the sweep file; the records are its ``records/``) or a sweep run folder (its
     ``sweep.json``).
 
@@ -377,209 +352,3 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
             "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
             "_sweep": sweep, "_records": records_, "_items": items}
-
-
-def _plan_lines(study: dict[str, Any]) -> list[str]:
-    """The saved plan's detectable effects and the pilot's gate."""
-    out = []
-    the_plan, pilot = study.get("plan"), study.get("pilot")
-    if the_plan:
-        minutes = sum(r["seconds"] for r in the_plan["runs"] if r["seconds"] == r["seconds"]) / 60
-        out += [f"**Plan** (before the seeds were spent; host {the_plan['host']}; about {minutes:.0f} min of runs; "
-                f"MDE at {the_plan['power']:.0%} power, alpha {the_plan['alpha_per_claim']:.3g} per claim; "
-                f"assumed item correlation between arms {the_plan['assume']['item_correlation']:g}):", "",
-                "| claim | effect (paper) | items | MDE on items | seed sd | MDE over seeds | detectable? |",
-                "|---|---|---|---|---|---|---|"]
-        for c in the_plan["claims"]:
-            out.append(f"| {c['claim']} | {c['effect']:g} | {c['items']} | {fmt(c['mde_items'])} | "
-                       f"{fmt(c['seed_sd'])} ({c['seed_sd_from'].split(' (')[0]}) | {fmt(c['mde_seeds'])} | "
-                       f"{c['label'] or 'yes'} |")
-        out.append("")
-    if pilot:
-        ranges = pilot["range"]
-        scores = ", ".join(f"{t} {v:.3f} (range [{ranges.get(t, ranges['default'])[0]:g}, "
-                           f"{ranges.get(t, ranges['default'])[1]:g}])" for t, v in pilot["scores"].items()
-                           if t not in pilot["not_gated"])
-        if pilot["passed"]:
-            gate_text = "inside its range on every gated task: passed"
-        else:
-            bad = "; ".join(f"{o['task']} {o['why']}" for o in pilot["outside"])
-            gate_text = (f"outside the range: {bad}; "
-                         + ("the seeds were spent anyway (--accept-floor-ceiling): claims on these tasks are "
-                            "measured at the floor or ceiling" if pilot["accepted"] else "refused"))
-        out += [f"**Pilot** (baseline arm, first seed): {scores or 'no gated task'}; {gate_text}.", ""]
-    return out + _pool_lines(study)
-
-
-def _evolve_pool_lines(source: str, pool: dict[str, Any]) -> list[str]:
-    """An evolved pool's make-up: per round its kept items, length, constraints, diversity, eliminations."""
-    stats = pool["summary"]["stats"]
-    elim = stats.get("eliminations", {})
-    out = [f"**Pool `{source}`** (evolve, key {pool.get('key')}): {pool['summary'].get('dataset_rows')} rows in the "
-           "dataset; per round (kept items):", "",
-           "| round | items | instruction words | constraints | distinct-2 | near-duplicate rate | eliminated |",
-           "|---|---|---|---|---|---|---|"]
-    for k, g in sorted(stats.get("generations", {}).items(), key=lambda kv: int(kv[0])):
-        rate = (elim.get(k) or {}).get("all", {}).get("rate")
-        out.append(f"| {k} | {g['items']} | {fmt(g['instruction_words'], '.1f')} | {fmt(g['constraints'], '.2f')} | "
-                   f"{fmt(g['distinct_2'], '.3f')} | {fmt(g['near_duplicate_rate'], '.3f')} | {fmt(rate, '.3f')} |")
-    return out + [""]
-
-
-def _pool_lines(study: dict[str, Any]) -> list[str]:
-    """Each generated pool's make-up (the pilot baseline's record: episodes, success rate, failure kinds)."""
-    pools: dict[str, Any] = {}
-    for r in study.get("_records", []):
-        for source, pool in (r["record"].get("pools") or {}).items():
-            pools.setdefault(source, pool)
-    out = []
-    for source, pool in sorted(pools.items()):
-        s = pool.get("summary") or {}
-        if "stats" in s:  # an evolved pool: each round's kept items, diversity and eliminations
-            out += _evolve_pool_lines(source, pool)
-            continue
-        if "success_rate" not in s:
-            continue
-        n = s.get("trajectories") or 0
-        kinds = ", ".join(f"{k} {v} ({v / n:.0%})" for k, v in sorted((s.get("failures") or {}).items(),
-                                                                       key=lambda kv: -kv[1])) if n else ""
-        out += [f"**Pool `{source}`** ({pool.get('kind')}, key {pool.get('key')}): {n} episodes on {s.get('tasks')} "
-                f"tasks, success rate {s['success_rate']:.3f}, tasks solved at least once "
-                f"{s.get('tasks_solved_at_least_once')}; failures: {kinds or 'none'}.", ""]
-    return out
-
-
-def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str | None = None) -> str:
-    """The study's section of ``docs/findings.md``, from its records only (no absolute paths, no
-    dates: the same records give the same bytes). ``report_href``: the link to the study's report page."""
-    sweep = study["_sweep"]
-    out = [f"## {study['name']}", ""]
-    if study["question"]:
-        out += [f"**Question.** {study['question']}", ""]
-    if getattr(sweep, "differences", None):
-        out += ["**Where this design differs from the paper:**", "",
-                *[f"- {d}" for d in sweep.differences], ""]
-    out += ["**Design.**", *_design(sweep, study), ""]
-    out += _plan_lines(study)
-    for task, t in study["tasks"].items():
-        loss = not t.get("higher_is_better", True)
-        sense = ("lower is better; delta = baseline minus arm, so a positive delta is a lower loss" if loss
-                 else "higher is better; delta = arm minus baseline")
-        out += [f"**{task}** ({t['metric']}, {sense}; untrained model {fmt((t.get('untrained') or {}).get('value'))}):",
-                "",
-                "| arm | seeds | mean | 95% CI (items) | 95% CI (seeds) | delta vs baseline | p (Holm across arms) | verdict |",
-                "|---|---|---|---|---|---|---|---|"]
-        out += ["| " + " | ".join(c) + " |" for c in arm_cells(t)]
-        rows = [r for r in t["anova"].get("table", []) if " x " in r["term"]]
-        if rows:
-            out += ["", "Interaction (factorial ANOVA of run scores, seeds as replicates): " + "; ".join(
-                f"{r['term']}: F = {fmt(r['F'], '.2f')}, p = {fmt(r['p_value'], '.3g')}" for r in rows)]
-        for label, by_item in study["_items"].get(task, {}).items():
-            if label.startswith(ENSEMBLE + "("):
-                score = proportion_score([v[0] for v in by_item.values()])
-                seeds = sum(r["arm"].label == label[len(ENSEMBLE) + 1 : -1] for r in study["_records"])
-                out += ["", f"Ensemble of {label[len(ENSEMBLE) + 1:-1]}'s {seeds} seeds (mean class probabilities "
-                        f"over the choices): accuracy {score['value']:.3f} [{score['ci'][0]:.3f}, {score['ci'][1]:.3f}] "
-                        f"on {score['n']} items"]
-        if task in study.get("interactions", {}):
-            i = study["interactions"][task]
-            out += ["", f"Interaction on items (difference in differences, {i['contrast']}; positive = better"
-                    f"{', a lower loss' if loss else ''}): "
-                    f"{i['delta']:+.3f} [{i['ci'][0]:+.3f}, {i['ci'][1]:+.3f}], p = {i['p_value']:.3g} "
-                    f"(sign-flip, {i['items']} items), MDE {fmt(i['mde'])}"]
-        out.append("")
-    if study["hypotheses"]:
-        n = len(study["hypotheses"])
-        out += [f"**Findings under test** (paired on items averaged over seeds; delta = arm minus comparison, "
-                f"higher is better, a loss negated; p: the claim's own test, the difference test or for `equal` "
-                f"claims the equivalence test (TOST) against the margin, Holm-adjusted across the study's {n} "
-                f"claim{'s' if n != 1 else ''}; seed-level p: paired t-test over training seeds, one-sided in the "
-                f"claimed direction; MDE: minimum detectable effect at 80% power):", "",
-                "| claim | task | arm vs | delta [95% CI] | test | p (Holm across claims) | seed-level p | MDE | verdict |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for h in study["hypotheses"]:
-            t = h.get("test")
-            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
-            test = (f"TOST +-{h['effect']:g}" if h["direction"] == "equal" else
-                    (t["method"].split(" (")[0] if t and t.get("method") else "-"))
-            vs = h["versus"] + (f" (on {h['versus_task']})" if h.get("versus_task", h["task"]) != h["task"] else "")
-            out.append(f"| {h['claim']} | {h['task']} | {h['arm']} vs {vs} | {delta} | {test} | "
-                       f"{fmt(h.get('p_holm'), '.3g')} | {fmt(h.get('seed_p'), '.3g')} | {fmt(h.get('mde'))} | "
-                       f"**{h['verdict']}** |")
-        sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})
-        out += [""] + [f"Source: {s}" for s in sources] + ([""] if sources else [])
-    if study.get("resources"):
-        out += ["**Training and resources** (mean per run; the held-out loss is the returned model's, selected at "
-                "the step shown when the recipe selects the best):", "",
-                "| arm | last training loss | held-out loss | selected step | wall seconds | train seconds | "
-                "trainable parameters | peak memory (MB) | optimizer state (MB) | median s/step |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
-        out += [f"| {arm} | {fmt(v.get('final_loss'), '.4f')} | {fmt(v.get('heldout_loss'), '.4f')} | "
-                f"{fmt(v.get('best_step'), '.0f')} | {fmt(v.get('seconds'), '.0f')} | {fmt(v.get('train_seconds'), '.0f')} | "
-                f"{fmt(v.get('trainable_parameters'), ',.0f')} | {fmt(v.get('peak_mem_mb'), ',.0f')} | "
-                f"{fmt(v['optimizer_state_bytes'] / 2**20 if 'optimizer_state_bytes' in v else None, ',.1f')} | "
-                f"{fmt(v.get('median_step_seconds'), '.2f')} |"
-                for arm, v in study["resources"].items()]
-        out.append("")
-    for name, arms in study["diagnostics"].items():
-        keys = sorted({k for a in arms.values() for k in a})
-        out += [f"**Diagnostic `{name}`** (mean over each arm's runs):", "",
-                "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        out += [f"| {arm} | " + " | ".join(fmt(vals.get(k), ".4g") for k in keys) + " |" for arm, vals in arms.items()]
-        out.append("")
-    if report_href:
-        out += [f"Report: [{report_href}]({report_href})", ""]
-    return "\n".join(out)
-
-
-BEGIN, END = "<!-- study:{} -->", "<!-- /study:{} -->"
-HEADER = ("# Findings\n\nGenerated by `tunelab findings` (default: `tunelab findings studies --out docs/findings.md`) "
-          "from the committed study records (`studies/<study>/records/`); never edited by hand. Each section: the "
-          "question, the design, the plan's detectable effects, the pilot, the arms with 95% CIs, the claims under "
-          "test with their verdicts, diagnostics and the hosts the runs ran on.\n")
-
-
-def section(study: dict[str, Any], report_href: str | None = None) -> str:
-    """The study's section between its ``<!-- study:NAME -->`` markers."""
-    name = study["name"]
-    return f"{BEGIN.format(name)}\n{markdown(study, report_href=report_href)}{END.format(name)}\n"
-
-
-def write_findings(studies: str | Path = "studies", out: str | Path = "docs/findings.md",
-                   pages: bool = True) -> tuple[Path, list[str]]:
-    """``docs/findings.md`` from every study folder under ``studies`` (one with a ``study.json``), in
-    name order, computed from the records alone; with ``pages`` each study's report page is written
-    to ``<out folder>/studies/NAME.html`` (linked either way). Returns the document and the studies' names.
-
-    Raises:
-        ConfigError: ``studies`` holds no study.
-    """
-    studies, out = Path(studies), Path(out)
-    folders = sorted(p.parent for p in studies.glob("*/study.json"))
-    if not folders:
-        raise ConfigError(f"{studies}: no study folders (each <study>/study.json, written by `tunelab sweep`)")
-    parts, names = [], []
-    for folder in folders:
-        study = report(folder)
-        page = out.parent / "studies" / f"{study['name']}.html"
-        if pages:
-            sweep_report({k: v for k, v in study.items() if not k.startswith("_")}, path=page)
-        href = f"studies/{study['name']}.html"
-        parts.append(section(study, href))
-        names.append(study["name"])
-    write_text(out, HEADER + "\n" + "\n".join(parts))
-    return out, names
-
-
-def summary(study: dict[str, Any]) -> str:
-    """The terminal view: the hypotheses' verdicts."""
-    lines = [f"study {study['name']}: {study['question'] or '(no question in the sweep file)'}"]
-    for h in study["hypotheses"]:
-        t = h.get("test")
-        lines.append(f"  {h['claim']} [{h['task']}: {h['arm']} vs {h['versus']}]: "
-                     + (f"delta {t['delta']:+.3f} p(Holm) {fmt(h.get('p_holm'), '.3g')} MDE {fmt(h['mde'])} -> "
-                        if t else "")
-                     + h["verdict"])
-    if not study["hypotheses"]:
-        lines.append("  (the sweep file states no hypotheses: see sweep.json for the arms' statistics)")
-    return "\n".join(lines)

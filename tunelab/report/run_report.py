@@ -24,8 +24,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the non-interactive backend
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tunelab.diagnostics import DIAGNOSTICS, Panel  # noqa: E402
+from tunelab.diagnostics.base import generic_panel  # noqa: E402
 from tunelab.io import read_jsonl  # noqa: E402
 
 CSS = """
@@ -327,8 +328,20 @@ def _interaction(result: dict[str, Any], task: str) -> str:
     return _svg(fig, "interaction")
 
 
+def _panel(panel: Panel) -> str:
+    """A diagnostic's panel as HTML: its heading, paragraph, figure and table (text escaped)."""
+    html_ = f"<h3>{_e(panel.title)}</h3>" + (f"<p>{_e(panel.text)}</p>" if panel.text else "")
+    if panel.figure is not None:
+        html_ += _svg(panel.figure, panel.label)
+    if panel.table is not None:
+        header, rows = panel.table
+        html_ += _table(header, [[_e(c) for c in row] for row in rows])
+    return html_
+
+
 def _diagnostics(run_dir: Path) -> str:
-    """The diagnostics panels of a run (those it has under ``diagnostics/``)."""
+    """The diagnostics panels of a run (those it has under ``diagnostics/``), each drawn by its
+    diagnostic (:meth:`tunelab.diagnostics.Diagnostic.panel`; one not installed here: a table of its values)."""
     folder = run_dir / "diagnostics"
     found = {p.stem: _read_json(p)[0] for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
     if not found:
@@ -339,47 +352,6 @@ def _diagnostics(run_dir: Path) -> str:
             parts.append(f"<h3>{_e(name)}</h3>" + _missing((d or {}).get("error") or (d or {}).get("note")
                                                             or "unreadable"))
             continue
-        cost = f" ({d.get('seconds', 0):.1f}s)"
-        if name == "grad_interference" and d.get("steps"):
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
-            im = ax1.imshow(d["mean_cosine"], vmin=-1, vmax=1, cmap="RdBu")
-            ax1.set_xticks(range(len(d["sources"])), d["sources"], rotation=45, fontsize=7)
-            ax1.set_yticks(range(len(d["sources"])), d["sources"], fontsize=7)
-            ax1.set_title("mean gradient cosine")
-            fig.colorbar(im, ax=ax1)
-            ax2.plot(d["steps"], [c if c is not None else math.nan for c in d["conflict_rate"]], "o-")
-            ax2.set(xlabel="step", title="conflict rate (cosine < 0)", ylim=(-0.05, 1.05))
-            share = d.get("share_of_training")
-            parts.append(f"<h3>Gradient interference</h3><p>probe time {d['probe_seconds']:.1f}s"
-                         + (f", {share:.1%} of training" if share is not None else "") + "</p>"
-                         + _svg(fig, "grad_interference"))
-        elif name == "cka":
-            fig, ax = plt.subplots(figsize=(5, 3))
-            for source, v in d["sources"].items():
-                ax.plot(v["cka"], "o-", label=f"{source} CKA")
-                ax.plot(v["mean_cosine"], "x--", label=f"{source} mean cosine", alpha=0.6)
-            ax.set(xlabel="layer (0 = embeddings)", title="Base vs tuned representations", ylim=(-0.05, 1.05))
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.legend(fontsize=7)
-            parts.append(f"<h3>Representation drift{cost}</h3>" + _svg(fig, "cka"))
-        elif name == "weight_change":
-            fig, ax = plt.subplots(figsize=(5, 3))
-            ax.bar(list(d["layers"]), list(d["layers"].values()))
-            ax.set(xlabel="layer", title="Share of the squared update")
-            ranks = [m["effective_rank"] for m in d["matrices"].values() if "effective_rank" in m]
-            rel = sorted(m["relative"] for m in d["matrices"].values())
-            parts.append(f"<h3>Weight change{cost}</h3><p>{d['changed']} tensors changed; median ||dW||/||W|| "
-                         f"{rel[len(rel) // 2]:.4f}; median effective rank "
-                         f"{sorted(ranks)[len(ranks) // 2] if ranks else float('nan'):.2f}</p>" + _svg(fig, "weight_change"))
-        elif name == "linearity":
-            rows = [[_e(s), _fmt(v["agreement"]), _fmt(v["kl"], ".4f"), _fmt(v["base_agreement"]),
-                     _fmt(v["base_kl"], ".4f"), _e(v["positions"])] for s, v in d["sources"].items()]
-            parts.append(f"<h3>Linearity{cost}</h3>" + _table(
-                ["source", "agreement tuned vs linear", "KL tuned || linear", "agreement tuned vs base",
-                 "KL tuned || base", "positions"], rows))
-        elif name == "forgetting":
-            rows = [[_e(t), _e(v["n"]), _e(v["base_right"]), _e(len(v["lost"])), _e(len(v["gained"])),
-                     _e(", ".join(v["lost"][:10]))] for t, v in d["tasks"].items()]
-            parts.append(f"<h3>Forgetting{cost}</h3>" + _table(
-                ["task", "items", "base right", "lost", "gained", "first lost items"], rows))
+        diagnostic = DIAGNOSTICS.get(name) if name in DIAGNOSTICS else None
+        parts.append(_panel(diagnostic.panel(d) if hasattr(diagnostic, "panel") else generic_panel(name, d)))
     return "<h2>Diagnostics</h2>" + "".join(parts)

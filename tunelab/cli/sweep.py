@@ -1,0 +1,130 @@
+"""``tunelab sweep`` (and ``sweep plan``, ``sweep pilot``, ``sweep report``) and ``tunelab findings``:
+studies, from their plan to their section of ``docs/findings.md``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tunelab.cli.common import Commands
+from tunelab.cli.output import format_findings_written, format_sweep_done
+from tunelab.config import ConfigError
+from tunelab.io import write_text
+from tunelab.report import findings, findings_doc
+from tunelab.runner import plan as plan_mod
+from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
+from tunelab.runner.sweep import run_sweep
+from tunelab.runner.sweep_file import load_sweep
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    """Run a factorial sweep (recipe x factors x seeds) and aggregate it: per-arm CIs, tests, interactions.
+
+    ``tunelab sweep report <sweep folder | sweep file> [--markdown]``: the study's findings from its outputs (design,
+    tables, each hypothesis's paired test, power and verdict, diagnostics); written to
+    ``<sweep folder>/findings.md`` too; ``--into docs/findings.md`` also replaces the study's section there
+    and copies its report page to ``docs/studies/``.
+    """
+
+    if a.file in ("report", "plan", "pilot"):
+        if not a.folder:
+            raise ConfigError(f"tunelab sweep {a.file}: name the sweep file"
+                              + (" (or its study folder studies/<name>, or its sweep folder)" if a.file == "report" else ""))
+        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot}[a.file](a)
+    if a.folder:
+        raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")
+    result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
+                       quiet=a.json, records=a.records, budget=a.budget, max_runs=a.max_runs,
+                       accept_floor_ceiling=a.accept_floor_ceiling)
+    if a.json:
+        print(json.dumps(result, indent=2, default=str))
+    print(format_sweep_done(result), file=sys.stderr)
+    return 1 if any(r["status"] == "failed" for r in result["runs"].values()) else 0
+
+
+def _sweep_report(a: argparse.Namespace) -> int:
+    """``tunelab sweep report``: the study's findings from its records; ``<study folder>/findings.md``."""
+    study = findings.report(a.folder, a.records)
+    text = findings_doc.markdown(study)
+    write_text(study["_sweep"].study_folder / "findings.md", text)
+    if a.json:
+        print(json.dumps({k: v for k, v in study.items() if not k.startswith("_")}, indent=2, default=str))
+    else:
+        print(text if a.markdown else findings_doc.summary(study) + "\n", end="")
+    print(f"[tunelab] {study['_sweep'].study_folder / 'findings.md'}", file=sys.stderr)
+    return 0
+
+
+def _sweep_plan(a: argparse.Namespace) -> int:
+    """``tunelab sweep plan``: runs, minutes on this host, detectable effect per claim; saved as plan.json
+    until runs beyond the pilot are recorded."""
+    sweep = load_sweep(a.folder, a.out, a.records)
+    the_plan = plan_mod.plan(sweep)
+    saved = plan_mod.save_plan(sweep, the_plan)
+    if a.json:
+        print(json.dumps(the_plan, indent=2, default=str))
+    else:
+        print(plan_mod.format_plan(the_plan))
+    print(f"[tunelab] plan {'saved to' if saved else 'frozen (runs beyond the pilot are recorded):'} "
+          f"{sweep.study_folder / 'plan.json'}", file=sys.stderr)
+    return 0
+
+
+def _sweep_pilot(a: argparse.Namespace) -> int:
+    """``tunelab sweep pilot``: the baseline arm (and ``pilot_arms``) at the first seed, recorded, then the
+    floor/ceiling gate (exit 3 when refused)."""
+    try:
+        run_sweep(a.folder, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
+                  quiet=True, records=a.records, accept_floor_ceiling=a.accept_floor_ceiling, pilot_only=True)
+    except ConfigError as e:
+        if "pilot's baseline is outside" not in str(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    sweep = load_sweep(a.folder, a.out, a.records)
+    pilot = json.loads((sweep.study_folder / "pilot.json").read_text()) if (
+        sweep.study_folder / "pilot.json").is_file() else {}
+    print(json.dumps(pilot, indent=1))
+    return 0
+
+
+def cmd_findings(a: argparse.Namespace) -> int:
+    """Write docs/findings.md: every study's section (question, design, plan, pilot, arms with CIs, claims
+    with verdicts, diagnostics, hosts) from its committed records under STUDIES; never edit it by hand."""
+
+    doc, names = findings_doc.write_findings(a.studies, a.out, pages=not a.no_pages)
+    print(format_findings_written(doc, names))
+    return 0
+
+
+COMMANDS: Commands = {
+    "sweep": (cmd_sweep, lambda p: (
+        p.add_argument("file", help="sweep YAML (question, hypotheses, recipe, factors, seeds, baseline); "
+                                    "or `plan FILE`, `pilot FILE`, `report FILE|STUDY|FOLDER`"),
+        p.add_argument("folder", nargs="?", help="with plan/pilot/report: the sweep file (report: or its study "
+                                                 "folder studies/<name>, or its sweep folder)"),
+        p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
+        p.add_argument("--budget", help="wall time for this call (50m, 2h, 900s): start only the runs expected "
+                                        "to finish inside it (estimated from recorded runs on this host)"),
+        p.add_argument("--max-runs", type=int, help="at most this many runs in this call"),
+        p.add_argument("--records", help="the study's records folder (default: the file's `records`, else "
+                                         "studies/<name>/records under the current directory)"),
+        p.add_argument("--accept-floor-ceiling", action="store_true",
+                       help="spend the seeds although the pilot's baseline is outside pilot_range (said in the "
+                            "findings)"),
+        p.add_argument("--jobs", type=int, default=1, help="runs at a time (local backend)"),
+        p.add_argument("--backend", default="local", choices=SWEEP_BACKENDS,
+                       help="local: a process per run; inline: in this process; ray: a Ray cluster"),
+        p.add_argument("--address", help="Ray cluster address (ray://host:10001); default: local"),
+        p.add_argument("--resume", action="store_true", help="(the default) interrupted runs continue from "
+                                                             "their checkpoint where this machine has one"),
+        p.add_argument("--restart", action="store_true", help="interrupted runs start over"),
+        p.add_argument("--out", help="folder for the sweep's run folders (default: the file's `out`)"),
+        p.add_argument("--json", action="store_true", help="print sweep.json (plan: the plan) on stdout"))),
+    "findings": (cmd_findings, lambda p: (
+        p.add_argument("studies", nargs="?", default="studies", help="the studies folder (default: studies)"),
+        p.add_argument("--out", default="docs/findings.md", help="the document (default: docs/findings.md)"),
+        p.add_argument("--no-pages", action="store_true", help="do not write docs/studies/<study>.html"))),
+}
+"""The commands of this module: name -> (function, what adds its arguments)."""
