@@ -209,3 +209,23 @@ def test_a_claim_may_score_the_comparison_arm_on_another_task_over_the_same_item
              "F": {"a=full": {i: [1.0 if k % 2 else 0.0] for k, i in enumerate(ids)}}}
     row = hypotheses(SimpleNamespace(hypotheses=[h]), [], items)[0]
     assert row["items"] == 60 and abs(row["test"]["delta"] - 0.5) < 1e-9  # against F's 0.5, not Q's 0.0
+
+
+def test_failure_kinds_are_averaged_per_arm_and_a_kind_a_run_never_met_counts_zero():
+    from types import SimpleNamespace
+
+    from tunelab.report.findings import failure_kinds
+
+    def rec(arm: str, kinds: dict[str, float]) -> dict:
+        scores = {"success": {"value": 1 - sum(kinds.values()), "ci": [0, 1], "n": 10},
+                  **{f"failure/{k}": {"value": v, "ci": [0, 1], "n": 10, "count": int(10 * v)} for k, v in kinds.items()}}
+        return {"arm": SimpleNamespace(label=arm), "results": {
+            "agent_calculator": {"metric": "success", "tuned_all": scores},
+            "arith": {"metric": "accuracy", "tuned_all": {"accuracy": {"value": 0.5, "ci": [0, 1], "n": 10}}},
+            "run": {"train": {}}}}
+
+    out = failure_kinds([rec("a", {"wrong_answer": 0.2, "malformed": 0.1}), rec("a", {"wrong_answer": 0.4}),
+                         rec("b", {"step_limit": 0.3})])
+    assert set(out) == {"agent_calculator"}  # a task without failure scores is left out
+    assert out["agent_calculator"]["a"] == pytest.approx({"malformed": 0.05, "step_limit": 0.0, "wrong_answer": 0.3})
+    assert out["agent_calculator"]["b"] == pytest.approx({"malformed": 0.0, "step_limit": 0.3, "wrong_answer": 0.0})

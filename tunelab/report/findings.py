@@ -294,6 +294,28 @@ def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {arm: {k: float(np.mean(v)) for k, v in keys.items()} for arm, keys in acc.items()}
 
 
+def failure_kinds(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """task -> arm -> failure kind -> the share of episodes failing that way, mean over the arm's runs
+    (agent tasks score ``failure/<kind>`` beside success: wrong answer, malformed action, step limit ...);
+    tasks without such scores are left out. A kind a run never met counts 0 for it."""
+    found: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for r in records:
+        for task, entry in r["results"].items():
+            scores = entry.get("tuned_all") if isinstance(entry, dict) else None
+            if not isinstance(scores, dict):
+                continue
+            kinds = {k.split("/", 1)[1]: float(v["value"]) for k, v in scores.items()
+                     if k.startswith("failure/") and isinstance(v, dict) and "value" in v}
+            if kinds or any(k.startswith("failure/") for k in scores):
+                found.setdefault(task, {}).setdefault(r["arm"].label, []).append(kinds)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for task, arms in found.items():
+        names = sorted({k for runs in arms.values() for run in runs for k in run})
+        out[task] = {arm: {k: float(np.mean([run.get(k, 0.0) for run in runs])) for k in names}
+                     for arm, runs in arms.items()}
+    return out
+
+
 def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
     """host kind (CPU or GPU model, precision, torch) -> how many of the study's runs it made."""
     out: dict[str, int] = {}
@@ -346,9 +368,10 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
     for c in claims:
         planned = labels.get(c["claim"])
         if planned and planned.get("label") == BELOW:
-            c["verdict"] += f" [{BELOW}: effect {c['effect']:g} < planned MDE {planned['mde']:.3f}]"
+            c["verdict"] += f" [{BELOW}: effect {c['effect']:g} < planned MDE {planned['mde']:.3g}]"
     return {**result, "target": str(target), "question": sweep.question, "hypotheses": claims,
             "diagnostics": diagnostics(records_), "resources": resources(records_),
+            "failure_kinds": failure_kinds(records_),
             "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
             "_sweep": sweep, "_records": records_, "_items": items}

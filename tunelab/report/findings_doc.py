@@ -190,6 +190,15 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                 f"{fmt(v.get('median_step_seconds'), '.2f')} |"
                 for arm, v in study["resources"].items()]
         out.append("")
+    for task, arms in (study.get("failure_kinds") or {}).items():
+        kinds = sorted({k for a in arms.values() for k in a})
+        if not kinds:
+            continue
+        out += [f"**How episodes failed on {task}** (share of all episodes per failure kind, mean over each "
+                "arm's runs; success is the rest):", "",
+                "| arm | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        out += [f"| {arm} | " + " | ".join(f"{v.get(k, 0.0):.3f}" for k in kinds) + " |" for arm, v in arms.items()]
+        out.append("")
     for name, arms in study["diagnostics"].items():
         keys = sorted({k for a in arms.values() for k in a})
         out += [f"**Diagnostic `{name}`** (mean over each arm's runs):", "",
