@@ -1,10 +1,11 @@
-"""tunelab.io's shared file helpers: resumable JSONL (a line cut by a kill)."""
+"""tunelab.io's shared file helpers: resumable JSONL (a line cut by a kill) and the SQLite cache."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 
-from tunelab.io import JsonlAppender, append_jsonl, read_jsonl_resumable
+from tunelab.io import JsonlAppender, SqliteCache, append_jsonl, read_jsonl_resumable
 
 
 def test_resumable_jsonl_drops_and_truncates_a_cut_last_line(tmp_path):
@@ -33,3 +34,13 @@ def test_jsonl_appender_writes_each_batch(tmp_path):
         f.write([{"i": "é"}])
     assert path.read_text(encoding="utf-8").splitlines()[-1] == json.dumps({"i": "é"})
 
+
+def test_sqlite_cache_round_trip_and_existing_files(tmp_path):
+    path = tmp_path / "c" / "cache.sqlite"
+    cache = SqliteCache(path, "items")
+    keys = [f"k{i}" for i in range(1200)]  # more than one lookup chunk
+    cache.put_many({k: [k, "é"] for k in keys})
+    assert cache.get_many(["k0", "missing", "k1199"]) == {"k0": ["k0", "é"], "k1199": ["k1199", "é"]}
+    assert len(SqliteCache(path, "items").get_many(keys)) == 1200  # reopened: same table, kept
+    with sqlite3.connect(path) as db:  # the stored format: JSON text, non-ASCII kept
+        assert db.execute("SELECT value FROM items WHERE key='k0'").fetchone()[0] == '["k0", "é"]'

@@ -5,7 +5,7 @@ the file and line) or :func:`iter_jsonl` (lenient: a bad line is yielded as its 
 whose recipe says ``on_error: skip``), and writes results with :func:`write_json` /
 :func:`write_jsonl` (a temporary file renamed over the target, so a reader never sees half a file). Append-only
 files that a kill may cut are read back with :func:`read_jsonl_resumable` and written with
-:class:`JsonlAppender`.
+:class:`JsonlAppender`; :class:`SqliteCache` is the one on-disk key -> value cache.
 """
 
 from __future__ import annotations
@@ -276,3 +276,43 @@ def sqlite_db(path: str | Path) -> Iterator[sqlite3.Connection]:
     finally:
         db.close()
 
+
+class SqliteCache:
+    """A persistent ``key -> JSON value`` table in a SQLite file (safe across threads and processes):
+    the one cache behind generation caching and the Evol-Instruct item cache.
+
+    Values are stored as JSON text (``ensure_ascii=False``) in ``<table>(key TEXT PRIMARY KEY,
+    value TEXT NOT NULL)``; every read and write opens its own :func:`sqlite_db` connection.
+
+    Args:
+        path: The database file (its folder is created).
+        table: The table's name (each cache keeps the name its files were written with).
+    """
+
+    CHUNK = 500
+    """Keys looked up per query (SQLite limits the number of parameters)."""
+
+    def __init__(self, path: str | Path, table: str) -> None:
+        if not table.isidentifier():
+            raise ValueError(f"SqliteCache: table name must be an identifier, got {table!r}")
+        self.path, self.table = Path(path), table
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite_db(self.path) as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` (missing keys absent)."""
+        found: dict[str, Any] = {}
+        with sqlite_db(self.path) as db:
+            for start in range(0, len(keys), self.CHUNK):
+                chunk = keys[start : start + self.CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for k, v in db.execute(f"SELECT key, value FROM {self.table} WHERE key IN ({marks})", chunk):
+                    found[k] = json.loads(v)
+        return found
+
+    def put_many(self, entries: dict[str, Any]) -> None:
+        """Store values (replacing those of the same keys; committed before returning)."""
+        with sqlite_db(self.path) as db:
+            db.executemany(f"INSERT OR REPLACE INTO {self.table} (key, value) VALUES (?, ?)",
+                           [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()])
