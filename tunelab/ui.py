@@ -38,7 +38,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from tunelab.config import load_config
+from tunelab.config import is_run, load_config
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
@@ -99,7 +99,7 @@ class Catalog:
         for marker in ("results.json", "sweep.json"):
             for f in self.root.rglob(marker):
                 if len(f.relative_to(self.root).parts) > 6 or (marker == "results.json"
-                                                                  and not (f.parent / "config.yaml").is_file()):
+                                                                  and not is_run(f.parent, need="results")):
                     continue
                 rel = str(f.parent.relative_to(self.root))
                 if query.lower() in rel.lower():
