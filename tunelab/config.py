@@ -476,10 +476,18 @@ def dump_yaml(cfg: RunConfig) -> str:
 # ----------------------------------------------------------------------------- run folders
 
 
-def is_run(path: str | Path) -> bool:
-    """Whether ``path`` is a finished run folder (its resolved ``config.yaml`` and ``final/`` weights)."""
+def is_run(path: str | Path, need: str = "final") -> bool:
+    """Whether ``path`` is a run folder (its resolved ``config.yaml``): the one check of every command.
+    ``need``: ``"final"`` a finished run (``final/`` weights), ``"results"`` an evaluated one
+    (``results.json``), ``"config"`` any run, finished or not."""
     p = Path(path)
-    return (p / "config.yaml").is_file() and (p / "final").is_dir()
+    extra = {"final": "final", "results": "results.json", "config": "config.yaml"}[need]
+    return (p / "config.yaml").is_file() and ((p / extra).is_dir() if need == "final" else (p / extra).is_file())
+
+
+def run_config(model: str | Path) -> RunConfig | None:
+    """The RunConfig of a finished run folder (:func:`is_run`); ``None`` for a model name or other folder."""
+    return load_config(model) if is_run(model) else None
 
 
 def load_config(run_dir: str | Path) -> RunConfig:

@@ -3,7 +3,9 @@
 Every layer reads JSONL through :func:`read_jsonl` (strict: the first bad line is an error naming
 the file and line) or :func:`iter_jsonl` (lenient: a bad line is yielded as its error, for sources
 whose recipe says ``on_error: skip``), and writes results with :func:`write_json` /
-:func:`write_jsonl` (a temporary file renamed over the target, so a reader never sees half a file).
+:func:`write_jsonl` (a temporary file renamed over the target, so a reader never sees half a file). Append-only
+files that a kill may cut are read back with :func:`read_jsonl_resumable` and written with
+:class:`JsonlAppender`; :class:`SqliteCache` is the one on-disk key -> value cache.
 """
 
 from __future__ import annotations
@@ -77,6 +79,64 @@ def read_jsonl(path: str | Path, *, with_where: bool = False) -> list[Any]:
             raise row
         rows.append((f"{path}:{line_no}", row) if with_where else row)
     return rows
+
+
+def read_jsonl_resumable(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an append-only JSONL file that a killed writer may have left; ``[]`` if it is missing.
+
+    A last line without its newline was cut by a kill: it is dropped, and cut from the file too, so
+    the next append starts on a fresh line. Every other line must be a JSON object (see :func:`read_jsonl`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    keep = text[: text.rfind("\n") + 1]
+    if keep != text:
+        path.write_text(keep, encoding="utf-8")
+    return read_jsonl(path) if keep else []
+
+
+class JsonlAppender:
+    """An open JSONL file that rows are appended to, each :meth:`write` flushed (and fsynced with
+    ``sync``): with :func:`read_jsonl_resumable`, a killed run loses at most the rows being written.
+
+    Args:
+        path: The file (its folder is created).
+        ensure_ascii: Passed to ``json.dumps`` (``False`` keeps non-ASCII text as it is).
+        sync: ``os.fsync`` after each write, not only flush.
+
+    Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path, *, ensure_ascii: bool = True, sync: bool = False) -> None:
+        self.path = Path(path)
+        self.ensure_ascii, self.sync = ensure_ascii, sync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO[str] | None = None
+
+    def __enter__(self) -> JsonlAppender:
+        self._f = self.path.open("a", encoding="utf-8")
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows``, one JSON object a line, then flush (and fsync with ``sync``)."""
+        assert self._f is not None, "JsonlAppender.write outside its with block"
+        self._f.write("".join(json.dumps(r, ensure_ascii=self.ensure_ascii) + "\n" for r in rows))
+        self._f.flush()
+        if self.sync:
+            os.fsync(self._f.fileno())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def append_jsonl(path: str | Path, rows: list[dict[str, Any]], *, ensure_ascii: bool = True) -> None:
+    """Append ``rows`` to ``path`` and flush (see :class:`JsonlAppender`)."""
+    with JsonlAppender(path, ensure_ascii=ensure_ascii) as f:
+        f.write(rows)
 
 
 def digest(tree: Any, length: int = 16) -> str:
@@ -215,3 +275,44 @@ def sqlite_db(path: str | Path) -> Iterator[sqlite3.Connection]:
             yield db
     finally:
         db.close()
+
+
+class SqliteCache:
+    """A persistent ``key -> JSON value`` table in a SQLite file (safe across threads and processes):
+    the one cache behind generation caching and the Evol-Instruct item cache.
+
+    Values are stored as JSON text (``ensure_ascii=False``) in ``<table>(key TEXT PRIMARY KEY,
+    value TEXT NOT NULL)``; every read and write opens its own :func:`sqlite_db` connection.
+
+    Args:
+        path: The database file (its folder is created).
+        table: The table's name (each cache keeps the name its files were written with).
+    """
+
+    CHUNK = 500
+    """Keys looked up per query (SQLite limits the number of parameters)."""
+
+    def __init__(self, path: str | Path, table: str) -> None:
+        if not table.isidentifier():
+            raise ValueError(f"SqliteCache: table name must be an identifier, got {table!r}")
+        self.path, self.table = Path(path), table
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite_db(self.path) as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` (missing keys absent)."""
+        found: dict[str, Any] = {}
+        with sqlite_db(self.path) as db:
+            for start in range(0, len(keys), self.CHUNK):
+                chunk = keys[start : start + self.CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for k, v in db.execute(f"SELECT key, value FROM {self.table} WHERE key IN ({marks})", chunk):
+                    found[k] = json.loads(v)
+        return found
+
+    def put_many(self, entries: dict[str, Any]) -> None:
+        """Store values (replacing those of the same keys; committed before returning)."""
+        with sqlite_db(self.path) as db:
+            db.executemany(f"INSERT OR REPLACE INTO {self.table} (key, value) VALUES (?, ?)",
+                           [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()])

@@ -23,7 +23,6 @@ import hashlib
 import html
 import json
 import secrets
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,18 +31,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
-import uvicorn
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from tunelab.config import load_config
+from tunelab.config import is_run, load_config
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
 from tunelab.report.run_report import CSS, run_report, sweep_report
-from tunelab.web import in_background
+from tunelab.web import AppServer, in_background
 
 CHOICES = ("a", "b", "tie")
 
@@ -99,7 +97,7 @@ class Catalog:
         for marker in ("results.json", "sweep.json"):
             for f in self.root.rglob(marker):
                 if len(f.relative_to(self.root).parts) > 6 or (marker == "results.json"
-                                                                  and not (f.parent / "config.yaml").is_file()):
+                                                                  and not is_run(f.parent, need="results")):
                     continue
                 rel = str(f.parent.relative_to(self.root))
                 if query.lower() in rel.lower():
@@ -318,36 +316,14 @@ def _hidden(fields: dict[str, str]) -> str:
     return "".join(f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in fields.items())
 
 
-class UIServer:
-    """The app bound to a socket; :meth:`serve_forever` or :func:`running_ui` (a background thread)."""
+class UIServer(AppServer):
+    """The app bound to a socket (:class:`tunelab.web.AppServer`); :meth:`serve_forever` or
+    :func:`running_ui` (a background thread)."""
 
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 8501) -> None:
-        self.app = build_app(root)
-        self.sock = socket.create_server((host, port))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                     lifespan="off", timeout_graceful_shutdown=2))
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``."""
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def started(self) -> bool:
-        """Whether uvicorn is accepting requests."""
-        return self._server.started
-
-    def serve_forever(self) -> None:
-        """Serve until :meth:`shutdown` (or Ctrl-C)."""
-        try:
-            self._server.run(sockets=[self.sock])
-        finally:
-            self.sock.close()
-
-    def shutdown(self) -> None:
-        """Stop serving."""
-        self._server.should_exit = True
+        app = build_app(root)
+        super().__init__(host, port)
+        self.mount(app, graceful_shutdown=2)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.cli.common import Commands
-from tunelab.config import is_run, load_config
+from tunelab.config import is_run, run_config
 from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.eval.harness import EvalResult, evaluate_tasks
 from tunelab.eval.predictions import score_predictions
@@ -43,7 +43,8 @@ def make_task(name: str, k: str | None = None, options: dict[str, Any] | None = 
 def run_signal(model: str | None, which: str) -> str:
     """The prompt signal for evaluating ``model``: a NAT-trained run asks for success (``auto``);
     ``success`` / ``failure`` / ``none`` choose (sanity checks); other models get none."""
-    spec = nat_spec(load_config(model).data.transforms) if model and is_run(model) else None
+    cfg = run_config(model) if model else None
+    spec = nat_spec(cfg.data.transforms) if cfg else None
     if spec is None:
         if which in ("success", "failure"):
             raise ValueError(f"--signal {which}: {model} was not trained with a nat transform")
@@ -134,7 +135,8 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, Eva
         raise ValueError("name a model or run folder, or pass --predictions FILE")
     out = Path(args.out) if args.out else default_out(args.model)
     generator = build_generator(args.model, backend=args.backend, batch_size=args.batch_size)
-    base = load_config(args.model).model.name if is_run(args.model) else args.model
+    cfg = run_config(args.model)
+    base = cfg.model.name if cfg else args.model
     for task in tasks.values():  # prompt-regime tasks count input tokens with the model's tokenizer
         getattr(task, "bind", lambda *a, **k: None)(getattr(generator, "tok", None), base)
     print(f"[tunelab] evaluating {args.model} ({type(generator).__name__}, "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunelab.cli.common import Commands
 from tunelab.cli.output import format_compare
+from tunelab.config import is_run
 from tunelab.eval.regimes import format_regimes, format_sweep_regimes, sweep_regime_table
 from tunelab.io import DataError
 from tunelab.report.run_report import run_report, sweep_report
@@ -22,7 +23,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     folder = Path(a.folder)
     if (folder / "sweep.json").is_file():
         path = sweep_report(json.loads((folder / "sweep.json").read_text()))
-    elif (folder / "config.yaml").is_file():
+    elif is_run(folder, need="config"):
         path = run_report(folder)
     else:
         raise DataError(f"{folder}: not a run folder (no config.yaml) or a sweep folder (no sweep.json)")
@@ -39,7 +40,7 @@ def cmd_regimes(a: argparse.Namespace) -> int:
         table = sweep_regime_table(folder)
         (folder / "regimes.json").write_text(json.dumps(table, indent=2, default=str))
         text = format_sweep_regimes(table) + f"\n[tunelab] written: {folder / 'regimes.json'}"
-    elif (folder / "results.json").is_file():
+    elif is_run(folder, need="results"):
         table = load_results(folder)["run"].get("regimes", {})
         text = "\n".join(format_regimes(t, f"{'untrained' if w == 'base' else 'fine-tuned'} model:")
                          for w, t in table.items()) or "no prompt-regime tasks in this run"

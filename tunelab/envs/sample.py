@@ -23,7 +23,7 @@ from tqdm import tqdm
 from tunelab.config import ConfigError
 from tunelab.envs.base import OBSERVATION_STOP, Environment, EnvTask, Step, failure_kind
 from tunelab.generate.base import GenerationConfig, Generator
-from tunelab.io import read_jsonl
+from tunelab.io import JsonlAppender, read_jsonl, read_jsonl_resumable
 
 
 @dataclass
@@ -40,13 +40,7 @@ class Attempt:
 
 def _done_keys(out: Path) -> set[tuple[str, int]]:
     """(task id, attempt) of every trajectory already written (a line cut by a kill is dropped)."""
-    if not out.is_file():
-        return set()
-    text = out.read_text(encoding="utf-8")
-    keep = text[: text.rfind("\n") + 1]
-    if keep != text:
-        out.write_text(keep, encoding="utf-8")
-    return {(r["task_id"], r["attempt"]) for r in read_jsonl(out)} if keep else set()
+    return {(r["task_id"], r["attempt"]) for r in read_jsonl_resumable(out)}
 
 
 def check_sample_args(*, attempts: int, limit: int | None, max_steps: int, max_new_tokens: int,
@@ -88,12 +82,11 @@ def sample(env: Environment, env_name: str, generator: Generator, out: str | Pat
     fingerprint = getattr(generator, "fingerprint", type(generator).__name__)
     t0, written = time.perf_counter(), 0
     bar = tqdm(total=len(tasks) * attempts, initial=len(done), desc=f"sample {env_name}", disable=not progress)
-    with out.open("a", encoding="utf-8") as f:
+    with JsonlAppender(out) as f:
 
         def write(a: Attempt, step: Step | None) -> None:
             nonlocal written
-            f.write(json.dumps(_row(env, env_name, a, step, fingerprint, temperature, seed, max_steps)) + "\n")
-            f.flush()
+            f.write([_row(env, env_name, a, step, fingerprint, temperature, seed, max_steps)])
             written += 1
             bar.update(1)
 

@@ -24,7 +24,7 @@ from typing import Any
 from tunelab.eval.tasks.base import EvalItem, EvalTask
 from tunelab.generate.base import GenerationConfig, Generator
 from tunelab.generate.loglik import LoglikScorer, scorer_for
-from tunelab.io import write_jsonl
+from tunelab.io import JsonlAppender, read_jsonl_resumable, write_jsonl
 
 SAMPLING_TEMPERATURE = 0.8
 """Used when several samples per item are asked for at temperature 0 (identical greedy samples say nothing)."""
@@ -107,25 +107,18 @@ def _generate(generator: Generator, items: list[EvalItem], cfg: GenerationConfig
         return generator.generate([it.prompt for it in items], cfg)
     tag = json.dumps([getattr(generator, "fingerprint", None), cfg.key()], sort_keys=True, default=str)
     done: dict[str, list[str]] = {}
-    if partial.is_file():
-        text = partial.read_text(encoding="utf-8")
-        keep = text[: text.rfind("\n") + 1]  # a line cut by a kill is dropped
-        if keep != text:
-            partial.write_text(keep, encoding="utf-8")
-        for line in keep.splitlines():
-            row = json.loads(line)
-            if row.get("tag") == tag:
-                done[row["id"]] = row["completions"]
+    for row in read_jsonl_resumable(partial):  # a line cut by a kill is dropped
+        if row.get("tag") == tag:
+            done[row["id"]] = row["completions"]
     todo = [it for it in items if str(it.id) not in done]
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open("a", encoding="utf-8") as f:
+    with JsonlAppender(partial, sync=True) as f:
         for start in range(0, len(todo), max(1, chunk)):
             part = todo[start : start + chunk]
+            lines = []
             for it, comps in zip(part, generator.generate([it.prompt for it in part], cfg)):
                 done[str(it.id)] = comps
-                f.write(json.dumps({"id": str(it.id), "tag": tag, "completions": comps}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+                lines.append({"id": str(it.id), "tag": tag, "completions": comps})
+            f.write(lines)
     return [done[str(it.id)] for it in items]
 
 

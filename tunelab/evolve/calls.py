@@ -12,7 +12,6 @@ A request that fails for good stops new requests: what arrived is kept, and
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -21,43 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.generate.base import GenerationConfig, Generator, Prompt, encode_prompt
-from tunelab.io import digest, sqlite_db
+from tunelab.io import SqliteCache, digest
 
 
 class GenerationFailed(RuntimeError):
     """A request failed after the backend's retries; completions that arrived before it are cached."""
 
 
-class ItemCache:
-    """A sqlite table ``key -> completion`` (safe across threads and processes).
+class ItemCache(SqliteCache):
+    """A sqlite table ``items: key -> completion`` (safe across threads and processes); the shared
+    :class:`tunelab.io.SqliteCache` under the table name item caches have always used.
 
     Args:
         path: The database file (its folder is created).
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite_db(self.path) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-    def get_many(self, keys: list[str]) -> dict[str, str]:
-        """The cached completions of ``keys`` (missing keys absent)."""
-        found: dict[str, str] = {}
-        with sqlite_db(self.path) as db:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                for k, v in db.execute(f"SELECT key, value FROM items WHERE key IN ({marks})", chunk):
-                    found[k] = json.loads(v)
-        return found
-
-    def put_many(self, entries: dict[str, str]) -> None:
-        """Store completions (committed before returning)."""
-        with sqlite_db(self.path) as db:
-            db.executemany("INSERT OR REPLACE INTO items (key, value) VALUES (?, ?)",
-                           [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()])
+        super().__init__(path, "items")
 
 
 def item_key(**parts: Any) -> str:

@@ -43,7 +43,7 @@ from tunelab.evolve.seeds import load_seeds
 from tunelab.evolve.stats import format_report, run_stats
 from tunelab.generate.base import GenerationConfig, Generator
 from tunelab.generate.build import build_generator, is_url
-from tunelab.io import FolderLock, digest, read_jsonl, write_json, write_jsonl
+from tunelab.io import FolderLock, append_jsonl, digest, read_jsonl_resumable, write_json, write_jsonl
 
 ROLES = ("evolver", "judge", "answerer")
 SETTINGS = ("seeds", "evolver", "answerer", "judge", "operators", "seed", "temperature", "answer_temperature",
@@ -58,13 +58,7 @@ class EvolveError(RuntimeError):
 
 def read_items(path: Path) -> list[dict[str, Any]]:
     """The rows of ``items.jsonl``; a last line cut by a kill is dropped (and cut from the file)."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    keep = text[: text.rfind("\n") + 1]
-    if keep != text:
-        path.write_text(keep, encoding="utf-8")
-    return read_jsonl(path) if keep else []
+    return read_jsonl_resumable(path)
 
 
 class EvolInstruct:
@@ -312,10 +306,7 @@ def _pool(rows: list[dict[str, Any]], round_: int) -> dict[str, dict[str, Any]]:
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
+    append_jsonl(path, rows, ensure_ascii=False)
 
 
 LINEAGE = ("parent_id", "root_id", "round", "operator", "prompt_version", "evolver", "judge", "answerer",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from tunelab.config import is_run, load_config
+from tunelab.config import run_config
 from tunelab.device import decide, default_device
 from tunelab.generate.base import Generator
 from tunelab.generate.hf import HFGenerator
@@ -86,8 +86,8 @@ def _vllm(source: str, precision: str) -> Generator:
     """A vLLM engine over a model, or over a run's base model with its ``final/`` LoRA adapter."""
 
     dtype = "bfloat16" if precision == "bf16" else "auto"
-    if is_run(source):
-        cfg = load_config(source)
+    cfg = run_config(source)
+    if cfg:
         if cfg.method.get("name") != "lora":
             raise ValueError(f"backend 'vllm' serves LoRA runs unmerged; {source} was trained with "
                              f"{cfg.method.get('name')!r}: `tunelab export {source} --merge` first")

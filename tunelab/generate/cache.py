@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from tunelab.generate.base import GenerationConfig, Generator, Prompt
-from tunelab.io import sqlite_db
+from tunelab.io import SqliteCache
 
 DB_NAME = "generations.sqlite"
 
@@ -39,11 +39,9 @@ class CachedGenerator:
     def __init__(self, inner: Generator, cache_dir: str | Path) -> None:
         self.inner = inner
         self.path = Path(cache_dir) / DB_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
         self._lock = threading.Lock()
-        with sqlite_db(self.path) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db = SqliteCache(self.path, "completions")
 
     @property
     def retries(self) -> dict[str, int]:
@@ -56,30 +54,11 @@ class CachedGenerator:
         return self.inner.fingerprint
 
 
-    def _lookup(self, keys: list[str]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        with sqlite_db(self.path) as db:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for key, value in db.execute(
-                    f"SELECT key, value FROM completions WHERE key IN ({marks})", chunk
-                ):
-                    found[key] = json.loads(value)
-        return found
-
-    def _store(self, entries: dict[str, list[str]]) -> None:
-        with sqlite_db(self.path) as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()],
-            )
-
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> list[list[str]]:
         """Cached completions; missing prompts (deduplicated) go to the inner generator in one call."""
         fp = self.inner.fingerprint
         keys = [cache_key(fp, p, cfg) for p in prompts]
-        found = self._lookup(sorted(set(keys)))
+        found = self._db.get_many(sorted(set(keys)))
         missing: dict[str, Prompt] = {}
         for key, prompt in zip(keys, prompts):
             if key not in found:
@@ -87,7 +66,7 @@ class CachedGenerator:
         if missing:
             fresh = self.inner.generate(list(missing.values()), cfg)
             new = dict(zip(missing.keys(), fresh))
-            self._store(new)
+            self._db.put_many(new)
             found.update(new)
         with self._lock:
             self.misses += len(missing)

@@ -1,0 +1,11 @@
+"""Runs, sweeps and the data and eval plumbing around them.
+
+The runner is the lowest layer that sees both the eval task registry (:mod:`tunelab.eval.tasks`)
+and the environments (:mod:`tunelab.envs`), so it is where the environments' eval tasks
+(``agent_<env>``, which recipes, ``tunelab eval`` and ``tunelab ls`` name) are added to the
+registry: the explicit :func:`tunelab.envs.register_agent_tasks` call below.
+"""
+
+from tunelab.envs import register_agent_tasks
+
+register_agent_tasks()

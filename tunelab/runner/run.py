@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunelab.config import ConfigError, RunConfig, dump_yaml, load_recipe, to_dict
+from tunelab.config import ConfigError, RunConfig, dump_yaml, is_run, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.data.transforms.nat import nat_spec, signal_for
 from tunelab.data.transforms.promptintern import stage_rows
@@ -220,7 +220,7 @@ def run(recipe: str | Path | RunConfig | None = None, overrides: list[str] | Non
         cfg.out = out
     validate(cfg, raise_errors=True, where=None if isinstance(recipe, RunConfig) else recipe)
     run_dir = Path(cfg.out) / run_name(cfg, None if isinstance(recipe, RunConfig) else recipe)
-    if (run_dir / "results.json").is_file() and not (force or resume):
+    if is_run(run_dir, need="results") and not (force or resume):
         print(f"[tunelab] results exist, skipping (use --force to redo): {run_dir}")
         return run_dir
     created = not run_dir.exists()

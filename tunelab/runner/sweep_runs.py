@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunelab.config import ConfigError, dump_yaml
+from tunelab.config import ConfigError, dump_yaml, is_run
 from tunelab.io import write_json
 from tunelab.runner.records import build_record, write_record
 from tunelab.runner.run import run
@@ -149,7 +149,7 @@ def execute(todo: list[PlannedRun], folder: Path, resume: bool, jobs: int,
 
 def finished(planned: PlannedRun) -> bool:
     """Whether the run's results exist in its run folder (this machine)."""
-    return (Path(planned.cfg.out) / planned.name / "results.json").is_file()
+    return is_run(Path(planned.cfg.out) / planned.name, need="results")
 
 
 def record_run(sweep: Sweep, planned: PlannedRun) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tunelab.envs  # noqa: F401  (registers the agent_<env> eval tasks that recipes may name)
 from tunelab.config import ConfigError, RunConfig, load_recipe
 from tunelab.data.sources import check_source
 from tunelab.data.transforms.base import build_transforms

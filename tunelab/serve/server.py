@@ -9,13 +9,11 @@ sends its text as it is decoded, a client that goes away cancels its requests. T
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
@@ -35,11 +33,12 @@ from tunelab.serve.api import (
     install_error_handlers,
     sse,
 )
+from tunelab.web import AppServer
 
 # ----------------------------------------------------------------------------- the server
 
 
-class Server:
+class Server(AppServer):
     """An OpenAI-compatible server over one generator, bound to its socket (not yet serving).
 
     Serve with :meth:`serve_forever` (blocking) or :func:`running_server` (a background thread).
@@ -57,37 +56,14 @@ class Server:
         self.requests_served = 0
         """Completion requests answered (for tests and logs)."""
         self._count = threading.Lock()
-        self.sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        super().__init__(host, port)  # bound first: a taken port starts no decoding loop
         self.loop = BatchingLoop(generator)
         """The decoding loop every request goes through (``loop.max_rows``: the batching seen)."""
-        self.app = self._build_app()
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3
-        )
-        self._uvicorn = uvicorn.Server(config)
+        self.mount(self._build_app(), graceful_shutdown=3)
 
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8000`` (append ``/v1/...``)."""
-        host, port = self.sock.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-    def serve_forever(self) -> None:
-        """Serve until :meth:`shutdown` (or Ctrl-C in the main thread); then stop decoding."""
-        try:
-            self._uvicorn.run(sockets=[self.sock])
-        finally:
-            self.loop.close()
-            self.sock.close()
-
-    def shutdown(self) -> None:
-        """Ask a running server to stop (from another thread)."""
-        self._uvicorn.should_exit = True
-
-    @property
-    def started(self) -> bool:
-        """Whether it accepts connections."""
-        return self._uvicorn.started
+    def closing(self) -> None:
+        """Stop decoding once serving ends."""
+        self.loop.close()
 
     def _served(self) -> None:
         """Count one answered request."""
