@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.prompt_structure import mbpp_query
 from tunelab.eval.harness import evaluate_tasks
 from tunelab.eval.regimes import (
     UNTRAINED,
@@ -20,6 +19,7 @@ from tunelab.eval.regimes import (
 from tunelab.eval.tasks.base import get_task, task_names
 from tunelab.generate.build import build_generator
 from tunelab.io import read_jsonl
+from tunelab.promptintern.prompt_sets import mbpp_query
 
 ROOT = Path(__file__).resolve().parents[2]
 REGIMES = ("full", "compressed", "query")

@@ -5,8 +5,8 @@ instruction *template*, *k few-shot examples* and the *query*. :class:`PromptPar
 one sample (in ``Sample.meta["prompt_parts"]``); :func:`render` makes the user turn of any regime
 (template, ``Example i:`` blocks, then the query itself). The ``prompt_structure`` row format reads
 ``{template, examples: [{query, answer}], query, answer}``; its sample's messages are the bare query and
-answer. What acts on the parts (compression, example ranking, the built-in prompt sets) is
-:mod:`tunelab.data.prompt_structure`; the training schedule, :mod:`tunelab.data.transforms.promptintern`.
+answer. What acts on the parts (compression, example ranking, the built-in prompt sets, the training
+schedule) is PromptIntern's engine, :mod:`tunelab.promptintern`.
 """
 
 from __future__ import annotations

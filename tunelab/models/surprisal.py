@@ -1,8 +1,9 @@
 """Token surprisal under a causal LM: the score Selective Context (Li et al. 2023, arXiv 2310.06201) and
 PromptIntern's template compression rank text by (predictable text is dropped first).
 
-The scoring model is loaded here, in the models layer, once per process and only when a ranking needs
-it (:func:`model_scorer`); :class:`tunelab.data.prompt_structure.Compressor` takes the scorer.
+The scoring model is loaded here, in the models layer, once per process (:func:`model_scorer`); the
+caller (the runner, the prompt-regime eval tasks) builds the scorer and passes it to
+:class:`tunelab.promptintern.compress.Compressor`, which loads nothing itself.
 """
 
 from __future__ import annotations

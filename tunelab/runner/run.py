@@ -22,7 +22,6 @@ import torch
 from tunelab.config import ConfigError, RunConfig, dump_yaml, is_run, load_recipe, to_dict
 from tunelab.data.pipeline import DataBundle
 from tunelab.data.transforms.nat import nat_spec, signal_for
-from tunelab.data.transforms.promptintern import stage_rows
 from tunelab.device import decide, default_device
 from tunelab.diagnostics import run_diagnostics
 from tunelab.envs.rollout import Rollouts
@@ -35,6 +34,9 @@ from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.heads import HEAD_FILE, save_head
 from tunelab.models.load import ModelError, cache_dir
+from tunelab.models.surprisal import Scorer, model_scorer
+from tunelab.promptintern.rows import stage_rows
+from tunelab.promptintern.schedule import recipe_transform
 from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
@@ -171,6 +173,19 @@ def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any], say=p
     return data
 
 
+def _surprisal_scorer(cfg: RunConfig, model, tok) -> Scorer | None:
+    """The scorer ranking template units for the recipe's ``promptintern`` transform: the run's base model
+    (``model``, at hand), or the transform's ``score_model`` (loaded on first use); None without the
+    transform or without ``score: surprisal``."""
+    t = recipe_transform(cfg)
+    if t is None or t.params.score != "surprisal":
+        return None
+    if t.params.score_model is None:
+        return model_scorer(cfg.model.name, model, tok)
+    name = t.params.score_model
+    return lambda text: model_scorer(name)(text)
+
+
 def _base_eval(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool, cache: Path | None,
                reused: dict[str, Any], resolved: str) -> dict[str, EvalResult]:
     """The untrained model's evaluation; tasks found in ``cache`` are reused, not recomputed."""
@@ -270,7 +285,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     write_json(run_dir / "data" / "mixture.json", data.report)
     phases.lap("data")
     say(f"data: {len(data.samples)} examples in {len(data.rows)} rows; model {model_info['resolved']}")
-    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)  # promptintern: rows per step
+    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources,  # promptintern: rows per step
+                        _surprisal_scorer(cfg, model, tok))
     if stages is not None:
         write_json(run_dir / "data" / "promptintern.json", stages.report)
     base_eval = None

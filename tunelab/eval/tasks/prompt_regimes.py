@@ -1,7 +1,7 @@
 """A task evaluated in PromptIntern's three prompt regimes: ``<suite>_full``, ``<suite>_compressed``,
 ``<suite>_query``.
 
-A suite is a base task and a built-in prompt set (:data:`tunelab.data.prompt_structure.PROMPT_SETS`):
+A suite is a base task and a built-in prompt set (:data:`tunelab.promptintern.prompt_sets.PROMPT_SETS`):
 
 * ``gsm8k_cot``: GSM8K test (zero-shot chat items) with a step-by-step template and Wei et al.'s 8
   chain-of-thought exemplars;
@@ -10,7 +10,7 @@ A suite is a base task and a built-in prompt set (:data:`tunelab.data.prompt_str
 * ``arith_rules``: the built-in ``arith`` family's test split with a ten-rule answer-format template.
 
 Regimes: ``full`` (template + ``shots`` examples + query), ``compressed`` (the template compressed to
-``keep`` by the same :class:`~tunelab.data.prompt_structure.Compressor` as training, and
+``keep`` by the same :class:`~tunelab.promptintern.compress.Compressor` as training, and
 ``compressed_shots`` examples, default ``round(keep * shots)``: prompt compression at inference) and
 ``query`` (the bare query). Scoring is the base task's; rows add ``input_tokens`` (the prompt as the
 generator encodes it, chat template included, under the run's tokenizer, bound by the runner, or
@@ -27,10 +27,13 @@ from typing import Any, ClassVar
 
 from tunelab.config import ConfigError
 from tunelab.data.prompt_parts import query_turn, render, with_user_text
-from tunelab.data.prompt_structure import Compressor, get_prompt_set, mbpp_query, rank_examples
 from tunelab.eval.stats import bootstrap_ci
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask, get_task
 from tunelab.generate.base import encode_prompt
+from tunelab.models.surprisal import Scorer, model_scorer
+from tunelab.promptintern.compress import Compressor
+from tunelab.promptintern.examples import rank_examples
+from tunelab.promptintern.prompt_sets import get_prompt_set, mbpp_query
 
 REGIMES = ("full", "compressed", "query")
 _MBPP_TASK = re.compile(r"Your task: (.*?)\nYour code should pass this test:", re.S)
@@ -126,6 +129,13 @@ class PromptRegimeTask(EvalTask):
                               "score: position | random")
         return Compressor(self.unit, self.score_kind, self.score_model, self.seed)
 
+    def scorer(self) -> Scorer | None:
+        """The surprisal scorer of ``score_model``, its model loaded on first use (None: not scored by surprisal)."""
+        if self.score_kind != "surprisal":
+            return None
+        name = self.score_model
+        return lambda text: model_scorer(name)(text)
+
     def tokenizer(self) -> Any:
         """The tokenizer counting input tokens (None: not counted)."""
         if self._tok is None and self.tokenizer_name:
@@ -144,7 +154,7 @@ class PromptRegimeTask(EvalTask):
         pool = self.prompt_set.examples() if shots else []
         chosen = rank_examples(queries, pool, self.select, shots, seed=self.seed, keys=[str(it.id) for it in base])
         template = (self.prompt_set.template if keep >= 1 else
-                    self.compressor().compress(self.prompt_set.template, keep) if keep > 0 else "")
+                    self.compressor().compress(self.prompt_set.template, keep, self.scorer()) if keep > 0 else "")
         tok = self.tokenizer()
         out = []
         for it, q, idx in zip(base, queries, chosen):

@@ -1,11 +1,12 @@
-"""PromptIntern (Zou et al., EMNLP 2024 Findings, arXiv 2407.02211): internalise a recurrent prompt.
+"""PromptIntern's schedule: the ``promptintern`` data transform and the level of every training step.
 
-Every training sample is split into template, examples and query (:mod:`tunelab.data.prompt_structure`).
-The transform attaches the parts (the template of a built-in prompt set or the recipe's own, the ``shots``
-examples chosen for the sample, its query and answer) and renders the *full* prompt; the schedule is
-applied per training step, not per dataset: at progress ``p = step / train.max_steps`` the template keeps
-a fraction ``keep(p)`` (compressed by :class:`~tunelab.data.prompt_structure.Compressor`) and the prompt
-shows the first ``shots(p)`` of the sample's examples, so the model ends on the bare query.
+Every training sample is split into template, examples and query (:mod:`tunelab.data.prompt_parts`).
+The transform attaches the parts (the template of a built-in prompt set, :mod:`tunelab.promptintern.prompt_sets`,
+or the recipe's own, the ``shots`` examples chosen for the sample by :mod:`tunelab.promptintern.examples`,
+its query and answer) and renders the *full* prompt; the schedule is applied per training step, not per
+dataset: at progress ``p = step / train.max_steps`` the template keeps a fraction ``keep(p)`` (compressed by
+:class:`~tunelab.promptintern.compress.Compressor`) and the prompt shows the first ``shots(p)`` of the
+sample's examples, so the model ends on the bare query (the rows of each step: :mod:`tunelab.promptintern.rows`).
 
 Schedules (the paper ships data at 100 %, 60 % and 30 % of the template, no schedule):
 
@@ -16,31 +17,29 @@ Schedules (the paper ships data at 100 %, 60 % and 30 % of the template, no sche
 * ``constant``: (``keep_start``, ``shots_start``) throughout (``keep_start: 1`` is "fine-tune with the full
   prompt", ``keep_start: 0, shots_start: 0`` "fine-tune with the query only").
 
-:func:`stage_rows` gives the runner ``TrainJob.rows_at``: the rows of every distinct level, tokenised once,
-row ``i`` always made of the same samples (packed rows keep the full prompt's grouping), so batches and
-resume stay exact. Held-out loss stays on the sources' own samples: the bare query.
+The transform lives here, above the data layer, so the data layer's registry cannot find it by itself:
+:func:`register_transform` adds it to :data:`~tunelab.data.transforms.TRANSFORMS` (the runner calls it,
+as it registers the environments' eval tasks).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunelab.config import ConfigError, RunConfig
 from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts, query_turn, render, with_user_text
-from tunelab.data.prompt_structure import Compressor, get_prompt_set, rank_examples
-from tunelab.data.tokenize import Row, encode, pack
 from tunelab.data.transforms.base import TRANSFORMS, BaseTransform, Removed, TransformContext, build_transform
-from tunelab.io import DataError
-from tunelab.models.surprisal import model_scorer
+from tunelab.promptintern.compress import Compressor
+from tunelab.promptintern.examples import rank_examples
+from tunelab.promptintern.prompt_sets import get_prompt_set
 from tunelab.types import Sample
 
 DEFAULT_SHOTS = 4
 """Examples of a full prompt when neither ``shots`` nor a prompt set says."""
 
 
-@TRANSFORMS.register("promptintern")
 class PromptIntern(BaseTransform):
     """PromptIntern: the template is compressed and the examples absorbed as training goes (per step)."""
 
@@ -187,31 +186,6 @@ class PromptIntern(BaseTransform):
         return out, {}
 
 
-def rendered(sample: Sample, keep: float, shots: int, compressor: Compressor, scorer=None) -> Sample:
-    """``sample`` (with prompt parts) at one level: the template compressed to ``keep``, the first ``shots``
-    examples; a sample without parts is returned as it is."""
-    if PARTS_KEY not in sample.meta:
-        return sample
-    pt = PromptParts.from_meta(sample.meta[PARTS_KEY])
-    template = compressor.compress(pt.template, keep, scorer) if pt.template else ""
-    return Sample(with_user_text(sample.messages, render(template, pt.examples[:shots], pt.query)), sample.meta)
-
-
-# ----------------------------------------------------------------------------- the per-step rows
-
-
-class StageRows:
-    """``TrainJob.rows_at`` of a PromptIntern run: the rows of each step's level (tokenised once per level)."""
-
-    def __init__(self, plan: list[tuple[float, int]], rows: dict[tuple[float, int], list[Row]],
-                 report: dict[str, Any]) -> None:
-        self.plan, self.rows, self.report = plan, rows, report
-
-    def __call__(self, step: int) -> list[Row]:
-        """The rows of 0-based ``step`` (steps past the plan keep its last level)."""
-        return self.rows[self.plan[min(step, len(self.plan) - 1)]]
-
-
 def promptintern_spec(transforms: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The recipe's ``promptintern`` transform spec, or None (more than one is an error)."""
     specs = [t for t in transforms if isinstance(t, dict) and t.get("name") == "promptintern"]
@@ -220,73 +194,15 @@ def promptintern_spec(transforms: list[dict[str, Any]]) -> dict[str, Any] | None
     return specs[0] if specs else None
 
 
-def _groups(samples: list[Sample], tok, cfg: RunConfig, sources: list[str], rows: list[Row]) -> list[list[int]]:
-    """Which samples (indices) make each training row, found by packing the full prompts again exactly as
-    the data pipeline did (checked against its rows)."""
-    d = cfg.data
-    encoded = []
-    for i, s in enumerate(samples):
-        e = encode(s, tok, d.max_length, d.truncation)
-        if e is not None:
-            encoded.append(replace(e, id=str(i)))
-    packed = pack(encoded, sources, d.max_length, d.packing)
-    if len(packed) != len(rows) or any(a.input_ids != b.input_ids for a, b in zip(packed, rows)):
-        raise DataError("promptintern: the training rows do not match the samples they were built from")
-    return [[int(i) for i in r.ids] for r in packed]
-
-
-def stage_rows(cfg: RunConfig, tok, samples: list[Sample], rows: list[Row], sources: list[str],
-               model=None) -> StageRows | None:
-    """The per-step rows of a recipe with a ``promptintern`` transform (None without one).
-
-    Args:
-        cfg: The recipe (``train.max_steps``, ``data.max_length`` / ``packing``, ``model.name``).
-        tok: The run's tokenizer.
-        samples: The realised mixture (``DataBundle.samples``), full prompts with parts.
-        rows: Their training rows (``DataBundle.rows``).
-        sources: Source names (``DataBundle.sources``).
-        model: The run's base model, scoring surprisal when no other ``score_model`` is named.
-    """
+def recipe_transform(cfg: RunConfig) -> PromptIntern | None:
+    """The recipe's ``promptintern`` transform, built from its spec (None without one)."""
     spec = promptintern_spec(cfg.data.transforms)
-    if spec is None:
-        return None
-    t = build_transform(spec, "data.transforms (promptintern)")
-    compressor = t.compressor(cfg.model.name)
-    scorer = None
-    if t.params.score == "surprisal" and t.params.score_model is None and model is not None:
-        scorer = model_scorer(cfg.model.name, model, tok)
-    plan = t.plan(cfg.train.max_steps)
-    groups = _groups(samples, tok, cfg, sources, rows)
-    index = {s: i for i, s in enumerate(sources)}
-    by_level: dict[tuple[float, int], list[Row]] = {}
-    for lv in dict.fromkeys(plan):
-        encoded = {}
-        for i in sorted({i for g in groups for i in g}):
-            e = encode(rendered(samples[i], lv[0], lv[1], compressor, scorer), tok, cfg.data.max_length, "right")
-            encoded[i] = e
-        by_level[lv] = []
-        for g in groups:
-            row = Row()
-            for i in g:
-                row.add(encoded[i], index[encoded[i].source])
-            by_level[lv].append(row)
-    return StageRows(plan, by_level, _report(t, plan, by_level, compressor))
+    return None if spec is None else build_transform(spec, "data.transforms (promptintern)")
 
 
-def _report(t: PromptIntern, plan: list[tuple[float, int]], by_level: dict[tuple[float, int], list[Row]],
-            compressor: Compressor) -> dict[str, Any]:
-    """What each level trains on: its steps, template fraction, examples, prompt and target tokens."""
-    levels = []
-    for lv, rows in by_level.items():
-        steps = [k for k, x in enumerate(plan) if x == lv]
-        tokens = sum(len(r.input_ids) for r in rows)
-        targets = sum(sum(x != -100 for x in r.targets) for r in rows)
-        levels.append({"keep": lv[0], "shots": lv[1], "first_step": steps[0], "last_step": steps[-1],
-                       "steps": len(steps), "tokens_per_row": round(tokens / max(1, len(rows)), 1),
-                       "prompt_tokens_per_row": round((tokens - targets) / max(1, len(rows)), 1)})
-    p = t.params
-    return {"schedule": p.schedule, "shots": t.shots, "examples": t.pool_kind, "select": p.select,
-            "compression": {"unit": compressor.unit, "score": compressor.score,
-                            "model": compressor.model if compressor.score == "surprisal" else None,
-                            "seed": compressor.seed},
-            "levels": levels}
+def register_transform() -> None:
+    """Register the ``promptintern`` data transform (again: the same definition replaces itself).
+
+    Registering does not import the transforms package (only looking a transform up does).
+    """
+    TRANSFORMS.register("promptintern")(PromptIntern)

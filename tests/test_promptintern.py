@@ -11,17 +11,20 @@ from conftest import skip_without_shared_data
 
 from tunelab.cli import main
 from tunelab.config import ConfigError, SourceConfig, load_recipe
-from tunelab.data import prompt_structure as ps
 from tunelab.data.pipeline import build_data
 from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts
-from tunelab.data.prompt_structure import Compressor, rank_examples, split_units
 from tunelab.data.sources import load_source
 from tunelab.data.transforms import TRANSFORMS, TransformContext, build_transforms
-from tunelab.data.transforms.promptintern import promptintern_spec, stage_rows
 from tunelab.models.surprisal import model_scorer
+from tunelab.promptintern import compress
+from tunelab.promptintern.compress import Compressor, split_units
+from tunelab.promptintern.examples import rank_examples
+from tunelab.promptintern.prompt_sets import ARITH_TEMPLATE
+from tunelab.promptintern.rows import stage_rows
+from tunelab.promptintern.schedule import promptintern_spec
 from tunelab.types import Sample
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ("Answer the arithmetic problem. Write each step as an equation. Put the equations on one line. "
             "End with a line #### N. Never explain.")
 SPEC = f"{{name: promptintern, template: '{TEMPLATE}', examples: source, shots: 2}}"
@@ -61,13 +64,15 @@ def test_schedules_map_progress_to_levels() -> None:
 
 def test_compression_is_reproducible_and_nested(tiny) -> None:
     model, tok = tiny
-    template = ps.ARITH_TEMPLATE
+    template = ARITH_TEMPLATE
     units = split_units(template, "sentence")
     assert "".join(units) == template.strip() and len(units) > 10
     c = Compressor("sentence", "surprisal", model="tiny-test")
+    with pytest.raises(ValueError, match="needs a scorer"):  # the caller builds the scorer: nothing loads a model here
+        c.compress(template, 0.5)
     scorer = model_scorer("tiny-test", model, tok)
     first = c.ranking(template, scorer)
-    ps._RANKINGS.clear()
+    compress._RANKINGS.clear()
     assert c.ranking(template, scorer) == first  # recomputed from scratch: the same order
     texts = {keep: c.compress(template, keep, scorer) for keep in (0.0, 0.3, 0.6, 1.0)}
     assert texts[1.0] == template.strip() and texts[0.0] == ""
@@ -132,7 +137,7 @@ def test_stage_rows_change_over_steps_with_the_same_examples(tiny, packing: bool
         f"data.transforms=[{SPEC}]"])
     data = build_data(cfg, tok)
     assert promptintern_spec(cfg.data.transforms)["name"] == "promptintern"
-    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model)
+    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model_scorer(cfg.model.name, model, tok))
     levels = stages.report["levels"]
     assert [(lv["keep"], lv["shots"], lv["steps"]) for lv in levels] == [(1.0, 2, 2), (0.6, 1, 2), (0.3, 1, 2),
                                                                          (0.0, 0, 2)]
