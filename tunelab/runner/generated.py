@@ -448,7 +448,8 @@ def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
     through their options) and tunelab's training code; the digest names the cached run."""
     path = recipe_path(spec, recipe_dir)
     cfg = load_recipe(path)
-    packages = ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.models", "tunelab.regularizers")
+    packages = ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.promptintern", "tunelab.models",
+                "tunelab.regularizers")
     code = _source_digest([named for p in packages for named in _package_files(p)])
     return digest({"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": code})
 
