@@ -16,7 +16,8 @@ Kinds:
   agent's success and a forgetful agent's failure. No model; seconds.
 * ``sample``: what ``tunelab sample ENV --model M ...`` writes (:func:`tunelab.envs.sample.sample`):
   ``attempts`` verified trajectories per task of the environment ``env`` (``env_options`` as
-  ``--env-option``), sampled from ``model`` (an alias, a local folder, a finished run or a server URL).
+  ``--env-option``), sampled from ``model`` (an alias, a local folder, a finished run, a server URL or
+  ``recipe:<recipe>``, the model a recipe trains: :mod:`tunelab.runner.recipe_model`).
 * ``evolve``: what ``tunelab evolve`` writes (:func:`tunelab.evolve.evol_instruct.evolve`): the keys of
   the ``evolve:`` recipe section (:class:`tunelab.evolve.config.EvolveConfig`) but ``out``.
 
@@ -35,15 +36,13 @@ the options, the key's inputs and the build's summary.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import inspect
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -55,8 +54,6 @@ from tunelab.config import (
     bound,
     from_dict,
     is_run,
-    load_recipe,
-    resolve_recipe,
     to_dict,
 )
 from tunelab.data.sources import resolve_data_path
@@ -70,11 +67,18 @@ from tunelab.evolve.operators import OPERATORS, parse_operators
 from tunelab.evolve.program import PROGRAM_OPERATORS
 from tunelab.generate.build import build_generator, is_url
 from tunelab.io import DataError, digest, read_jsonl, write_json
-from tunelab.models.load import ALIASES, cache_dir
+from tunelab.models.load import ALIASES
 from tunelab.runner.cache import model_fingerprint
-
-FOLDER = "generated"
-"""The generated pools' folder under the tunelab cache (``TUNELAB_CACHE``, default ``~/.cache/tunelab``)."""
+from tunelab.runner.recipe_model import (
+    RECIPE_PREFIX,
+    folder,
+    locked,
+    package_files,
+    recipe_model,
+    recipe_model_key,
+    recipe_path,
+    source_digest,
+)
 
 
 @dataclass
@@ -309,30 +313,15 @@ def _options(spec: Generated) -> dict[str, Any]:
     return tree
 
 
-def _package_files(package: str) -> list[tuple[str, Path]]:
-    """``(package:relative/path.py, file)`` of every Python file of ``package``."""
-    found = importlib.util.find_spec(package)
-    roots = [Path(r) for r in (found.submodule_search_locations or [])] if found else []
-    return [(f"{package}:{f.relative_to(root).as_posix()}", f) for root in roots for f in sorted(root.rglob("*.py"))]
-
-
 def code_fingerprint(spec: Generated) -> str:
     """A digest of the source text of the code that makes the kind's rows (:data:`CODE`, plus the
     environment's own module where a plugin registers it): the same on every machine and install."""
-    files = [named for package in CODE[spec.kind] for named in _package_files(package)]
+    files = [named for package in CODE[spec.kind] for named in package_files(package)]
     if spec.kind == "sample":
         module = inspect.getsourcefile(ENVS.get(spec.options.env))
         if module:
             files.append((f"env:{Path(module).name}", Path(module)))
-    return _source_digest(files)
-
-
-def _source_digest(files: list[tuple[str, Path]]) -> str:
-    """A digest of named source files' text (sorted by name, duplicates once)."""
-    h = hashlib.sha1()
-    for name, f in sorted(set(files)):
-        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return source_digest(files)
 
 
 def _file_digest(path: Path) -> str:
@@ -415,89 +404,6 @@ BUILDERS: dict[str, Callable[..., tuple[Path, Any]]] = {
     "drill": _build_drill, "sample": _build_sample, "evolve": _build_evolve, "gold": _build_gold}
 
 
-# ----------------------------------------------------------------------------- a model a recipe trains
-
-RECIPE_PREFIX = "recipe:"
-"""``model: recipe:<recipe>``: the model the recipe trains (see :func:`recipe_model`)."""
-RecipeRunner = Callable[[Path, Path, Callable[[str], None]], Path]
-"""``(recipe file, runs folder, say) -> finished run folder``: how a recipe is run (``tunelab.runner.run``
-gives it with :func:`set_recipe_runner`, as it sits above this module)."""
-_RECIPE_RUNNER: list[RecipeRunner] = []
-
-
-def set_recipe_runner(runner: RecipeRunner) -> None:
-    """Say how a recipe is run (called once by :mod:`tunelab.runner.run`, which imports this module)."""
-    _RECIPE_RUNNER[:] = [runner]
-
-
-def recipe_path(spec: str, recipe_dir: str | None) -> Path:
-    """The recipe file of ``recipe:<recipe>`` (relative to ``recipe_dir``, else a built-in name).
-
-    Raises:
-        ConfigError: no such file or built-in recipe.
-    """
-    name = spec[len(RECIPE_PREFIX):].strip()
-    local = Path(recipe_dir or ".") / name
-    if local.is_file():
-        return local.resolve()
-    return resolve_recipe(name)
-
-
-def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
-    """What the recipe's model depends on: its resolved configuration (generated sources' keys included
-    through their options) and tunelab's training code; the digest names the cached run."""
-    path = recipe_path(spec, recipe_dir)
-    cfg = load_recipe(path)
-    packages = ("tunelab.train", "tunelab.methods", "tunelab.data", "tunelab.promptintern", "tunelab.models",
-                "tunelab.regularizers")
-    code = _source_digest([named for p in packages for named in _package_files(p)])
-    return digest({"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": code})
-
-
-def recipe_model(spec: str, recipe_dir: str | None, say: Callable[[str], None] = print) -> Path:
-    """The finished run folder of ``recipe:<recipe>``: reused from ``<cache>/generated/runs/<key>/`` when
-    it exists, else trained there first (locked: a parallel build waits and reuses it).
-
-    Raises:
-        ConfigError: an unknown recipe, or no recipe runner (this module used without the runner).
-    """
-    if not _RECIPE_RUNNER:
-        raise ConfigError("model: recipe:... needs tunelab.runner.run (import it to train a recipe's model)")
-    path = recipe_path(spec, recipe_dir)
-    runs = folder() / "runs" / recipe_model_key(spec, recipe_dir)
-    done = [d for d in runs.glob("*") if (d / "results.json").is_file()] if runs.is_dir() else []
-    if done:
-        say(f"model {spec}: reusing the run {done[0]}")
-        return done[0]
-    runs.mkdir(parents=True, exist_ok=True)
-    with _locked(runs / ".lock"):
-        done = [d for d in runs.glob("*") if (d / "results.json").is_file()]
-        if done:
-            return done[0]
-        say(f"model {spec}: training it first ({path}) into {runs}")
-        return _RECIPE_RUNNER[0](path, runs, say)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` that waits for its holder (another run building the same pool)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: builds may race; the renames keep files whole
-        yield
-        return
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def folder() -> Path:
-    """Where generated pools live: ``<TUNELAB_CACHE or ~/.cache/tunelab>/generated``."""
-    return cache_dir() / FOLDER
-
 
 def build(src: SourceConfig, recipe_dir: str | None = None, say: Callable[[str], None] = print) -> Built:
     """The file of a generated source: reused when one with the same key exists, else built (locked,
@@ -520,7 +426,7 @@ def build(src: SourceConfig, recipe_dir: str | None = None, say: Callable[[str],
         return Built(out, key, True)
     where.mkdir(parents=True, exist_ok=True)
     lock = where / f"{spec.kind}-{key}.lock"
-    with _locked(lock):
+    with locked(lock):
         if out.is_file():  # another run built it while this one waited
             say(f"source {src.name!r}: reusing the generated {spec.kind} pool {out}")
             return Built(out, key, True)

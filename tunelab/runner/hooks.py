@@ -2,8 +2,9 @@
 
 The run report and the sweep report (``report.html``, :mod:`tunelab.report`) sit above the runner:
 the runner never imports them. :mod:`tunelab.report` registers them here when it is imported (the
-CLI, the UI and the public ``tunelab.run`` import it), as :func:`tunelab.runner.generated.set_recipe_runner`
-lets the runner train a recipe's model for the data layer below it. With nothing registered (the
+CLI, the UI and the public ``tunelab.run`` import it), as
+:func:`tunelab.runner.recipe_model.set_recipe_runner` lets the runner train a recipe's model for the data
+layer below it. With nothing registered (the
 runner used alone) a run and a sweep write no report.
 """
 

@@ -36,7 +36,7 @@ from typing import Any
 from tunelab.config import ConfigError, to_dict
 from tunelab.io import DataError, read_json_gz, read_jsonl, write_json_gz
 from tunelab.runner.compare import item_value
-from tunelab.runner.generated import folder as generated_folder
+from tunelab.runner.recipe_model import folder as generated_folder
 
 FORMAT = "tunelab.study-record/1"
 CURVE_POINTS = 200

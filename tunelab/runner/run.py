@@ -41,8 +41,8 @@ from tunelab.regularizers import build_regularizers
 from tunelab.runner import cache as cache_mod
 from tunelab.runner.data import prepare_data
 from tunelab.runner.env import environment
-from tunelab.runner.generated import RECIPE_PREFIX, recipe_model, set_recipe_runner
 from tunelab.runner.hooks import report_run
+from tunelab.runner.recipe_model import RECIPE_PREFIX, recipe_model, set_recipe_runner
 from tunelab.runner.validate import validate
 from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
@@ -367,7 +367,7 @@ def _train_recipe_model(recipe: Path, runs: Path, say: Callable[[str], None]) ->
     return run(recipe, out=str(runs), quiet=True)
 
 
-set_recipe_runner(_train_recipe_model)  # tunelab.runner.generated sits below this module
+set_recipe_runner(_train_recipe_model)  # tunelab.runner.recipe_model sits below this module
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:

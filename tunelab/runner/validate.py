@@ -13,13 +13,14 @@ from tunelab.eval.tasks.base import get_task
 from tunelab.methods import build_method
 from tunelab.models.load import ALIASES
 from tunelab.regularizers import build_regularizers
-from tunelab.runner.generated import RECIPE_PREFIX, check_generated, recipe_path
+from tunelab.runner.generated import check_generated
+from tunelab.runner.recipe_model import RECIPE_PREFIX, recipe_path
 from tunelab.train.objectives import build_objective
 from tunelab.train.trackers import problems as tracker_problems
 
 
 def _model_problem(name: str, recipe_dir: str | None = None) -> str | None:
-    if name.startswith(RECIPE_PREFIX):  # the model another recipe trains (runner.generated.recipe_model)
+    if name.startswith(RECIPE_PREFIX):  # the model another recipe trains (runner.recipe_model.recipe_model)
         try:
             recipe_path(name, recipe_dir)
         except ConfigError as e:
