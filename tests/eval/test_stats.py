@@ -1,4 +1,4 @@
-"""Tests for tunelab.eval.stats: intervals, pass@k, paired tests and verdicts."""
+"""Tests for tunelab.eval.stats and tunelab.eval.paired: intervals, pass@k, paired tests and verdicts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tunelab.eval import stats
+from tunelab.eval import paired, stats
 
 
 def _is_score(s: dict) -> bool:
@@ -23,7 +23,7 @@ def _is_empty(s: dict) -> bool:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, tunelab.eval.stats; print('torch' in sys.modules)"
+    code = "import sys, tunelab.eval.stats, tunelab.eval.paired; print('torch' in sys.modules)"
     repo_root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root
@@ -141,7 +141,7 @@ def test_proportion_score_picks_method() -> None:
 def test_mcnemar_all_discordant_one_way() -> None:
     a = [False] * 10 + [True] * 5 + [False] * 5
     b = [True] * 10 + [True] * 5 + [False] * 5
-    r = stats.mcnemar_exact(a, b)
+    r = paired.mcnemar_exact(a, b)
     assert r["p_value"] == pytest.approx(2 * 0.5**10)
     assert (r["b_only"], r["a_only"], r["n"]) == (10, 0, 20)
     assert r["delta"] == pytest.approx(0.5)
@@ -155,16 +155,16 @@ def test_mcnemar_all_discordant_one_way() -> None:
 def test_mcnemar_exact_p_values(b_only: int, a_only: int, expected: float) -> None:
     a = [False] * b_only + [True] * a_only + [True] * 4 + [False] * 4
     b = [True] * b_only + [False] * a_only + [True] * 4 + [False] * 4
-    r = stats.mcnemar_exact(a, b)
+    r = paired.mcnemar_exact(a, b)
     assert r["p_value"] == pytest.approx(min(1.0, expected))
     assert r["ci"][0] <= r["delta"] <= r["ci"][1]
 
 
 def test_mcnemar_rejects_non_binary_and_mismatched() -> None:
     with pytest.raises(ValueError):
-        stats.mcnemar_exact([0.5, 1], [1, 0])
+        paired.mcnemar_exact([0.5, 1], [1, 0])
     with pytest.raises(ValueError):
-        stats.mcnemar_exact([1, 0], [1])
+        paired.mcnemar_exact([1, 0], [1])
 
 
 def test_sign_flip_exact_p_matches_scipy_permutation_test() -> None:
@@ -175,10 +175,10 @@ def test_sign_flip_exact_p_matches_scipy_permutation_test() -> None:
         b = a + rng.normal(0.4, 1, n)
         ref = scipy_stats.permutation_test((b - a,), np.mean, permutation_type="samples", n_resamples=np.inf,
                                            vectorized=True, axis=-1).pvalue
-        r = stats.sign_flip_test(a, b)
+        r = paired.sign_flip_test(a, b)
         assert r["exact"] and r["p_value"] == pytest.approx(ref, abs=1e-12), n
     # three positive differences: the smallest possible p is 2/8 (a sign test says the same)
-    assert stats.sign_flip_test([0, 0, 0], [1, 2, 3])["p_value"] == pytest.approx(0.25)
+    assert paired.sign_flip_test([0, 0, 0], [1, 2, 3])["p_value"] == pytest.approx(0.25)
 
 
 def test_sign_flip_ci_inverts_the_test() -> None:
@@ -186,18 +186,18 @@ def test_sign_flip_ci_inverts_the_test() -> None:
     for n, shift in ((8, 0.0), (12, 1.0), (40, 0.3), (200, 0.1)):
         a = rng.normal(0, 1, n)
         b = a + shift + rng.normal(0, 1, n)
-        r = stats.sign_flip_test(a, b)
+        r = paired.sign_flip_test(a, b)
         lo, hi = r["ci"]
         assert lo <= r["delta"] <= hi
         assert (r["p_value"] < 0.05) == (lo > 0 or hi < 0), (n, r)
         inner = _sign_flip_p(b - a - lo - 1e-6 * (hi - lo))  # just inside: not rejected
-        assert inner >= 0.05 or n > stats.EXACT_FLIPS_MAX_N
-    big = stats.sign_flip_test(np.zeros(300), np.full(300, 0.5) + rng.normal(0, 1, 300))
+        assert inner >= 0.05 or n > paired.EXACT_FLIPS_MAX_N
+    big = paired.sign_flip_test(np.zeros(300), np.full(300, 0.5) + rng.normal(0, 1, 300))
     assert not big["exact"] and big["ci"][0] < 0.5 < big["ci"][1]
 
 
 def _sign_flip_p(d: np.ndarray) -> float:
-    return stats.sign_flip_test(np.zeros(len(d)), d)["p_value"]
+    return paired.sign_flip_test(np.zeros(len(d)), d)["p_value"]
 
 
 def test_newcombe_method_10_matches_published_examples() -> None:
@@ -211,15 +211,15 @@ def test_newcombe_method_10_matches_published_examples() -> None:
         ((7, 2, 25, 68), (0.133, 0.318), 3),
     ]
     for cells, (lo, hi), places in cases:
-        got = stats.newcombe_paired_ci(*cells)
+        got = paired.newcombe_paired_ci(*cells)
         assert [round(x, places) for x in got] == [lo, hi], cells
     # the issue's table (18 both, 12 B only, 2 A only, 18 neither): [0.0562, 0.3290]
-    assert [round(x, 4) for x in stats.newcombe_paired_ci(18, 2, 12, 18)] == [0.0562, 0.3290]
+    assert [round(x, 4) for x in paired.newcombe_paired_ci(18, 2, 12, 18)] == [0.0562, 0.3290]
     # the continuity-corrected phi keeps intervals open when the systems agree on every item
     for agree in (1, 300):
-        lo, hi = stats.newcombe_paired_ci(agree, 0, 0, agree)
+        lo, hi = paired.newcombe_paired_ci(agree, 0, 0, agree)
         assert lo < 0 < hi
-    assert all(math.isnan(x) for x in stats.newcombe_paired_ci(0, 0, 0, 0))
+    assert all(math.isnan(x) for x in paired.newcombe_paired_ci(0, 0, 0, 0))
 
 
 def test_mcnemar_and_wilson_match_statsmodels() -> None:
@@ -227,37 +227,37 @@ def test_mcnemar_and_wilson_match_statsmodels() -> None:
     sm_prop = pytest.importorskip("statsmodels.stats.proportion")
     for both, a_only, b_only, neither in [(5, 0, 9, 3), (10, 4, 11, 2), (0, 1, 0, 0), (40, 20, 21, 9)]:
         ref = sm_ct.mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue
-        assert stats.mcnemar_p_value(b_only, a_only) == pytest.approx(ref, abs=1e-12)
+        assert paired.mcnemar_p_value(b_only, a_only) == pytest.approx(ref, abs=1e-12)
     for k, n in [(0, 7), (3, 13), (50, 100), (99, 100)]:
         ref = sm_prop.proportion_confint(k, n, alpha=0.05, method="wilson")
         assert stats.wilson(k, n)["ci"] == pytest.approx(list(ref), abs=1e-12)
 
 
 def test_exact_mcnemar_is_fast_at_many_discordant_pairs() -> None:
-    p = stats.mcnemar_p_value(10_000, 10_400)  # was a 33 s Python sum at 20k discordant pairs
+    p = paired.mcnemar_p_value(10_000, 10_400)  # was a 33 s Python sum at 20k discordant pairs
     assert 0 < p < 0.01
 
 
 def test_compare_paired_binary_verdicts() -> None:
     a = [False] * 30 + [True] * 20
     b = [True] * 30 + [True] * 20
-    r = stats.compare_paired(a, b)
+    r = paired.compare_paired(a, b)
     assert r["method"] == "mcnemar_exact" and r["verdict"] == "b better"
-    assert stats.compare_paired(b, a)["verdict"] == "a better"
+    assert paired.compare_paired(b, a)["verdict"] == "a better"
 
 
 def test_compare_paired_never_wins_when_ci_crosses_zero() -> None:
     # 3 vs 1 discordant pairs: a small, noisy advantage for b.
     a = [False] * 3 + [True] + [True] * 10 + [False] * 10
     b = [True] * 3 + [False] + [True] * 10 + [False] * 10
-    r = stats.compare_paired(a, b)
+    r = paired.compare_paired(a, b)
     assert r["delta"] > 0
     assert r["ci"][0] < 0 < r["ci"][1]
     assert r["verdict"] == "no significant difference"
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, 40)
     y = x + rng.normal(0.05, 1, 40)
-    r2 = stats.compare_paired(x, y)
+    r2 = paired.compare_paired(x, y)
     assert r2["method"] == "sign_flip_test"
     assert r2["ci"][0] < 0 < r2["ci"][1] and r2["verdict"] == "no significant difference"
 
@@ -268,7 +268,7 @@ def test_compare_paired_verdict_follows_ci_on_random_cases() -> None:
         n = int(rng.integers(5, 60))
         a = rng.random(n) < rng.random()
         b = rng.random(n) < rng.random()
-        r = stats.compare_paired(a, b)
+        r = paired.compare_paired(a, b)
         lo, hi = r["ci"]
         if r["verdict"] == "b better":
             assert lo > 0
@@ -280,27 +280,27 @@ def test_compare_paired_verdict_follows_ci_on_random_cases() -> None:
 
 
 def test_verdict_needs_enough_items_and_agreement() -> None:
-    assert stats.min_items_for_verdict() == 6 and stats.min_items_for_verdict(0.99) == 8
-    one = stats.compare_paired([0.3], [0.5])
+    assert paired.min_items_for_verdict() == 6 and paired.min_items_for_verdict(0.99) == 8
+    one = paired.compare_paired([0.3], [0.5])
     assert one["verdict"] == "too few items for a verdict" and "at least 6" in one["note"]
-    three = stats.compare_paired([0.0, 0.0, 0.0], [0.1, 0.2, 0.3])
+    three = paired.compare_paired([0.0, 0.0, 0.0], [0.1, 0.2, 0.3])
     assert three["verdict"] == "too few items for a verdict" and three["p_value"] == pytest.approx(0.25)
     # 3 both, 3 B only, 0 A only, 7 neither: McNemar p = 0.25 and the published interval covers 0
-    small = stats.compare_paired([1] * 3 + [0] * 3 + [0] * 7, [1] * 3 + [1] * 3 + [0] * 7)
+    small = paired.compare_paired([1] * 3 + [0] * 3 + [0] * 7, [1] * 3 + [1] * 3 + [0] * 7)
     assert small["p_value"] == pytest.approx(0.25) and small["ci"][0] < 0
     assert small["verdict"] == "no significant difference"
     # a test and a CI that disagree give no verdict, and say so
-    verdict, note = stats.verdict({"n": 50, "ci": [0.01, 0.3], "p_value": 0.2})
+    verdict, note = paired.verdict({"n": 50, "ci": [0.01, 0.3], "p_value": 0.2})
     assert verdict == "no significant difference" and "disagree" in note
-    empty = stats.compare_paired([], [])
+    empty = paired.compare_paired([], [])
     assert empty["verdict"] == "no items" and empty["n"] == 0 and math.isnan(empty["delta"])
 
 
 def test_non_finite_item_scores_fail_with_the_item_id() -> None:
     with pytest.raises(ValueError, match="item 'q7' has a non-finite score"):
-        stats.compare_paired([0.1, 0.2], [0.3, math.inf], ids=["q3", "q7"])
+        paired.compare_paired([0.1, 0.2], [0.3, math.inf], ids=["q3", "q7"])
     with pytest.raises(ValueError, match="item 'x' has a non-finite score"):
-        stats.compare_paired([math.nan], [0.3], ids=["x"])
+        paired.compare_paired([math.nan], [0.3], ids=["x"])
 
 
 def test_ratio_of_sums_with_zero_token_items_has_finite_bounds() -> None:
@@ -326,7 +326,7 @@ def test_false_win_rate_holds_the_level_with_no_true_difference(n: int, kind: st
         else:  # skewed, item-correlated scores in [0, 1]
             a = np.clip(difficulty + rng.exponential(0.2, n) - 0.2, 0, 1)
             b = np.clip(difficulty + rng.exponential(0.2, n) - 0.2, 0, 1)
-        r = stats.compare_paired(a, b, n_perm=2000, seed=int(rng.integers(1 << 30)))
+        r = paired.compare_paired(a, b, n_perm=2000, seed=int(rng.integers(1 << 30)))
         wins += r["verdict"] in ("a better", "b better")
     bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)
     assert wins / reps <= bound, (kind, n, wins / reps)
@@ -335,7 +335,7 @@ def test_false_win_rate_holds_the_level_with_no_true_difference(n: int, kind: st
 def test_compare_paired_has_power_when_there_is_a_difference() -> None:
     rng = np.random.default_rng(5)
     a = rng.uniform(0, 1, 60)
-    assert stats.compare_paired(a, np.clip(a + 0.15 + rng.normal(0, 0.1, 60), 0, 1))["verdict"] == "b better"
+    assert paired.compare_paired(a, np.clip(a + 0.15 + rng.normal(0, 0.1, 60), 0, 1))["verdict"] == "b better"
     x = rng.random(200) < 0.4
     y = x | (rng.random(200) < 0.3)
-    assert stats.compare_paired(x, y)["verdict"] == "b better"
+    assert paired.compare_paired(x, y)["verdict"] == "b better"

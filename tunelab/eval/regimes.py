@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.eval.stats import bootstrap_ci, clustered_mean, compare_paired
+from tunelab.eval.paired import compare_paired
+from tunelab.eval.stats import bootstrap_ci, clustered_mean
 from tunelab.io import read_jsonl
 
 UNTRAINED = "no fine-tuning"

@@ -10,7 +10,7 @@ for each study (:func:`report` computes it here; :mod:`tunelab.report.findings_d
   ANOVA's interaction rows where there are two or more factors;
 * per hypothesis of the sweep file (``hypotheses:`` ``{claim, task, arm, versus, direction, effect,
   source}``): the paired difference on the task's items (each item averaged over seeds; exact McNemar
-  or sign-flip, :func:`tunelab.eval.stats.compare_paired`); for ``direction: equal`` also the
+  or sign-flip, :func:`tunelab.eval.paired.compare_paired`); for ``direction: equal`` also the
   equivalence test (TOST, statsmodels ``ttost_paired``) against the claim's margin; the claim's own
   test (the difference test for better/worse, TOST for equal) Holm-adjusted across the study's claims;
   a seed-level paired t-test (runs matched by training seed, one-sided in the claimed direction,
@@ -25,7 +25,7 @@ Minimum detectable effect: the paired design's standardised effect at 80% power 
 ``TTestPower`` (two-sided, alpha = 0.05 / number of hypotheses: Holm's strictest step), times the
 standard deviation of the per-item differences; in the units of the task's metric. NaN below the
 fewest items at which the exact tests can reach that alpha at all
-(:func:`tunelab.eval.stats.min_items_for_verdict`): no effect is detectable there.
+(:func:`tunelab.eval.paired.min_items_for_verdict`): no effect is detectable there.
 
 Signs: every delta is arm minus comparison with higher better, a loss negated, so a positive delta on a
 loss task is a lower loss.
@@ -54,7 +54,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
-from tunelab.eval.stats import compare_paired, sign_flip_test
+from tunelab.eval.paired import compare_paired, sign_flip_test
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.plan import BELOW, mde
 from tunelab.runner.sweep_fields import ENSEMBLE
@@ -224,7 +224,7 @@ def interactions(sweep: Any, items: Items) -> dict[str, dict[str, Any]]:
 
     For each item (values averaged over seeds): ``(a11 - a10) - (a01 - a00)``, where the first index is
     the first factor's level (baseline 0) and the second the second factor's; tested against 0 with the
-    sign-flip test (:func:`tunelab.eval.stats.sign_flip_test`), with its MDE. Positive: the second
+    sign-flip test (:func:`tunelab.eval.paired.sign_flip_test`), with its MDE. Positive: the second
     factor's effect is larger (better) at the first factor's other level. Empty unless exactly two
     factors with two levels each.
     """

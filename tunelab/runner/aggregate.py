@@ -9,7 +9,7 @@ Per task (its primary metric) and arm, over the arm's finished runs (one per see
   ``mean`` of a token-weighted metric (perplexity's loss) can differ slightly from it.
 * ``vs_baseline``: the paired comparison with the baseline arm on the same items (each item's value
   averaged over seeds; exact McNemar for 0/1 values, else the sign-flip test,
-  :func:`tunelab.eval.stats.compare_paired`), p-values Holm-adjusted across arms (statsmodels
+  :func:`tunelab.eval.paired.compare_paired`), p-values Holm-adjusted across arms (statsmodels
   ``multipletests``) and the verdict taken with the adjusted p-value ("better than the baseline" /
   "worse than the baseline"; ``delta`` is arm minus baseline, higher is better, a loss negated).
 * ``anova``: a factorial ANOVA of the run scores (one per arm and seed; seeds are the replicates),
@@ -30,7 +30,8 @@ from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
-from tunelab.eval.stats import clustered_mean, compare_paired, verdict
+from tunelab.eval.paired import compare_paired, verdict
+from tunelab.eval.stats import clustered_mean
 
 
 def run_records(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:

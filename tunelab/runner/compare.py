@@ -3,7 +3,7 @@
 Per-item rows are joined by id (``5`` and ``"5"`` are the same id). The per-item value is, first
 found: ``c / n`` (code tasks: the unbiased per-problem pass@1), ``correct``, ``rating``, ``value``,
 ``score``, or minus ``loss`` (the perplexity task: lower is better, so ``delta`` > 0 means B's loss
-is lower). :func:`tunelab.eval.stats.compare_paired` picks the test (exact McNemar for 0/1
+is lower). :func:`tunelab.eval.paired.compare_paired` picks the test (exact McNemar for 0/1
 outcomes, else the sign-flip permutation test) and gives a verdict only when the test and the CI agree.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.formats import DataError
-from tunelab.eval.stats import compare_paired
+from tunelab.eval.paired import compare_paired
 from tunelab.io import read_jsonl
 
 EVAL_SUBDIRS = ("eval/tuned", "eval/cli")

@@ -36,7 +36,7 @@ from statsmodels.stats.power import TTestPower
 
 from tunelab.config import ConfigError
 from tunelab.device import cpu_name, decide, default_device
-from tunelab.eval.stats import min_items_for_verdict
+from tunelab.eval.paired import min_items_for_verdict
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import write_json
 from tunelab.runner.records import host_kind

@@ -26,8 +26,8 @@ from tunelab.device import decide, default_device
 from tunelab.diagnostics import run_diagnostics
 from tunelab.envs.rollout import Rollouts
 from tunelab.eval.harness import EvalResult, evaluate_tasks
+from tunelab.eval.paired import compare_paired
 from tunelab.eval.regimes import format_regimes, regime_table
-from tunelab.eval.stats import compare_paired
 from tunelab.eval.tasks.base import EvalTask, Signalled, get_task
 from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
