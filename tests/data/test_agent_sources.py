@@ -11,7 +11,8 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.config import SourceConfig
-from tunelab.data.formats import qa_prompt, to_sample
+from tunelab.data.agent_formats import qa_prompt
+from tunelab.data.formats import to_sample
 from tunelab.data.sources import check_source, load_source
 from tunelab.data.transforms.base import TransformContext, build_transforms
 from tunelab.io import DataError

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tunelab.config import parse_params
-from tunelab.data.formats import ACTION
+from tunelab.data.agent_formats import ACTION
 from tunelab.registry import Registry
 
 OBSERVATION_STOP = "\nObservation:"

@@ -5,7 +5,7 @@ The papers' agents (ReAct, NAT, FireAct) search Wikipedia or Google. No search e
 here, so these environments give the agent the question (and the row's ``context`` where the data
 has one) and verify only its final ``finish[answer]``. ``search[...]`` and ``lookup[...]`` are
 understood but answer that search is unavailable offline, so a trained agent that searches is not
-counted as malformed. The first user turn is :func:`tunelab.data.formats.qa_prompt`, the same as the
+counted as malformed. The first user turn is :func:`tunelab.data.agent_formats.qa_prompt`, the same as the
 NAT and FireAct trajectories loaded as data, so a model trained on them is asked as it was trained.
 
 F1 and exact match follow the SQuAD v1.1 evaluation script (lower-case, drop punctuation and the
@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tunelab.data.formats import qa_prompt
+from tunelab.data.agent_formats import qa_prompt
 from tunelab.data.sources import read_rows, resolve_data_path, row_where
 from tunelab.envs.base import ENVS, Environment, EnvTask
 from tunelab.io import DataError
