@@ -167,21 +167,25 @@ def test_concurrent_requests_decode_together(gen: HFGenerator) -> None:
         assert server.loop.max_rows == 8 and server.requests_served == 16
 
 
-def test_any_generator_is_served_one_request_at_a_time() -> None:
+def test_any_generator_gets_the_requests_that_arrive_together_in_one_call() -> None:
+    """A generator without an engine (the OpenAI and vLLM backends) is called once for the requests that
+    arrived together with the same settings (greedy ones whatever their seeds), so a backend that batches
+    gets a batch; never concurrently."""
+
     class Echo:
         fingerprint = "echo"
 
         def __init__(self) -> None:
-            self.calls = 0
+            self.calls: list[int] = []
             self.busy = threading.Lock()
 
         def generate(self, prompts: list, cfg: GenerationConfig) -> list[list[str]]:
             assert self.busy.acquire(blocking=False), "called concurrently"
             try:
-                self.calls += 1
+                self.calls.append(len(prompts))
                 time.sleep(0.01)
-                text = prompts[0] if isinstance(prompts[0], str) else prompts[0][-1]["content"]
-                return [[f"{text}!{i}" for i in range(cfg.n)]]
+                texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+                return [[f"{t}!{i}" for i in range(cfg.n)] for t in texts]
             finally:
                 self.busy.release()
 
@@ -192,10 +196,19 @@ def test_any_generator_is_served_one_request_at_a_time() -> None:
         assert [c.message.content for c in r.choices] == ["hi!0", "hi!1"]
         streamed = client.completions.create(model="echo", prompt="yo", stream=True)
         assert "".join(c.choices[0].text for c in streamed if c.choices) == "yo!0"
-        with ThreadPoolExecutor(4) as pool:
-            texts = list(pool.map(lambda p: client.completions.create(model="echo", prompt=p).choices[0].text,
-                                  ["a", "b", "c", "d"]))
-        assert texts == ["a!0", "b!0", "c!0", "d!0"] and echo.calls == 6 and not server.loop.batching
+        assert echo.calls == [1, 1]
+        with ThreadPoolExecutor(5) as pool:
+            with server.loop.paused():  # four requests arrive together: one call; a fifth with other settings: its own
+                futures = [pool.submit(lambda p: client.completions.create(model="echo", prompt=p, temperature=0)
+                                       .choices[0].text, p)
+                           for p in ["a", "b", "c", "d"]]
+                odd = pool.submit(lambda: client.completions.create(model="echo", prompt="e", max_tokens=3,
+                                                                  temperature=0).choices[0].text)
+                deadline = time.time() + 10
+                while server.loop.queued < 5 and time.time() < deadline:
+                    time.sleep(0.01)
+        assert [f.result() for f in futures] == ["a!0", "b!0", "c!0", "d!0"] and odd.result() == "e!0"
+        assert sorted(echo.calls[2:]) == [1, 4] and server.loop.max_rows == 4 and not server.loop.batching
 
 
 # ----------------------------------------------------------------------------- errors
@@ -286,3 +299,14 @@ def test_engine_rows_carry_their_own_settings(gen: HFGenerator) -> None:
     assert streamed[0] == alone[1][0] == free[: free.find(cfgs[1].stop[0])] and done[-1] == "stop"
     assert [r.finish_reasons for r in reqs] == [["length"], ["stop"], ["length", "length"], ["length"]]
     assert [reqs[0].completion_tokens, reqs[2].completion_tokens, reqs[3].completion_tokens] == [5, 18, 0]
+
+
+def test_requests_share_a_call_when_only_a_greedy_seed_differs() -> None:
+    from tunelab.generate.batching import _same_call
+
+    greedy = GenerationConfig(max_new_tokens=8, temperature=0.0, seed=1)
+    assert _same_call(greedy, GenerationConfig(max_new_tokens=8, temperature=0.0, seed=2))
+    assert not _same_call(greedy, GenerationConfig(max_new_tokens=9, temperature=0.0, seed=1))
+    sampled = GenerationConfig(max_new_tokens=8, temperature=0.7, seed=1)
+    assert _same_call(sampled, GenerationConfig(max_new_tokens=8, temperature=0.7, seed=1))
+    assert not _same_call(sampled, GenerationConfig(max_new_tokens=8, temperature=0.7, seed=2))  # its own draws

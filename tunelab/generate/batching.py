@@ -1,8 +1,11 @@
 """The decoding thread of servers: one :class:`~tunelab.generate.engine.DecodeEngine` fed from any thread.
 
 Requests submitted together decode together (continuous batching); a generator without an engine
-(other backends, sliding-window caches, prompt-learning peft models) is called once per request, in
-turn. A failed step fails its batch's requests, not the loop; closing fails the requests not done.
+(the OpenAI and vLLM backends, prompt-learning peft models) gets the requests that arrived together in
+one ``generate`` call per generation setting (the seed counts only when sampling: a sampled request's
+draws must not depend on what else arrived), so a backend that batches (vLLM) or sends concurrently
+(OpenAI) does so. A failed step fails its batch's requests, not the loop; closing fails the requests
+not done.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ from tunelab.generate.engine import DecodeEngine, DoneCallback, Request, Request
 log = logging.getLogger(__name__)
 
 
+def _same_call(a: GenerationConfig, b: GenerationConfig) -> bool:
+    """Whether requests with settings ``a`` and ``b`` may share one ``generate`` call: equal settings, the
+    seed ignored for greedy decoding (it draws nothing)."""
+    if a.temperature <= 0 and b.temperature <= 0:
+        return dataclasses.replace(a, seed=0) == dataclasses.replace(b, seed=0)
+    return a == b
+
+
 class BatchingLoop:
     """One decoding thread fed from any thread: requests that arrive together decode together.
 
     Args:
         generator: A generator whose ``decode_engine()`` returns a :class:`DecodeEngine` (an
             ``HFGenerator`` over a model with plain KV caches: continuous batching), or any Generator
-            (called once per request, one request at a time).
+            (called once for the requests that arrived together with the same settings).
         max_prompt_tokens: The model's context: longer prompts are rejected, completions end at it
             (default: the model's ``max_position_embeddings``).
     """
@@ -39,7 +50,9 @@ class BatchingLoop:
         config = getattr(getattr(generator, "model", None), "config", None)
         self.max_prompt_tokens = max_prompt_tokens or getattr(config, "max_position_embeddings", None)
         self.served = 0
-        """Requests answered one at a time (generators without an engine)."""
+        """Requests answered through ``generate`` calls (generators without an engine)."""
+        self.max_group = 0
+        """Most requests answered by one ``generate`` call so far (generators without an engine)."""
         self._inbox: deque[Request] = deque()
         self._cv = threading.Condition()
         self._paused, self._closed = 0, False
@@ -63,8 +76,8 @@ class BatchingLoop:
 
     @property
     def max_rows(self) -> int:
-        """Most rows decoded together in one step so far (1 without an engine, once it served)."""
-        return self.engine.max_rows if self.engine is not None else min(1, self.served)
+        """Most rows decoded together in one step so far (without an engine: most requests in one call)."""
+        return self.engine.max_rows if self.engine is not None else self.max_group
 
     def submit(
         self,
@@ -119,7 +132,9 @@ class BatchingLoop:
                     break
                 incoming = list(self._inbox)
                 self._inbox.clear()
-            for req in incoming:
+            if self.engine is None:
+                self._answer_together(incoming)
+            for req in incoming if self.engine is not None else ():
                 self._accept(req)
             if self.engine is not None and self.engine.busy:
                 self._step()
@@ -138,9 +153,7 @@ class BatchingLoop:
             self.engine.fail_all(e)
 
     def _accept(self, req: Request) -> None:
-        """Encode a new request into the engine, or (no engine) answer it now."""
-        if self.engine is None:
-            return self._answer(req)
+        """Encode a new request into the engine."""
         try:
             req.ids = encode_prompt(self.engine.tok, req.prompt)
         except Exception as e:  # noqa: BLE001 - a chat template that rejects the messages
@@ -152,15 +165,34 @@ class BatchingLoop:
             req.cfg = dataclasses.replace(req.cfg, max_new_tokens=limit - len(req.ids))
         self.engine.add(req)
 
-    def _answer(self, req: Request) -> None:
-        """Serve a request with one ``generate`` call (usage counted with the generator's ``tok``, if any)."""
-        if req.cancelled:
-            return req.abort()
-        try:
-            texts = self.generator.generate([req.prompt], req.cfg)[0]
-        except Exception as e:  # noqa: BLE001 - reported to the request's caller
-            return req.fail(e)
-        self.served += 1
+    def _answer_together(self, requests: list[Request]) -> None:
+        """No engine: one ``generate`` call per distinct generation setting among ``requests`` (those that
+        arrived together), each request settled from its own completions (usage counted with the
+        generator's ``tok``, if any); a failed call fails its requests."""
+        groups: list[tuple[GenerationConfig, list[Request]]] = []
+        for req in requests:
+            if req.cancelled:
+                req.abort()
+                continue
+            same = next((g for g in groups if _same_call(g[0], req.cfg)), None)
+            if same is None:
+                groups.append((req.cfg, [req]))
+            else:
+                same[1].append(req)
+        for cfg, reqs in groups:
+            try:
+                texts = self.generator.generate([r.prompt for r in reqs], cfg)
+            except Exception as e:  # noqa: BLE001 - reported to the requests' callers
+                for r in reqs:
+                    r.fail(e)
+                continue
+            self.served += len(reqs)
+            self.max_group = max(self.max_group, len(reqs))
+            for req, got in zip(reqs, texts):
+                self._settle(req, got)
+
+    def _settle(self, req: Request, texts: list[str]) -> None:
+        """Finish ``req``'s samples with ``texts`` (its completions from a ``generate`` call)."""
         tok = getattr(self.generator, "tok", None)
         req.ids = encode_prompt(tok, req.prompt) if tok is not None else []
         for i in range(req.cfg.n):

@@ -52,7 +52,7 @@ def serve(
         model_name: The id reported by ``/v1/models`` and in responses.
     """
     server = make_server(generator, host, port, model_name)
-    mode = "continuous batching" if server.loop.batching else "one request at a time"
+    mode = "continuous batching" if server.loop.batching else "requests that arrive together in one generate call"
     print(f"[tunelab] serving {model_name!r} at {server.url}/v1 ({mode}; Ctrl-C to stop)", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         server.serve_forever()
