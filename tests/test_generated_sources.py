@@ -5,6 +5,7 @@ repository validates on a fresh clone (no file a manual step must make first).""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,24 @@ def test_a_recipe_starts_from_the_model_another_recipe_trains(cache: Path, tmp_p
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**sft, "model": "recipe:missing.yaml"}))
     problems = validate(load_recipe(tmp_path / "bad.yaml"))
     assert any(p.startswith("model.name:") and "missing.yaml" in p for p in problems)
+
+
+def test_a_studys_pools_travel_with_its_records(cache: Path, tmp_path: Path) -> None:
+    """export_pools copies each pool the records trained on into studies/<study>/pools (gzip); on a fresh
+    machine import_pools puts it back into the cache under its key, byte for byte, so nothing is sampled
+    twice and every seed trains on the same rows."""
+    from tunelab.runner.pools import export_pools, import_pools
+
+    built = build(SourceConfig(name="calculator", format="trajectory", generate=DRILL), None, lambda m: None)
+    study = tmp_path / "studies" / "drill_study"
+    records = [{"pools": {"calculator": {"kind": "drill", "key": built.key, "rows": 16}}}, {"pools": {}}, {}]
+    assert export_pools(study, records) == [f"drill-{built.key}"]
+    assert sorted(p.name for p in (study / "pools").iterdir()) == [f"drill-{built.key}.json", f"drill-{built.key}.jsonl.gz"]
+    assert export_pools(study, records) == []  # already there
+    original = built.path.read_bytes()
+    shutil.rmtree(cache)  # a fresh machine
+    assert import_pools(study) == [f"drill-{built.key}"]
+    assert built.path.read_bytes() == original and built.path.with_suffix(".json").is_file()
+    again = build(SourceConfig(name="calculator", format="trajectory", generate=DRILL), None, lambda m: None)
+    assert again.reused and again.path == built.path
+    assert import_pools(study) == [] and import_pools(tmp_path / "no_study") == []
