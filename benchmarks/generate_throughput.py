@@ -290,6 +290,7 @@ def decode_profile(model: str, task: str, n: int, max_new_tokens: int, batch_siz
     import torch
 
     from tunelab.eval.tasks.base import get_task
+    from tunelab.generate.base import encode_prompt
     from tunelab.generate.hf import HFGenerator
     from tunelab.train.artifacts import load_for_inference
 
@@ -332,7 +333,8 @@ def decode_profile(model: str, task: str, n: int, max_new_tokens: int, batch_siz
     lengths = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts]
     return {
         "model": model, "task": task, "items": len(items), "max_new_tokens": cfg.max_new_tokens,
-        "path": "continuous batching" if gen.decode_engine() is not None else "fixed batches (sliding-window cache)",
+        "path": ("continuous batching" if gen.batches_continuously([encode_prompt(tok, it.prompt) for it in items], cfg)
+                 else "fixed batches (sliding-window cache)"),
         "vocab": int(head.weight.shape[0]), "hidden": int(head.weight.shape[1]),
         "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
         "wall_seconds": round(wall, 2), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),

@@ -181,6 +181,11 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically (temporary file + rename; see :class:`StorageError`)."""
+    _atomic_write(Path(path), data)
+
+
 def write_json_gz(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as compact gzip-compressed JSON, atomically and byte-for-byte reproducibly (keys
     sorted, no timestamp in the gzip header): the same object always gives the same file."""

@@ -134,8 +134,9 @@ class BatchingLoop:
                 self._inbox.clear()
             if self.engine is None:
                 self._answer_together(incoming)
-            for req in incoming if self.engine is not None else ():
-                self._accept(req)
+            else:
+                for req in incoming:
+                    self._accept(req)
             if self.engine is not None and self.engine.busy:
                 self._step()
         gone = RuntimeError("the server is shutting down")

@@ -103,7 +103,7 @@ class HFGenerator:
         """
         ids = [encode_prompt(self.tok, p) for p in prompts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        if self._own_loop and (self._plain_cache() or self._fits_window(ids, cfg)):
+        if self.batches_continuously(ids, cfg):
             return self._continuous(ids, order, cfg)
         out: list[list[str]] = [[] for _ in prompts]
         bs = max(1, self.batch_size // max(1, cfg.n))
@@ -130,6 +130,11 @@ class HFGenerator:
             layers = getattr(DynamicCache(config=self.model.config), "layers", None)
             self._plain = bool(layers) and all(type(x) is DynamicLayer for x in layers)
         return self._plain
+
+    def batches_continuously(self, ids: list[list[int]], cfg: GenerationConfig) -> bool:
+        """Whether :meth:`generate` decodes these encoded prompts with continuous batching (plain KV
+        caches, or a sliding window they fit) rather than fixed left-padded batches."""
+        return self._own_loop and (self._plain_cache() or self._fits_window(ids, cfg))
 
     def _fits_window(self, ids: list[list[int]], cfg: GenerationConfig) -> bool:
         """Whether every prompt plus its token budget fits the model's sliding window (Gemma3: 512). Then

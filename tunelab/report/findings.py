@@ -306,7 +306,7 @@ def failure_kinds(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
                 continue
             kinds = {k.split("/", 1)[1]: float(v["value"]) for k, v in scores.items()
                      if k.startswith("failure/") and isinstance(v, dict) and "value" in v}
-            if kinds or any(k.startswith("failure/") for k in scores):
+            if kinds:
                 found.setdefault(task, {}).setdefault(r["arm"].label, []).append(kinds)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for task, arms in found.items():

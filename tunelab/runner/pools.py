@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tunelab.io import write_text
+from tunelab.io import write_bytes
 from tunelab.runner.recipe_model import folder
 
 POOLS = "pools"
@@ -41,7 +41,7 @@ def import_pools(study_folder: Path) -> list[str]:
         info = packed.with_name(f"{name}.json")
         if info.is_file():
             shutil.copyfile(info, cache / info.name)
-        write_text(target, gzip.decompress(packed.read_bytes()).decode("utf-8"))  # atomic: the pool appears whole
+        write_bytes(target, gzip.decompress(packed.read_bytes()))  # atomic: the pool appears whole
         done.append(name)
     return done
 
@@ -60,8 +60,6 @@ def export_pools(study_folder: Path, records: Iterable[dict[str, Any]]) -> list[
             dest.mkdir(parents=True, exist_ok=True)
             if source.with_suffix(".json").is_file():
                 shutil.copyfile(source.with_suffix(".json"), dest / f"{name}.json")
-            tmp = packed.with_name(packed.name + ".tmp")
-            tmp.write_bytes(gzip.compress(source.read_bytes(), compresslevel=9, mtime=0))
-            tmp.replace(packed)
+            write_bytes(packed, gzip.compress(source.read_bytes(), compresslevel=9, mtime=0))
             done.append(name)
     return done
