@@ -308,3 +308,33 @@ def test_differences_from_the_paper_are_stated_and_printed(tmp_path: Path, capsy
     bad = _study(tmp_path, name="bad", differences=[3])
     with pytest.raises(ConfigError, match="differences: give a list of sentences"):
         load_sweep(bad)
+
+
+def test_estimates_leave_out_built_pools_and_scale_training_and_evaluation_apart() -> None:
+    """A pilot that built the study's pool is not what later runs cost: the pool's build (its data
+    phase) is left out; another arm's estimate scales the training phase by steps and the evaluation
+    phase by evaluation passes (extra signals), the rest as recorded."""
+    from types import SimpleNamespace as NS
+
+    from tunelab.runner.records import host_kind
+
+    host = {"cpu": "Test CPU", "cuda": None, "precision": "bf16"}
+    phases = {"load": 1.0, "data": 1100.0, "train": 80.0, "evaluate": 700.0, "save": 1.0}
+    pilot = {"host": host, "arm": {"arm": "positives"}, "seconds": 1900.0,
+             "config": {"train": {"max_steps": 20}, "eval": {"signals": []}},
+             "pools": {"pool": {"key": "k"}},
+             "results": {"run": {"phases": phases, "reused": {"data": False, "generated": []}}}}
+
+    def planned(name: str, arm: str, steps: int, signals: list[str]) -> NS:
+        cfg = NS(train=NS(max_steps=steps), eval=NS(signals=signals))
+        return NS(name=name, arm=NS(levels={"arm": arm}), cfg=cfg)
+
+    sweep = NS(runs=[planned("p1", "positives", 20, []), planned("n2", "nat_2", 60, ["failure", "none"])])
+    est = plan_mod.estimate_seconds(sweep, {"p0": pilot}, host_kind(host))
+    assert est["p1"] == (pytest.approx(800.0), "same arm, this host")  # 1900 - 1100 (the pool's build)
+    # 800 - 80 - 700 + 80 * 3 (steps) + 700 * 3 (evaluation passes)
+    assert est["n2"][0] == pytest.approx(20.0 + 240.0 + 2100.0) and "scaled" in est["n2"][1]
+    # a later run that reused the pool keeps its data phase (it is what it cost)
+    later = {**pilot, "results": {"run": {"phases": {**phases, "data": 5.0},
+                                          "reused": {"data": False, "generated": ["pool"]}}}, "seconds": 805.0}
+    assert plan_mod.estimate_seconds(sweep, {"p0": later}, host_kind(host))["p1"][0] == pytest.approx(805.0)

@@ -160,3 +160,33 @@ def test_a_sliding_window_model_batches_continuously_inside_its_window() -> None
     beyond = GenerationConfig(max_new_tokens=window - widest + 1)  # the widest prompt would outgrow the window
     paths.clear()
     assert g.generate(PROMPTS, beyond) == reference(g, beyond) and set(paths) == {"_decode"}
+
+
+def test_prompts_that_begin_alike_share_their_prefill() -> None:
+    """Prompts prefilled together compute their shared beginning once and keep it for the next group;
+    each row's logits (fp32) are those of its prompt prefilled alone, with or without a shared
+    beginning, and the engine's greedy tokens are generate()'s."""
+    from tunelab.generate.kv_cache import PrefixReuse, prefill, prefill_group
+
+    tok = tiny_tokenizer()
+    g = HFGenerator(tiny_model(len(tok), seed=3), tok, batch_size=4, progress=False)
+    g._plain = True
+    head = "Solve step by step. Thought, then Action: calculate[x] or finish[y]. Example: 2 + 3 is 5. "
+    first = [head + q for q in ("Question: 7 * 8?", "Question: 12 - 5?", "Question: 1 + 1 + 1?")]
+    later = [head + q for q in ("Question: 9 / 3?", "Question: 100 - 1 - 1 - 1?")]
+    others = ["something else entirely", "x", "numbers 1 2 3 4 5 6 7"]
+    reuse = PrefixReuse(min_tokens=8)
+    for group, reused in ((first, False), (later, True), (others, False)):
+        ids = [encode_prompt(tok, p) for p in group]
+        before = reuse.reused_tokens
+        cache, mask, next_pos, logits = prefill_group(g.model, ids, g._cache_kw, reuse)
+        assert (reuse.reused_tokens > before) == reused
+        assert next_pos.tolist() == [len(x) for x in ids] and mask.shape[0] == len(ids)
+        assert mask.sum(1).tolist() == [len(x) for x in ids]  # padding masked, every own token kept
+        for row, x in enumerate(ids):
+            _, alone = prefill(g.model, x, g._cache_kw)
+            torch.testing.assert_close(logits[row : row + 1], alone, rtol=1e-4, atol=1e-4)
+    assert len(reuse.ids) >= 8 and encode_prompt(tok, head)[:8] == reuse.ids[:8]
+    prompts = first + others + later
+    cfg = GenerationConfig(max_new_tokens=10)
+    assert g.generate(prompts, cfg) == [g._hf_generate([encode_prompt(tok, p)], cfg)[0] for p in prompts]

@@ -2,8 +2,9 @@
 
 A :class:`Request` is one prompt with its :class:`GenerationConfig`; it becomes ``cfg.n`` rows of
 the running batch. Between steps, rows leave (end-of-sequence, a stop string, ``max_new_tokens``)
-and waiting requests join: each prompt is prefilled alone (no padding) and its KV rows are merged
-into the batch's cache, left-padded to the batch's width (:meth:`DecodeEngine._admit`); columns that
+and waiting requests join: they are prefilled together, their shared beginning once (a kept prefix
+serves the prompts after it: :class:`~tunelab.generate.kv_cache.PrefixReuse`), and their KV rows are
+merged into the batch's cache, left-padded to the batch's width (:meth:`DecodeEngine._admit`); columns that
 hold only padding are trimmed as rows leave (:meth:`DecodeEngine._retire`). The cache operations are
 :mod:`tunelab.generate.kv_cache`'s.
 
@@ -32,7 +33,15 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop
-from tunelab.generate.kv_cache import Part, decode_step, merge, prefill, select_rows
+from tunelab.generate.kv_cache import (
+    Part,
+    PrefixReuse,
+    decode_step,
+    merge,
+    prefill,
+    prefill_group,
+    select_rows,
+)
 from tunelab.generate.sampling import row_seed, sample_rows
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,10 @@ TextCallback = Callable[[int, str, "str | None"], None]
 decoding thread: keep it short."""
 DoneCallback = Callable[["Request"], None]
 """``on_done(request)``: the request finished or failed (see ``Request.error``); decoding thread."""
+
+
+PREFILL_TOKENS = 16384
+"""Most padded prompt tokens (requests x longest prompt) one grouped prefill takes."""
 
 
 class RequestError(ValueError):
@@ -243,6 +256,8 @@ class DecodeEngine:
         self.logits: torch.Tensor | None = None  # (B, V) fp32, for each row's next token
         self.max_rows = 0
         """Most rows decoded together in one step (a server's batching, for tests and logs)."""
+        self.reuse = PrefixReuse() if owner._plain_cache() else None
+        """Shared prompt beginnings prefilled once (plain caches only: a sliding layer may evict)."""
 
     @property
     def busy(self) -> bool:
@@ -307,32 +322,60 @@ class DecodeEngine:
         cap = max(1, self.owner.batch_size)
         if not self.waiting or len(self.rows) > cap // 2:
             return
-        parts = [] if self.cache is None else [(self.cache, self.mask, self.next_pos, self.logits)]
-        joined = False
-        while self.waiting and (not self.rows or len(self.rows) + self.waiting[0].cfg.n <= cap):
+        admitted, rows = [], len(self.rows)
+        while self.waiting and (not rows or rows + self.waiting[0].cfg.n <= cap):
             req = self.waiting.popleft()
             if req.cancelled:
                 req.abort()
                 continue
-            parts.append(self._prefill(req))
-            joined = True
-        if joined:
-            self._merge(parts)
+            admitted.append(req)
+            rows += req.cfg.n
+        if admitted:
+            parts = [] if self.cache is None else [(self.cache, self.mask, self.next_pos, self.logits)]
+            self._merge(parts + self._prefill(admitted))
 
-    def _prefill(self, req: Request) -> Part:
-        """Prefill one prompt alone; its ``n`` rows join ``self.rows``.
+    def _prefill(self, reqs: list[Request]) -> list[Part]:
+        """Prefill the admitted requests; their ``n`` rows each join ``self.rows``.
+
+        With a plain cache, requests go through :func:`prefill_group` in groups of at most
+        :data:`PREFILL_TOKENS` padded prompt tokens (their shared beginning computed once); otherwise
+        each prompt is prefilled alone.
 
         Returns:
-            (cache, mask (n, L), next_pos (n,), logits (n, V)): a part for :meth:`_merge`.
+            (cache, mask (rows, L), next_pos (rows,), logits (rows, V)) parts for :meth:`_merge`.
         """
-        cache, logits = prefill(self.model, req.ids, self.cache_kw)  # logits (1, V)
-        n, length = req.cfg.n, len(req.ids)
-        if n > 1:  # n samples share one prefill
-            cache.batch_repeat_interleave(n)
         eos = set(self.owner.eos_ids)
-        self.rows += [_Row(req, s, eos, self.device) for s in range(n)]
-        mask = torch.ones(n, length, dtype=torch.long, device=self.device)
-        return cache, mask, torch.full((n,), length, device=self.device), logits.expand(n, -1)
+        parts = []
+        for group in self._groups(reqs):
+            if self.reuse is None:
+                cache, logits = prefill(self.model, group[0].ids, self.cache_kw)  # logits (1, V)
+                length = len(group[0].ids)
+                part = (cache, torch.ones(1, length, dtype=torch.long, device=self.device),
+                        torch.full((1,), length, device=self.device), logits)
+            else:
+                part = prefill_group(self.model, [r.ids for r in group], self.cache_kw, self.reuse)
+            ns = [r.cfg.n for r in group]
+            if any(n > 1 for n in ns):  # n samples share one prefill (selecting rows copies them)
+                idx = torch.repeat_interleave(torch.arange(len(group), device=self.device),
+                                              torch.tensor(ns, device=self.device))
+                part[0].batch_select_indices(idx)
+                part = (part[0], part[1][idx], part[2][idx], part[3][idx])
+            self.rows += [_Row(r, s, eos, self.device) for r in group for s in range(r.cfg.n)]
+            parts.append(part)
+        return parts
+
+    def _groups(self, reqs: list[Request]) -> list[list[Request]]:
+        """Consecutive requests prefilled together: one each without a plain cache, else as many as
+        keep (requests x longest prompt) within :data:`PREFILL_TOKENS`."""
+        if self.reuse is None:
+            return [[r] for r in reqs]
+        groups: list[list[Request]] = []
+        for r in reqs:
+            if groups and (len(groups[-1]) + 1) * max(len(r.ids), *(len(x.ids) for x in groups[-1])) <= PREFILL_TOKENS:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        return groups
 
     def _merge(self, parts: list[Part]) -> None:
         """One batch from (cache, mask, next_pos, logits) parts, KV left-padded to the widest part."""

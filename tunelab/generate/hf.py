@@ -4,7 +4,8 @@ Decoding runs its own loop rather than ``model.generate``: a row leaves the batc
 rows are dropped) as soon as it emits an end-of-sequence token or a stop string, so the cost
 follows the tokens actually generated, not the longest completion of the batch. With a plain
 growing KV cache, :class:`tunelab.generate.engine.DecodeEngine` batches continuously (queued
-prompts take the freed rows, each prompt is prefilled alone, every row has its own settings; a
+prompts take the freed rows, prefilled together with their shared beginning computed once, every
+row has its own settings; a
 server feeds one engine through ``BatchingLoop``). Models whose cache layers are not plain (sliding
 windows: Gemma3) batch continuously too when every prompt plus its budget fits the window (the
 sliding layers then evict nothing); longer ones decode fixed left-padded batches sorted by length
@@ -28,7 +29,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_prompt, n_generated
 from tunelab.generate.engine import DecodeEngine
 from tunelab.generate.kv_cache import decode_step
-from tunelab.models.load import cache_kwarg
+from tunelab.models.load import cache_kwarg, keep_last
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -197,7 +198,7 @@ class HFGenerator:
             attention_mask=mask,
             position_ids=pos,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep_last(device=self.device),
             **{self._cache_kw: cache},
         )
         logits = out.logits[:, -1].float()

@@ -5,6 +5,12 @@ batch cache, each left-padded to the widest (:func:`merge`); every step feeds on
 (:func:`decode_step`: the cache grows in place, :class:`GrowingLayer`); finished rows leave and the
 columns that then hold only padding are dropped (:func:`select_rows`).
 
+Prompts that begin alike (an agent's instructions and example, a chat's system prompt) share their
+prefill: :class:`PrefixReuse` keeps the last prompt's keys and values, and a prompt that begins with
+at least ``min_tokens`` of the same tokens is prefilled from a copy of those columns, computing only
+its own tail (the keys of a token do not depend on the tokens after it, so the cache is the same up to
+the rounding of differently shaped matrix products).
+
 Shapes in comments: B rows in the batch, T cache columns, V vocabulary, H KV heads, D head size.
 """
 
@@ -13,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from tunelab.models.load import keep_last
 
 Part = tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]
 """(cache, mask (B, T) long with 0 for left padding, next_pos (B,), logits (B, V) fp32): a batch, or
@@ -65,23 +73,110 @@ def left_pad_kv(t: torch.Tensor, width: int) -> torch.Tensor:
     return nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) if t.shape[2] < width else t
 
 
-def prefill(model: nn.Module, ids: list[int], cache_kw: str) -> tuple[DynamicCache, torch.Tensor]:
+class PrefixReuse:
+    """A shared prompt beginning's keys and values, kept for the prompts after it that begin alike.
+
+    Only for plain caches (every layer keeps every column: no sliding window evicting any), and only
+    while the weights do not change: an engine holds one for its life (one ``generate`` call, or a
+    server's model).
+
+    Args:
+        min_tokens: The shortest shared beginning worth keeping (shorter ones are prefilled whole).
+    """
+
+    def __init__(self, min_tokens: int = 16) -> None:
+        self.min_tokens = min_tokens
+        self.ids: list[int] = []
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (1, H, len(ids), D)
+        self.reused_tokens = 0
+        """Prompt tokens taken from a kept prefix instead of computed (for throughput figures)."""
+
+    def shared(self, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` the kept prefix serves (0: below ``min_tokens``). The
+        last prompt token is never served (its logits pick the first new token)."""
+        n = _common(self.ids, ids[:-1])
+        return n if n >= self.min_tokens else 0
+
+    def rows(self, model: nn.Module, n: int, rows: int, served: bool = True) -> DynamicCache:
+        """A fresh cache of ``rows`` rows, each holding the kept prefix's first ``n`` columns
+        (``served``: counted in :attr:`reused_tokens`; not when the prefix was computed just now)."""
+        cache = DynamicCache(config=model.config)
+        for layer, (k, v) in zip(cache.layers, self.layers):
+            b, h, _, d = k.shape
+            layer.update(k[:, :, :n].expand(rows, h, n, d), v[:, :, :n].expand(rows, h, n, v.shape[3]))  # copies
+        self.reused_tokens += n * rows if served else 0
+        return cache
+
+    def keep(self, ids: list[int], cache: DynamicCache) -> None:
+        """Remember ``ids`` and the first row of ``cache``, which holds them (the tensors are shared:
+        nothing may change them in place; :func:`merge` and :meth:`rows` copy)."""
+        self.ids = list(ids)
+        self.layers = [(layer.keys[:1, :, : len(ids)], layer.values[:1, :, : len(ids)]) for layer in cache.layers]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common beginning of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefill(model: nn.Module, ids: list[int], cache_kw: str,
+            reuse: PrefixReuse | None = None) -> tuple[DynamicCache, torch.Tensor]:
     """KV cache and last-position logits (1, V) fp32 of one prompt, alone (no padding, no mask).
 
     Args:
         model: The causal LM.
         ids: Prompt token ids.
         cache_kw: The model's cache keyword (``tunelab.models.load.cache_kwarg``).
+        reuse: A kept prefix whose columns this prompt may begin with (then only the rest is computed).
     """
-    cache = DynamicCache(config=model.config)
     device = next(model.parameters()).device
+    n = reuse.shared(ids) if reuse is not None else 0
+    cache = reuse.rows(model, n, 1) if n else DynamicCache(config=model.config)
     out = model(
-        input_ids=torch.tensor([ids], device=device),
+        input_ids=torch.tensor([ids[n:]], device=device),
+        position_ids=torch.arange(n, len(ids), device=device)[None],
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=keep_last(device=device),
         **{cache_kw: cache},
     )
     return cache, out.logits[:, -1].float()
+
+
+def prefill_group(model: nn.Module, prompts: list[list[int]], cache_kw: str, reuse: PrefixReuse) -> Part:
+    """Prefill several prompts in one forward pass: one row each (a :data:`Part`).
+
+    Their common beginning is computed once (or served by ``reuse``, which then keeps it) and only
+    the rest of each prompt runs, left-padded to the longest rest: a row's columns are the shared
+    prefix, then padding (mask 0), then its own tokens, so every row's last token sits in the last
+    column and its positions run on from the prefix as if there were no padding.
+    """
+    device = next(model.parameters()).device
+    shortest = min(len(p) for p in prompts)
+    common = min([_common(prompts[0], p) for p in prompts[1:]] or [shortest], default=shortest)
+    common = min(common, shortest - 1)
+    n = reuse.shared(prompts[0][: common + 1])
+    served = bool(n)
+    if not n and common >= reuse.min_tokens:  # a new shared beginning: compute it once and keep it
+        head, _ = prefill(model, prompts[0][: common + 1], cache_kw)
+        reuse.keep(prompts[0][:common], head)
+        n = common
+    rests = [p[n:] for p in prompts]
+    width = max(map(len, rests))
+    cache = reuse.rows(model, n, len(prompts), served) if n else DynamicCache(config=model.config)
+    pad = 0
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=device)
+    cols = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
+    mask = torch.cat([cols.new_ones(len(prompts), n), cols], dim=1)  # (B, n + width)
+    lengths = torch.tensor([len(r) for r in rests], device=device)
+    positions = (n + (cols.cumsum(-1) - 1)).clamp(min=n)  # (B, width): n, n+1, ... over each row's own tokens
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                logits_to_keep=keep_last(device=device), **{cache_kw: cache})
+    return cache, mask, n + lengths, out.logits[:, -1].float()
 
 
 def decode_step(

@@ -16,7 +16,7 @@ from tunelab.device import autocast
 from tunelab.generate.base import Generator, Prompt, encode_prompt
 from tunelab.generate.hf import HFGenerator, fingerprint
 from tunelab.models.heads import head_of, last_token_features
-from tunelab.models.load import cache_kwarg, final_hidden_states
+from tunelab.models.load import cache_kwarg, final_hidden_states, keep_last
 
 
 class LoglikScorer(Protocol):
@@ -125,7 +125,8 @@ class HFLoglikScorer:
         """The model's logits at (at least) the last ``keep`` positions; a model whose forward takes
         neither ``position_ids`` nor ``logits_to_keep`` gives them all."""
         try:
-            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              logits_to_keep=keep_last(min(keep, ids.shape[1]), ids.device)).logits
         except TypeError:
             return self.model(input_ids=ids, attention_mask=mask).logits
 
@@ -166,7 +167,7 @@ class ChoiceHeadScorer(HFLoglikScorer):
             lengths = torch.tensor([len(cont) for _, _, cont in rows], device=self.device)
             with torch.no_grad(), autocast(self.device.type, self.precision):
                 out_prompt = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                        logits_to_keep=1)
+                                        logits_to_keep=keep_last(device=self.device))
                 cache = getattr(out_prompt, "cache", None) or out_prompt.past_key_values
                 cache.batch_select_indices(pick)  # one cache row per (prompt, choice) row
                 full_mask = torch.cat([mask[pick], cont_mask], dim=1)

@@ -52,8 +52,9 @@ def _e(value: Any) -> str:
 def _svg(fig: plt.Figure, label: str) -> str:
     """A figure as inline SVG (closed afterwards), with an accessible label."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight",
-                metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    with plt.rc_context({"svg.hashsalt": label}):  # element ids from the label: the same page byte for byte
+        fig.savefig(buf, format="svg", bbox_inches="tight",
+                    metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]

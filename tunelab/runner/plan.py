@@ -2,7 +2,8 @@
 
 **Plan** (``tunelab sweep plan FILE``). Per planned run: recorded or not, and its estimated minutes on
 this kind of host (:func:`estimate_seconds`: the mean wall time of this study's recorded runs of
-the same arm on the same host kind, else of any arm scaled by training steps, else of other hosts,
+the same arm on the same host kind, less any generated pool it built, else of any arm with its training
+phase scaled by training steps and its evaluation by evaluation passes, else of other hosts,
 said; unknown before the pilot). Per hypothesis: the minimum detectable effect (MDE) at 80% power,
 two-sided, at alpha = 0.05 / number of claims (Holm's strictest step; statsmodels ``TTestPower``):
 
@@ -76,10 +77,19 @@ def this_host(sweep: Any) -> str:
 
 
 def _run_seconds(record: dict[str, Any]) -> float:
-    """A recorded run's wall seconds less the base model's evaluation it computed (a study's later runs
-    reuse that from the cache)."""
-    reused = record.get("results", {}).get("run", {}).get("reused", {})
-    return float(record["seconds"]) - float(reused.get("base_eval_seconds") or 0.0)
+    """A recorded run's wall seconds less what a study's later runs do not repeat: the base model's
+    evaluation it computed, and the generated pools it built (both reused from the cache after)."""
+    run = record.get("results", {}).get("run", {})
+    reused = run.get("reused", {})
+    built_pools = bool(record.get("pools")) and not reused.get("generated") and not reused.get("data")
+    data = float((run.get("phases") or {}).get("data") or 0.0) if built_pools else 0.0
+    return float(record["seconds"]) - float(reused.get("base_eval_seconds") or 0.0) - data
+
+
+def _eval_passes(config: Any) -> int:
+    """How many times a run evaluates its tasks: once, plus once per extra signal (``eval.signals``)."""
+    signals = config.get("eval", {}).get("signals") if isinstance(config, dict) else config.eval.signals
+    return 1 + len(signals or [])
 
 
 def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) -> dict[str, tuple[float, str]]:
@@ -92,23 +102,36 @@ def estimate_seconds(sweep: Any, records: dict[str, dict[str, Any]], host: str) 
         if p.name in records:
             out[p.name] = (float(records[p.name].get("seconds") or math.nan), "recorded")
             continue
-        steps = max(p.cfg.train.max_steps, 1)
         same_arm = [r for r in by_kind if r["arm"] == p.arm.levels]
         if same_arm:
             out[p.name] = (float(np.mean([_run_seconds(r) for r in same_arm])), "same arm, this host")
         elif by_kind:
-            out[p.name] = (_scaled(by_kind, steps), "other arms on this host, scaled by steps")
+            out[p.name] = (_scaled(by_kind, p.cfg), "other arms on this host, scaled by steps and evaluations")
         elif others:
-            out[p.name] = (_scaled(others, steps), "another host (timings may not travel)")
+            out[p.name] = (_scaled(others, p.cfg), "another host (timings may not travel)")
         else:
             out[p.name] = (math.nan, "unknown: run the pilot first")
     return out
 
 
-def _scaled(records: list[dict[str, Any]], steps: int) -> float:
-    """Mean seconds of ``records`` scaled by this run's training steps over theirs."""
-    per = [_run_seconds(r) * steps / max(int(r["config"].get("train", {}).get("max_steps") or steps), 1)
-           for r in records if r.get("seconds")]
+def _scaled(records: list[dict[str, Any]], cfg: Any) -> float:
+    """Mean seconds of ``records`` scaled to a run of config ``cfg``: their training phase by its
+    training steps over theirs, their evaluation phase by its evaluation passes over theirs, the rest
+    as recorded (a record without phases is scaled whole by steps)."""
+    steps = max(cfg.train.max_steps, 1)
+    per = []
+    for r in records:
+        if not r.get("seconds"):
+            continue
+        ratio = steps / max(int(r["config"].get("train", {}).get("max_steps") or steps), 1)
+        total = _run_seconds(r)
+        phases = r.get("results", {}).get("run", {}).get("phases") or {}
+        if "train" in phases and "evaluate" in phases:
+            train, ev = float(phases["train"]), float(phases["evaluate"])
+            evals = _eval_passes(cfg) / _eval_passes(r["config"])
+            per.append(total - train - ev + train * ratio + ev * evals)
+        else:
+            per.append(total * ratio)
     return float(np.mean(per)) if per else math.nan
 
 

@@ -1,6 +1,6 @@
 """Next-token loss without full-vocabulary logits.
 
-The model runs with ``logits_to_keep=1`` (its own LM head touches one position) and we
+The model runs with its own LM head on the last position only (``keep_last``), and we
 take the final normed hidden state, keep only positions that carry a target, and apply
 the LM head + cross-entropy chunk by chunk: logits for at most ``chunk`` positions exist at
 once, and prompt positions cost no head FLOPs at all. Pre-hooks on the LM head (e.g. very
