@@ -124,22 +124,18 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
-def prefill(model: nn.Module, ids: list[int], cache_kw: str,
-            reuse: PrefixReuse | None = None) -> tuple[DynamicCache, torch.Tensor]:
+def prefill(model: nn.Module, ids: list[int], cache_kw: str) -> tuple[DynamicCache, torch.Tensor]:
     """KV cache and last-position logits (1, V) fp32 of one prompt, alone (no padding, no mask).
 
     Args:
         model: The causal LM.
         ids: Prompt token ids.
         cache_kw: The model's cache keyword (``tunelab.models.load.cache_kwarg``).
-        reuse: A kept prefix whose columns this prompt may begin with (then only the rest is computed).
     """
     device = next(model.parameters()).device
-    n = reuse.shared(ids) if reuse is not None else 0
-    cache = reuse.rows(model, n, 1) if n else DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
     out = model(
-        input_ids=torch.tensor([ids[n:]], device=device),
-        position_ids=torch.arange(n, len(ids), device=device)[None],
+        input_ids=torch.tensor([ids], device=device),
         use_cache=True,
         logits_to_keep=keep_last(device=device),
         **{cache_kw: cache},
