@@ -370,11 +370,14 @@ class DecodeEngine:
         if self.reuse is None:
             return [[r] for r in reqs]
         groups: list[list[Request]] = []
+        longest = 0  # of the last group
         for r in reqs:
-            if groups and (len(groups[-1]) + 1) * max(len(r.ids), *(len(x.ids) for x in groups[-1])) <= PREFILL_TOKENS:
+            if groups and (len(groups[-1]) + 1) * max(longest, len(r.ids)) <= PREFILL_TOKENS:
                 groups[-1].append(r)
+                longest = max(longest, len(r.ids))
             else:
                 groups.append([r])
+                longest = len(r.ids)
         return groups
 
     def _merge(self, parts: list[Part]) -> None:

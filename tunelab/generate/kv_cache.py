@@ -89,7 +89,8 @@ class PrefixReuse:
         self.ids: list[int] = []
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (1, H, len(ids), D)
         self.reused_tokens = 0
-        """Prompt tokens taken from a kept prefix instead of computed (for throughput figures)."""
+        """Prompt tokens taken from a kept prefix instead of computed (a profile or a test reads it
+        off an engine's ``reuse``)."""
 
     def shared(self, ids: list[int]) -> int:
         """How many leading tokens of ``ids`` the kept prefix serves (0: below ``min_tokens``). The
@@ -153,8 +154,7 @@ def prefill_group(model: nn.Module, prompts: list[list[int]], cache_kw: str, reu
     """
     device = next(model.parameters()).device
     shortest = min(len(p) for p in prompts)
-    common = min([_common(prompts[0], p) for p in prompts[1:]] or [shortest], default=shortest)
-    common = min(common, shortest - 1)
+    common = min([shortest - 1, *(_common(prompts[0], p) for p in prompts[1:])])  # the last token always runs
     n = reuse.shared(prompts[0][: common + 1])
     served = bool(n)
     if not n and common >= reuse.min_tokens:  # a new shared beginning: compute it once and keep it
@@ -164,8 +164,7 @@ def prefill_group(model: nn.Module, prompts: list[list[int]], cache_kw: str, reu
     rests = [p[n:] for p in prompts]
     width = max(map(len, rests))
     cache = reuse.rows(model, n, len(prompts), served) if n else DynamicCache(config=model.config)
-    pad = 0
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rests], device=device)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rests], device=device)
     cols = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
     mask = torch.cat([cols.new_ones(len(prompts), n), cols], dim=1)  # (B, n + width)
     lengths = torch.tensor([len(r) for r in rests], device=device)

@@ -86,9 +86,8 @@ def _run_seconds(record: dict[str, Any]) -> float:
     return float(record["seconds"]) - float(reused.get("base_eval_seconds") or 0.0) - data
 
 
-def _eval_passes(config: Any) -> int:
+def _eval_passes(signals: list[str] | None) -> int:
     """How many times a run evaluates its tasks: once, plus once per extra signal (``eval.signals``)."""
-    signals = config.get("eval", {}).get("signals") if isinstance(config, dict) else config.eval.signals
     return 1 + len(signals or [])
 
 
@@ -128,7 +127,7 @@ def _scaled(records: list[dict[str, Any]], cfg: Any) -> float:
         phases = r.get("results", {}).get("run", {}).get("phases") or {}
         if "train" in phases and "evaluate" in phases:
             train, ev = float(phases["train"]), float(phases["evaluate"])
-            evals = _eval_passes(cfg) / _eval_passes(r["config"])
+            evals = _eval_passes(cfg.eval.signals) / _eval_passes(r["config"].get("eval", {}).get("signals"))
             per.append(total - train - ev + train * ratio + ev * evals)
         else:
             per.append(total * ratio)
