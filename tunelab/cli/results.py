@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tunelab.cli.common import Commands
@@ -14,6 +15,7 @@ from tunelab.eval.regimes import format_regimes, format_sweep_regimes, sweep_reg
 from tunelab.io import DataError
 from tunelab.report.run_report import run_report, sweep_report
 from tunelab.runner.compare import compare_runs
+from tunelab.runner.judged import format_judged, judge_runs
 from tunelab.runner.run import load_results
 
 
@@ -58,10 +60,67 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _with_people(result: dict, runs: list[str], root: str) -> None:
+    """Add to each judged pair people's blind ratings of it (``tunelab ui``'s database under ``root``) and
+    the judge calibrated on them (PPI on the second run's win rate); a pair nobody rated is left as is."""
+    from tunelab.eval.judge_bias import self_preference
+    from tunelab.eval.ppi import labeled_split, ppi_mean
+    from tunelab.ui import Catalog
+
+    catalog = Catalog(root)
+    rel = {Path(r).name: str(Path(r).resolve().relative_to(catalog.root)) for r in runs}
+    value = {"b": 1.0, "tie": 0.5, "a": 0.0}
+    for pair in result["pairs"]:
+        human: dict[str, list[float]] = {}
+        for _, item, winner in catalog.ratings(rel[pair["a"]], rel[pair["b"]], result["task"]):
+            human.setdefault(item, []).append(value[winner])
+        if not human:
+            continue
+        judge = {v["id"]: 1.0 - {"a": 1.0, "tie": 0.5, "b": 0.0}[v["winner"]] for v in pair["verdicts"]
+                 if v["winner"] != "error"}
+        est = ppi_mean(*labeled_split(judge, human, f"{pair['a']} vs {pair['b']}")[:3])
+        pair["human"] = est
+        sides = pair["self_preference"]["families"]
+        pair["self_preference"] = self_preference(result["judge"], {"a": sides["a"], "b": sides["b"]},
+                                                  rectifier=est["rectifier"]) | {"families": sides}
+
+
+def cmd_judge(a: argparse.Namespace) -> int:
+    """An LLM judge compares finished runs' answers pair by pair: raw and length-controlled win rates,
+    the judge's position, length and self-preference biases, Bradley-Terry scores for three runs or
+    more, and with --ratings the judge calibrated on people's blind ratings (PPI)."""
+    from tunelab.generate.build import build_generator
+    from tunelab.io import write_json
+
+    judge = build_generator(a.judge, progress=False, batch_size=a.batch_size)
+    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit,
+                        say=lambda m: print(m, file=sys.stderr, flush=True))
+    if a.ratings:
+        _with_people(result, a.runs, a.ratings)
+    if a.out:
+        write_json(Path(a.out), result)
+    print(json.dumps(result, indent=2, default=str) if a.json else format_judged(result))
+    return 0
+
+
+def _judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="two or more run folders with an evaluation of --task")
+    p.add_argument("--task", required=True, help="the evaluation task whose answers are judged")
+    p.add_argument("--judge", required=True, help="the judge: a model alias, folder, run, hub id or "
+                                                   "http://host:port/v1#model")
+    p.add_argument("--limit", type=int, default=None, help="at most this many common items per pair")
+    p.add_argument("--batch-size", type=int, default=16, help="judge prompts generated at once")
+    p.add_argument("--ratings", default=None, help="a tunelab ui folder whose ratings.sqlite holds people's "
+                                                   "blind ratings of these runs (PPI)")
+    p.add_argument("--out", default=None, help="write the whole result (every verdict) as JSON here")
+    p.add_argument("--json", action="store_true")
+
+
 COMMANDS: Commands = {
     "report": (cmd_report, lambda p: p.add_argument("folder", help="a run folder or a sweep folder")),
     "regimes": (cmd_regimes, lambda p: (p.add_argument("folder", help="a run folder or a sweep folder"),
                                         p.add_argument("--json", action="store_true"))),
+    "judge": (cmd_judge, _judge_args),
     "compare": (cmd_compare, lambda p: (
         p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
 }

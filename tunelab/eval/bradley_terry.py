@@ -6,8 +6,9 @@ design with +1 for the first system and -1 for the second. Scores are on the Elo
 (``1000 + 400 * beta / ln 10``, the reference system at 1000), intervals a percentile bootstrap over
 battles, as theirs. A tie is half a win for each side (a binomial GLM on outcomes in [0, 1]).
 
-The fit is statsmodels' GLM (binomial, no intercept); a system that wins or loses every battle has no
-finite score and is reported as such.
+The fit is statsmodels' GLM (binomial, no intercept). When a system wins or loses every battle its
+maximum-likelihood strength is infinite; the fit then takes a weak L2 penalty and says so
+(``regularized``), as a bootstrap resample that separates does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ SCALE = 400 / math.log(10)
 """Elo points per unit of Bradley-Terry strength."""
 INIT = 1000.0
 """The reference system's score."""
+RIDGE = 1e-2
+"""The L2 penalty (per battle) of a fit whose maximum-likelihood strengths are infinite."""
 
 
 def _design(battles: Sequence[tuple[str, str, float]], systems: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -34,16 +37,22 @@ def _design(battles: Sequence[tuple[str, str, float]], systems: list[str]) -> tu
     return X[:, 1:], np.asarray([float(o) for *_, o in battles])  # the first system is the reference (0)
 
 
-def _fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _fit(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The strengths (the reference's left out) and whether they needed a ridge: when one system wins or
+    loses every battle the maximum-likelihood strengths are infinite; a weak L2 penalty (``RIDGE`` per
+    battle) keeps the order and gives finite scores."""
     import statsmodels.api as sm
 
+    model = sm.GLM(y, X, family=sm.families.Binomial())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            params = sm.GLM(y, X, family=sm.families.Binomial()).fit().params
-        except (ValueError, np.linalg.LinAlgError):  # perfect separation in a resample
-            return np.full(X.shape[1], np.nan)
-    return np.where(np.abs(params) > 30, np.nan, params)  # a separated system has no finite strength
+            params = model.fit().params
+            if np.all(np.isfinite(params)) and np.max(np.abs(params), initial=0.0) < 15:
+                return params, False
+        except (ValueError, np.linalg.LinAlgError):  # perfect separation
+            pass
+        return model.fit_regularized(alpha=RIDGE, L1_wt=0.0).params, True
 
 
 def bradley_terry(battles: Sequence[tuple[str, str, float]], reference: str | None = None, n_boot: int = 200,
@@ -58,8 +67,8 @@ def bradley_terry(battles: Sequence[tuple[str, str, float]], reference: str | No
         seed: The resampling seed.
 
     Returns:
-        ``{"scores": {system: {"value", "ci", "n"}}, "order": [best first], "reference", "battles"}``;
-        ``n`` counts a system's battles.
+        ``{"scores": {system: {"value", "ci", "n"}}, "order": [best first], "reference", "battles",
+        "regularized", "regularized_resamples"}``; ``n`` counts a system's battles.
 
     Raises:
         ValueError: fewer than two systems, a system battling itself, an outcome outside [0, 1], or
@@ -81,23 +90,26 @@ def bradley_terry(battles: Sequence[tuple[str, str, float]], reference: str | No
         systems.insert(0, reference)
     _connected(battles, systems)
     X, y = _design(battles, systems)
-    point = np.concatenate([[0.0], _fit(X, y)])
+    params, regularized = _fit(X, y)
+    point = np.concatenate([[0.0], params])
     rng = np.random.default_rng(seed)
-    boots = []
+    boots, ridged = [], 0
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
-        boots.append(np.concatenate([[0.0], _fit(X[idx], y[idx])]))
+        params, r = _fit(X[idx], y[idx])
+        boots.append(np.concatenate([[0.0], params]))
+        ridged += r
     draws = np.asarray(boots)
     lo_q, hi_q = (1 - confidence) / 2, 1 - (1 - confidence) / 2
     counts = {s: sum(s in (a, b) for a, b, _ in battles) for s in systems}
     scores = {}
     for k, s in enumerate(systems):
-        col = draws[:, k][np.isfinite(draws[:, k])]
-        lo, hi = (np.quantile(col, [lo_q, hi_q]) if col.size else (math.nan, math.nan))
+        lo, hi = np.quantile(draws[:, k], [lo_q, hi_q])
         scores[s] = {"value": float(INIT + SCALE * point[k]), "ci": [float(INIT + SCALE * lo), float(INIT + SCALE * hi)],
                      "n": counts[s]}
-    order = sorted(systems, key=lambda s: -scores[s]["value"] if math.isfinite(scores[s]["value"]) else math.inf)
-    return {"scores": scores, "order": order, "reference": systems[0], "battles": len(battles)}
+    order = sorted(systems, key=lambda s: -scores[s]["value"])
+    return {"scores": scores, "order": order, "reference": systems[0], "battles": len(battles),
+            "regularized": regularized, "regularized_resamples": ridged}
 
 
 def _connected(battles: Sequence[tuple[str, str, float]], systems: list[str]) -> None:
