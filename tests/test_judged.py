@@ -101,3 +101,28 @@ def test_the_command_judges_two_runs_with_a_real_model(tmp_path: Path, capsys: p
     assert "a vs b:" in out and "of 3 items judged" in out
     saved = json.loads((tmp_path / "judged.json").read_text())
     assert len(saved["pairs"][0]["verdicts"]) == 3 and saved["pairs"][0]["verdicts"][0]["raw_ab"] is not None
+
+
+def test_people_calibrate_the_judged_comparison(tmp_path: Path) -> None:
+    """--ratings: the pair people rated gets PPI from the judge's verdicts and their ratings; a run
+    outside the ui's folder is refused."""
+    from tunelab.cli.results import _with_people
+    from tunelab.ui import Catalog
+
+    root = tmp_path / "ui"
+    a, b = _run(root, "a", 1, 0), _run(root, "b", 2, 2, model="smollm2-135m-instruct")
+    result = judge_runs([a, b], "arith", StubJudge("fair"), "smollm2-1.7b", say=lambda m: None)
+    ids = [v["id"] for v in result["pairs"][0]["verdicts"]]
+    catalog = Catalog(root)
+    with catalog._db() as db:  # people agree with the judge (b better) on 5 items, call 1 a tie
+        for k, item in enumerate(ids[:6]):
+            db.execute("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       ("eve", "t", "a", "b", "arith", item, "tie" if k == 0 else "b", "a"))
+    _with_people(result, [str(a), str(b)], str(root))
+    human = result["pairs"][0]["human"]
+    assert human["n"] == 6 and human["N"] == 6 and human["human_only"]["value"] == pytest.approx(11 / 12)
+    assert human["rectifier"]["value"] == pytest.approx(-1 / 12)  # the judge said b where eve said tie
+    assert result["pairs"][0]["self_preference"]["own"] == ["b"]
+    assert "people (6 rated): PPI" in format_judged(result)
+    with pytest.raises(ConfigError, match="is not under it"):
+        _with_people(result, [str(a), str(_run(tmp_path, "outside", 1, 0))], str(root))

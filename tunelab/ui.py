@@ -227,38 +227,50 @@ def _check_judged_pair(catalog: Catalog, a: str, b: str) -> None:
                        f"are of another pair of runs than these ratings")
 
 
-def calibrated(catalog: Catalog, a: str, b: str, task: str, width: float = 0.1) -> dict[str, Any]:
-    """The judge calibrated on people for B's win rate over A: PPI from every judge verdict (run B's
-    pairwise judge rows) and the rated items, the judge-only and human-only estimates, the ratings an
-    interval ``width`` wide needs, and the judge's self-preference.
+VERDICT_VALUE = {"b": 1.0, "tie": 0.5, "a": 0.0}
+"""B's outcome on an item, by the winner (a person's or a judge's)."""
+
+
+def calibrate(catalog: Catalog, a: str, b: str, task: str, judge: dict[str, str], judge_name: str | None,
+              width: float = 0.1) -> dict[str, Any]:
+    """A judge calibrated on people for B's win rate over A: PPI from the judge's winner on every item
+    (``judge``: item -> a / b / tie) and people's ratings of the pair, the judge-only and human-only
+    estimates, the ratings an interval ``width`` wide needs, and the judge's self-preference.
 
     Raises:
-        PPIError: no judge verdicts, no ratings, ratings of items the judge has no verdict on, or judge
-            verdicts of another pair of runs (each message says which).
+        PPIError: no ratings, or ratings of items the judge has no verdict on (the message says which).
+    """
+    human: dict[str, list[float]] = {}
+    for _, item, winner in catalog.ratings(a, b, task):
+        human.setdefault(item, []).append(VERDICT_VALUE[winner])
+    unlabeled, labeled, people, rated = labeled_split({i: VERDICT_VALUE[w] for i, w in judge.items()}, human,
+                                                      f"runs {a!r} vs {b!r} on {task!r}")
+    est = ppi_mean(unlabeled, labeled, people)
+    models = {side: (cfg.model.name if (cfg := catalog.recipe(run)) is not None else None) for side, run in
+              (("a", a), ("b", b))}
+    prefs = self_preference(judge_name, models, rectifier=est["rectifier"]) if judge_name else None
+    return {**est, "needed": ratings_needed(est, unlabeled, labeled, people, width), "rated": rated,
+            "self_preference": prefs}
+
+
+def calibrated(catalog: Catalog, a: str, b: str, task: str, width: float = 0.1) -> dict[str, Any]:
+    """:func:`calibrate` with run B's own pairwise judge rows as the judge (its baseline must be run A).
+
+    Raises:
+        PPIError: no judge verdicts, judge verdicts of another pair of runs, or :func:`calibrate`'s.
     """
     judge = catalog.judge_winners(b)
     if not judge:
         raise PPIError(f"run {b!r} has no pairwise judge verdicts (eval/tuned/judge.jsonl with winner_turn1)")
     _check_judged_pair(catalog, a, b)
-    value = {"b": 1.0, "tie": 0.5, "a": 0.0}
-    human: dict[str, list[float]] = {}
-    for _, item, winner in catalog.ratings(a, b, task):
-        human.setdefault(item, []).append(value[winner])
-    unlabeled, labeled, people, rated = labeled_split({i: value[w] for i, w in judge.items()}, human,
-                                                      f"runs {a!r} vs {b!r} on {task!r}")
-    est = ppi_mean(unlabeled, labeled, people)
-    judge_name = catalog.judge_option(b, "judge")
-    models = {side: (cfg.model.name if (cfg := catalog.recipe(run)) is not None else None) for side, run in
-              (("a", a), ("b", b))}
-    prefs = self_preference(str(judge_name), models, rectifier=est["rectifier"]) if judge_name else None
-    return {**est, "needed": ratings_needed(est, unlabeled, labeled, people, width), "rated": rated,
-            "self_preference": prefs}
+    name = catalog.judge_option(b, "judge")
+    return calibrate(catalog, a, b, task, judge, str(name) if name else None, width)
 
 
 def summary(catalog: Catalog, a: str, b: str, task: str) -> dict[str, Any]:
     """B's win rate over A (a tie counts half) with its CI, counts, per rater, and kappa against the judge."""
     rated = catalog.ratings(a, b, task)
-    values = [1.0 if w == "b" else 0.5 if w == "tie" else 0.0 for _, _, w in rated]
+    values = [VERDICT_VALUE[w] for _, _, w in rated]
     out: dict[str, Any] = {"n": len(rated), "b_wins": sum(w == "b" for *_, w in rated),
                            "a_wins": sum(w == "a" for *_, w in rated), "ties": sum(w == "tie" for *_, w in rated),
                            "b_win_rate": proportion_score(values),

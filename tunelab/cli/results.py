@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.cli.common import Commands
 from tunelab.cli.output import format_compare
-from tunelab.config import is_run
+from tunelab.config import ConfigError, is_run
 from tunelab.eval.regimes import format_regimes, format_sweep_regimes, sweep_regime_table
 from tunelab.io import DataError
 from tunelab.report.run_report import run_report, sweep_report
@@ -61,28 +61,23 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _with_people(result: dict, runs: list[str], root: str) -> None:
-    """Add to each judged pair people's blind ratings of it (``tunelab ui``'s database under ``root``) and
-    the judge calibrated on them (PPI on the second run's win rate); a pair nobody rated is left as is."""
-    from tunelab.eval.judge_bias import self_preference
-    from tunelab.eval.ppi import labeled_split, ppi_mean
-    from tunelab.ui import Catalog
+    """Add to each judged pair the judge calibrated on people's blind ratings of it (``tunelab ui``'s
+    database under ``root``; PPI on the second run's win rate); a pair nobody rated is left as is."""
+    from tunelab.ui import Catalog, calibrate
 
     catalog = Catalog(root)
-    rel = {Path(r).name: str(Path(r).resolve().relative_to(catalog.root)) for r in runs}
-    value = {"b": 1.0, "tie": 0.5, "a": 0.0}
+    rel = {}
+    for r in runs:
+        if catalog.root not in Path(r).resolve().parents:
+            raise ConfigError(f"--ratings {root}: run {r} is not under it (people rate the runs of the ui's folder)")
+        rel[Path(r).name] = str(Path(r).resolve().relative_to(catalog.root))
     for pair in result["pairs"]:
-        human: dict[str, list[float]] = {}
-        for _, item, winner in catalog.ratings(rel[pair["a"]], rel[pair["b"]], result["task"]):
-            human.setdefault(item, []).append(value[winner])
-        if not human:
+        a, b = rel[pair["a"]], rel[pair["b"]]
+        if not catalog.ratings(a, b, result["task"]):
             continue
-        judge = {v["id"]: 1.0 - {"a": 1.0, "tie": 0.5, "b": 0.0}[v["winner"]] for v in pair["verdicts"]
-                 if v["winner"] != "error"}
-        est = ppi_mean(*labeled_split(judge, human, f"{pair['a']} vs {pair['b']}")[:3])
-        pair["human"] = est
-        sides = pair["self_preference"]["families"]
-        pair["self_preference"] = self_preference(result["judge"], {"a": sides["a"], "b": sides["b"]},
-                                                  rectifier=est["rectifier"]) | {"families": sides}
+        judge = {v["id"]: v["winner"] for v in pair["verdicts"] if v["winner"] != "error"}
+        pair["human"] = calibrate(catalog, a, b, result["task"], judge, result["judge"])
+        pair["self_preference"] = pair["human"].pop("self_preference")
 
 
 def cmd_judge(a: argparse.Namespace) -> int:
