@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _REPLY = re.compile(r"\[Reply of assistant (A|B)\]\n(.*?)\n\[End of reply", re.S)
 
 
-def _run(root: Path, name: str, quality: int, padding: int, model: str = "tiny") -> Path:
+def _run(root: Path, name: str, quality: int, padding: int, model: str = "tiny",
+         correct: object = lambda k: 1) -> Path:
     """A finished run folder: its recipe, and answers to 12 arith items whose "quality" (stars) and
     length the stub judges read."""
     run = root / name
@@ -27,8 +28,8 @@ def _run(root: Path, name: str, quality: int, padding: int, model: str = "tiny")
     cfg = load_recipe(ROOT / "recipes" / "tiny.yaml", ["eval.tasks=[arith]", "eval.limit=12", f"model.name={model}"])
     (run / "config.yaml").write_text(dump_yaml(cfg))
     items = get_task("arith").items(12, cfg.eval.seed)
-    rows = [{"id": it.id, "correct": 1, "completion": "*" * quality + " answer" + " filler" * (padding * (k % 3))}
-            for k, it in enumerate(items)]
+    rows = [{"id": it.id, "completion": "*" * quality + " answer" + " filler" * (padding * (k % 3)),
+             **({"correct": correct(k)} if correct(k) is not None else {})} for k, it in enumerate(items)]
     (run / "eval" / "tuned" / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -126,3 +127,20 @@ def test_people_calibrate_the_judged_comparison(tmp_path: Path) -> None:
     assert "people (6 rated): PPI" in format_judged(result)
     with pytest.raises(ConfigError, match="is not under it"):
         _with_people(result, [str(a), str(_run(tmp_path, "outside", 1, 0))], str(root))
+
+
+def test_the_judge_calibrated_on_a_verifier(tmp_path: Path) -> None:
+    """--gold: a random 8 of 12 judged items get their gold winner; PPI corrects the judge (it always
+    says b) towards the gold rate over all items (0.75), which the judge alone overstates (1.0)."""
+    a = _run(tmp_path, "a", 1, 0, correct=lambda k: int(k % 2 == 0))
+    b = _run(tmp_path, "b", 2, 0)
+    g = judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=8, say=lambda m: None)["pairs"][0]["gold"]
+    assert g["truth"] == 0.75 and g["judge_only"]["value"] == 1.0 and (g["n"], g["N"]) == (8, 4)
+    assert g["ppi"]["ci"][0] <= 0.75 <= g["ppi"]["ci"][1] and g["labels"] == "verifier"
+    again = judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=8, say=lambda m: None)["pairs"][0]["gold"]
+    assert again == g  # the draw is seeded
+    c = _run(tmp_path, "c", 3, 0, correct=lambda k: None)
+    with pytest.raises(DataError, match="has no verifier score"):
+        judge_runs([a, c], "arith", StubJudge("fair"), "x", gold=4, say=lambda m: None)
+    with pytest.raises(DataError, match="--gold 20: only 12 items were judged"):
+        judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=20, say=lambda m: None)

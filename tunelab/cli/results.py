@@ -88,7 +88,7 @@ def cmd_judge(a: argparse.Namespace) -> int:
     from tunelab.io import write_json
 
     judge = build_generator(a.judge, progress=False, batch_size=a.batch_size)
-    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit,
+    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit, gold=a.gold, seed=a.seed,
                         say=lambda m: print(m, file=sys.stderr, flush=True))
     if a.ratings:
         _with_people(result, a.runs, a.ratings)
@@ -107,6 +107,9 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="judge prompts generated at once")
     p.add_argument("--ratings", default=None, help="a tunelab ui folder whose ratings.sqlite holds people's "
                                                    "blind ratings of these runs (PPI)")
+    p.add_argument("--gold", type=int, default=0, help="calibrate the judge on the task's verifier: this many "
+                                                        "items drawn at random get their gold winner (PPI)")
+    p.add_argument("--seed", type=int, default=0, help="the draw of the --gold items")
     p.add_argument("--out", default=None, help="write the whole result (every verdict) as JSON here")
     p.add_argument("--json", action="store_true")
 

@@ -10,6 +10,10 @@ items both runs answered. Per pair it reports side by side:
   against people with ``--ratings``, :mod:`tunelab.eval.judge_bias`);
 * parse failures (a reply naming no winner is counted, never guessed).
 
+Where the task has a verifier (``--gold N``), N judged items drawn at random are labelled by it and the
+judge is calibrated on them by PPI, as it would be on people's ratings (``--ratings``: the ui's blind
+ratings), with the gold rate over every item to check the interval against.
+
 With three runs or more, Bradley-Terry scores of all runs with bootstrap CIs
 (:mod:`tunelab.eval.bradley_terry`). Every verdict is kept (``verdicts``: item, both orders' raw replies),
 and the judge's own fingerprint and prompt version.
@@ -22,19 +26,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tunelab.config import ConfigError, is_run, load_config
 from tunelab.data.formats import DataError
 from tunelab.eval.bradley_terry import bradley_terry
 from tunelab.eval.judge import OUTCOME, Judge, circularity_warning, model_family
 from tunelab.eval.judge_bias import position_bias, self_preference
 from tunelab.eval.length_control import length_controlled
+from tunelab.eval.ppi import ppi_mean
 from tunelab.eval.tasks.base import get_task
 from tunelab.generate.base import Generator
 from tunelab.runner.compare import eval_dir, read_rows
 
 
 def run_answers(run: Path, task: str) -> dict[str, dict[str, Any]]:
-    """Item id -> ``{"prompt", "answer"}`` of a run's evaluation of ``task`` (prompts rebuilt from its recipe).
+    """Item id -> ``{"prompt", "answer", "correct"}`` of a run's evaluation of ``task`` (prompts rebuilt
+    from its recipe; ``correct`` where the task's verifier scored the answer).
 
     Raises:
         DataError: no such run, or it has no rows of ``task``.
@@ -52,7 +60,8 @@ def run_answers(run: Path, task: str) -> dict[str, dict[str, Any]]:
     for i, row in rows.items():
         answer = row.get("completion")
         if isinstance(answer, str) and i in prompts:
-            out[i] = {"prompt": prompts[i], "answer": answer}
+            out[i] = {"prompt": prompts[i], "answer": answer,
+                      **({"correct": float(row["correct"])} if isinstance(row.get("correct"), (int, float)) else {})}
     return out
 
 
@@ -65,7 +74,7 @@ def _lineage(run: Path) -> dict[str, str | None]:
 
 
 def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_name: str, limit: int | None = None,
-               say: Callable[[str], None] = print) -> dict[str, Any]:
+               gold: int = 0, seed: int = 0, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Judge every pair of ``runs`` on ``task``'s common items (see the module docstring).
 
     Args:
@@ -74,6 +83,10 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
         judge: The judge model.
         judge_name: Its model name (for its family).
         limit: At most this many common items per pair (the first by id).
+        gold: Calibrate the judge on the task's verifier: this many items per pair, drawn at random,
+            get their gold winner (the run whose answer is correct; a tie when both or neither are) and
+            PPI corrects the judge with them (:func:`gold_calibration`); 0: none.
+        seed: The draw of those items.
         say: Progress lines.
 
     Raises:
@@ -104,10 +117,12 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
         prefs = self_preference(judge_name, {"a": lineage[a]["model"], "b": lineage[b]["model"]},
                                 generator=lineage[a]["generator"] or lineage[b]["generator"])
         battles += [(a, b, o) for o in outcomes]
+        gold_part = gold_calibration(records, answers[a], answers[b], gold, seed) if gold else None
         pairs.append({"a": a, "b": b, "items": len(common), "judged": len(ok), "parse_failures": len(records) - len(ok),
                       "raw_win_rate": lc["raw"], "lc_win_rate": lc["lc_win_rate"], "length_bias": lc["length_bias"],
                       "mean_length_difference": lc["mean_dlen"], **({"note": lc["note"]} if "note" in lc else {}),
                       "position_bias": position_bias(records), "self_preference": prefs,
+                      **({"gold": gold_part} if gold_part else {}),
                       "verdicts": [{k: r[k] for k in ("id", "winner", "verdict_ab", "verdict_ba", "len_a", "len_b",
                                                        "raw_ab", "raw_ba")} for r in records]})
     out: dict[str, Any] = {"task": task, "judge": judge_name, "judge_fingerprint": judge.fingerprint,
@@ -121,6 +136,33 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
             raise DataError("no verdict parsed: the judge named no winner on any item")
         out["bradley_terry"] = bradley_terry(battles, reference=names[0])
     return out
+
+
+def gold_calibration(records: Sequence[dict[str, Any]], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
+                     n: int, seed: int = 0) -> dict[str, Any]:
+    """The judge calibrated on a verifier instead of people: ``n`` judged items drawn at random get their
+    gold outcome for B (1 when only B's answer is correct, 0 when only A's, 0.5 otherwise) and PPI
+    (:func:`tunelab.eval.ppi.ppi_mean`) estimates B's gold win rate from them and every judge verdict.
+    Since the verifier scored every item, the gold rate over all of them (``truth``) says whether the
+    interval covers it: a check people's ratings never allow.
+
+    Raises:
+        DataError: the task has no verifier scores (``correct``), or fewer than ``n`` judged items.
+    """
+    judged = [r for r in records if r["winner"] != "error"]
+    missing = [r["id"] for r in judged if "correct" not in a[r["id"]] or "correct" not in b[r["id"]]]
+    if missing:
+        raise DataError(f"--gold: item {missing[0]!r} has no verifier score ('correct'); calibrating on gold "
+                        f"labels needs a task with a verifier")
+    if len(judged) < max(n, 2):
+        raise DataError(f"--gold {n}: only {len(judged)} items were judged")
+    rng = np.random.default_rng(seed)
+    picked = set(rng.choice(len(judged), size=n, replace=False).tolist())
+    judge_b = [1.0 - OUTCOME[r["winner"]] for r in judged]
+    truth = [0.5 + 0.5 * (b[r["id"]]["correct"] - a[r["id"]]["correct"]) for r in judged]
+    est = ppi_mean([v for k, v in enumerate(judge_b) if k not in picked], [judge_b[k] for k in sorted(picked)],
+                   [truth[k] for k in sorted(picked)])
+    return {**est, "truth": float(np.mean(truth)), "labels": "verifier", "seed": seed}
 
 
 def format_judged(result: dict[str, Any]) -> str:
@@ -145,6 +187,11 @@ def format_judged(result: dict[str, Any]) -> str:
             h = p["human"]
             lines.append(f"  people ({h['n']} rated): PPI {ci(h['ppi'])}, people only {ci(h['human_only'])}, "
                          f"judge only {ci(h['judge_only'])}")
+        if "gold" in p:
+            g = p["gold"]
+            lines.append(f"  win rate of {p['b']} by the verifier ({g['n']} gold labels): PPI {ci(g['ppi'])}, gold only "
+                         f"{ci(g['human_only'])}, judge only {ci(g['judge_only'])}; all {g['n'] + g['N']} gold: "
+                         f"{g['truth']:.3f}")
     if "bradley_terry" in result:
         bt = result["bradley_terry"]
         lines.append("Bradley-Terry (Elo scale, bootstrap 95% CI):")
