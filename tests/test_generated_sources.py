@@ -332,3 +332,58 @@ def test_a_studys_pools_travel_with_its_records(cache: Path, tmp_path: Path) -> 
     again = build(SourceConfig(name="calculator", format="trajectory", generate=DRILL), None, lambda m: None)
     assert again.reused and again.path == built.path
     assert import_pools(study) == [] and import_pools(tmp_path / "no_study") == []
+
+
+def test_a_study_keeps_its_pool_across_a_change_of_code(cache: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code change gives the study's source a new key; pin_pools puts the study's pool into the cache
+    under it (marked pinned), so the remaining seeds train on the same rows and nothing is sampled; a
+    source with other options is not pinned; the pinned pool is not exported twice."""
+    from tunelab.runner.pools import export_pools, import_pools, pin_pools
+    from tunelab.runner.records import generated_pools
+
+    built = build(SourceConfig(name="calculator", format="trajectory", generate=DRILL), None, lambda m: None)
+    study = tmp_path / "studies" / "drill_study"
+    export_pools(study, [{"pools": {"calculator": {"kind": "drill", "key": built.key}}}])
+    shutil.rmtree(cache)  # the next session: a fresh machine, and the code that makes the rows has changed
+    monkeypatch.setattr(generated, "code_fingerprint", lambda spec: "changed")
+    new_key = _key(DRILL)
+    assert new_key != built.key
+    recipe = {"model": "tiny", "data": {"sources": [{"name": "calculator", "format": "trajectory", "generate": DRILL},
+                                                    {"name": "other", "format": "trajectory",
+                                                     "generate": {**DRILL, "seed": 1}}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cfg = load_recipe(tmp_path / "r.yaml")
+    assert import_pools(study) == [f"drill-{built.key}"]
+    said = pin_pools(study, [cfg, cfg])
+    assert len(said) == 1 and f"keeps its pool drill-{built.key}" in said[0] and "code" in said[0]
+    kept = cache / f"drill-{new_key}.jsonl"
+    assert kept.read_bytes() == built.path.read_bytes()
+    meta = json.loads(kept.with_suffix(".json").read_text())
+    assert meta["key"] == new_key and meta["pinned"] == {"pool": f"drill-{built.key}", "changed": ["code"]}
+    assert not (cache / f"drill-{_key({**DRILL, 'seed': 1})}.jsonl").exists()  # other options: built anew
+    again = build(cfg.data.sources[0], None, lambda m: None)
+    assert again.reused and again.path == kept
+    assert pin_pools(study, [cfg]) == []  # already in the cache
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "data" / "mixture.json").write_text(json.dumps({"generated": {"calculator": {"file": str(kept),
+                                                                                          "key": new_key}}}))
+    record = {"pools": generated_pools(run_dir)}
+    assert record["pools"]["calculator"]["pinned"]["pool"] == f"drill-{built.key}"
+    assert export_pools(study, [record]) == []  # the study holds it under its first key
+
+
+def test_the_pin_is_the_key_without_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a sampler a recipe trains: tunelab's training code changes the key, not the pin; an edit to
+    the recipe or to the options changes both."""
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"max_steps": 2}}))
+    spec = parse_generated({"kind": "sample", "env": "calculator", "model": "recipe:teach.yaml", "limit": 2})
+    key, pin = generated_key(spec, str(tmp_path)), generated.pin_key(spec, str(tmp_path))
+    monkeypatch.setattr(generated, "recipe_model_key", lambda *a: "other training code")
+    monkeypatch.setattr(generated, "code_fingerprint", lambda spec: "other env code")
+    assert generated_key(spec, str(tmp_path)) != key and generated.pin_key(spec, str(tmp_path)) == pin
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump({"model": "tiny", "train": {"max_steps": 3}}))
+    assert generated.pin_key(spec, str(tmp_path)) != pin
+    other = parse_generated({"kind": "sample", "env": "calculator", "model": "recipe:teach.yaml", "limit": 3})
+    assert generated.pin_key(other, str(tmp_path)) != generated.pin_key(spec, str(tmp_path))

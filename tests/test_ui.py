@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 
 from tunelab.runner.run import run
 from tunelab.ui import Catalog, running_ui, summary
@@ -125,3 +126,121 @@ def _click_and_wait(browser, element) -> None:
     element.click()
     WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
     WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def _fake_runs(root: Path, n: int = 120) -> Catalog:
+    """Two run folders with agent rows (failure kinds) and run B's pairwise judge verdicts on every item."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name, p in (("run-a", 0.4), ("run-b", 0.6)):
+        tuned = root / name / "eval" / "tuned"
+        tuned.mkdir(parents=True)
+        rows = []
+        for i in range(n):
+            ok = bool(rng.random() < p)
+            rows.append({"id": f"q{i}", "correct": int(ok), "score": float(ok),
+                         "failure": None if ok else ("wrong_answer" if i % 3 else "malformed_action"),
+                         "completion": f"{name} answer {i}", "answers": [f"{name} step {i}", f"{name} finish {i}"],
+                         "judgements": [{"raw": f"verdict on q{i}: [[A]]"}]})
+        (tuned / "agent_calculator.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Catalog(root)
+
+
+def _rate(catalog: Catalog, a: str, b: str, task: str, verdicts: dict[str, str], rater: str = "carol") -> None:
+    with catalog._db() as db:
+        for item, winner in verdicts.items():
+            db.execute("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rater, "t", a, b, task, item, winner, "a"))
+
+
+def test_the_judge_is_calibrated_on_people_with_ppi(tmp_path: Path) -> None:
+    """Judge verdicts on 120 items, people's on 40: the ratings page's PPI figures are ppi_mean's on the
+    same arrays; ratings of items the judge never saw, or a judge of another pair, are refused clearly."""
+    import numpy as np
+
+    from tunelab.eval.ppi import ppi_mean
+
+    catalog = _fake_runs(tmp_path)
+    rng = np.random.default_rng(1)
+    people = {f"q{i}": str(rng.choice(["a", "b", "tie"], p=[0.4, 0.5, 0.1])) for i in range(40)}
+    judge = {f"q{i}": people.get(f"q{i}", "b") if rng.random() < 0.8 else "b" for i in range(120)}
+    to_judge = {"b": "A", "a": "B", "tie": "tie"}  # the judge's A is run B
+    (tmp_path / "run-b" / "eval" / "tuned" / "judge.jsonl").write_text(
+        "".join(json.dumps({"id": i, "winner_turn1": to_judge[w]}) + "\n" for i, w in judge.items()))
+    s = summary(catalog, "run-a", "run-b", "agent_calculator")
+    assert "calibration_error" in s and "no human ratings; rate some items first" in s["calibration_error"]
+    _rate(catalog, "run-a", "run-b", "agent_calculator", people)
+    c = summary(catalog, "run-a", "run-b", "agent_calculator")["calibrated"]
+    value = {"b": 1.0, "tie": 0.5, "a": 0.0}
+    rated = sorted(people)
+    expected = ppi_mean([value[judge[i]] for i in sorted(judge) if i not in people], [value[judge[i]] for i in rated],
+                        [value[people[i]] for i in rated])
+    assert c["n"] == 40 and c["N"] == 80 and c["ppi"] == expected["ppi"] and c["rated"] == rated
+    assert c["ppi"]["ci"][1] - c["ppi"]["ci"][0] < c["human_only"]["ci"][1] - c["human_only"]["ci"][0]
+    assert c["needed"]["width"] == 0.1 and c["needed"]["human_only"] > 0
+    with running_ui(tmp_path) as ui:
+        status, page = _get(ui.url + "/ratings?" + urlencode({"a": "run-a", "b": "run-b", "task": "agent_calculator"}))
+        assert status == 200 and 'id="calibration"' in page and "80 judged + 40 rated" in page
+    _rate(catalog, "run-a", "run-b", "agent_calculator", {"elsewhere-1": "a", "elsewhere-2": "b"}, rater="dan")
+    s = summary(catalog, "run-a", "run-b", "agent_calculator")
+    assert "2 rated items have no judge verdict" in s["calibration_error"] and "another pair of runs" in s["calibration_error"]
+    with catalog._db() as db:
+        db.execute("DELETE FROM ratings WHERE rater='dan'")
+    (tmp_path / "run-b" / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": "smollm2-135m-instruct"},
+         "eval": {"task_options": {"judge": {"baseline": "runs/run-c/eval/tuned/judge.jsonl", "judge": "qwen2.5-7b"}}}}))
+    s = summary(catalog, "run-a", "run-b", "agent_calculator")
+    assert "compared it with 'runs/run-c/eval/tuned/judge.jsonl', not with run 'run-a'" in s["calibration_error"]
+    (tmp_path / "run-b" / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"name": "smollm2-135m-instruct"},
+         "eval": {"task_options": {"judge": {"baseline": "runs/run-a/eval/tuned/judge.jsonl", "judge": "smollm2-1.7b"}}}}))
+    pref = summary(catalog, "run-a", "run-b", "agent_calculator")["calibrated"]["self_preference"]
+    assert pref["judge_family"] == "smollm" and pref["own"] == ["b"] and pref["measured"]["n"] == 40
+
+
+def test_every_item_of_a_run_filtered_and_diffed_in_a_real_browser(tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    catalog = _fake_runs(tmp_path / "runs", n=30)
+    _rate(catalog, "run-a", "run-b", "agent_calculator", {"q0": "b", "q1": "a"})
+    rows = {name: [json.loads(x) for x in (tmp_path / "runs" / name / "eval" / "tuned" / "agent_calculator.jsonl")
+                   .read_text().splitlines()] for name in ("run-a", "run-b")}
+    wrong = sum(r["failure"] == "wrong_answer" for r in rows["run-a"])
+    changed = sum(x["score"] != y["score"] for x, y in zip(rows["run-a"], rows["run-b"]))
+    artifacts = Path(os.environ.get("TUNELAB_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        with running_ui(tmp_path / "runs") as ui:
+            browser.get(f"{ui.url}/items?" + urlencode({"run": "run-a", "task": "agent_calculator", "other": "run-b"}))
+            assert browser.find_element(By.ID, "shown").text == "30 of 30 items shown"
+            first = browser.find_elements(By.CSS_SELECTOR, "#items tr.item")[0].text
+            assert "run-a step 0" in first and "run-b finish 0" in first and "verdict on q0" in first and "lost" in first  # people preferred run-b on q0
+            browser.save_screenshot(str(artifacts / "ui-items.png"))
+            kind = [e for e in browser.find_elements(By.CSS_SELECTOR, "a.kind") if e.text == "wrong_answer"][0]
+            _click_and_wait(browser, kind)
+            assert browser.find_element(By.ID, "shown").text == f"{wrong} of 30 items shown"
+            cells = [row.find_elements(By.TAG_NAME, "td")[4].text for row in
+                     browser.find_elements(By.CSS_SELECTOR, "#items tr.item")]
+            assert cells == ["wrong_answer"] * wrong
+            _click_and_wait(browser, browser.find_element(By.ID, "changed"))
+            both = sum(r["failure"] == "wrong_answer" and r["score"] != o["score"] for r, o in zip(rows["run-a"], rows["run-b"]))
+            assert browser.find_element(By.ID, "shown").text == f"{both} of 30 items shown"
+            browser.get(f"{ui.url}/items?" + urlencode({"run": "run-a", "task": "agent_calculator", "other": "run-b",
+                                                        "changed": "1"}))
+            assert browser.find_element(By.ID, "shown").text == f"{changed} of 30 items shown"
+            moves = browser.find_element(By.ID, "moves").text
+            assert "score in run-a" in moves
+            browser.get(f"{ui.url}/items?" + urlencode({"run": "run-a", "task": "agent_calculator", "kind": "nope"}))
+            assert "no item of 'run-a' on 'agent_calculator' has failure kind 'nope'" in browser.page_source
+    finally:
+        browser.quit()

@@ -11,7 +11,14 @@ Pages (FastAPI + uvicorn, the stack of ``tunelab serve``; bound to 127.0.0.1 by 
   ``<folder>/ratings.sqlite`` with the rater id and the time, one per rater and item.
 * ``/ratings?a=&b=&task=``: B's win rate over A with its CI (a tie counts half; bootstrap over
   ratings), per rater, and the agreement with an LLM judge on the same items (Cohen's kappa,
-  statsmodels) where run B's ``judge`` evaluation compared it pairwise (``winner_turn1``).
+  statsmodels) where run B's ``judge`` evaluation compared it pairwise (``winner_turn1``); then the
+  judge calibrated on people: the human win rate estimated from every judge verdict plus the rated
+  items by prediction-powered inference (:mod:`tunelab.eval.ppi`) beside the judge-only and
+  human-only estimates, the ratings a chosen interval width needs, and the judge's self-preference.
+* ``/items?run=&task=[&other=][&kind=][&changed=1]``: every item of a run (a study arm's run too):
+  prompt, answer, score, failure kind, the judge's rationale and people's ratings; filtered by failure
+  kind; with ``other``, a second run's answer beside it, the table of outcome changes, and only the
+  items whose score changed.
 
 Errors are shown as a short message; no traceback reaches the browser.
 """
@@ -37,6 +44,8 @@ from starlette.exceptions import HTTPException
 from statsmodels.stats.inter_rater import cohens_kappa
 
 from tunelab.config import is_run, load_config
+from tunelab.eval.judge_bias import self_preference
+from tunelab.eval.ppi import PPIError, labeled_split, ppi_mean, ratings_needed
 from tunelab.eval.stats import proportion_score
 from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
@@ -178,10 +187,90 @@ class Catalog:
                 if r.get("winner_turn1") in mapping}
 
 
+    def item_ratings(self, run: str, task: str) -> dict[str, list[str]]:
+        """Item -> people's verdicts on ``run``'s answer (won / lost / tie), from every pair it was rated in."""
+        out: dict[str, list[str]] = {}
+        with self._db() as db:
+            for a, item, winner in db.execute("SELECT a, item, winner FROM ratings WHERE task=? AND (a=? OR b=?) "
+                                              "ORDER BY at", (task, run, run)):
+                side = "a" if a == run else "b"
+                out.setdefault(item, []).append("tie" if winner == "tie" else "won" if winner == side else "lost")
+        return out
+
+    def recipe(self, run: str) -> Any:
+        """A run's recipe (None when it cannot be read)."""
+        try:
+            return load_config(self.resolve(run))
+        except Exception:  # noqa: BLE001 - a run without a readable recipe: labels and checks are skipped
+            return None
+
+    def judge_option(self, run: str, key: str) -> Any:
+        """An option of a run's ``judge`` evaluation (``baseline``, ``judge``), None when its recipe does not say."""
+        cfg = self.recipe(run)
+        return cfg.eval.task_options.get("judge", {}).get(key) if cfg is not None else None
+
+
+def _check_judged_pair(catalog: Catalog, a: str, b: str) -> None:
+    """Refuse judge verdicts of another pair: run B's judge must have compared it with run A's answers.
+
+    Raises:
+        PPIError: naming the baseline the judge used instead.
+    """
+    baseline = catalog.judge_option(b, "baseline")
+    if baseline is None:
+        return
+    run_a = catalog.resolve(a)
+    parts, inside = Path(baseline).parts, Path(a).parts  # a path relative to anywhere that names run A's folder
+    named = any(parts[k:k + len(inside)] == inside for k in range(len(parts) - len(inside) + 1))
+    if baseline == "reference" or not (named or run_a in Path(baseline).resolve().parents):
+        raise PPIError(f"run {b!r}'s judge compared it with {baseline!r}, not with run {a!r}'s answers: its verdicts "
+                       f"are of another pair of runs than these ratings")
+
+
+VERDICT_VALUE = {"b": 1.0, "tie": 0.5, "a": 0.0}
+"""B's outcome on an item, by the winner (a person's or a judge's)."""
+
+
+def calibrate(catalog: Catalog, a: str, b: str, task: str, judge: dict[str, str], judge_name: str | None,
+              width: float = 0.1) -> dict[str, Any]:
+    """A judge calibrated on people for B's win rate over A: PPI from the judge's winner on every item
+    (``judge``: item -> a / b / tie) and people's ratings of the pair, the judge-only and human-only
+    estimates, the ratings an interval ``width`` wide needs, and the judge's self-preference.
+
+    Raises:
+        PPIError: no ratings, or ratings of items the judge has no verdict on (the message says which).
+    """
+    human: dict[str, list[float]] = {}
+    for _, item, winner in catalog.ratings(a, b, task):
+        human.setdefault(item, []).append(VERDICT_VALUE[winner])
+    unlabeled, labeled, people, rated = labeled_split({i: VERDICT_VALUE[w] for i, w in judge.items()}, human,
+                                                      f"runs {a!r} vs {b!r} on {task!r}")
+    est = ppi_mean(unlabeled, labeled, people)
+    models = {side: (cfg.model.name if (cfg := catalog.recipe(run)) is not None else None) for side, run in
+              (("a", a), ("b", b))}
+    prefs = self_preference(judge_name, models, rectifier=est["rectifier"]) if judge_name else None
+    return {**est, "needed": ratings_needed(est, unlabeled, labeled, people, width), "rated": rated,
+            "self_preference": prefs}
+
+
+def calibrated(catalog: Catalog, a: str, b: str, task: str, width: float = 0.1) -> dict[str, Any]:
+    """:func:`calibrate` with run B's own pairwise judge rows as the judge (its baseline must be run A).
+
+    Raises:
+        PPIError: no judge verdicts, judge verdicts of another pair of runs, or :func:`calibrate`'s.
+    """
+    judge = catalog.judge_winners(b)
+    if not judge:
+        raise PPIError(f"run {b!r} has no pairwise judge verdicts (eval/tuned/judge.jsonl with winner_turn1)")
+    _check_judged_pair(catalog, a, b)
+    name = catalog.judge_option(b, "judge")
+    return calibrate(catalog, a, b, task, judge, str(name) if name else None, width)
+
+
 def summary(catalog: Catalog, a: str, b: str, task: str) -> dict[str, Any]:
     """B's win rate over A (a tie counts half) with its CI, counts, per rater, and kappa against the judge."""
     rated = catalog.ratings(a, b, task)
-    values = [1.0 if w == "b" else 0.5 if w == "tie" else 0.0 for _, _, w in rated]
+    values = [VERDICT_VALUE[w] for _, _, w in rated]
     out: dict[str, Any] = {"n": len(rated), "b_wins": sum(w == "b" for *_, w in rated),
                            "a_wins": sum(w == "a" for *_, w in rated), "ties": sum(w == "tie" for *_, w in rated),
                            "b_win_rate": proportion_score(values),
@@ -196,6 +285,11 @@ def summary(catalog: Catalog, a: str, b: str, task: str) -> dict[str, Any]:
         out["judge_agreement"] = {"n": len(pairs), "kappa": float(kappa.kappa),
                                   "ci": [float(kappa.kappa_low), float(kappa.kappa_upp)],
                                   "raw_agreement": float(np.trace(table) / table.sum())}
+    if judge:
+        try:
+            out["calibrated"] = calibrated(catalog, a, b, task)
+        except PPIError as e:
+            out["calibration_error"] = str(e)
     return out
 
 
@@ -256,7 +350,8 @@ def build_app(root: str | Path) -> FastAPI:
             for i in common)
         query = urlencode({"a": a, "b": b, "task": task})
         return _page(f"{task}: {a} vs {b}", f'<p>{len(common)} common items. <a href="/rate?{query}">rate them '
-                                            f'blind</a> · <a href="/ratings?{query}">ratings</a></p>'
+                                            f'blind</a> · <a href="/ratings?{query}">ratings</a> · <a href="/items?'
+                                            f'{urlencode({"run": a, "other": b, "task": task})}">items, diffed</a></p>'
                                             f"<table><tr><th>id</th><th>prompt</th><th>A</th><th>B</th></tr>{cells}</table>")
 
     @app.get("/rate")
@@ -306,9 +401,117 @@ def build_app(root: str | Path) -> FastAPI:
                      f"[{j['ci'][0]:.3f}, {j['ci'][1]:.3f}], raw agreement {j['raw_agreement']:.3f}</p>")
         else:
             body += '<p class="missing">no LLM judge verdicts on these items (run B has no pairwise judge rows)</p>'
+        body += _calibration_html(s)
         return _page(f"ratings: {task}, {a} vs {b}", body)
 
+    @app.get("/items")
+    def items(run: str, task: str, other: str = "", kind: str = "", changed: str = "") -> HTMLResponse:
+        return _page(f"{task}: items of {run}" + (f" vs {other}" if other else ""),
+                     _items_html(catalog, run, task, other, kind, bool(changed)))
+
     return app
+
+
+def _ci(score: dict[str, Any]) -> str:
+    """``value [lo, hi]``."""
+    return f"{score['value']:.3f} [{score['ci'][0]:.3f}, {score['ci'][1]:.3f}]"
+
+
+def _calibration_html(s: dict[str, Any]) -> str:
+    """The ratings page's section on the judge calibrated on people."""
+    if "calibration_error" in s:
+        return (f'<h2>The judge calibrated on people</h2><p class="missing" id="calibration">'
+                f'{_e(s["calibration_error"])}</p>')
+    if "calibrated" not in s:
+        return ""
+    c, need = s["calibrated"], s["calibrated"]["needed"]
+    rows = "".join(f"<tr><td>{name}</td><td>{_ci(c[key])}</td><td>{n}</td></tr>" for name, key, n in (
+        ("PPI: every judge verdict, corrected by people", "ppi", f"{c['N']} judged + {c['n']} rated"),
+        ("people only", "human_only", f"{c['n']} rated"),
+        ("the judge only (its bias not corrected)", "judge_only", f"{c['N'] + c['n']} judged")))
+    plan = (f"An interval {need['width']:.2f} wide needs {need['ppi']} rated items with the judge, "
+            f"{need['human_only']} without it" if need.get("ppi") else need.get("note", ""))
+    out = (f"<h2>The judge calibrated on people</h2><table id=\"calibration\"><tr><th>B's win rate over A, "
+           f"estimated from</th><th>value [95% CI]</th><th>items</th></tr>{rows}</table>"
+           f"<p>The judge's bias (people minus the judge on the rated items): {_ci(c['rectifier'])}; "
+           f"power-tuning weight {c['lam']:.2f}. {_e(plan)}.</p>")
+    pref = c.get("self_preference")
+    if pref:
+        said = (f"it favours its own family's answers by {_ci(pref['measured'])} over people" if pref.get("measured")
+                else f"not measured: {pref.get('why')}")
+        out += f"<p>Self-preference (judge family {_e(pref['judge_family'])}): {_e(said)}.</p>"
+    return out
+
+
+def _kind(row: dict[str, Any]) -> str:
+    """An item's failure kind (``-`` when it has none)."""
+    return str(row.get("failure") or "-")
+
+
+def _score_of(row: dict[str, Any] | None) -> float | None:
+    """An item's score (``score``, else ``correct``, else a judge's ``rating``)."""
+    for key in ("score", "correct", "rating"):
+        if row and isinstance(row.get(key), (int, float)):
+            return float(row[key])
+    return None
+
+
+def _answer(row: dict[str, Any]) -> str:
+    """What the model wrote: every turn of an episode, else the completion."""
+    answers = row.get("answers")
+    return "\n---\n".join(map(str, answers)) if isinstance(answers, list) and answers else str(row.get("completion", ""))
+
+
+def _rationale(row: dict[str, Any]) -> str:
+    """The judge's words on an item (every judgement's raw reply)."""
+    parts = []
+    for j in row.get("judgements") or []:
+        if isinstance(j, dict):
+            parts += [str(j[k]) for k in ("raw", "raw_ab") if j.get(k)]
+    return "\n---\n".join(parts)
+
+
+def _items_html(catalog: Catalog, run: str, task: str, other: str, kind: str, changed: bool) -> str:
+    """The per-item table of a run, filtered by failure kind; with ``other``, diffed against it."""
+    rows, prompts = catalog.rows(run, task), catalog.prompts(run, task)
+    others = catalog.rows(other, task) if other else {}
+    people = catalog.item_ratings(run, task)
+    kinds = sorted({_kind(r) for r in rows.values()})
+    if kind and kind not in kinds:
+        raise HTTPException(400, f"no item of {run!r} on {task!r} has failure kind {kind!r}; kinds: {', '.join(kinds)}")
+    shown = [i for i, r in rows.items() if (not kind or _kind(r) == kind)
+             and (not changed or (i in others and _score_of(r) != _score_of(others[i])))]
+    base = {"run": run, "task": task, **({"other": other} if other else {})}
+    links = " · ".join(f'<a href="/items?{urlencode(base | ({"kind": k} if k else {}))}" class="kind">'
+                       f"{_e(k or 'all')}</a> ({sum(_kind(r) == k for r in rows.values()) if k else len(rows)})"
+                       for k in ["", *kinds])
+    out = f'<p id="filters">failure kind: {links}</p>'
+    if other:
+        both = [i for i in rows if i in others]
+        moves: dict[tuple[Any, Any], int] = {}
+        for i in both:
+            key = (_score_of(rows[i]), _score_of(others[i]))
+            moves[key] = moves.get(key, 0) + 1
+        table = "".join(f"<tr><td>{_e(x)}</td><td>{_e(y)}</td><td>{n}</td></tr>"
+                        for (x, y), n in sorted(moves.items(), key=lambda kv: -kv[1]))
+        toggle = urlencode(base | ({"kind": kind} if kind else {}) | ({} if changed else {"changed": "1"}))
+        out += (f'<p>{len(both)} items in both runs; <a id="changed" href="/items?{toggle}">'
+                f'{"all items" if changed else "only the items whose score changed"}</a></p>'
+                f'<table id="moves"><tr><th>score in {_e(run)}</th><th>score in {_e(other)}</th><th>items</th></tr>'
+                f"{table}</table>")
+    cells = []
+    for i in shown:
+        r = rows[i]
+        cell = (f'<tr class="item"><td>{_e(i)}</td><td><pre>{_e(prompts.get(i, ""))}</pre></td>'
+                f"<td><pre>{_e(_answer(r))}</pre></td><td>{_e(_score_of(r))}</td><td>{_e(_kind(r))}</td>"
+                f"<td><pre>{_e(_rationale(r)[:1500])}</pre></td><td>{_e(', '.join(people.get(i, [])))}</td>")
+        if other:
+            o = others.get(i, {})
+            cell += f"<td><pre>{_e(_answer(o))}</pre></td><td>{_e(_score_of(o))}</td><td>{_e(_kind(o))}</td>"
+        cells.append(cell + "</tr>")
+    head = ("<tr><th>id</th><th>prompt</th><th>answer</th><th>score</th><th>failure</th><th>judge</th><th>people</th>"
+            + (f"<th>answer of {_e(other)}</th><th>score</th><th>failure</th>" if other else "") + "</tr>")
+    return out + f'<p id="shown">{len(shown)} of {len(rows)} items shown</p><table id="items">{head}{"".join(cells)}</table>'
 
 
 def _hidden(fields: dict[str, str]) -> str:

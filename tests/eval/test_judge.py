@@ -19,7 +19,6 @@ from tunelab.eval.judge import (
     circularity_warning,
     combine_judges,
     combine_orders,
-    length_controlled_win_rate,
     model_family,
     pair_prompt,
     parse_rating,
@@ -28,6 +27,7 @@ from tunelab.eval.judge import (
     summarize_pairwise,
     summarize_single,
 )
+from tunelab.eval.length_control import length_controlled
 from tunelab.eval.tasks.judge_task import JudgeTask
 from tunelab.generate.base import GenerationConfig
 
@@ -143,7 +143,8 @@ def test_pairwise_both_orders_flips_and_failures() -> None:
     assert s["win_rate"]["value"] == 0.5 and s["win_rate"]["n"] == 4
     assert s["position_consistency"]["value"] == 0.75
     assert s["tie_rate"]["value"] == 0.5 and s["parse_failure_rate"]["value"] == 0.2
-    assert "lc_win_rate" in s
+    assert "lc_win_rate" in s and "length_bias" in s
+    assert s["flip_rate"]["value"] == 0.25 and s["flip_rate"]["n"] == 4 and s["first_shown"]["decisive"] == 6
 
 
 def test_length_controlled_win_rate() -> None:
@@ -151,8 +152,8 @@ def test_length_controlled_win_rate() -> None:
     outcomes = [1.0] * 12 + [0.0] * 4 + [1.0] + [0.0] * 3
     len_a, len_b = [200] * 16 + [100] * 4, [100] * 16 + [200] * 4
     raw = sum(outcomes) / len(outcomes)
-    lc = length_controlled_win_rate(outcomes, len_a, len_b)
-    assert raw == 0.65 and lc["value"] == pytest.approx(0.5, abs=0.03) and lc["n"] == 20
+    lc = length_controlled(outcomes, len_a, len_b)["lc_win_rate"]
+    assert raw == 0.65 and lc["value"] == pytest.approx(0.5, abs=1e-6) and lc["n"] == 20
     assert lc["ci"][0] < lc["value"] < lc["ci"][1]
 
 

@@ -32,8 +32,8 @@ COMMANDS: Commands = {**runs.COMMANDS, **sweep.COMMANDS, **ls.COMMANDS, **data.C
                       **serve.COMMANDS, **results.COMMANDS}
 """Every command: name -> (function, what adds its arguments)."""
 
-ORDER = ("quickstart", "run", "sweep", "findings", "validate", "ls", "data", "eval", "diagnose", "sample", "evolve",
-         "ui", "report", "regimes", "compare", "chat", "export", "serve")
+ORDER = ("quickstart", "run", "sweep", "findings", "validate", "ls", "data", "eval", "judge", "diagnose", "sample",
+         "evolve", "ui", "report", "regimes", "compare", "chat", "export", "serve")
 """The order ``tunelab --help`` lists the commands in."""
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tunelab.cli.common import Commands
 from tunelab.cli.output import format_compare
-from tunelab.config import is_run
+from tunelab.config import ConfigError, is_run
 from tunelab.eval.regimes import format_regimes, format_sweep_regimes, sweep_regime_table
 from tunelab.io import DataError
 from tunelab.report.run_report import run_report, sweep_report
 from tunelab.runner.compare import compare_runs
+from tunelab.runner.judged import format_judged, judge_runs
 from tunelab.runner.run import load_results
 
 
@@ -58,10 +60,65 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _with_people(result: dict, runs: list[str], root: str) -> None:
+    """Add to each judged pair the judge calibrated on people's blind ratings of it (``tunelab ui``'s
+    database under ``root``; PPI on the second run's win rate); a pair nobody rated is left as is."""
+    from tunelab.ui import Catalog, calibrate
+
+    catalog = Catalog(root)
+    rel = {}
+    for r in runs:
+        if catalog.root not in Path(r).resolve().parents:
+            raise ConfigError(f"--ratings {root}: run {r} is not under it (people rate the runs of the ui's folder)")
+        rel[Path(r).name] = str(Path(r).resolve().relative_to(catalog.root))
+    for pair in result["pairs"]:
+        a, b = rel[pair["a"]], rel[pair["b"]]
+        if not catalog.ratings(a, b, result["task"]):
+            continue
+        judge = {v["id"]: v["winner"] for v in pair["verdicts"] if v["winner"] != "error"}
+        pair["human"] = calibrate(catalog, a, b, result["task"], judge, result["judge"])
+        pair["self_preference"] = pair["human"].pop("self_preference")
+
+
+def cmd_judge(a: argparse.Namespace) -> int:
+    """An LLM judge compares finished runs' answers pair by pair: raw and length-controlled win rates,
+    the judge's position, length and self-preference biases, Bradley-Terry scores for three runs or
+    more, and with --ratings the judge calibrated on people's blind ratings (PPI)."""
+    from tunelab.generate.build import build_generator
+    from tunelab.io import write_json
+
+    judge = build_generator(a.judge, progress=False, batch_size=a.batch_size)
+    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit, gold=a.gold, seed=a.seed,
+                        say=lambda m: print(m, file=sys.stderr, flush=True))
+    if a.ratings:
+        _with_people(result, a.runs, a.ratings)
+    if a.out:
+        write_json(Path(a.out), result)
+    print(json.dumps(result, indent=2, default=str) if a.json else format_judged(result))
+    return 0
+
+
+def _judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="two or more run folders with an evaluation of --task")
+    p.add_argument("--task", required=True, help="the evaluation task whose answers are judged")
+    p.add_argument("--judge", required=True, help="the judge: a model alias, folder, run, hub id or "
+                                                   "http://host:port/v1#model")
+    p.add_argument("--limit", type=int, default=None, help="at most this many common items per pair")
+    p.add_argument("--batch-size", type=int, default=16, help="judge prompts generated at once")
+    p.add_argument("--ratings", default=None, help="a tunelab ui folder whose ratings.sqlite holds people's "
+                                                   "blind ratings of these runs (PPI)")
+    p.add_argument("--gold", type=int, default=0, help="calibrate the judge on the task's verifier: this many "
+                                                        "items drawn at random get their gold winner (PPI)")
+    p.add_argument("--seed", type=int, default=0, help="the draw of the --gold items")
+    p.add_argument("--out", default=None, help="write the whole result (every verdict) as JSON here")
+    p.add_argument("--json", action="store_true")
+
+
 COMMANDS: Commands = {
     "report": (cmd_report, lambda p: p.add_argument("folder", help="a run folder or a sweep folder")),
     "regimes": (cmd_regimes, lambda p: (p.add_argument("folder", help="a run folder or a sweep folder"),
                                         p.add_argument("--json", action="store_true"))),
+    "judge": (cmd_judge, _judge_args),
     "compare": (cmd_compare, lambda p: (
         p.add_argument("run_a"), p.add_argument("run_b"), p.add_argument("--json", action="store_true"))),
 }

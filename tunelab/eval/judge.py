@@ -8,9 +8,10 @@
   sees the whole conversation and grades the reply to the last question; with references, the
   reference answers of every turn so far are shown; pairwise shows each assistant's own
   conversation (A's and B's earlier replies differ). Its own prompt versions (``*-multi-v1``).
-* Length control: a logistic regression of the outcome (win 1, tie 0.5, loss 0) on the log length
-  ratio ``log(len_a / len_b)``; the length-controlled win rate is the fitted win probability at
-  equal lengths, ``sigmoid(intercept)``, with a bootstrap CI over the judged (question, turn) pairs.
+* Length control: AlpacaEval 2's GLM of the outcome (win 1, tie 0.5, loss 0) on the standardised
+  length difference; the length-controlled win rate is the fitted win probability at equal lengths,
+  and the slope the judge's length bias (:mod:`tunelab.eval.length_control`). Position bias (flip
+  rate, first-shown preference) and self-preference: :mod:`tunelab.eval.judge_bias`.
 
 Every judgement keeps the judge's fingerprint, the prompt version (the wording below is ours and
 versioned) and the raw response; unparseable responses are counted, never guessed. Judges favour
@@ -20,12 +21,10 @@ answers from their own model family ("preference leakage", arXiv 2502.01534): se
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
-import numpy as np
-
+from tunelab.eval.length_control import length_controlled
 from tunelab.eval.stats import bootstrap_ci, clustered_mean, proportion_score
 from tunelab.generate.base import GenerationConfig, Generator
 
@@ -357,10 +356,13 @@ def summarize_pairwise(records: list[dict]) -> dict[str, dict]:
     }
     consistency = [int(r["consistent"]) for r in ok if r.get("consistent") is not None]
     out["position_consistency"] = proportion_score(consistency)
+    from tunelab.eval.judge_bias import position_bias  # it reads this module's verdicts
+
+    bias = position_bias(records)
+    out["flip_rate"], out["first_shown"] = bias["flip_rate"], bias["first_shown"]
     if len(ok) >= 2 and all("len_a" in r for r in ok):
-        out["lc_win_rate"] = length_controlled_win_rate(
-            [OUTCOME[r["winner"]] for r in ok], [r["len_a"] for r in ok], [r["len_b"] for r in ok]
-        )
+        lc = length_controlled([OUTCOME[r["winner"]] for r in ok], [r["len_a"] for r in ok], [r["len_b"] for r in ok])
+        out["lc_win_rate"], out["length_bias"] = lc["lc_win_rate"], lc["length_bias"]
     return out
 
 
@@ -392,41 +394,6 @@ def summarize_turns(judgements: list[list[dict]], mode: str = "single") -> dict[
             [v for r in flat if r["turn"] == t and (v := value(r)) is not None]
         )
     return {**out, **{k: v for k, v in rest.items() if k != name}}
-
-
-def _logistic_intercept(x: np.ndarray, y: np.ndarray, ridge: float = 1e-2, iters: int = 50) -> float:
-    """Intercept of a logistic regression of y (in [0, 1]) on x, by Newton steps (ridge on the slope)."""
-    X = np.column_stack([np.ones_like(x), x])
-    w = np.zeros(2)
-    penalty = np.diag([0.0, ridge])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -30, 30)))
-        grad = X.T @ (y - p) - penalty @ w
-        hess = (X * (p * (1 - p))[:, None]).T @ X + penalty + 1e-9 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w += step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return float(w[0])
-
-
-def length_controlled_win_rate(
-    outcomes: list[float], len_a: list[int], len_b: list[int], n_boot: int = 300, seed: int = 0
-) -> dict:
-    """Win rate of A at equal answer lengths: ``sigmoid(b0)`` of ``logit P(A wins) = b0 + b1 * log(len_a / len_b)``.
-
-    Ties are outcome 0.5 (a quasi-binomial fit). The CI is a seeded bootstrap over questions.
-    """
-    y = np.asarray(outcomes, dtype=float)
-    x = np.log((np.asarray(len_a, dtype=float) + 1) / (np.asarray(len_b, dtype=float) + 1))
-
-    def fit(idx: np.ndarray) -> float:
-        return 1.0 / (1.0 + math.exp(-_logistic_intercept(x[idx], y[idx])))
-
-    rng = np.random.default_rng(seed)
-    boots = [fit(rng.integers(0, len(y), len(y))) for _ in range(n_boot)]
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"value": fit(np.arange(len(y))), "ci": [float(lo), float(hi)], "n": int(len(y))}
 
 
 def combine_judges(first: list[dict], second: list[dict], mode: str = "single") -> tuple[list[dict], dict]:

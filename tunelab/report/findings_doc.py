@@ -98,9 +98,11 @@ def _evolve_pool_lines(source: str, pool: dict[str, Any]) -> list[str]:
 def _pool_lines(study: dict[str, Any]) -> list[str]:
     """Each generated pool's make-up (the pilot baseline's record: episodes, success rate, failure kinds)."""
     pools: dict[str, Any] = {}
+    kept: dict[str, int] = {}
     for r in study.get("_records", []):
         for source, pool in (r["record"].get("pools") or {}).items():
             pools.setdefault(source, pool)
+            kept[source] = kept.get(source, 0) + bool(pool.get("pinned"))
     out = []
     for source, pool in sorted(pools.items()):
         s = pool.get("summary") or {}
@@ -114,7 +116,9 @@ def _pool_lines(study: dict[str, Any]) -> list[str]:
                                                                        key=lambda kv: -kv[1])) if n else ""
         out += [f"**Pool `{source}`** ({pool.get('kind')}, key {pool.get('key')}): {n} episodes on {s.get('tasks')} "
                 f"tasks, success rate {s['success_rate']:.3f}, tasks solved at least once "
-                f"{s.get('tasks_solved_at_least_once')}; failures: {kinds or 'none'}.", ""]
+                f"{s.get('tasks_solved_at_least_once')}; failures: {kinds or 'none'}."
+                + (f" {kept[source]} runs trained on it after a change of tunelab's code (the study kept its pool)."
+                   if kept.get(source) else ""), ""]
     return out
 
 

@@ -77,6 +77,7 @@ from tunelab.runner.recipe_model import (
     recipe_model,
     recipe_model_key,
     recipe_path,
+    recipe_text_key,
     source_digest,
 )
 
@@ -362,6 +363,20 @@ def key_inputs(spec: Generated, recipe_dir: str | None) -> dict[str, Any]:
     return tree
 
 
+def pin_key(spec: Generated, recipe_dir: str | None = None, inputs: dict[str, Any] | None = None) -> str:
+    """The key with tunelab's code left out: the options, input files, local weights and, for a model a
+    recipe trains, what the recipe file says. Two pools with the same pin differ only by the code that
+    made them; a study keeps the pool its first runs trained on across such a change
+    (:func:`tunelab.runner.pools.pin_pools`), so that all its seeds train on the same rows.
+
+    ``inputs``: :func:`key_inputs` when the caller has them already."""
+    tree = dict(inputs if inputs is not None else key_inputs(spec, recipe_dir))
+    tree.pop("code", None)
+    if "model_recipe" in tree:
+        tree["model_recipe"] = recipe_text_key(spec.options.model, recipe_dir)
+    return digest(tree)
+
+
 def generated_key(spec: Generated, recipe_dir: str | None = None) -> str:
     """The key of a generated pool: a digest of :func:`key_inputs`."""
     return digest(key_inputs(spec, recipe_dir))
@@ -436,7 +451,8 @@ def build(src: SourceConfig, recipe_dir: str | None = None, say: Callable[[str],
         t0 = time.perf_counter()
         made, summary = BUILDERS[spec.kind](spec.options, work, recipe_dir, say)
         rows = len(read_jsonl(made))
-        write_json(out.with_suffix(".json"), {"source": src.name, "key": key, "inputs": inputs, "rows": rows,
+        write_json(out.with_suffix(".json"), {"source": src.name, "key": key, "inputs": inputs,
+                                              "pin": pin_key(spec, recipe_dir, inputs), "rows": rows,
                                               "summary": summary, "seconds": round(time.perf_counter() - t0, 1),
                                               "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         os.replace(made, out)

@@ -17,7 +17,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tunelab.config import ConfigError, is_run, load_recipe, resolve_recipe, to_dict
+from tunelab.config import ConfigError, is_run, load_recipe, read_yaml_mapping, resolve_recipe, to_dict
 from tunelab.io import digest
 from tunelab.models.load import cache_dir
 
@@ -98,6 +98,13 @@ def recipe_model_key(spec: str, recipe_dir: str | None) -> str:
                 "tunelab.regularizers")
     code = source_digest([named for p in packages for named in package_files(p)])
     return digest({"config": to_dict(cfg) | {"out": None, "recipe_dir": None}, "code": code})
+
+
+def recipe_text_key(spec: str, recipe_dir: str | None) -> str:
+    """What the recipe says, without tunelab's code: a digest of the mapping its file holds (an edit to
+    the recipe changes it; a change of tunelab's code or defaults does not). A study keeps a pool whose
+    pin matches (:func:`tunelab.runner.generated.pin_key`)."""
+    return digest(read_yaml_mapping(recipe_path(spec, recipe_dir), "recipe"))
 
 
 def recipe_model(spec: str, recipe_dir: str | None, say: Callable[[str], None] = print) -> Path:

@@ -142,7 +142,7 @@ def generated_pools(run_dir: Path) -> dict[str, Any]:
         if info.is_file():
             meta = json.loads(info.read_text())
             out[source] = {"kind": meta.get("inputs", {}).get("kind"), "key": built["key"], "rows": meta.get("rows"),
-                           "summary": meta.get("summary")}
+                           "summary": meta.get("summary"), **({"pinned": meta["pinned"]} if meta.get("pinned") else {})}
     return out
 
 

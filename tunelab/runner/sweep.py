@@ -29,7 +29,7 @@ from tunelab.io import FolderLock, write_json
 from tunelab.runner import plan as plan_mod
 from tunelab.runner.aggregate import aggregate, format_table
 from tunelab.runner.hooks import report_sweep
-from tunelab.runner.pools import export_pools, import_pools
+from tunelab.runner.pools import export_pools, import_pools, pin_pools
 from tunelab.runner.sweep_file import PlannedRun, Sweep, load_sweep
 from tunelab.runner.sweep_runs import run_all, sync_records
 
@@ -115,6 +115,8 @@ def _sweep(sweep: Sweep, *, jobs: int, backend: str, address: str | None, resume
     recorded = sync_records(sweep)
     if imported := import_pools(sweep.study_folder):  # the pools its recorded runs trained on
         print(f"[tunelab] generated pools from {sweep.study_folder / 'pools'}: {', '.join(imported)}", file=sys.stderr)
+    for line in pin_pools(sweep.study_folder, [p.cfg for p in sweep.runs if p.name not in recorded]):
+        print(f"[tunelab] {line}", file=sys.stderr)
     for name in recorded:
         status[name] = {"status": "skipped (recorded)"}
     pilots = [p for p in plan_mod.pilot_runs(sweep) if p.name not in recorded]
