@@ -27,6 +27,7 @@ from tunelab.eval.judge import (
     summarize_pairwise,
     summarize_single,
 )
+from tunelab.eval.judge_bias import position_bias
 from tunelab.eval.length_control import length_controlled
 from tunelab.eval.tasks.judge_task import JudgeTask
 from tunelab.generate.base import GenerationConfig
@@ -144,7 +145,8 @@ def test_pairwise_both_orders_flips_and_failures() -> None:
     assert s["position_consistency"]["value"] == 0.75
     assert s["tie_rate"]["value"] == 0.5 and s["parse_failure_rate"]["value"] == 0.2
     assert "lc_win_rate" in s and "length_bias" in s
-    assert s["flip_rate"]["value"] == 0.25 and s["flip_rate"]["n"] == 4 and s["first_shown"]["decisive"] == 6
+    bias = position_bias(recs)
+    assert bias["flip_rate"]["value"] == 0.25 and bias["flip_rate"]["n"] == 4 and bias["first_shown"]["decisive"] == 6
 
 
 def test_length_controlled_win_rate() -> None:
@@ -210,6 +212,7 @@ def test_judge_task_single_and_pairwise(data_dir: Path, capsys: pytest.CaptureFi
     res = evaluate(pair, _Answerer(), limit=4)
     assert len(res.rows) == 4 and res.scores["win_rate"]["value"] == 1.0
     assert res.scores["win_rate_turn2"]["n"] == 4 and res.scores["position_consistency"]["value"] == 1.0
+    assert res.scores["flip_rate"]["value"] == 0.0 and "first_shown" in res.scores
     warned = JudgeTask(judge="https://api.example/v1#gpt-4o", data_generator="gpt-3.5-turbo")
     assert warned.warnings and "preference leakage" in capsys.readouterr().err
 

@@ -356,10 +356,6 @@ def summarize_pairwise(records: list[dict]) -> dict[str, dict]:
     }
     consistency = [int(r["consistent"]) for r in ok if r.get("consistent") is not None]
     out["position_consistency"] = proportion_score(consistency)
-    from tunelab.eval.judge_bias import position_bias  # it reads this module's verdicts
-
-    bias = position_bias(records)
-    out["flip_rate"], out["first_shown"] = bias["flip_rate"], bias["first_shown"]
     if len(ok) >= 2 and all("len_a" in r for r in ok):
         lc = length_controlled([OUTCOME[r["winner"]] for r in ok], [r["len_a"] for r in ok], [r["len_b"] for r in ok])
         out["lc_win_rate"], out["length_bias"] = lc["lc_win_rate"], lc["length_bias"]

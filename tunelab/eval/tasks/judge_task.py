@@ -34,6 +34,7 @@ from typing import Any
 from tunelab.data.formats import DataError
 from tunelab.data.sources import load_mt_bench, resolve_data_path
 from tunelab.eval.judge import Judge, agreement_score, circularity_warning, combine_judges, summarize_turns
+from tunelab.eval.judge_bias import position_bias
 from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
 from tunelab.generate.base import Generator, Prompt
 from tunelab.generate.build import build_generator
@@ -258,6 +259,9 @@ class JudgeTask(EvalTask):
         judgements = [r["judgements"] for r in rows]
         out = summarize_turns(judgements, self.mode)
         flat = [j for js in judgements for j in js]
+        if self.mode == "pairwise":  # the judge's position bias beside its verdicts
+            bias = position_bias(flat)
+            out["flip_rate"], out["first_shown"] = bias["flip_rate"], bias["first_shown"]
         if any("judges_agree" in j for j in flat):
             out.update(agreement_score(flat))
         return out
