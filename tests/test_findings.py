@@ -90,6 +90,10 @@ def test_seed_test_is_paired_by_seed_and_one_sided() -> None:
     assert better["p_value"] < 0.05 < sps.ttest_ind([0.53, 0.72, 0.64], [0.5, 0.7, 0.6]).pvalue  # pairing matters
     assert seed_test(versus, arm, "worse")["p_value"] == pytest.approx(1 - better["p_value"])
     assert seed_test({0: 1.0}, {0: 0.5}, "better") is None and seed_test(versus, versus, "equal") is None
+    from tunelab.report.findings import seed_note
+
+    assert seed_note({0: 1.0}, {0: 0.5}) == "too few seeds for a seed-level test"
+    assert seed_note({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}).startswith("every seed's difference is -0.100")
 
 
 def test_mde_is_nan_below_the_exact_tests_item_minimum() -> None:

@@ -118,6 +118,15 @@ def seed_test(versus: dict[int, float], arm: dict[int, float], direction: str) -
     return {"p_value": float(p), "seeds": seeds, "delta": float(np.mean(d)), "alternative": alternative}
 
 
+def seed_note(versus: dict[int, float], arm: dict[int, float]) -> str:
+    """Why a claim has no seed-level test (:func:`seed_test` gave None): too few common seeds, or the
+    same difference on every seed (a t-test has no spread to work with)."""
+    seeds = sorted(set(versus) & set(arm))
+    if len(seeds) < 2:
+        return "too few seeds for a seed-level test"
+    return f"every seed's difference is {arm[seeds[0]] - versus[seeds[0]]:+.3f}: no spread for a seed-level test"
+
+
 Items = dict[str, dict[str, dict[str, list[float]]]]
 """task -> arm label -> item id -> values over seeds (higher is better)."""
 
@@ -198,6 +207,8 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[
             seeds = seed_test(sa, sb, h["direction"])
             if seeds:
                 row["seed_test"], row["seed_p"] = seeds, seeds["p_value"]
+            else:
+                row["seed_note"] = seed_note(sa, sb)
         out.append(row)
     tested = [r for r in out if "test" in r and not math.isnan(r["claim_p"])]
     if tested:
@@ -211,7 +222,7 @@ def hypotheses(sweep: Any, records: list[dict[str, Any]], items: Items) -> list[
             if seed_p is not None and r["verdict"].startswith("does not replicate: significant"):
                 seed_p = 1.0 - seed_p
             if seed_p is None:
-                r["verdict"] += " (on items; too few seeds for a seed-level test)"
+                r["verdict"] += f" (on items; {r.get('seed_note', 'too few seeds for a seed-level test')})"
             elif seed_p >= ALPHA:
                 r["verdict"] += f" (on items; across training seeds one-sided p = {seed_p:.2g}: seed variance is large)"
     for r in out:
