@@ -79,10 +79,10 @@ def test_blind_ratings_are_stored_and_aggregated_with_judge_agreement(runs: Path
     assert Catalog(runs).ratings("run-a", "run-b", "arith") == rated  # durable across restarts
 
 
-def test_a_person_rates_five_pairs_in_a_real_browser(runs: Path, tmp_path: Path) -> None:
+def _chromium(tmp_path: Path, width: int = 1200):
+    """Headless Debian Chromium driven by Selenium, and the folder for screenshots (skips without them)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not binary or not driver:
@@ -91,9 +91,15 @@ def test_a_person_rates_five_pairs_in_a_real_browser(runs: Path, tmp_path: Path)
     artifacts.mkdir(parents=True, exist_ok=True)
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={width},1000"):
         opts.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    return webdriver.Chrome(service=Service(driver), options=opts), artifacts
+
+
+def test_a_person_rates_five_pairs_in_a_real_browser(runs: Path, tmp_path: Path) -> None:
+    browser, artifacts = _chromium(tmp_path)
+    from selenium.webdriver.common.by import By
+
     query = urlencode({"a": "run-a", "b": "run-b", "task": "arith"})
     try:
         with running_ui(runs) as ui:
@@ -199,26 +205,15 @@ def test_the_judge_is_calibrated_on_people_with_ppi(tmp_path: Path) -> None:
 
 
 def test_every_item_of_a_run_filtered_and_diffed_in_a_real_browser(tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
     catalog = _fake_runs(tmp_path / "runs", n=30)
     _rate(catalog, "run-a", "run-b", "agent_calculator", {"q0": "b", "q1": "a"})
     rows = {name: [json.loads(x) for x in (tmp_path / "runs" / name / "eval" / "tuned" / "agent_calculator.jsonl")
                    .read_text().splitlines()] for name in ("run-a", "run-b")}
     wrong = sum(r["failure"] == "wrong_answer" for r in rows["run-a"])
     changed = sum(x["score"] != y["score"] for x, y in zip(rows["run-a"], rows["run-b"]))
-    artifacts = Path(os.environ.get("TUNELAB_TEST_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    browser, artifacts = _chromium(tmp_path, width=1400)
+    from selenium.webdriver.common.by import By
+
     try:
         with running_ui(tmp_path / "runs") as ui:
             browser.get(f"{ui.url}/items?" + urlencode({"run": "run-a", "task": "agent_calculator", "other": "run-b"}))

@@ -47,9 +47,9 @@ from tunelab.config import is_run, load_config
 from tunelab.eval.judge_bias import self_preference
 from tunelab.eval.ppi import PPIError, labeled_split, ppi_mean, ratings_needed
 from tunelab.eval.stats import proportion_score
-from tunelab.eval.tasks.base import get_task
 from tunelab.io import read_jsonl
 from tunelab.report.run_report import CSS, run_report, sweep_report
+from tunelab.runner.judged import task_prompts
 from tunelab.web import AppServer, in_background
 
 CHOICES = ("a", "b", "tie")
@@ -134,12 +134,11 @@ class Catalog:
     def prompts(self, rel: str, task: str) -> dict[str, str]:
         """Item id -> prompt text, rebuilt from the run's recipe (empty if it cannot be)."""
         try:
-            cfg = load_config(self.resolve(rel))
-            items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
+            prompts = task_prompts(self.resolve(rel), task)
         except Exception:  # noqa: BLE001 - prompts are a convenience; the answers are what is rated
             return {}
-        return {str(it.id): it.prompt if isinstance(it.prompt, str) else "\n\n".join(
-            f"[{m['role']}] {m['content']}" for m in it.prompt) for it in items}
+        return {i: p if isinstance(p, str) else "\n\n".join(f"[{m['role']}] {m['content']}" for m in p)
+                for i, p in prompts.items()}
 
     def next_pair(self, rater: str, a: str, b: str, task: str) -> tuple[str, str, str] | None:
         """(token, item, left side) of the next item this rater has not rated, in a fixed shuffled order."""

@@ -40,6 +40,14 @@ from tunelab.generate.base import Generator
 from tunelab.runner.compare import eval_dir, read_rows
 
 
+def task_prompts(run: Path, task: str) -> dict[str, Any]:
+    """Item id -> prompt (text or chat messages) of ``task`` as the run's recipe evaluated it (its task
+    options, item limit and seed)."""
+    cfg = load_config(run)
+    items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
+    return {str(it.id): it.prompt for it in items}
+
+
 def run_answers(run: Path, task: str) -> dict[str, dict[str, Any]]:
     """Item id -> ``{"prompt", "answer", "correct"}`` of a run's evaluation of ``task`` (prompts rebuilt
     from its recipe; ``correct`` where the task's verifier scored the answer).
@@ -53,9 +61,7 @@ def run_answers(run: Path, task: str) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{run}: no evaluation of {task!r} ({path} is missing)")
     rows = read_rows(path)
-    cfg = load_config(run)
-    items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
-    prompts = {str(it.id): it.prompt if isinstance(it.prompt, str) else it.prompt[-1]["content"] for it in items}
+    prompts = {i: p if isinstance(p, str) else p[-1]["content"] for i, p in task_prompts(run, task).items()}
     out = {}
     for i, row in rows.items():
         answer = row.get("completion")

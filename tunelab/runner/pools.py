@@ -100,8 +100,12 @@ def pin_pools(study_folder: Path, configs: Iterable[RunConfig]) -> list[str]:
         meta = json.loads(info.read_text())
         if meta.get("pin"):
             kept[(meta.get("inputs", {}).get("kind"), meta["pin"])] = (info.name[: -len(".json")], meta)
-    cache, said = folder(), []
+    cache, said, seen = folder(), [], set()
     for source, recipe_dir in _generated_sources(configs):
+        once = (json.dumps(source.generate, sort_keys=True, default=str), recipe_dir)
+        if once in seen:  # a sweep's runs share their sources: hash the code once per source
+            continue
+        seen.add(once)
         spec = parse_generated(source.generate)
         inputs = key_inputs(spec, recipe_dir)
         target = cache / f"{spec.kind}-{digest(inputs)}.jsonl"
