@@ -178,25 +178,62 @@ def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: 
     from tunelab.io import read_jsonl
     from tunelab.report.findings import report
 
-    path = _spec(tmp_path, seeds=1, hypotheses=[], factors={
+    from tunelab.runner.plan import plan
+
+    claimed = {"claim": "dropout helps more at rank 4", "task": "perplexity", "effect": 0.5, "source": "a test"}
+    path = _spec(tmp_path, seeds=2, hypotheses=[], interaction=claimed, factors={
         "rank": {"method.r": [2, 4]},
         "vld": {"off": {"regularizers": []}, "on": {"regularizers": [{"name": "very_large_dropout", "p": 0.9}]}}})
+    before = plan(load_sweep(path))["interaction"]  # no pilot: the worst case of a 0/1 outcome, four cells
+    assert before["item_sd"] == pytest.approx(2 * math.sqrt(0.25 * 0.5)) and before["claim"] == claimed["claim"]
     run_sweep(path, backend="inline", quiet=True)
     study = report(path)
     inter = study["interactions"]["perplexity"]
     sweep = study["_sweep"]
-    loss = {}
+    loss: dict = {}  # cell -> item -> negated loss, averaged over the seeds
     for p in sweep.runs:
         rows = read_jsonl(Path(p.cfg.out) / p.name / "eval" / "tuned" / "perplexity.jsonl")
-        loss[(p.arm.levels["rank"], p.arm.levels["vld"])] = {r["id"]: -r["loss"] for r in rows}
+        cell = loss.setdefault((p.arm.levels["rank"], p.arm.levels["vld"]), {})
+        for r in rows:
+            cell[r["id"]] = cell.get(r["id"], 0.0) - r["loss"] / len(sweep.seeds)
     ids = sorted(loss[("2", "off")])
     did = [(loss[("4", "on")][i] - loss[("4", "off")][i]) - (loss[("2", "on")][i] - loss[("2", "off")][i]) for i in ids]
     assert inter["items"] == len(ids) == 8 and inter["delta"] == pytest.approx(float(np.mean(did)))
     assert inter["ci"][0] <= inter["delta"] <= inter["ci"][1] and 0 <= inter["p_value"] <= 1
     assert "vld effect at rank=4" in inter["contrast"]
+    # the claimed interaction: judged on that difference in differences, the per-seed one beside it
+    claim = study["interaction_claim"]
+    assert claim["test"] == inter and claim["verdict"].startswith(judge("better", inter, inter["p_value"], inter["mde"], 0.5))
+    seed_did = []
+    for seed in sweep.seeds:
+        run = {(p.arm.levels["rank"], p.arm.levels["vld"]): -next(r for r in study["_records"] if r["name"] == p.name)
+               ["results"]["perplexity"]["tuned"]["value"] for p in sweep.runs if p.seed == seed}
+        seed_did.append((run[("4", "on")] - run[("4", "off")]) - (run[("2", "on")] - run[("2", "off")]))
+    if "seed_test" in claim:
+        assert claim["seed_test"]["delta"] == pytest.approx(float(np.mean(seed_did)))
+    after = plan(load_sweep(path))["interaction"]
+    assert after["item_sd_from"] == "records of the four cells" and after["items"] == 8
+    assert after["item_sd"] == pytest.approx(float(np.std(did, ddof=1)))
     from tunelab.report.findings_doc import markdown
 
-    assert "Interaction on items (difference in differences" in markdown(study)
+    text = markdown(study)
+    assert "Interaction on items (difference in differences" in text
+    assert "**Interaction under test** (perplexity" in text and "dropout helps more at rank 4" in text
+
+
+@pytest.mark.parametrize(("interaction", "message"), [
+    ({"claim": "x", "task": "arith", "effect": 0.1}, "'source' is required"),
+    ({"claim": "x", "task": "arith", "source": "s"}, "effect: must be a positive number"),
+    ({"claim": "x", "task": "arith", "effect": 0.1, "source": "s", "direction": "equal"}, "is not better or worse"),
+    ({"claim": "x", "task": "arith", "effect": 0.1, "source": "s", "arm": "rank=4"}, "unknown key(s) arm"),
+])
+def test_a_bad_interaction_claim_fails_naming_the_file(tmp_path: Path, interaction: dict, message: str) -> None:
+    two_by_two = {"rank": {"method.r": [2, 4]}, "lr": {"train.lr": [1e-3, 1e-2]}}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_sweep(_spec(tmp_path, hypotheses=[], factors=two_by_two, interaction=interaction))
+    assert f"{tmp_path / 'study.yaml'}: interaction" in str(e.value)
+    with pytest.raises(ConfigError, match="needs a 2 x 2 design"):
+        load_sweep(_spec(tmp_path, hypotheses=[], interaction={"claim": "x", "task": "arith", "effect": 0.1, "source": "s"}))
 
 
 def test_a_claim_may_score_the_comparison_arm_on_another_task_over_the_same_items():

@@ -387,3 +387,30 @@ def test_the_pin_is_the_key_without_the_code(tmp_path: Path, monkeypatch: pytest
     assert generated.pin_key(spec, str(tmp_path)) != pin
     other = parse_generated({"kind": "sample", "env": "calculator", "model": "recipe:teach.yaml", "limit": 3})
     assert generated.pin_key(other, str(tmp_path)) != generated.pin_key(spec, str(tmp_path))
+
+
+def test_a_study_finds_the_pool_of_a_sibling_study(cache: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study built on another study's pool (the failures pool, reused by its rank interaction) finds it
+    in the sibling's folder on a fresh machine, by key and, after a code change, by pin; it does not
+    export a second copy."""
+    from tunelab.runner.pools import export_pools, pin_pools
+
+    built = build(SourceConfig(name="calculator", format="trajectory", generate=DRILL), None, lambda m: None)
+    original = built.path.read_bytes()
+    first, second = tmp_path / "studies" / "first", tmp_path / "studies" / "second"
+    export_pools(first, [{"pools": {"calculator": {"kind": "drill", "key": built.key}}}])
+    recipe = {"model": "tiny", "data": {"sources": [{"name": "calculator", "format": "trajectory", "generate": DRILL}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    cfg = load_recipe(tmp_path / "r.yaml")
+    shutil.rmtree(cache)  # a fresh machine: the second study holds no pool, the first does
+    said = pin_pools(second, [cfg])
+    assert said == [f"source 'calculator': the pool drill-{built.key} of study 'first'"]
+    assert built.path.read_bytes() == original
+    assert export_pools(second, [{"pools": {"calculator": {"kind": "drill", "key": built.key}}}]) == []
+    assert not (second / "pools").exists()
+    shutil.rmtree(cache)  # and after a change of code: the pin finds it
+    monkeypatch.setattr(generated, "code_fingerprint", lambda spec: "changed")
+    said = pin_pools(second, [cfg])
+    assert len(said) == 1 and f"keeps its pool drill-{built.key} of study 'first'" in said[0]
+    assert (cache / f"drill-{_key(DRILL)}.jsonl").read_bytes() == original

@@ -172,8 +172,11 @@ class TrainConfig:
     """Held-out loss per source every N steps (0: only at the end)."""
     log_every: int = 1
     """Write a metrics row every N steps."""
-    gradient_checkpointing: bool = False
-    """Trade compute for activation memory."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each layer's activations in backward (less memory, ~25% slower steps). ``auto``: on for
+    objectives with several sequences per example (preference pairs, KTO, GRPO/RLOO), where activations
+    dominate memory, off otherwise and in compiled runs (``tunelab.train.speed``; the decision is in the
+    run's ``env.json``)."""
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` each decoder layer and the LM-head cross-entropy; on CPU the layers also train
     with ``tunelab_cpu`` attention (flash forward, matmul backward). SmolLM2 LoRA, bf16: ~2x faster steps

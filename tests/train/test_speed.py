@@ -1,4 +1,5 @@
-"""``train.compile: auto``: compiled where it pays and is tested, eager elsewhere, with the reasons."""
+"""``train.compile: auto``: compiled where it pays and is tested, eager elsewhere, with the reasons; and
+``train.gradient_checkpointing: auto``: recomputed where several sequences per example dominate memory."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from tunelab.train import speed
-from tunelab.train.speed import decide_compile
+from tunelab.train.speed import decide_checkpointing, decide_compile
 
 
 def _model(n: int) -> nn.Module:
@@ -43,3 +44,18 @@ def test_auto_without_a_compiler_stays_eager(monkeypatch):
     monkeypatch.setattr(speed.shutil, "which", lambda name: None)
     on, info = decide_compile("auto", _model(10**9), "lora", 10**4, "cpu")
     assert not on and any("C++ compiler" in w for w in info["why"])
+
+
+@pytest.mark.parametrize(("objective", "kind", "compiled", "on", "reason"), [
+    ("dpo", "pairs", False, True, "several sequences per example"),
+    ("kto", "unpaired", False, True, "several sequences per example"),
+    ("grpo", "online", False, True, "several sequences per example"),
+    ("sft", "tokens", False, False, "one sequence per row"),
+    ("choice_head", "choices", False, False, "one sequence per row"),
+    ("dpo", "pairs", True, False, "compiled layers"),
+])
+def test_auto_checkpointing_where_several_sequences_per_example_dominate_memory(objective, kind, compiled, on, reason):
+    got, info = decide_checkpointing("auto", objective, kind, compiled)
+    assert got is on and info["requested"] == "auto" and reason in info["why"][0]
+    assert decide_checkpointing(False, "dpo", "pairs", False) == (False, {"requested": False})
+    assert decide_checkpointing(True, "sft", "tokens", True) == (True, {"requested": True})

@@ -16,6 +16,8 @@ for each study (:func:`report` computes it here; :mod:`tunelab.report.findings_d
   a seed-level paired t-test (runs matched by training seed, one-sided in the claimed direction,
   two-sided for ``equal``: training randomness, one score per seed); the minimum detectable effect at
   80% power and the verdict;
+* a claimed interaction of a 2 x 2 design (``interaction:``): the difference in differences on items
+  (sign-flip), the per-seed one beside it, judged like a claim (:func:`interaction_claim`);
 * the diagnostics every run wrote (numeric leaves of ``<run>/diagnostics/*.json``, mean per arm).
 
 Two Holm families, never mixed: the arm tables adjust each arm's test against the baseline across
@@ -56,7 +58,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from tunelab.config import ConfigError
 from tunelab.eval.paired import compare_paired, sign_flip_test
 from tunelab.runner.aggregate import aggregate, run_records
-from tunelab.runner.plan import BELOW, mde
+from tunelab.runner.plan import BELOW, cell_labels, mde
 from tunelab.runner.sweep_fields import ENSEMBLE
 from tunelab.runner.sweep_file import Arm, load_sweep
 
@@ -261,6 +263,36 @@ def interactions(sweep: Any, items: Items) -> dict[str, dict[str, Any]]:
     return out
 
 
+def interaction_claim(sweep: Any, records: list[dict[str, Any]], found: dict[str, dict[str, Any]],
+                      the_plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The sweep's claimed interaction (``interaction:``) judged on its task's difference in differences
+    (:func:`interactions`, on items, alpha 0.05 on its own) like a claim (:func:`judge`), with the paired
+    t-test of the per-seed differences in differences beside it and the plan's label; None without one."""
+    h = sweep.interaction
+    if h is None:
+        return None
+    out: dict[str, Any] = dict(h)
+    test = found.get(h["task"])
+    if test is None:
+        out["verdict"] = "not tested: no finished runs in all four cells"
+        return out
+    out.update(test=test, mde=test["mde"], claim_p=test["p_value"])
+    out["verdict"] = judge(h["direction"], test, test["p_value"], test["mde"], h["effect"])
+    sign = _sign(records, h["task"])
+    cells = [_seed_scores(records, h["task"], label, sign) for label in cell_labels(sweep)]
+    seeds = sorted(set.intersection(*(set(c) for c in cells)))
+    did = {s: (cells[3][s] - cells[2][s]) - (cells[1][s] - cells[0][s]) for s in seeds}
+    zero = dict.fromkeys(seeds, 0.0)
+    if (seeds_ := seed_test(zero, did, h["direction"])) is not None:
+        out["seed_test"], out["seed_p"] = seeds_, seeds_["p_value"]
+    else:
+        out["seed_note"] = seed_note(zero, did)
+    planned = (the_plan or {}).get("interaction")
+    if planned and planned.get("label") == BELOW:
+        out["verdict"] += f" [{BELOW}: effect {h['effect']:g} < planned MDE {planned['mde']:.3g}]"
+    return out
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a diagnostics result (``a.b.c`` keys), bookkeeping keys left out."""
     if isinstance(tree, dict):
@@ -383,6 +415,7 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
     return {**result, "target": str(target), "question": sweep.question, "hypotheses": claims,
             "diagnostics": diagnostics(records_), "resources": resources(records_),
             "failure_kinds": failure_kinds(records_),
-            "interactions": interactions(sweep, {t: items[t] for t in result["tasks"]}),
+            "interactions": (found := interactions(sweep, {t: items[t] for t in result["tasks"]})),
+            "interaction_claim": interaction_claim(sweep, records_, found, the_plan),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
             "_sweep": sweep, "_records": records_, "_items": items}

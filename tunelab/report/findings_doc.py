@@ -181,6 +181,15 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                        f"**{h['verdict']}** |")
         sources = sorted({h["source"] for h in study["hypotheses"] if h["source"]})
         out += [""] + [f"Source: {s}" for s in sources] + ([""] if sources else [])
+    if i := study.get("interaction_claim"):
+        t = i.get("test")
+        seed = (f"seed-level p {fmt(i.get('seed_p'), '.3g')} (one-sided t over per-seed differences in differences)"
+                if "seed_p" in i else i.get("seed_note", ""))
+        out += [f"**Interaction under test** ({i['task']}: {t['contrast'] if t else 'difference in differences'}; "
+                f"claimed {'+' if i['direction'] == 'better' else '-'}{i['effect']:g}; alpha 0.05 on its own): "
+                + (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p = {t['p_value']:.3g} "
+                   f"({t['items']} items), {seed}, MDE {fmt(i.get('mde'))}: " if t else "")
+                + f"**{i['claim']}: {i['verdict']}**", "", f"Source: {i['source']}", ""]
     if study.get("resources"):
         out += ["**Training and resources** (mean per run; the held-out loss is the returned model's, selected at "
                 "the step shown when the recipe selects the best):", "",

@@ -16,6 +16,10 @@ two-sided, at alpha = 0.05 / number of claims (Holm's strictest step; statsmodel
   ``assume.seed_sd``, else unknown (said).
 
 A claim whose ``effect`` is smaller than the larger known MDE is *below detection at this design*.
+A claimed interaction of a 2 x 2 design (``interaction:``) is planned the same way on the per-item
+difference in differences of the four cells (:func:`interaction_power`), tested on its own at alpha:
+from records of all four cells, else ``sd = 2 * sqrt(var * (1 - rho))`` (four cells, equal pairwise
+correlation), over seeds ``sqrt(2) * assume.seed_sd``.
 The plan is saved to ``<study>/plan.json`` until the first run beyond the pilot is recorded; from
 then on it is frozen (a pre-registration), and the findings carry its labels.
 
@@ -204,6 +208,54 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
     return out
 
 
+def cell_labels(sweep: Any) -> list[str]:
+    """The four arm labels of a 2 x 2 design in the order (0, 0), (0, 1), (1, 0), (1, 1): the first index
+    the first factor's level (0 = baseline), the second the second factor's."""
+    f1, f2 = list(sweep.factors)
+    other = {f: next(lv for lv in sweep.factors[f] if lv != sweep.baseline[f]) for f in (f1, f2)}
+    return [",".join(f"{f}={other[f] if on else sweep.baseline[f]}" for f, on in ((f1, i), (f2, j)))
+            for i in (0, 1) for j in (0, 1)]
+
+
+def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The claimed interaction's detectable effect (see the module docstring); None without one."""
+    h = sweep.interaction
+    if h is None:
+        return None
+    rho = sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION)
+    cells = [_values(records, label, h["task"]) for label in cell_labels(sweep)]
+    out: dict[str, Any] = {**h, "seeds": len(sweep.seeds)}
+    if all(cells):
+        common = sorted(set.intersection(*(set(v) for c in cells for v in c.values())))
+        m = [[float(np.mean([c[s][i] for s in c])) for i in common] for c in cells]
+        did = [(d - c) - (b - a) for a, b, c, d in zip(*m)]
+        out.update(items=len(did), item_sd=float(np.std(did, ddof=1)) if len(did) > 1 else math.nan,
+                   item_sd_from="records of the four cells")
+    elif baseline := _values(records, sweep.baseline_label, h["task"]):
+        values = list(next(iter(baseline.values())).values())
+        var = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
+        out.update(items=len(values), item_sd=2 * math.sqrt(var * (1 - rho)) if var == var else math.nan,
+                   item_sd_from=f"pilot's per-item variance, four cells with item correlation {rho:g} (assumed)")
+    else:
+        out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=2 * math.sqrt(0.25 * (1 - rho)),
+                   item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome, item correlation {rho:g} (assumed)")
+    out["mde_items"] = mde(out["items"], out["item_sd"])
+    seeds = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
+    if len(seeds) >= 2:
+        d = [(_seed_score(cells[3][s]) - _seed_score(cells[2][s])) - (_seed_score(cells[1][s]) - _seed_score(cells[0][s]))
+             for s in seeds]
+        out.update(seed_sd=float(np.std(d, ddof=1)), seed_sd_from=f"records ({len(d)} seeds in every cell)")
+    elif "seed_sd" in sweep.assume:
+        out.update(seed_sd=math.sqrt(2) * sweep.assume["seed_sd"], seed_sd_from="sqrt(2) x assume.seed_sd")
+    else:
+        out.update(seed_sd=math.nan, seed_sd_from="unknown (no two seeds in every cell; state assume.seed_sd)")
+    out["mde_seeds"] = seed_mde(len(sweep.seeds), out["seed_sd"])
+    known = [m for m in (out["mde_items"], out["mde_seeds"]) if not math.isnan(m)]
+    out["mde"] = max(known) if known else math.nan
+    out["label"] = BELOW if known and h["effect"] < out["mde"] else ("" if known else "detectable effect unknown")
+    return out
+
+
 def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
     """The study's plan on this host: runs with estimated seconds, and each claim's detectable effect."""
     records, stale = sweep.recorded()
@@ -217,7 +269,8 @@ def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
             "alpha_per_claim": ALPHA / max(len(sweep.hypotheses), 1), "power": POWER,
             "assume": {"item_correlation": sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION),
                        **({"seed_sd": sweep.assume["seed_sd"]} if "seed_sd" in sweep.assume else {})},
-            "claims": [claim_power(sweep, h, records) for h in sweep.hypotheses]}
+            "claims": [claim_power(sweep, h, records) for h in sweep.hypotheses],
+            **({"interaction": i} if (i := interaction_power(sweep, records)) else {})}
 
 
 def pilot_runs(sweep: Any) -> list[Any]:
@@ -314,6 +367,12 @@ def format_plan(the_plan: dict[str, Any]) -> str:
                      f"MDE items {_num(c['mde_items'])} (n={c['items']}, sd {_num(c['item_sd'])}: {c['item_sd_from']}); "
                      f"MDE seeds {_num(c['mde_seeds'])} ({c['seeds']} seeds, sd {_num(c['seed_sd'])}: "
                      f"{c['seed_sd_from']})" + (f" -> {c['label'].upper()}" if c["label"] else " -> detectable"))
+    if i := the_plan.get("interaction"):
+        lines.append(f"interaction (difference in differences, alpha {ALPHA:g} on its own): {i['claim']} [{i['task']}]: "
+                     f"effect {i['effect']:g}; MDE items {_num(i['mde_items'])} (n={i['items']}, sd {_num(i['item_sd'])}: "
+                     f"{i['item_sd_from']}); MDE seeds {_num(i['mde_seeds'])} ({i['seeds']} seeds, sd "
+                     f"{_num(i['seed_sd'])}: {i['seed_sd_from']})"
+                     + (f" -> {i['label'].upper()}" if i["label"] else " -> detectable"))
     for line in the_plan.get("stale_records", []):
         lines.append(f"  {line}")
     return "\n".join(lines)

@@ -8,6 +8,10 @@ pool its recorded runs trained on into the study folder (``studies/<study>/pools
 and the build's ``.json``; gzip, reproducible bytes) and, before running, copies committed pools into
 the cache where it lacks them: every run of a study, in any session and on any machine, trains on the
 rows its first run sampled, and nothing is sampled twice.
+
+Studies share pools: a study built on another's pool (the failures study's natural failures, reused by
+its rank interaction and by the online-vs-offline comparison) finds it in the sibling study's folder
+(``studies/*/pools``), by key or by pin, and does not copy it again.
 """
 
 from __future__ import annotations
@@ -52,14 +56,18 @@ def import_pools(study_folder: Path) -> list[str]:
 def export_pools(study_folder: Path, records: Iterable[dict[str, Any]]) -> list[str]:
     """Copy into the study folder every pool the ``records`` trained on that it lacks and the cache holds
     (the build's ``.json`` beside it); the names copied. A pool the study kept across a code change
-    (``pinned``) is not copied again: the study holds it under its first key."""
+    (``pinned``) is not copied again: a study holds it under its first key; nor is one a sibling study
+    holds."""
     dest, cache, done = Path(study_folder) / POOLS, folder(), []
+    siblings = [p for p in _pool_folders(study_folder) if p != dest]
     for record in records:
         for pool in (record.get("pools") or {}).values():
             name = f"{pool.get('kind')}-{pool.get('key')}"
             packed = dest / f"{name}.jsonl.gz"
             source = cache / f"{name}.jsonl"
             if pool.get("pinned") or packed.is_file() or not source.is_file() or name in done:
+                continue
+            if any((s / packed.name).is_file() for s in siblings):  # a sibling study holds it
                 continue
             dest.mkdir(parents=True, exist_ok=True)
             if source.with_suffix(".json").is_file():
@@ -85,21 +93,42 @@ def _generated_sources(configs: Iterable[RunConfig]) -> Iterator[tuple[Any, str 
                 todo.append(load_recipe(path))
 
 
+def _pool_folders(study_folder: Path) -> list[Path]:
+    """The study's own pools folder, then its sibling studies' (``studies/*/pools``, sorted)."""
+    own = Path(study_folder) / POOLS
+    siblings = sorted(p for p in Path(study_folder).parent.glob(f"*/{POOLS}") if p.is_dir() and p != own)
+    return ([own] if own.is_dir() else []) + siblings
+
+
+def _pool_bytes(cache: Path, name: str, where: Path) -> bytes:
+    """A pool's rows: the cache's copy, else the study's packed one."""
+    cached = cache / f"{name}.jsonl"
+    return cached.read_bytes() if cached.is_file() else gzip.decompress((where / f"{name}.jsonl.gz").read_bytes())
+
+
 def pin_pools(study_folder: Path, configs: Iterable[RunConfig]) -> list[str]:
-    """Keep the study's pools across a change of tunelab's code: for each generated source of ``configs``
-    whose pool the cache lacks, the study's pool with the same pin (imported first with
-    :func:`import_pools`) is copied into the cache under the source's key, its ``.json`` marked
-    ``pinned``; one line said per pool kept. A source whose options, input files, weights or sampler
-    recipe changed has another pin and is built anew.
+    """Find in the studies every pool ``configs`` need that the cache lacks; one line said per pool found.
+
+    For each generated source whose pool is not in the cache: the pool of the same key held by a sibling
+    study (``studies/*/pools``: studies share pools), else a pool with the same pin held by this study or
+    a sibling (tunelab's code changed since it was sampled), copied into the cache under the source's key
+    with its ``.json`` marked ``pinned``. A source whose options, input files, weights or sampler recipe
+    changed has another pin and is built anew. Call :func:`import_pools` first for the study's own pools.
     """
-    src = Path(study_folder) / POOLS
-    if not src.is_dir():
+    folders = _pool_folders(study_folder)
+    if not folders:
         return []
-    kept: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-    for info in sorted(src.glob("*.json")):
-        meta = json.loads(info.read_text())
-        if meta.get("pin"):
-            kept[(meta.get("inputs", {}).get("kind"), meta["pin"])] = (info.name[: -len(".json")], meta)
+    held: dict[str, Path] = {}
+    kept: dict[tuple[str, str], tuple[str, dict[str, Any], Path]] = {}
+    for where in folders:  # the study's own first: its pool wins over a sibling's
+        for info in sorted(where.glob("*.json")):
+            name = info.name[: -len(".json")]
+            if not (where / f"{name}.jsonl.gz").is_file():
+                continue
+            held.setdefault(name, where)
+            meta = json.loads(info.read_text())
+            if meta.get("pin"):
+                kept.setdefault((meta.get("inputs", {}).get("kind"), meta["pin"]), (name, meta, where))
     cache, said, seen = folder(), [], set()
     for source, recipe_dir in _generated_sources(configs):
         once = (json.dumps(source.generate, sort_keys=True, default=str), recipe_dir)
@@ -108,15 +137,25 @@ def pin_pools(study_folder: Path, configs: Iterable[RunConfig]) -> list[str]:
         seen.add(once)
         spec = parse_generated(source.generate)
         inputs = key_inputs(spec, recipe_dir)
-        target = cache / f"{spec.kind}-{digest(inputs)}.jsonl"
-        hit = kept.get((spec.kind, pin_key(spec, recipe_dir, inputs)))
-        if target.is_file() or hit is None or not (cache / f"{hit[0]}.jsonl").is_file():
+        name = f"{spec.kind}-{digest(inputs)}"
+        target = cache / f"{name}.jsonl"
+        if target.is_file():
             continue
-        name, meta = hit
+        cache.mkdir(parents=True, exist_ok=True)
+        if name in held:  # the same pool, committed by a study: import it
+            shutil.copyfile(held[name] / f"{name}.json", target.with_suffix(".json"))
+            write_bytes(target, gzip.decompress((held[name] / f"{name}.jsonl.gz").read_bytes()))
+            said.append(f"source {source.name!r}: the pool {name} of study {held[name].parent.name!r}")
+            continue
+        hit = kept.get((spec.kind, pin_key(spec, recipe_dir, inputs)))
+        if hit is None:
+            continue
+        first, meta, where = hit
         changed = sorted(k for k in ("code", "model_recipe") if meta["inputs"].get(k) != inputs.get(k))
         write_json(target.with_suffix(".json"), {**meta, "key": digest(inputs), "inputs": inputs,
-                                                 "pinned": {"pool": name, "changed": changed}})
-        write_bytes(target, (cache / f"{name}.jsonl").read_bytes())  # the .json first: the pool appears whole
-        said.append(f"source {source.name!r}: the study keeps its pool {name} (tunelab's code changed since it was "
-                    f"sampled: {', '.join(changed) or 'nothing'}); delete {src / name}.* to sample anew")
+                                                 "pinned": {"pool": first, "changed": changed}})
+        write_bytes(target, _pool_bytes(cache, first, where))  # the .json first: the pool appears whole
+        said.append(f"source {source.name!r}: the study keeps its pool {first} of study {where.parent.name!r} "
+                    f"(tunelab's code changed since it was sampled: {', '.join(changed) or 'nothing'}); "
+                    f"delete {where / first}.* to sample anew")
     return said

@@ -111,6 +111,39 @@ def parse_pilot_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
     return {"default": one("pilot_range", spec)}
 
 
+INTERACTION_KEYS = ("claim", "task", "direction", "effect", "source")
+
+
+def parse_interaction(path: Path, spec: Any, factors: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """``interaction: {claim, task, direction, effect, source}``: a claimed interaction of a 2 x 2 design,
+    the difference in differences ``(second factor's effect at the first factor's other level) - (its
+    effect at the baseline level)`` on ``task`` (higher is better, a loss negated); ``direction``
+    ``better`` (default: the effect grows) or ``worse``; ``effect`` the claimed size (positive), so the
+    plan says whether the design detects it. None when absent."""
+    if spec is None:
+        return None
+    where = f"{path}: interaction"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(INTERACTION_KEYS)}")
+    unknown = sorted(set(spec) - set(INTERACTION_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(INTERACTION_KEYS)}")
+    if len(factors) != 2 or any(len(levels) != 2 for levels in factors.values()):
+        raise ConfigError(f"{where}: needs a 2 x 2 design (two factors of two levels each); the sweep has "
+                          + ", ".join(f"{f} ({len(lv)} levels)" for f, lv in factors.items()))
+    for key in ("claim", "task", "source"):
+        if not str(spec.get(key) or "").strip():
+            raise ConfigError(f"{where}: {key!r} is required")
+    if spec.get("direction", "better") not in ("better", "worse"):
+        raise ConfigError(f"{where}: direction: {spec['direction']!r} is not better or worse")
+    effect = spec.get("effect")
+    if not isinstance(effect, (int, float)) or isinstance(effect, bool) or effect <= 0:
+        raise ConfigError(f"{where}: effect: must be a positive number (the claimed difference in differences on "
+                          f"the task's metric), got {effect!r}")
+    return {"claim": str(spec["claim"]), "task": str(spec["task"]), "direction": spec.get("direction", "better"),
+            "effect": float(effect), "source": str(spec["source"])}
+
+
 ASSUME_KEYS = {"item_correlation": (0.0, 0.999), "seed_sd": (0.0, math.inf)}
 
 

@@ -46,6 +46,7 @@ from tunelab.runner.sweep_fields import (
     parse_assume,
     parse_differences,
     parse_hypotheses,
+    parse_interaction,
     parse_levels,
     parse_pilot_range,
     parse_pool_range,
@@ -53,7 +54,8 @@ from tunelab.runner.sweep_fields import (
 from tunelab.runner.validate import validate
 
 SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "records", "question",
-              "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume", "differences")
+              "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume", "differences",
+              "interaction")
 
 
 @dataclass
@@ -103,6 +105,9 @@ class Sweep:
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
     """Findings under test: ``{claim, task, arm, versus, direction, effect, source}`` (see
     :func:`tunelab.report.findings.hypotheses`)."""
+    interaction: dict[str, Any] | None = None
+    """A claimed interaction of a 2 x 2 design (``{claim, task, direction, effect, source}``; see
+    :func:`tunelab.runner.sweep_fields.parse_interaction`): planned and tested as a difference in differences."""
 
     records: Path = Path("studies")
     """The study's records folder (one ``<run>.json.gz`` per finished run; :mod:`tunelab.runner.records`)."""
@@ -224,7 +229,8 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
                   pilot_range=attempt(lambda: parse_pilot_range(path, spec.get("pilot_range", [0.2, 0.8])),
                                       {"default": (0.2, 0.8)}),
                   pool_range=attempt(lambda: parse_pool_range(path, spec.get("pool_range") or {}), {}),
-                  assume=attempt(lambda: parse_assume(path, spec.get("assume") or {}), {}))
+                  assume=attempt(lambda: parse_assume(path, spec.get("assume") or {}), {}),
+                  interaction=attempt(lambda: parse_interaction(path, spec.get("interaction"), factors), None))
     if recipe.is_file() and factors:
         base_tree = yaml.safe_load(recipe.read_text()) or {}
         for ov in spec.get("overrides") or []:

@@ -40,7 +40,7 @@ from tunelab.train.objectives.base import Objective
 from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
-from tunelab.train.speed import decide_compile
+from tunelab.train.speed import decide_checkpointing, decide_compile, return_freed_blocks
 from tunelab.train.weight_average import WeightAverage
 
 
@@ -276,7 +276,12 @@ def _prepare(job: TrainJob, acc: Accelerator,
     if job.precision == "bf16" and job.method.frozen_cast_ok:
         cast_frozen_linears(model)
     if job.cfg.gradient_checkpointing:  # recompute each layer's activations in backward (non-reentrant)
-        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner, kw = base_model(model), {"use_reentrant": False}
+        if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.25's name
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        return_freed_blocks()  # and give freed activations back to the OS (once per process)
     restore = compile_layers(model, acc.device) if job.cfg.compile else (lambda: None)
     start, state = _resume(job, model, job.run_dir / "checkpoints", best)
     optimizer = build_optimizer(model, job.method, job.cfg)
@@ -340,6 +345,10 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(job.cfg.compile, bool):  # "auto" (a runner has decided it already, and recorded why)
         on, _ = decide_compile(job.cfg.compile, job.model, job.method.name, job.cfg.max_steps, acc.device.type)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
+    if not isinstance(job.cfg.gradient_checkpointing, bool):  # "auto", where no runner decided it
+        on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, type(job.objective).__name__.lower(),
+                                     job.objective.kind, bool(job.cfg.compile))
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
     avg = WeightAverage.of(cfg.weight_average, method)  # a resumed run starts the average anew
