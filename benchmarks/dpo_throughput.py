@@ -64,7 +64,7 @@ def _flops(model, lengths: list[int]) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 threads: int | None, compile: bool = False, gradient_checkpointing: bool = False) -> dict[str, Any]:
+                 threads: int | None, compile: bool = False, gradient_checkpointing: bool | str = "auto") -> dict[str, Any]:
     """DPO with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -104,7 +104,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     flops, seq = _flops(model_out, [len(e.input_ids) for r in rows for e in r.seqs])
     return {
         "side": "tunelab", "precision": precision, "threads": used, "compile": compile,
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": job_cfg_checkpointing(gradient_checkpointing),
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "mean_loss": sum(r["loss"] for r in timed) / max(1, len(timed)),
@@ -180,6 +180,14 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
     }
 
 
+def job_cfg_checkpointing(requested: bool | str) -> str:
+    """What tunelab's loop chose for a DPO job: ``auto`` turns checkpointing on for pair objectives."""
+    from tunelab.train.speed import decide_checkpointing
+
+    on, _ = decide_checkpointing(requested, "dpo", "pairs", False)
+    return f"{'on' if on else 'off'}{' (auto)' if requested == 'auto' else ''}"
+
+
 def _with_mfu(run: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
     achieved = run["flops_per_token"] * (run["tokens_per_s"] or 0.0) / 1e9
     run["achieved_gflops"] = round(achieved, 2)
@@ -197,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--tunelab-compile", action="store_true")
-    p.add_argument("--tunelab-gradient-checkpointing", action="store_true",
-                   help="recompute activations in backward (TRL's DPOConfig does by default)")
+    p.add_argument("--tunelab-gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
+                   help="tunelab's train.gradient_checkpointing (default auto: on for DPO, as TRL's DPOConfig)")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                    help="turn off DPOConfig's default gradient checkpointing")
     p.add_argument("--threads", type=int, default=None)
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "max_length": args.max_length, "precision": precision, "threads": args.threads}
         if side == "tunelab":
             kw["compile"] = args.tunelab_compile
-            kw["gradient_checkpointing"] = args.tunelab_gradient_checkpointing
+            kw["gradient_checkpointing"] = {"on": True, "off": False}.get(args.tunelab_gradient_checkpointing, "auto")
         else:
             kw["gradient_checkpointing"] = not args.trl_no_gradient_checkpointing
         print(f"[bench] {side} DPO {precision}", flush=True)

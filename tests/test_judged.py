@@ -140,7 +140,41 @@ def test_the_judge_calibrated_on_a_verifier(tmp_path: Path) -> None:
     again = judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=8, say=lambda m: None)["pairs"][0]["gold"]
     assert again == g  # the draw is seeded
     c = _run(tmp_path, "c", 3, 0, correct=lambda k: None)
-    with pytest.raises(DataError, match="has no verifier score"):
-        judge_runs([a, c], "arith", StubJudge("fair"), "x", gold=4, say=lambda m: None)
-    with pytest.raises(DataError, match="--gold 20: only 12 items were judged"):
-        judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=20, say=lambda m: None)
+
+    class Never(StubJudge):
+        def generate(self, prompts: list, cfg: object) -> list[list[str]]:
+            raise AssertionError("judged although the task has no verifier")
+
+    with pytest.raises(DataError, match="of run 'c' has no verifier score"):  # before any judging
+        judge_runs([a, c], "arith", Never("fair"), "x", gold=4, say=lambda m: None)
+    said: list[str] = []  # too few verdicts for the draw: said, and the judging is kept
+    pair = judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=20, say=said.append)["pairs"][0]
+    assert pair["gold"] == {"error": "--gold 20: only 12 items were judged"} and pair["judged"] == 12
+    assert any("no gold calibration" in line for line in said)
+    assert "no gold calibration: --gold 20: only 12 items were judged" in format_judged(
+        judge_runs([a, b], "arith", StubJudge("fair"), "x", gold=20, say=lambda m: None))
+
+
+def test_a_small_local_judge_gives_its_most_likely_verdict(tmp_path: Path) -> None:
+    """--verdict logprob: the tiny model never writes [[A]], but the most likely of [[A]] / [[B]] / [[C]]
+    (asked for the verdict alone) is a verdict on every item, with its log-probabilities kept; the
+    verdict equals the argmax of the scorer's own log-likelihoods."""
+    from tunelab.eval.judge import DIRECT, JUSTIFY, Judge, pair_prompt
+    from tunelab.generate.build import build_generator
+    from tunelab.generate.loglik import scorer_for
+
+    a, b = _run(tmp_path, "a", 1, 0), _run(tmp_path, "b", 2, 1)
+    tiny = build_generator("tiny", progress=False)
+    result = judge_runs([a, b], "arith", tiny, "tiny", limit=4, verdict="logprob", say=lambda m: None)
+    pair = result["pairs"][0]
+    assert result["verdict"] == "logprob" and pair["judged"] == 4 and pair["parse_failures"] == 0
+    v = pair["verdicts"][0]
+    assert "log-probabilities: A " in v["raw_ab"]
+    q = {"id": v["id"], "turns": ["q"]}
+    prompt = pair_prompt(q, ["x"], ["y"])
+    direct = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"].replace(JUSTIFY, DIRECT)}]
+    lp = scorer_for(tiny).loglik([(direct, f"[[{c}]]") for c in "ABC"])
+    raw = Judge(tiny, verdict="logprob")._ask_verdicts([prompt])[0]
+    assert raw.startswith(f"[[{'ABC'[lp.index(max(lp))]}]]") and DIRECT not in prompt[-1]["content"]
+    with pytest.raises(ValueError, match="judge verdict: 'vote'"):
+        Judge(tiny, verdict="vote")

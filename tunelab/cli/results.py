@@ -88,7 +88,7 @@ def cmd_judge(a: argparse.Namespace) -> int:
     from tunelab.io import write_json
 
     judge = build_generator(a.judge, progress=False, batch_size=a.batch_size)
-    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit, gold=a.gold, seed=a.seed,
+    result = judge_runs(a.runs, a.task, judge, a.judge, limit=a.limit, gold=a.gold, seed=a.seed, verdict=a.verdict,
                         say=lambda m: print(m, file=sys.stderr, flush=True))
     if a.ratings:
         _with_people(result, a.runs, a.ratings)
@@ -105,6 +105,9 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
                                                    "http://host:port/v1#model")
     p.add_argument("--limit", type=int, default=None, help="at most this many common items per pair")
     p.add_argument("--batch-size", type=int, default=16, help="judge prompts generated at once")
+    p.add_argument("--verdict", choices=["text", "logprob"], default="text",
+                   help="text: the judge writes a justification and a verdict; logprob: a local judge's most likely "
+                        "verdict, asked for it alone (a small model that never writes the format still gives one)")
     p.add_argument("--ratings", default=None, help="a tunelab ui folder whose ratings.sqlite holds people's "
                                                    "blind ratings of these runs (PPI)")
     p.add_argument("--gold", type=int, default=0, help="calibrate the judge on the task's verifier: this many "

@@ -55,6 +55,11 @@ Consider correctness, helpfulness, relevance, detail and clarity. Do not let the
 [End of reply B]{reference}
 
 Write a short justification, then end with exactly one verdict: [[A]] if A is better, [[B]] if B is better, [[C]] if they are equally good."""
+JUSTIFY = "Write a short justification, then end with exactly one verdict:"
+DIRECT = "Reply with exactly one verdict and nothing else:"
+VERDICT_MODES = ("text", "logprob")
+"""How a pairwise judge gives its verdict: ``text`` (a justification, then the verdict, parsed) or
+``logprob`` (a local model's most likely verdict token sequence, asked for the verdict alone)."""
 REF_NOTE = " A reference answer is given; an answer that contradicts it on facts or results is wrong."
 SINGLE_MULTI_TEMPLATE = """Grade the assistant's reply to the {ordinal} user question in the conversation below; the earlier exchanges are context.
 Consider whether it is correct, helpful, relevant, sufficiently detailed and clear, and whether it follows up on the conversation as asked. Length alone is not a merit.{ref_note}{reference}
@@ -237,12 +242,34 @@ class Judge:
         max_new_tokens: Response budget.
     """
 
-    def __init__(self, generator: Generator, max_new_tokens: int = 512) -> None:
-        self.generator, self.max_new_tokens = generator, max_new_tokens
+    def __init__(self, generator: Generator, max_new_tokens: int = 512, verdict: str = "text") -> None:
+        if verdict not in VERDICT_MODES:
+            raise ValueError(f"judge verdict: {verdict!r} is not one of {', '.join(VERDICT_MODES)}")
+        self.generator, self.max_new_tokens, self.verdict = generator, max_new_tokens, verdict
+        self._scorer = None
+        if verdict == "logprob":  # a local model's log-probabilities of the three verdicts
+            from tunelab.generate.loglik import scorer_for
+
+            self._scorer = scorer_for(generator)
 
     def _ask(self, prompts: list[list[dict[str, str]]]) -> list[str]:
         cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0, n=1)
         return [c[0] for c in self.generator.generate(prompts, cfg)] if prompts else []
+
+    def _ask_verdicts(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        """Pairwise replies: generated text (``verdict: text``), or with ``logprob`` the most likely of
+        ``[[A]]`` / ``[[B]]`` / ``[[C]]`` as the whole reply, asked for the verdict alone (a small local
+        judge that never writes the format still gives one), its log-probabilities kept in the reply."""
+        if self._scorer is None:
+            return self._ask(prompts)
+        direct = [[*m[:-1], {**m[-1], "content": m[-1]["content"].replace(JUSTIFY, DIRECT)}] for m in prompts]
+        scores = self._scorer.loglik([(m, f"[[{v}]]") for m in direct for v in "ABC"])
+        out = []
+        for i in range(len(direct)):
+            lp = dict(zip("ABC", scores[3 * i : 3 * i + 3]))
+            best = max(lp, key=lambda v: lp[v])
+            out.append(f"[[{best}]] (log-probabilities: " + ", ".join(f"{v} {x:.3f}" for v, x in lp.items()) + ")")
+        return out
 
     def single(self, questions: list[dict[str, Any]], answers: list[list[str]], turn: int = 0) -> list[dict]:
         """Grade each question's answer at ``turn`` (0-based; records say ``turn`` 1, 2, ...); one record per question."""
@@ -276,7 +303,7 @@ class Judge:
         prompts = []
         for q, a, b in zip(questions, answers_a, answers_b):
             prompts += [pair_prompt(q, a, b, turn), pair_prompt(q, b, a, turn)]
-        raws = self._ask(prompts)
+        raws = self._ask_verdicts(prompts)
         records = []
         for i, (q, a, b) in enumerate(zip(questions, answers_a, answers_b)):
             raw_ab, raw_ba = raws[2 * i], raws[2 * i + 1]
@@ -290,7 +317,8 @@ class Judge:
                     "len_a": len(a[turn]),
                     "len_b": len(b[turn]),
                     "judge": self.generator.fingerprint,
-                    "prompt_version": PAIR_PROMPT_VERSION if turn == 0 else PAIR_MULTI_PROMPT_VERSION,
+                    "prompt_version": (PAIR_PROMPT_VERSION if turn == 0 else PAIR_MULTI_PROMPT_VERSION)
+                    + ("+logprob" if self.verdict == "logprob" else ""),
                     "raw_ab": raw_ab,
                     "raw_ba": raw_ba,
                 }

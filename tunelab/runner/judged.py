@@ -80,7 +80,7 @@ def _lineage(run: Path) -> dict[str, str | None]:
 
 
 def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_name: str, limit: int | None = None,
-               gold: int = 0, seed: int = 0, say: Callable[[str], None] = print) -> dict[str, Any]:
+               gold: int = 0, seed: int = 0, say: Callable[[str], None] = print, verdict: str = "text") -> dict[str, Any]:
     """Judge every pair of ``runs`` on ``task``'s common items (see the module docstring).
 
     Args:
@@ -94,6 +94,8 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
             PPI corrects the judge with them (:func:`gold_calibration`); 0: none.
         seed: The draw of those items.
         say: Progress lines.
+        verdict: ``text`` (the judge writes a justification and a verdict) or ``logprob`` (a local judge's
+            most likely verdict, :class:`tunelab.eval.judge.Judge`).
 
     Raises:
         ConfigError: fewer than two runs, or a run named twice.
@@ -107,7 +109,12 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
         raise ConfigError(f"tunelab judge: a run is named twice ({', '.join(names)})")
     answers = {p.name: run_answers(p, task) for p in paths}
     lineage = {p.name: _lineage(p) for p in paths}
-    jury = Judge(judge)
+    if gold:  # before any judging: a task without a verifier cannot give gold labels
+        for name in names:
+            if missing := next((i for i, x in answers[name].items() if "correct" not in x), None):
+                raise DataError(f"--gold: item {missing!r} of run {name!r} has no verifier score ('correct'); "
+                                "calibrating on gold labels needs a task with a verifier")
+    jury = Judge(judge, verdict=verdict)
     pairs, battles = [], []
     for a, b in itertools.combinations(names, 2):
         common = sorted(set(answers[a]) & set(answers[b]))[:limit]
@@ -123,7 +130,11 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
         prefs = self_preference(judge_name, {"a": lineage[a]["model"], "b": lineage[b]["model"]},
                                 generator=lineage[a]["generator"] or lineage[b]["generator"])
         battles += [(a, b, o) for o in outcomes]
-        gold_part = gold_calibration(records, answers[a], answers[b], gold, seed) if gold else None
+        try:  # too few parsed verdicts for the gold draw: say so, and keep the judging done
+            gold_part = gold_calibration(records, answers[a], answers[b], gold, seed) if gold else None
+        except DataError as e:
+            gold_part = {"error": str(e)}
+            say(f"[tunelab] {a} vs {b}: no gold calibration ({e})")
         pairs.append({"a": a, "b": b, "items": len(common), "judged": len(ok), "parse_failures": len(records) - len(ok),
                       "raw_win_rate": lc["raw"], "lc_win_rate": lc["lc_win_rate"], "length_bias": lc["length_bias"],
                       "mean_length_difference": lc["mean_dlen"], **({"note": lc["note"]} if "note" in lc else {}),
@@ -131,7 +142,7 @@ def judge_runs(runs: Sequence[str | Path], task: str, judge: Generator, judge_na
                       **({"gold": gold_part} if gold_part else {}),
                       "verdicts": [{k: r[k] for k in ("id", "winner", "verdict_ab", "verdict_ba", "len_a", "len_b",
                                                        "raw_ab", "raw_ba")} for r in records]})
-    out: dict[str, Any] = {"task": task, "judge": judge_name, "judge_fingerprint": judge.fingerprint,
+    out: dict[str, Any] = {"task": task, "judge": judge_name, "judge_fingerprint": judge.fingerprint, "verdict": verdict,
                            "judge_family": model_family(judge_name), "runs": names, "lineage": lineage, "pairs": pairs}
     warnings = {w for info in lineage.values() if info["generator"]
                 and (w := circularity_warning(model_family(judge_name) or "", model_family(info["generator"])))}
@@ -193,7 +204,9 @@ def format_judged(result: dict[str, Any]) -> str:
             h = p["human"]
             lines.append(f"  people ({h['n']} rated): PPI {ci(h['ppi'])}, people only {ci(h['human_only'])}, "
                          f"judge only {ci(h['judge_only'])}")
-        if "gold" in p:
+        if "error" in p.get("gold", {}):
+            lines.append(f"  no gold calibration: {p['gold']['error']}")
+        elif "gold" in p:
             g = p["gold"]
             lines.append(f"  win rate of {p['b']} by the verifier ({g['n']} gold labels): PPI {ci(g['ppi'])}, gold only "
                          f"{ci(g['human_only'])}, judge only {ci(g['judge_only'])}; all {g['n'] + g['N']} gold: "
