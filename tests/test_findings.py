@@ -177,7 +177,6 @@ def test_every_study_file_plans(path: Path) -> None:
 def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: Path) -> None:
     from tunelab.io import read_jsonl
     from tunelab.report.findings import report
-
     from tunelab.runner.plan import plan
 
     claimed = {"claim": "dropout helps more at rank 4", "task": "perplexity", "effect": 0.5, "source": "a test"}
