@@ -60,7 +60,7 @@ from tunelab.eval.paired import compare_paired, sign_flip_test
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.plan import BELOW, cell_labels, mde
 from tunelab.runner.sweep_fields import ENSEMBLE
-from tunelab.runner.sweep_file import Arm, load_sweep
+from tunelab.runner.sweep_file import load_sweep
 
 POWER, ALPHA = 0.8, 0.05
 
@@ -246,11 +246,10 @@ def interactions(sweep: Any, items: Items) -> dict[str, dict[str, Any]]:
         return {}
     f1, f2 = factors
     other = {f: next(lv for lv in sweep.factors[f] if lv != sweep.baseline[f]) for f in factors}
-    label = {(i, j): Arm({f1: other[f1] if i else sweep.baseline[f1], f2: other[f2] if j else sweep.baseline[f2]},
-                         {}).label for i in (0, 1) for j in (0, 1)}
+    labels = cell_labels(sweep)
     out = {}
     for task, by_arm in items.items():
-        cells = [by_arm.get(label[c], {}) for c in ((0, 0), (0, 1), (1, 0), (1, 1))]
+        cells = [by_arm.get(label, {}) for label in labels]
         common = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
         if len(common) < 2:
             continue

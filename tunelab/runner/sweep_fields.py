@@ -114,6 +114,15 @@ def parse_pilot_range(path: Path, spec: Any) -> dict[str, tuple[float, float]]:
 INTERACTION_KEYS = ("claim", "task", "direction", "effect", "source")
 
 
+def check_keys(where: str, spec: Any, keys: tuple[str, ...]) -> None:
+    """``spec`` must be a mapping of ``keys`` only; a ConfigError naming ``where`` otherwise."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(keys)}")
+    unknown = sorted(set(spec) - set(keys))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(keys)}")
+
+
 def parse_interaction(path: Path, spec: Any, factors: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """``interaction: {claim, task, direction, effect, source}``: a claimed interaction of a 2 x 2 design,
     the difference in differences ``(second factor's effect at the first factor's other level) - (its
@@ -123,11 +132,7 @@ def parse_interaction(path: Path, spec: Any, factors: dict[str, dict[str, Any]])
     if spec is None:
         return None
     where = f"{path}: interaction"
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(INTERACTION_KEYS)}")
-    unknown = sorted(set(spec) - set(INTERACTION_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(INTERACTION_KEYS)}")
+    check_keys(where, spec, INTERACTION_KEYS)
     if len(factors) != 2 or any(len(levels) != 2 for levels in factors.values()):
         raise ConfigError(f"{where}: needs a 2 x 2 design (two factors of two levels each); the sweep has "
                           + ", ".join(f"{f} ({len(lv)} levels)" for f, lv in factors.items()))
@@ -173,11 +178,7 @@ def parse_hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], 
     out = []
     def one(i: int, h: Any) -> None:
         where = f"{path}: hypotheses[{i}]"
-        if not isinstance(h, dict):
-            raise ConfigError(f"{where}: must be a mapping with keys {', '.join(HYPOTHESIS_KEYS)}")
-        unknown = sorted(set(h) - set(HYPOTHESIS_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(HYPOTHESIS_KEYS)}")
+        check_keys(where, h, HYPOTHESIS_KEYS)
         for key in ("claim", "task", "arm"):
             if not h.get(key):
                 raise ConfigError(f"{where}: {key!r} is required")
