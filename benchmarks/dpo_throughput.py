@@ -184,7 +184,7 @@ def job_cfg_checkpointing(requested: bool | str) -> str:
     """What tunelab's loop chose for a DPO job: ``auto`` turns checkpointing on for pair objectives."""
     from tunelab.train.speed import decide_checkpointing
 
-    on, _ = decide_checkpointing(requested, "dpo", "pairs", False)
+    on, _ = decide_checkpointing(requested, "pairs", False)
     return f"{'on' if on else 'off'}{' (auto)' if requested == 'auto' else ''}"
 
 

@@ -210,6 +210,8 @@ def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: 
         seed_did.append((run[("4", "on")] - run[("4", "off")]) - (run[("2", "on")] - run[("2", "off")]))
     if "seed_test" in claim:
         assert claim["seed_test"]["delta"] == pytest.approx(float(np.mean(seed_did)))
+    else:  # every seed the same difference in differences: said, with that difference
+        assert float(np.ptp(seed_did)) == 0.0 and f"{seed_did[0]:+.3f}" in claim["seed_note"]
     after = plan(load_sweep(path))["interaction"]
     assert after["item_sd_from"] == "records of the four cells" and after["items"] == 8
     assert after["item_sd"] == pytest.approx(float(np.std(did, ddof=1)))

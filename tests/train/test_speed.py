@@ -46,16 +46,16 @@ def test_auto_without_a_compiler_stays_eager(monkeypatch):
     assert not on and any("C++ compiler" in w for w in info["why"])
 
 
-@pytest.mark.parametrize(("objective", "kind", "compiled", "on", "reason"), [
-    ("dpo", "pairs", False, True, "several sequences per example"),
-    ("kto", "unpaired", False, True, "several sequences per example"),
-    ("grpo", "online", False, True, "several sequences per example"),
-    ("sft", "tokens", False, False, "one sequence per row"),
-    ("choice_head", "choices", False, False, "one sequence per row"),
-    ("dpo", "pairs", True, False, "compiled layers"),
+@pytest.mark.parametrize(("kind", "compiled", "on", "reason"), [
+    ("pairs", False, True, "several sequences per example"),  # DPO, IPO, ORPO, SimPO
+    ("unpaired", False, True, "several sequences per example"),  # KTO
+    ("online", False, True, "several sequences per example"),  # GRPO, RLOO
+    ("tokens", False, False, "one sequence per row"),  # SFT, NAT
+    ("choices", False, False, "one sequence per row"),  # choice_head
+    ("pairs", True, False, "compiled layers"),
 ])
-def test_auto_checkpointing_where_several_sequences_per_example_dominate_memory(objective, kind, compiled, on, reason):
-    got, info = decide_checkpointing("auto", objective, kind, compiled)
+def test_auto_checkpointing_where_several_sequences_per_example_dominate_memory(kind, compiled, on, reason):
+    got, info = decide_checkpointing("auto", kind, compiled)
     assert got is on and info["requested"] == "auto" and reason in info["why"][0]
-    assert decide_checkpointing(False, "dpo", "pairs", False) == (False, {"requested": False})
-    assert decide_checkpointing(True, "sft", "tokens", True) == (True, {"requested": True})
+    assert decide_checkpointing(False, "pairs", False) == (False, {"requested": False})
+    assert decide_checkpointing(True, "tokens", True) == (True, {"requested": True})

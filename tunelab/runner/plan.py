@@ -192,7 +192,6 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
     else:
         out.update(items=planned.cfg.eval.limit or 0, item_sd=math.nan,
                    item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
-    out["mde_items"] = mde(out["items"], out["item_sd"], n_claims)
     common_seeds = sorted(set(arm) & set(versus))
     if len(common_seeds) >= 2:
         d = [_seed_score(arm[s]) - _seed_score(versus[s]) for s in common_seeds]
@@ -201,10 +200,17 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
         out.update(seed_sd=sweep.assume["seed_sd"], seed_sd_from="assumed (assume.seed_sd)")
     else:
         out.update(seed_sd=math.nan, seed_sd_from="unknown (no two seeds on both arms; state assume.seed_sd)")
-    out["mde_seeds"] = seed_mde(len(sweep.seeds), out["seed_sd"], n_claims)
+    return _detectable(out, len(sweep.seeds), n_claims)
+
+
+def _detectable(out: dict[str, Any], seeds: int, n_tests: int = 1) -> dict[str, Any]:
+    """``out`` (with ``effect``, ``items``, ``item_sd``, ``seed_sd``) with the MDE on items and over seeds,
+    the larger known one (``mde``) and the plan's label."""
+    out["mde_items"] = mde(out["items"], out["item_sd"], n_tests)
+    out["mde_seeds"] = seed_mde(seeds, out["seed_sd"], n_tests)
     known = [m for m in (out["mde_items"], out["mde_seeds"]) if not math.isnan(m)]
     out["mde"] = max(known) if known else math.nan
-    out["label"] = BELOW if known and h["effect"] < out["mde"] else ("" if known else "detectable effect unknown")
+    out["label"] = BELOW if known and out["effect"] < out["mde"] else ("" if known else "detectable effect unknown")
     return out
 
 
@@ -239,7 +245,6 @@ def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[st
     else:
         out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=2 * math.sqrt(0.25 * (1 - rho)),
                    item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome, item correlation {rho:g} (assumed)")
-    out["mde_items"] = mde(out["items"], out["item_sd"])
     seeds = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
     if len(seeds) >= 2:
         d = [(_seed_score(cells[3][s]) - _seed_score(cells[2][s])) - (_seed_score(cells[1][s]) - _seed_score(cells[0][s]))
@@ -249,11 +254,7 @@ def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[st
         out.update(seed_sd=math.sqrt(2) * sweep.assume["seed_sd"], seed_sd_from="sqrt(2) x assume.seed_sd")
     else:
         out.update(seed_sd=math.nan, seed_sd_from="unknown (no two seeds in every cell; state assume.seed_sd)")
-    out["mde_seeds"] = seed_mde(len(sweep.seeds), out["seed_sd"])
-    known = [m for m in (out["mde_items"], out["mde_seeds"]) if not math.isnan(m)]
-    out["mde"] = max(known) if known else math.nan
-    out["label"] = BELOW if known and h["effect"] < out["mde"] else ("" if known else "detectable effect unknown")
-    return out
+    return _detectable(out, len(sweep.seeds))
 
 
 def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
@@ -351,6 +352,13 @@ def _num(value: float, spec: str = ".3f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def _power_text(c: dict[str, Any]) -> str:
+    """A claim's (or the interaction's) effect, MDEs with their sources and the plan's label, for the terminal."""
+    return (f"effect {c['effect']:g}; MDE items {_num(c['mde_items'])} (n={c['items']}, sd {_num(c['item_sd'])}: "
+            f"{c['item_sd_from']}); MDE seeds {_num(c['mde_seeds'])} ({c['seeds']} seeds, sd {_num(c['seed_sd'])}: "
+            f"{c['seed_sd_from']})" + (f" -> {c['label'].upper()}" if c["label"] else " -> detectable"))
+
+
 def format_plan(the_plan: dict[str, Any]) -> str:
     """The plan for the terminal: runs and minutes, then each claim's detectable effect."""
     runs = the_plan["runs"]
@@ -363,16 +371,10 @@ def format_plan(the_plan: dict[str, Any]) -> str:
     lines.append(f"claims (MDE at {the_plan['power']:.0%} power, two-sided alpha {the_plan['alpha_per_claim']:.3g} "
                  f"per claim, Holm's strictest step):")
     for c in the_plan["claims"]:
-        lines.append(f"  {c['claim']} [{c['task']}: {c['arm']} vs {c['versus']}]: effect {c['effect']:g}; "
-                     f"MDE items {_num(c['mde_items'])} (n={c['items']}, sd {_num(c['item_sd'])}: {c['item_sd_from']}); "
-                     f"MDE seeds {_num(c['mde_seeds'])} ({c['seeds']} seeds, sd {_num(c['seed_sd'])}: "
-                     f"{c['seed_sd_from']})" + (f" -> {c['label'].upper()}" if c["label"] else " -> detectable"))
+        lines.append(f"  {c['claim']} [{c['task']}: {c['arm']} vs {c['versus']}]: {_power_text(c)}")
     if i := the_plan.get("interaction"):
-        lines.append(f"interaction (difference in differences, alpha {ALPHA:g} on its own): {i['claim']} [{i['task']}]: "
-                     f"effect {i['effect']:g}; MDE items {_num(i['mde_items'])} (n={i['items']}, sd {_num(i['item_sd'])}: "
-                     f"{i['item_sd_from']}); MDE seeds {_num(i['mde_seeds'])} ({i['seeds']} seeds, sd "
-                     f"{_num(i['seed_sd'])}: {i['seed_sd_from']})"
-                     + (f" -> {i['label'].upper()}" if i["label"] else " -> detectable"))
+        lines.append(f"interaction (difference in differences, alpha {ALPHA:g} on its own): {i['claim']} "
+                     f"[{i['task']}]: {_power_text(i)}")
     for line in the_plan.get("stale_records", []):
         lines.append(f"  {line}")
     return "\n".join(lines)

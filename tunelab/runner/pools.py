@@ -41,16 +41,19 @@ def import_pools(study_folder: Path) -> list[str]:
     cache, done = folder(), []
     for packed in sorted(src.glob("*.jsonl.gz")):
         name = packed.name[: -len(".jsonl.gz")]
-        target = cache / f"{name}.jsonl"
-        if target.is_file():
-            continue
-        cache.mkdir(parents=True, exist_ok=True)
-        info = packed.with_name(f"{name}.json")
-        if info.is_file():
-            shutil.copyfile(info, cache / info.name)
-        write_bytes(target, gzip.decompress(packed.read_bytes()))  # atomic: the pool appears whole
-        done.append(name)
+        if not (cache / f"{name}.jsonl").is_file():
+            _unpack(src, name, cache)
+            done.append(name)
     return done
+
+
+def _unpack(where: Path, name: str, cache: Path) -> None:
+    """The committed pool ``where/<name>.jsonl.gz`` (and its ``.json``) into the cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    info = where / f"{name}.json"
+    if info.is_file():
+        shutil.copyfile(info, cache / info.name)
+    write_bytes(cache / f"{name}.jsonl", gzip.decompress((where / f"{name}.jsonl.gz").read_bytes()))  # atomic
 
 
 def export_pools(study_folder: Path, records: Iterable[dict[str, Any]]) -> list[str]:
@@ -141,16 +144,15 @@ def pin_pools(study_folder: Path, configs: Iterable[RunConfig]) -> list[str]:
         target = cache / f"{name}.jsonl"
         if target.is_file():
             continue
-        cache.mkdir(parents=True, exist_ok=True)
         if name in held:  # the same pool, committed by a study: import it
-            shutil.copyfile(held[name] / f"{name}.json", target.with_suffix(".json"))
-            write_bytes(target, gzip.decompress((held[name] / f"{name}.jsonl.gz").read_bytes()))
+            _unpack(held[name], name, cache)
             said.append(f"source {source.name!r}: the pool {name} of study {held[name].parent.name!r}")
             continue
         hit = kept.get((spec.kind, pin_key(spec, recipe_dir, inputs)))
         if hit is None:
             continue
         first, meta, where = hit
+        cache.mkdir(parents=True, exist_ok=True)
         changed = sorted(k for k in ("code", "model_recipe") if meta["inputs"].get(k) != inputs.get(k))
         write_json(target.with_suffix(".json"), {**meta, "key": digest(inputs), "inputs": inputs,
                                                  "pinned": {"pool": first, "changed": changed}})

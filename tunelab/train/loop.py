@@ -346,8 +346,7 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         on, _ = decide_compile(job.cfg.compile, job.model, job.method.name, job.cfg.max_steps, acc.device.type)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
     if not isinstance(job.cfg.gradient_checkpointing, bool):  # "auto", where no runner decided it
-        on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, type(job.objective).__name__.lower(),
-                                     job.objective.kind, bool(job.cfg.compile))
+        on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile))
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)

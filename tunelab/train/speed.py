@@ -80,26 +80,21 @@ def decide_compile(requested: bool | str, model: nn.Module, method: str, max_ste
     return not reasons, info
 
 
-def decide_checkpointing(requested: bool | str, objective: str, kind: str, compiled: bool) -> tuple[bool, dict[str, Any]]:
+def decide_checkpointing(requested: bool | str, kind: str, compiled: bool) -> tuple[bool, dict[str, Any]]:
     """(checkpoint or not, the evidence) for ``train.gradient_checkpointing`` (``true`` | ``false`` | ``auto``)
-    of a run training ``objective`` (its ``kind``), compiled or not (see the module docstring)."""
+    of a run whose objective is of ``kind``, compiled or not (see the module docstring)."""
     if requested is not None and requested != "auto":
         return bool(requested), {"requested": requested}
-    info: dict[str, Any] = {"requested": "auto", "objective": objective, "kind": kind}
+    info: dict[str, Any] = {"requested": "auto", "kind": kind}
     if kind not in CHECKPOINTED_KINDS:
-        info["why"] = [f"objective {objective!r} trains one sequence per row: its activations are kept (faster steps)"]
+        info["why"] = [f"a {kind!r} objective trains one sequence per row: its activations are kept (faster steps)"]
         return False, info
     if compiled:
         info["why"] = ["compiled layers: activations kept (compile and recomputation are not tested together)"]
         return False, info
-    info["why"] = [f"objective {objective!r} holds several sequences per example ({kind}): activations dominate "
-                   "memory, each layer's are recomputed in backward"]
+    info["why"] = [f"a {kind!r} objective holds several sequences per example: activations dominate memory, each "
+                   "layer's are recomputed in backward"]
     return True, info
-
-
-def save_memory(checkpointing: bool, info: dict[str, Any]) -> dict[str, Any]:
-    """With checkpointing on, also :func:`return_freed_blocks`; ``info`` with what was done (``allocator``)."""
-    return {**info, "allocator": return_freed_blocks()} if checkpointing else info
 
 
 MMAP_THRESHOLD = 128 << 10
