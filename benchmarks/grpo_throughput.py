@@ -12,6 +12,11 @@ same work is timed. The first ``--warmup`` steps are not timed; each side runs i
 * steps/s and tokens/s: timed steps (generation + training) / their seconds; tokens are the prompt and
   completion tokens of the step's episodes.
 * generation share: seconds sampling / step seconds (tunelab logs ``seconds_generation``).
+* zero-advantage share: episodes whose group's rewards all agree (tunelab logs ``zero_advantage``).
+  tunelab leaves them out of the forward and backward pass by default (their gradient is exactly zero;
+  ``--skip-zero-advantage off`` computes them as TRL does, the like-for-like figure). With a model that
+  never solves the task (reward 0 everywhere) every episode is skipped and the step is generation only:
+  report both figures, and the share, or the comparison says nothing about training.
 * peak memory: the subprocess's peak RSS after training.
 
     python benchmarks/grpo_throughput.py
@@ -47,13 +52,14 @@ def _load(model_name: str, threads: int | None):
     return model, tok, used
 
 
-def _objective(max_new_tokens: int, oneshot: bool) -> dict[str, Any]:
+def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = True) -> dict[str, Any]:
     return {"name": "grpo", "env": "calculator", "group_size": GROUP, "max_new_tokens": max_new_tokens,
-            "episode_steps": 1, "temperature": 1.0, "task_limit": 512, "env_options": {"oneshot": oneshot}}
+            "episode_steps": 1, "temperature": 1.0, "task_limit": 512, "env_options": {"oneshot": oneshot},
+            "skip_zero_advantage": skip_zero_advantage}
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
-                 threads: int | None, oneshot: bool = True) -> dict[str, Any]:
+                 threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True) -> dict[str, Any]:
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
     import torch
 
@@ -71,7 +77,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
                       eval_every=0, log_every=1, threads=threads, compile=False)
     method = build_method(LORA)
     net = method.apply(net)
-    objective = build_objective(_objective(max_new_tokens, oneshot))
+    objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage))
     with tempfile.TemporaryDirectory(prefix="tl-grpo-bench-") as tmp:
         job = TrainJob(net, method, [], ["calculator"], cfg, precision, Path(tmp), tok.pad_token_id, False,
                        objective=objective)
@@ -88,6 +94,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         "steps_per_s": len(timed) / seconds if seconds else None,
         "tokens_per_s": sum(r["tokens"] for r in timed) / seconds if seconds else None,
         "generation_share": sum(r["seconds_generation"] for r in timed) / seconds if seconds else None,
+        "zero_advantage_share": sum(r.get("zero_advantage", 0) for r in timed) / max(1, len(timed)),
+        "skip_zero_advantage": skip_zero_advantage,
         "completion_tokens": sum(r["completion_tokens"] for r in timed) / max(1, len(timed)),
         "reward": sum(r["reward"] for r in timed) / max(1, len(timed)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
@@ -151,7 +159,7 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_new_token
         "side": "trl", "precision": precision, "threads": used,
         "steps_per_s": len(timed) / seconds if seconds else None,
         "tokens_per_s": sum(tokens) / seconds if seconds and tokens else None,
-        "generation_share": None, "completion_tokens": sum(lengths) / max(1, len(lengths)),
+        "generation_share": None, "zero_advantage_share": None, "completion_tokens": sum(lengths) / max(1, len(lengths)),
         "reward": sum(rewards) / max(1, len(rewards)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "train_seconds": round(train_seconds, 2), "setup_seconds": round(t_train - t_start, 2),
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=8, help="completions per step (a multiple of G = 4)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--no-oneshot", action="store_true", help="the question alone (no instruction or example)")
+    p.add_argument("--skip-zero-advantage", choices=["on", "off"], default="on",
+                   help="tunelab side: leave zero-advantage episodes out of the pass (default) or compute them")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--threads", type=int, default=None)
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kw = {"model": args.model, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens, "precision": precision, "threads": args.threads,
               "oneshot": not args.no_oneshot}
+        if side == "tunelab":
+            kw["skip_zero_advantage"] = args.skip_zero_advantage == "on"
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
     by = {r["side"]: r for r in runs}
@@ -190,8 +202,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
           f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens")
-    headers = ["side", "steps/s", "tokens/s", "generation share", "completion tokens", "reward", "peak MB"]
-    body = [[r["side"], r["steps_per_s"], r["tokens_per_s"], r["generation_share"], r["completion_tokens"],
+    headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
+               "reward", "peak MB"]
+    body = [[r["side"] + (" (skips zero-advantage)" if r.get("skip_zero_advantage") else ""), r["steps_per_s"],
+             r["tokens_per_s"], r["generation_share"], r["zero_advantage_share"], r["completion_tokens"],
              r["reward"], r["peak_mem_mb"]] for r in runs]
     print(common.table(headers, body, digits=3))
     result = {

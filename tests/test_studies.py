@@ -210,6 +210,25 @@ def test_stale_and_foreign_records(tmp_path: Path, capsys) -> None:
         plan_mod.plan(load_sweep(path), host="h")
 
 
+def test_a_run_identical_to_another_studys_shares_its_record(tmp_path: Path) -> None:
+    run_sweep(_study(tmp_path, seeds=1), backend="inline", quiet=True)  # demo: rank 2 and 4
+    demo = {r.name: r for r in (tmp_path / "studies" / "demo" / "records").glob("*.json.gz")}
+    cross = _study(tmp_path, "cross", seeds=1, factors={"rank": {"method.r": [4, 8]}},
+                   hypotheses=[{**CLAIMS[0], "arm": "rank=8"}], baseline={"rank": "4"})
+    result = run_sweep(cross, backend="inline", quiet=True)
+    status = {n.split("-seed")[0]: r["status"] for n, r in result["runs"].items()}
+    assert status == {"rank=4": "skipped (recorded)", "rank=8": "done"}
+    own = list((tmp_path / "studies" / "cross" / "records").glob("*.json.gz"))
+    assert len(own) == 1 and own[0].name.startswith("rank=8")  # nothing copied
+    found, _ = load_sweep(cross).recorded()
+    shared = [r for r in found.values() if r.get("shared_from")]
+    assert len(shared) == 1 and shared[0]["study"] == "cross" and shared[0]["arm"] == {"rank": "4"}
+    assert shared[0]["shared_from"].startswith("demo/rank=4") and shared[0]["shared_from"].split("/")[1] in demo
+    doc = tmp_path / "docs" / "findings.md"
+    write_findings(tmp_path / "studies", doc)
+    assert "- shared runs: 1 of the recorded runs are study demo's" in doc.read_text()
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"hypotheses": [{**CLAIMS[0], "effect": None}]}, "hypotheses[0]: 'effect' is required"),
     ({"hypotheses": [{**CLAIMS[0], "arm": "rank=8"}]}, "rank='8' names no level"),

@@ -107,6 +107,40 @@ def test_grpo_loss_and_gradients_equal_trl(tmp_path, loss_type, beta, temperatur
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_skipping_zero_advantage_episodes_changes_no_loss_gradient_or_metric(loss_type):
+    """A group whose rewards all agree, left out of the pass, still counts in the denominators with loss 0:
+    the loss, every gradient and the clip fraction equal those of the full pass."""
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=0).float()
+    comps = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+             for c in ("4", "four!", "5 I think", "9", "nine", "6", "10", "ten", "11 or 12")]
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])  # group 1 agrees: zero advantage
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    results = []
+    for skip in (False, True):
+        objective = build_objective({"name": "grpo", "loss_type": loss_type, "group_size": 3,
+                                     "skip_zero_advantage": skip, "epsilon": 0.0001})
+        advantages = objective.advantages(rewards, groups)
+        assert torch.all(advantages[3:6] == 0)
+        prompt = tok("2+2 is ", add_special_tokens=False)["input_ids"]
+        rows = [RolloutRow(Encoded(prompt + c, [IGNORE] * (len(prompt) - 1) + c + [IGNORE], "env", str(i)),
+                           float(rewards[i]), int(groups[i]), float(advantages[i])) for i, c in enumerate(comps)]
+        model = copy.deepcopy(base).train()
+        batch = objective.collate(rows, tok.pad_token_id, False)
+        assert batch["input_ids"].shape[0] == (6 if skip else 9)
+        losses, src = objective(model, batch, TrainConfig(loss_chunk=7), 0)
+        loss = losses.sum() / objective.units(batch)
+        loss.backward()
+        results.append((loss.item(), sorted(losses.tolist()), src.tolist(), objective.units(batch),
+                        {n: p.grad for n, p in model.named_parameters()}, objective.metrics()["clip_ratio"]))
+    (l1, ls1, s1, u1, g1, c1), (l2, ls2, s2, u2, g2, c2) = results
+    assert u1 == u2 and abs(l1 - l2) < TOL and c1 == pytest.approx(c2) and s1 == s2 and len(ls1) == len(ls2)
+    assert sum(abs(x) for x in ls1) > 0
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=TOL, rtol=1e-4)
+
+
 # -- the objective in the one loop, on an environment ---------------------------------------------------
 
 def _recipe(tmp_path, tiny_dir, **objective):
@@ -150,6 +184,21 @@ def test_an_online_recipe_samples_scores_and_learns_in_the_loop(tmp_path, tiny_d
     env = json.loads((out / "env.json").read_text())
     assert env["speed"]["compile"] is False
     assert json.loads((out / "data" / "mixture.json").read_text())["online"]["episodes_per_step"] == 4
+
+
+def test_a_step_whose_groups_all_agree_runs_no_backward_and_steps_on_zero_gradients(tmp_path, tiny_dir, monkeypatch):
+    import json
+
+    from tunelab.envs.calculator import Calculator
+    from tunelab.runner.run import run
+
+    monkeypatch.setattr(Calculator, "verify", lambda self, task, answer: {"success": False, "score": 0.0})
+    out = run(_recipe(tmp_path, tiny_dir), out=str(tmp_path / "runs"), quiet=True)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3
+    for m in metrics:
+        assert m["grad_norm"] == 0 and m["loss"] == 0 and m["clip_ratio"] == 0 and m["zero_advantage"] == 1
+        assert m["tokens"] > 0 and m["completion_tokens"] > 0  # the skipped episodes' tokens still count
 
 
 def test_observations_carry_no_loss(tiny):

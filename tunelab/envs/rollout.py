@@ -7,7 +7,8 @@ samples the prompts it would have); each prompt gets G episodes, run with the en
 model (LoRA adapters as they are now, nothing merged), in eval mode, then training mode again. The
 verifier's rewards become advantages (the objective's :meth:`advantages`), and each episode becomes a
 :class:`~tunelab.data.rollouts.RolloutRow` with loss on the agent's turns only. The step's reward mean
-and spread, success rate, episode tokens and the seconds spent generating are recorded as metrics.
+and spread, success rate, episode tokens and the seconds spent generating are recorded as metrics (the
+objective adds the share of zero-advantage episodes, ``zero_advantage``).
 """
 
 from __future__ import annotations

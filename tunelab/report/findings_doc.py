@@ -39,6 +39,14 @@ def _design(sweep: Any, result: dict[str, Any]) -> list[str]:
              f"- model {cfg.model.name}; method {method}; data {sources}; {cfg.train.max_steps} steps of batch "
              f"{cfg.train.batch_size}, lr {cfg.train.lr}",
              f"- evaluation items per task: {items}"]
+    shared: dict[str, int] = {}
+    for r in result["_records"]:
+        if r["record"].get("shared_from"):
+            other = r["record"]["shared_from"].split("/")[0]
+            shared[other] = shared.get(other, 0) + 1
+    for other, n in sorted(shared.items()):
+        lines.append(f"- shared runs: {n} of the recorded runs are study {other}'s, the same configs digest for digest "
+                     "(their records are read from there, not run again)")
     if result.get("run_seconds"):
         lines.append(f"- compute: {result['run_seconds'] / 60:.1f} min over the recorded runs (sum of run wall times)")
     for host, n in hosts(result["_records"]).items():

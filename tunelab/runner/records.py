@@ -24,7 +24,10 @@ reproducibly (:func:`tunelab.io.write_json_gz`), so rewriting one from the same 
 
 :func:`load_records` reads a study's records back against its sweep file: a record of another study is
 an error naming both; a record whose config no longer matches any planned run is *stale*: said, and
-not counted. The aggregate, the findings and the report are computed from the records alone.
+not counted. A planned run whose config is digest for digest a run of another study in ``studies/``
+(a shared cell: an interaction study reusing a main study's arms) takes that study's record, marked
+``shared_from``, and is not run again. The aggregate, the findings and the report are computed from the
+records alone.
 """
 
 from __future__ import annotations
@@ -173,8 +176,14 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def load_records(folder: Path, study: str, planned: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def load_records(folder: Path, study: str, planned: dict[str, str],
+                 shared: list[Path] | tuple[Path, ...] = ()) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The records of ``study`` in ``folder`` matched to its planned runs (``{run name: config digest}``).
+
+    ``shared``: other studies' records folders. A planned run with no record of its own takes the record
+    of another study whose run had the same resolved config (the same digest, seed included: the same
+    run), renamed to this study's run and marked ``shared_from: "<study>/<file>"``; the file is read,
+    never copied or changed.
 
     Returns:
         ``({run name: record}, stale)``: ``stale`` says, per record file whose config no longer
@@ -197,4 +206,15 @@ def load_records(folder: Path, study: str, planned: dict[str, str]) -> tuple[dic
                          "of the sweep file as it is now); not counted")
             continue
         found[name] = record
+    wanted = {digest: name for name, digest in planned.items() if name not in found}
+    for other in shared:
+        for path in sorted(Path(other).glob(f"*{SUFFIX}")) if wanted else ():
+            digest = path.name[: -len(SUFFIX)].rsplit("-", 1)[-1]  # run names end with their digest
+            if digest not in wanted:
+                continue
+            record = read_record(path)
+            if record["config_digest"] == digest:
+                name = wanted.pop(digest)
+                found[name] = {**record, "study": study, "run": name,
+                               "shared_from": f"{record['study']}/{path.name}"}
     return found, stale

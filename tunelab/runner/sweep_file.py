@@ -144,8 +144,16 @@ class Sweep:
 
     def recorded(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """The study's records matched to its planned runs, and why each stale one is not counted
-        (:func:`tunelab.runner.records.load_records`)."""
-        return load_records(self.records, self.name, self.digests())
+        (:func:`tunelab.runner.records.load_records`); runs identical to a sibling study's (the same
+        config digest, in ``<study folder>/../*/records``) share its records."""
+        siblings = [f for f in sorted(self.study_folder.parent.glob("*/records"))
+                    if f.is_dir() and f.resolve() != self.records.resolve()]
+        found, stale = load_records(self.records, self.name, self.digests(), siblings)
+        arms = {p.name: p.arm for p in self.runs}
+        for name, record in found.items():
+            if "shared_from" in record:  # the other study's arm labels are not this one's
+                record["arm"] = dict(arms[name].levels)
+        return found, stale
 
 
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -239,17 +239,24 @@ def _step(job: TrainJob, acc: Accelerator, model: nn.Module, micro_batches: list
     units = acc.reduce(units, reduction="sum")
     sums = torch.zeros(len(job.sources), dtype=torch.float64)
     counts = torch.zeros_like(sums)
-    tokens = 0
+    tokens, backward = 0, False
     for i, cpu_batch in enumerate(micro_batches):
         batch = {k: v.to(device) for k, v in cpu_batch.items()}
-        tokens += int((batch["source_idx"] >= 0).sum())
+        # skipped_tokens: tokens an objective left out of the pass because their gradient is exactly zero
+        tokens += int((batch["source_idx"] >= 0).sum()) + int(batch.get("skipped_tokens", 0))
         sync = contextlib.nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(model)
         with sync, autocast(device.type, job.precision):
             losses, src = job.objective(model, batch, job.cfg, job.method.virtual_tokens)
             loss = losses.sum() * acc.num_processes / units.clamp(min=1)
-        acc.backward(loss)
+        if loss.requires_grad:  # not when every unit of the micro-batch was skipped
+            acc.backward(loss)
+            backward = True
         s, c = per_source(losses.cpu(), src.cpu(), len(job.sources))
         sums, counts = sums + s, counts + c
+    if not backward:  # the optimizer steps on zero gradients, as if they had been computed
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
     if acc.num_processes > 1:  # this process saw its share of the step: add the others'
         n = len(job.sources)
         total = acc.reduce(torch.cat([sums, counts, sums.new_tensor([tokens])]).to(device), reduction="sum").cpu()

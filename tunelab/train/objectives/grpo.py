@@ -18,6 +18,15 @@ with the adapters disabled (``beta`` > 0; 0 by default, as TRL). Aggregation (``
 default: the mean over every completion token of the step), ``grpo`` (each episode's token mean, then
 the mean over episodes), ``dr_grpo`` (each episode's token sum over ``max_completion_length``).
 Parity with TRL 1.16's ``GRPOTrainer`` is a test (``tests/train/test_grpo.py``).
+
+Zero-advantage episodes (a group whose G rewards are all equal: all failed, or all succeeded) are left
+out of the forward and backward pass when ``beta`` is 0 (``skip_zero_advantage``, on by default): their
+per-token loss is ``-min(rho 0, clip(rho) 0) = 0`` with a zero gradient, so leaving them out changes
+neither the loss, its gradient, the clip fraction nor the ``dapo`` / ``grpo`` denominators (their tokens
+and episodes still count, with loss 0). TRL computes them; early in training, when most groups fail
+alike, they are most of a step's tokens. A step whose episodes all have zero advantage runs no
+backward at all and hands the optimizer zero gradients, as TRL would (AdamW's momentum and weight decay
+still apply).
 """
 
 from __future__ import annotations
@@ -70,6 +79,9 @@ class GRPOParams:
     after DeepSeek-V3.2); it changes the gradient even on-policy, not the value."""
     max_completion_length: int | None = field(default=None, metadata=bound(ge=1))
     """``dr_grpo``'s constant denominator; None: ``max_new_tokens x episode_steps``."""
+    skip_zero_advantage: bool = True
+    """Leave zero-advantage episodes out of the forward and backward pass when ``beta`` is 0 (their
+    gradient is exactly zero; the loss and its denominators are unchanged). Off: compute them, as TRL does."""
 
 
 class _Online(Objective):
@@ -94,19 +106,57 @@ class _Online(Objective):
         std = (sq / (sizes - 1).clamp(min=1)).sqrt()
         return sums[groups], sizes[groups], std[groups]
 
+    def skips(self) -> bool:
+        """Whether zero-advantage episodes are left out of the pass (see the module docstring)."""
+        p = self.params
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1  # every process must run its backward (gradient sync)
+        return p.skip_zero_advantage and not p.beta and not distributed
+
     def collate(self, rows: list, pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
-        """Right-padded episodes with their advantages."""
-        return collate_rollouts(rows, pad_id)
+        """Right-padded episodes with their advantages; zero-advantage episodes, when skipped, only as
+        ``skipped_source`` (the source index of each of their loss units: tokens for ``dapo``, else
+        episodes), ``skipped_targets`` (their completion tokens) and ``skipped_tokens`` (their real
+        tokens, for the step's token count)."""
+        self.record("zero_advantage", torch.tensor([float(r.advantage == 0) for r in rows]))
+        skipped = [r for r in rows if r.advantage == 0] if self.skips() else []
+        active = [r for r in rows if not (skipped and r.advantage == 0)]
+        batch = collate_rollouts(active, pad_id) if active else {
+            "input_ids": torch.zeros(0, 0, dtype=torch.long), "targets": torch.zeros(0, 0, dtype=torch.long),
+            "position_ids": torch.zeros(0, 0, dtype=torch.long), "source_idx": torch.zeros(0, 0, dtype=torch.long),
+            "advantages": torch.zeros(0), "rewards": torch.zeros(0), "example_source": torch.zeros(0, dtype=torch.long)}
+        targets = [sum(t != IGNORE for t in r.seq.targets) for r in skipped]
+        per_unit = targets if self.params.loss_type == "dapo" else [1] * len(skipped)
+        batch["skipped_source"] = torch.tensor([r.source_idx for r, n in zip(skipped, per_unit) for _ in range(n)],
+                                               dtype=torch.long)
+        batch["skipped_targets"] = torch.tensor(sum(targets))
+        batch["skipped_tokens"] = torch.tensor(sum(r.tokens for r in skipped))
+        return batch
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
-        """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``)."""
+        """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``), skipped ones included."""
+        skipped = int(batch["skipped_source"].numel()) if "skipped_source" in batch else 0
         if self.params.loss_type == "dapo":
-            return int((batch["targets"] != IGNORE).sum())
-        return int(batch["advantages"].shape[0])
+            return int((batch["targets"] != IGNORE).sum()) + skipped
+        return int(batch["advantages"].shape[0]) + skipped
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                  virtual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-unit losses (tokens or episodes) and their source index."""
+        """Per-unit losses (tokens or episodes) and their source index; skipped units have loss 0 (no graph)."""
+        p = self.params
+        skipped = batch.get("skipped_source")
+        if skipped is None or not skipped.numel():
+            return self._losses(model, batch, cfg, virtual_tokens)
+        zeros = torch.zeros(skipped.numel(), device=skipped.device)
+        self.record("clip_ratio", torch.zeros(int(batch["skipped_targets"])))  # advantage 0: never clipped
+        if not batch["input_ids"].numel():
+            return zeros, skipped
+        losses, src = self._losses(model, batch, cfg, virtual_tokens)
+        return torch.cat([losses, zeros.to(losses)]), torch.cat([src, skipped.to(src.device)])
+
+    def _losses(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
+                virtual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-unit losses of the batch's (computed) episodes and their source index."""
         p = self.params
         inputs = {k: batch[k] for k in ("input_ids", "position_ids", "targets", "source_idx")}
         nll, src = token_losses(model, inputs, cfg.loss_chunk, virtual_tokens, cfg.compile,
