@@ -64,7 +64,8 @@ def _flops(model, lengths: list[int]) -> tuple[float, float]:
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
-                 threads: int | None, compile: bool = False, gradient_checkpointing: bool | str = "auto") -> dict[str, Any]:
+                 threads: int | None, compile: bool = False, gradient_checkpointing: bool | str = "auto",
+                 tokens_per_pass: int | None = None) -> dict[str, Any]:
     """DPO with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -82,7 +83,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     rows, dropped = build_pref_rows(pairs, "pairs", tok, [pairs[0].source], max_length, "right", SEED)
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, schedule="cosine",
                       seed=SEED, save_every=0, eval_every=0, log_every=1, threads=threads, compile=compile,
-                      gradient_checkpointing=gradient_checkpointing)
+                      gradient_checkpointing=gradient_checkpointing, tokens_per_pass=tokens_per_pass)
     t_ref = time.perf_counter()
     net = net.to(torch.device("cpu"))
     reference_logps(net, rows, tok.pad_token_id, precision, cfg)
@@ -104,7 +105,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     flops, seq = _flops(model_out, [len(e.input_ids) for r in rows for e in r.seqs])
     return {
         "side": "tunelab", "precision": precision, "threads": used, "compile": compile,
-        "gradient_checkpointing": job_cfg_checkpointing(gradient_checkpointing),
+        "gradient_checkpointing": job_cfg_checkpointing(gradient_checkpointing), "tokens_per_pass": tokens_per_pass,
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "mean_loss": sum(r["loss"] for r in timed) / max(1, len(timed)),
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="tunelab's train.gradient_checkpointing (default auto: on for DPO, as TRL's DPOConfig)")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                    help="turn off DPOConfig's default gradient checkpointing")
+    p.add_argument("--tunelab-tokens-per-pass", type=int, default=None,
+                   help="tunelab's train.tokens_per_pass (each step's pairs in passes of at most this many positions)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if side == "tunelab":
             kw["compile"] = args.tunelab_compile
             kw["gradient_checkpointing"] = {"on": True, "off": False}.get(args.tunelab_gradient_checkpointing, "auto")
+            kw["tokens_per_pass"] = args.tunelab_tokens_per_pass
         else:
             kw["gradient_checkpointing"] = not args.trl_no_gradient_checkpointing
         print(f"[bench] {side} DPO {precision}", flush=True)
@@ -240,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | data {common.data_origin()} | {args.model}, DPO beta {BETA}, "
           f"{args.steps} timed steps after {args.warmup}, batch {args.batch_size} pairs, max length {args.max_length}")
-    headers = ["side", "grad. ckpt", "precision", "tokens/s", "peak MB", "mean DPO loss", "reward acc.", "peak GFLOP/s", "MFU"]
-    body = [[r["side"], r["gradient_checkpointing"], r["precision"], r["tokens_per_s"], r["peak_mem_mb"], f"{r['mean_loss']:.4f}",
+    headers = ["side", "grad. ckpt", "tokens/pass", "precision", "tokens/s", "peak MB", "mean DPO loss", "reward acc.", "peak GFLOP/s", "MFU"]
+    body = [[r["side"], r["gradient_checkpointing"], r.get("tokens_per_pass"), r["precision"], r["tokens_per_s"], r["peak_mem_mb"], f"{r['mean_loss']:.4f}",
              f"{r['reward_accuracy']:.2f}", r["peaks"][r["precision"]],
              None if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"] for r in runs]
     print(common.table(headers, body))

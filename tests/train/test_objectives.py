@@ -170,6 +170,43 @@ def test_preference_training_separates_chosen_from_rejected(tmp_path, objective)
     assert margin > 0.2, margin  # from 0 (policy = reference) at the start
 
 
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_passes_within_a_token_budget_give_the_gradient_of_the_whole_micro_batch(tmp_path, objective, monkeypatch):
+    """train.tokens_per_pass cuts each micro-batch into passes (activations bounded): the step's loss and
+    every gradient equal one pass over the micro-batch."""
+    grads, orig = [], torch.optim.AdamW.step
+
+    def record(self, *a, **kw):
+        grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    whole = _pair_job(tmp_path / "whole", objective, 2)
+    widest = max(r.width for r in whole.rows)
+    cut = _pair_job(tmp_path / "cut", objective, 2)
+    cut.cfg.tokens_per_pass = widest + 1  # one pair per pass
+    seen = []
+    collate = type(cut.objective).collate
+    monkeypatch.setattr(type(cut.objective), "collate", lambda self, rows, *a: seen.append(len(rows)) or collate(self, rows, *a))
+    train(whole)
+    n_whole = len(seen)
+    train(cut)
+    assert seen[:n_whole] == [4, 4] and seen[n_whole:] == [1] * 8  # batch 4, 2 steps
+    loss = [[json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("whole", "cut")]
+    assert loss[0] == pytest.approx(loss[1], abs=1e-5)
+    for a, b in zip(grads[:2], grads[2:]):
+        for ga, gb in zip(a, b):
+            assert torch.allclose(ga, gb, atol=1e-6)
+
+
+def test_kto_refuses_passes(tmp_path):
+    job = _pair_job(tmp_path, "kto", 1)
+    job.cfg.tokens_per_pass = 64
+    with pytest.raises(ConfigError, match="tokens_per_pass: objective KTO couples"):
+        train(job)
+
+
 def test_dpo_resume_gives_the_same_weights(tmp_path):
     straight = _pair_job(tmp_path / "a", "dpo", 6)
     model_a, _ = train(straight)

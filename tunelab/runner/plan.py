@@ -242,9 +242,12 @@ def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[st
         var = float(np.var(values, ddof=1)) if len(values) > 1 else math.nan
         out.update(items=len(values), item_sd=2 * math.sqrt(var * (1 - rho)) if var == var else math.nan,
                    item_sd_from=f"pilot's per-item variance, four cells with item correlation {rho:g} (assumed)")
-    else:
+    elif _proportion(sweep.runs[0], h["task"]):  # before the pilot: a 0/1 outcome's variance is at most 0.25
         out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=2 * math.sqrt(0.25 * (1 - rho)),
                    item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome, item correlation {rho:g} (assumed)")
+    else:  # a loss has no worst case to assume
+        out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=math.nan,
+                   item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
     seeds = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
     if len(seeds) >= 2:
         d = [(_seed_score(cells[3][s]) - _seed_score(cells[2][s])) - (_seed_score(cells[1][s]) - _seed_score(cells[0][s]))

@@ -99,10 +99,24 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     if cfg.eval.backend != "hf":
         problems.append(f"eval.backend: a run evaluates its in-memory model with 'hf', got {cfg.eval.backend!r} "
                         "(a finished run on another backend: `tunelab eval RUN --backend vllm`)")
-    problems += _best_problems(cfg) + tracker_problems(t.report_to)
+    problems += _best_problems(cfg) + tracker_problems(t.report_to) + _pass_problems(cfg)
     if raise_errors and problems:
         raise ConfigError(f"{recipe_file or 'recipe'}: invalid recipe:\n  - " + "\n  - ".join(problems))
     return problems
+
+
+def _pass_problems(cfg: RunConfig) -> list[str]:
+    """``train.tokens_per_pass`` with an objective whose loss couples a micro-batch's examples."""
+    if not cfg.train.tokens_per_pass:
+        return []
+    try:
+        objective = build_objective(cfg.objective)
+    except (ConfigError, KeyError, ValueError, TypeError):
+        return []  # reported by the objective check
+    if objective.per_example:
+        return []
+    return [f"train.tokens_per_pass: objective {cfg.objective.get('name')!r} couples a micro-batch's examples (its loss "
+            "would change if the micro-batch were cut into passes); leave it unset, or lower train.batch_size"]
 
 
 def _online_problems(cfg: RunConfig) -> list[str] | None:

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunelab.config import TrainConfig
+from tunelab.config import ConfigError, TrainConfig
 from tunelab.data.tokenize import Row, collate, epoch_order
 from tunelab.device import autocast
 from tunelab.io import StorageError
@@ -228,6 +228,22 @@ def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path, best: Best | None) 
     return meta["step"], state
 
 
+def passes(rows: list, idx: list[int], budget: int) -> list[list[int]]:
+    """``idx`` cut, in order, into runs whose collated size (rows x the widest row's ``width``) stays
+    within ``budget`` positions; a row wider than the budget passes alone (``train.tokens_per_pass``)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    widest = 0
+    for j in idx:
+        w = max(widest, rows[j].width)
+        if cur and w * (len(cur) + 1) > budget:
+            out.append(cur)
+            cur, w = [], rows[j].width
+        cur.append(j)
+        widest = w
+    return out + [cur] if cur else out
+
+
 def _step(job: TrainJob, acc: Accelerator, model: nn.Module, micro_batches: list[dict]) -> tuple:
     """Forward and backward over one optimizer step's micro-batches (gradients accumulated).
 
@@ -355,6 +371,9 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(job.cfg.gradient_checkpointing, bool):  # "auto", where no runner decided it
         on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile))
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
+    if job.cfg.tokens_per_pass and not job.objective.per_example:
+        raise ConfigError(f"train.tokens_per_pass: objective {type(job.objective).__name__} couples a "
+                          "micro-batch's examples; leave it unset")
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
     avg = WeightAverage.of(cfg.weight_average, method)  # a resumed run starts the average anew
@@ -381,7 +400,10 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 else:
                     micro = [plan.micro(step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
                     rows = job.rows_at(step) if job.rows_at is not None else job.rows
-                batches = [job.objective.collate([rows[j] for j in idx], job.pad_id, job.packing) for idx, _ in micro]
+                groups = [idx for idx, _ in micro]
+                if cfg.tokens_per_pass:  # bounded activations: each micro-batch in passes within the budget
+                    groups = [part for idx in groups for part in passes(rows, idx, cfg.tokens_per_pass)]
+                batches = [job.objective.collate([rows[j] for j in idx], job.pad_id, job.packing) for idx in groups]
                 sums, counts, tokens = _step(job, acc, model, batches)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
                 optimizer.step()

@@ -39,6 +39,9 @@ class Objective:
 
     Params: ClassVar[type]
     kind: ClassVar[str] = "tokens"
+    per_example: ClassVar[bool] = True
+    """Whether each loss unit depends on its own example only, so a micro-batch may be cut into passes
+    (``train.tokens_per_pass``) without changing the loss; KTO's batch KL estimate is not."""
 
     def __init__(self, params: Any) -> None:
         self.params = params

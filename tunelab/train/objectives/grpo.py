@@ -143,7 +143,6 @@ class _Online(Objective):
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                  virtual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-unit losses (tokens or episodes) and their source index; skipped units have loss 0 (no graph)."""
-        p = self.params
         skipped = batch.get("skipped_source")
         if skipped is None or not skipped.numel():
             return self._losses(model, batch, cfg, virtual_tokens)

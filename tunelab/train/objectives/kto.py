@@ -23,6 +23,7 @@ class KTO(Objective):
     failures of sampled trajectories), with the batch's KL estimate as the reference point."""
 
     kind = "unpaired"
+    per_example = False  # the KL reference point is the micro-batch's mean
 
     @dataclass
     class Params:
