@@ -65,7 +65,7 @@ def _flops(model, lengths: list[int]) -> tuple[float, float]:
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_length: int, precision: str,
                  threads: int | None, compile: bool = False, gradient_checkpointing: bool | str = "auto",
-                 tokens_per_pass: int | None = None) -> dict[str, Any]:
+                 tokens_per_pass: int | str | None = "auto") -> dict[str, Any]:
     """DPO with ``tunelab.train.loop.train`` in this process; the figures of one run."""
     import torch
 
@@ -105,7 +105,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_lengt
     flops, seq = _flops(model_out, [len(e.input_ids) for r in rows for e in r.seqs])
     return {
         "side": "tunelab", "precision": precision, "threads": used, "compile": compile,
-        "gradient_checkpointing": job_cfg_checkpointing(gradient_checkpointing), "tokens_per_pass": tokens_per_pass,
+        "gradient_checkpointing": job_cfg_checkpointing(gradient_checkpointing, tokens_per_pass),
+        "tokens_per_pass": job_cfg_passes(tokens_per_pass),
         "tokens_per_s": tokens / seconds if seconds else None, "timed_tokens": tokens,
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "mean_loss": sum(r["loss"] for r in timed) / max(1, len(timed)),
@@ -181,12 +182,22 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_length: i
     }
 
 
-def job_cfg_checkpointing(requested: bool | str) -> str:
-    """What tunelab's loop chose for a DPO job: ``auto`` turns checkpointing on for pair objectives."""
-    from tunelab.train.speed import decide_checkpointing
+def job_cfg_checkpointing(requested: bool | str, tokens_per_pass: int | str | None = "auto") -> str:
+    """What tunelab's loop chose for a DPO job: ``auto`` checkpoints pairs only when the step is not cut
+    into passes."""
+    from tunelab.train.speed import decide_checkpointing, decide_passes
 
-    on, _ = decide_checkpointing(requested, "pairs", False)
+    passes, _ = decide_passes(tokens_per_pass, "pairs", True)
+    on, _ = decide_checkpointing(requested, "pairs", False, passes)
     return f"{'on' if on else 'off'}{' (auto)' if requested == 'auto' else ''}"
+
+
+def job_cfg_passes(requested: int | str | None) -> str:
+    """Positions per pass the loop chose for a DPO job."""
+    from tunelab.train.speed import decide_passes
+
+    n, _ = decide_passes(requested, "pairs", True)
+    return f"{n or '-'}{' (auto)' if requested == 'auto' else ''}"
 
 
 def _with_mfu(run: dict[str, Any], peaks: dict[str, Any]) -> dict[str, Any]:
@@ -210,8 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="tunelab's train.gradient_checkpointing (default auto: on for DPO, as TRL's DPOConfig)")
     p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                    help="turn off DPOConfig's default gradient checkpointing")
-    p.add_argument("--tunelab-tokens-per-pass", type=int, default=None,
-                   help="tunelab's train.tokens_per_pass (each step's pairs in passes of at most this many positions)")
+    p.add_argument("--tunelab-tokens-per-pass", default="auto",
+                   help="tunelab's train.tokens_per_pass: auto (the default: passes of 1024 positions for DPO), "
+                        "none (one pass per step), or a number of positions")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -229,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if side == "tunelab":
             kw["compile"] = args.tunelab_compile
             kw["gradient_checkpointing"] = {"on": True, "off": False}.get(args.tunelab_gradient_checkpointing, "auto")
-            kw["tokens_per_pass"] = args.tunelab_tokens_per_pass
+            n = args.tunelab_tokens_per_pass
+            kw["tokens_per_pass"] = None if n == "none" else n if n == "auto" else int(n)
         else:
             kw["gradient_checkpointing"] = not args.trl_no_gradient_checkpointing
         print(f"[bench] {side} DPO {precision}", flush=True)

@@ -173,16 +173,18 @@ class TrainConfig:
     log_every: int = 1
     """Write a metrics row every N steps."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
-    """Recompute each layer's activations in backward (less memory, ~25% slower steps). ``auto``: on for
-    objectives with several sequences per example (preference pairs, KTO, GRPO/RLOO), where activations
-    dominate memory, off otherwise and in compiled runs (``tunelab.train.speed``; the decision is in the
-    run's ``env.json``)."""
-    tokens_per_pass: int | None = field(default=None, metadata=bound(ge=1))
+    """Recompute each layer's activations in backward (less memory, slower steps). ``auto``: on for
+    objectives with several sequences per example whose step is not cut into passes (KTO; pairs and
+    GRPO/RLOO with ``tokens_per_pass: null``), where activations dominate memory, off otherwise and in
+    compiled runs (``tunelab.train.speed``; the decision is in the run's ``env.json``)."""
+    tokens_per_pass: int | Literal["auto"] | None = field(default="auto", metadata=bound(ge=1))
     """Most batch positions (rows x the widest row, padding included) one forward-backward pass holds: each
     micro-batch is cut into consecutive passes within it (a row wider than it passes alone), their
     gradients accumulated, so the step's loss and gradient are unchanged and activation memory is bounded
-    without recomputation. None: one pass per micro-batch. Objectives whose loss couples a micro-batch's
-    examples (KTO's batch KL estimate) refuse it."""
+    without recomputation. None: one pass per micro-batch. ``auto``: 1024 for objectives with several
+    sequences per example whose examples are independent (DPO, IPO, ORPO, SimPO pairs; GRPO/RLOO's
+    episodes), none otherwise (``tunelab.train.speed``; the decision is in the run's ``env.json``).
+    Objectives whose loss couples a micro-batch's examples (KTO's batch KL estimate) refuse a number."""
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` each decoder layer and the LM-head cross-entropy; on CPU the layers also train
     with ``tunelab_cpu`` attention (flash forward, matmul backward). SmolLM2 LoRA, bf16: ~2x faster steps

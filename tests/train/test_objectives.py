@@ -240,8 +240,9 @@ def test_a_recipe_runs_dpo_on_a_trajectory_pool_and_caches_reference(tmp_path, t
     assert mixture["preference"]["kind"] == "pairs" and mixture["preference"]["examples"] == 12  # one pair per task
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "rewards/margin" in metrics[0]
-    speed = json.loads((out / "env.json").read_text())["speed"]  # two sequences per example: checkpointed
-    assert speed["gradient_checkpointing"] is True and speed["checkpointing_decision"]["requested"] == "auto"
+    speed = json.loads((out / "env.json").read_text())["speed"]  # two sequences per example: in passes
+    assert speed["tokens_per_pass"] == 1024 and speed["passes_decision"]["requested"] == "auto"
+    assert speed["gradient_checkpointing"] is False and speed["checkpointing_decision"]["requested"] == "auto"
     shutil.rmtree(out)
     again = run(path, out=str(tmp_path / "runs"), quiet=True, data_cache=cache)
     assert json.loads((again / "results.json").read_text())["run"]["reused"]["reference"] is True

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tunelab.train import speed
-from tunelab.train.speed import decide_checkpointing, decide_compile
+from tunelab.train.speed import AUTO_TOKENS_PER_PASS, decide_checkpointing, decide_compile, decide_passes
 
 
 def _model(n: int) -> nn.Module:
@@ -59,3 +59,21 @@ def test_auto_checkpointing_where_several_sequences_per_example_dominate_memory(
     assert got is on and info["requested"] == "auto" and reason in info["why"][0]
     assert decide_checkpointing(False, "pairs", False) == (False, {"requested": False})
     assert decide_checkpointing(True, "tokens", True) == (True, {"requested": True})
+
+
+@pytest.mark.parametrize(("kind", "per_example", "passes"), [
+    ("pairs", True, AUTO_TOKENS_PER_PASS),  # DPO, IPO, ORPO, SimPO
+    ("online", True, AUTO_TOKENS_PER_PASS),  # GRPO, RLOO
+    ("unpaired", False, None),  # KTO: its KL reference point is the micro-batch's mean
+    ("tokens", True, None),  # SFT, NAT
+    ("choices", True, None),
+])
+def test_auto_passes_bound_multi_sequence_steps_and_checkpointing_steps_aside(kind, per_example, passes):
+    got, info = decide_passes("auto", kind, per_example)
+    assert got == passes and info["requested"] == "auto" and info["why"]
+    on, why = decide_checkpointing("auto", kind, False, got)
+    assert on is (kind == "unpaired")  # only KTO, whose micro-batch cannot be cut, still recomputes
+    if got:
+        assert "passes of at most 1024 positions" in why["why"][0]
+    assert decide_passes(None, "pairs", True) == (None, {"requested": None})
+    assert decide_passes(512, "tokens", True) == (512, {"requested": 512})

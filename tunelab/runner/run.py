@@ -48,7 +48,7 @@ from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
 from tunelab.train.objectives import build_objective, reference_logps, set_reference
-from tunelab.train.speed import decide_checkpointing, decide_compile, return_freed_blocks
+from tunelab.train.speed import decide_checkpointing, decide_compile, decide_passes, return_freed_blocks
 
 
 def _changed(tree: Any, default: Any) -> Any:
@@ -314,16 +314,20 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     compiled, compile_why = decide_compile(cfg.train.compile, model, method.name, cfg.train.max_steps, device)
     if objective.kind == "online" and compiled:  # the layers also decode every step, at changing shapes
         compiled, compile_why = False, {"why": ["online objective: the model generates every step (compile off)"]}
-    ckpt, ckpt_why = decide_checkpointing(cfg.train.gradient_checkpointing, objective.kind, compiled)
+    passes, passes_why = decide_passes(cfg.train.tokens_per_pass, objective.kind, objective.per_example)
+    ckpt, ckpt_why = decide_checkpointing(cfg.train.gradient_checkpointing, objective.kind, compiled, passes)
     if ckpt:  # the loop does it too (once per process); said here for env.json
         ckpt_why["allocator"] = return_freed_blocks()
     env = json.loads((run_dir / "env.json").read_text())
     write_json(run_dir / "env.json", {**env, "speed": {"compile": compiled, "compile_decision": compile_why,
                                                        "gradient_checkpointing": ckpt, "checkpointing_decision": ckpt_why,
+                                                       "tokens_per_pass": passes, "passes_decision": passes_why,
                                                        "packing": data.report.get("packing")}})
     say(f"train: compile {'on' if compiled else 'off'} ({'; '.join(compile_why.get('why', ['as requested']))}); "
-        f"gradient checkpointing {'on' if ckpt else 'off'} ({'; '.join(ckpt_why.get('why', ['as requested']))})")
-    job = TrainJob(model, method, data.rows, data.sources, replace(cfg.train, compile=compiled, gradient_checkpointing=ckpt),
+        f"gradient checkpointing {'on' if ckpt else 'off'} ({'; '.join(ckpt_why.get('why', ['as requested']))}); "
+        f"passes {passes or 'one per micro-batch'} ({'; '.join(passes_why.get('why', ['as requested']))})")
+    job = TrainJob(model, method, data.rows, data.sources, replace(cfg.train, compile=compiled, gradient_checkpointing=ckpt,
+                                                        tokens_per_pass=passes),
                    precision, run_dir, tok.pad_token_id, cfg.data.packing and objective.kind == "tokens",
                    data.heldout_rows, resume, objective=objective)
     job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})

@@ -107,7 +107,7 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
 
 def _pass_problems(cfg: RunConfig) -> list[str]:
     """``train.tokens_per_pass`` with an objective whose loss couples a micro-batch's examples."""
-    if not cfg.train.tokens_per_pass:
+    if not isinstance(cfg.train.tokens_per_pass, int):  # null, or auto (which never cuts such an objective)
         return []
     try:
         objective = build_objective(cfg.objective)

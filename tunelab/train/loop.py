@@ -40,7 +40,7 @@ from tunelab.train.objectives.base import Objective
 from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
-from tunelab.train.speed import decide_checkpointing, decide_compile, return_freed_blocks
+from tunelab.train.speed import decide_checkpointing, decide_compile, decide_passes, return_freed_blocks
 from tunelab.train.weight_average import WeightAverage
 
 
@@ -368,8 +368,12 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(job.cfg.compile, bool):  # "auto" (a runner has decided it already, and recorded why)
         on, _ = decide_compile(job.cfg.compile, job.model, job.method.name, job.cfg.max_steps, acc.device.type)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
+    if job.cfg.tokens_per_pass == "auto":  # where no runner decided it
+        n, _ = decide_passes("auto", job.objective.kind, job.objective.per_example)
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, tokens_per_pass=n))
     if not isinstance(job.cfg.gradient_checkpointing, bool):  # "auto", where no runner decided it
-        on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile))
+        on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile),
+                                     job.cfg.tokens_per_pass)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
     if job.cfg.tokens_per_pass and not job.objective.per_example:
         raise ConfigError(f"train.tokens_per_pass: objective {type(job.objective).__name__} couples a "
