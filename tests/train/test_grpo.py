@@ -120,7 +120,7 @@ def test_skipping_zero_advantage_episodes_changes_no_loss_gradient_or_metric(los
     results = []
     for skip in (False, True):
         objective = build_objective({"name": "grpo", "loss_type": loss_type, "group_size": 3,
-                                     "skip_zero_advantage": skip, "epsilon": 0.0001})
+                                     "skip_zero_advantage": skip})
         advantages = objective.advantages(rewards, groups)
         assert torch.all(advantages[3:6] == 0)
         prompt = tok("2+2 is ", add_special_tokens=False)["input_ids"]
@@ -135,6 +135,7 @@ def test_skipping_zero_advantage_episodes_changes_no_loss_gradient_or_metric(los
         results.append((loss.item(), sorted(losses.tolist()), src.tolist(), objective.units(batch),
                         {n: p.grad for n, p in model.named_parameters()}, objective.metrics()["clip_ratio"]))
     (l1, ls1, s1, u1, g1, c1), (l2, ls2, s2, u2, g2, c2) = results
+    # on-policy the ratio is 1, so the clip fraction is 0 both ways: its check only guards that it is logged
     assert u1 == u2 and abs(l1 - l2) < TOL and c1 == pytest.approx(c2) and s1 == s2 and len(ls1) == len(ls2)
     assert sum(abs(x) for x in ls1) > 0
     for name in g1:

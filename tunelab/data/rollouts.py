@@ -58,7 +58,7 @@ def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Ten
     """Right-padded causal rows (no attention mask needed) with ``advantages`` (B,), ``rewards`` (B,),
     ``example_source`` (B,) and, per token, ``source_idx`` (-1 on padding) and, when the rows have them,
     ``ref_logps`` (B, T; at the target positions, NaN elsewhere)."""
-    width = max(len(r.seq.input_ids) for r in rows)
+    width = max((len(r.seq.input_ids) for r in rows), default=0)
     out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
     for r in rows:
         n = len(r.seq.input_ids)
@@ -66,10 +66,10 @@ def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Ten
         out["targets"].append(r.seq.targets + [IGNORE] * (width - n))
         out["position_ids"].append(list(range(width)))
         out["source_idx"].append([r.source_idx] * n + [-1] * (width - n))
-    batch = {k: torch.tensor(v) for k, v in out.items()}
+    batch = {k: torch.tensor(v, dtype=torch.long).reshape(len(rows), width) for k, v in out.items()}  # (0, 0) if none
     batch["advantages"] = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
     batch["rewards"] = torch.tensor([r.reward for r in rows], dtype=torch.float32)
-    batch["example_source"] = torch.tensor([r.source_idx for r in rows])
+    batch["example_source"] = torch.tensor([r.source_idx for r in rows], dtype=torch.long)
     if any(r.ref_logps is not None for r in rows):
         ref = torch.full(batch["targets"].shape, float("nan"), dtype=torch.float32)
         for i, r in enumerate(rows):

@@ -27,6 +27,7 @@ from tunelab.config import RunConfig, load_recipe
 from tunelab.io import digest, write_bytes, write_json
 from tunelab.runner.generated import key_inputs, parse_generated, pin_key
 from tunelab.runner.recipe_model import RECIPE_PREFIX, folder, recipe_path
+from tunelab.runner.records import sibling_folders
 
 POOLS = "pools"
 """The folder of a study's pools, beside its ``records``."""
@@ -99,8 +100,7 @@ def _generated_sources(configs: Iterable[RunConfig]) -> Iterator[tuple[Any, str 
 def _pool_folders(study_folder: Path) -> list[Path]:
     """The study's own pools folder, then its sibling studies' (``studies/*/pools``, sorted)."""
     own = Path(study_folder) / POOLS
-    siblings = sorted(p for p in Path(study_folder).parent.glob(f"*/{POOLS}") if p.is_dir() and p != own)
-    return ([own] if own.is_dir() else []) + siblings
+    return ([own] if own.is_dir() else []) + sibling_folders(study_folder, POOLS)
 
 
 def _pool_bytes(cache: Path, name: str, where: Path) -> bytes:

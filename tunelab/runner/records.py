@@ -149,6 +149,13 @@ def generated_pools(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def sibling_folders(study_folder: Path, sub: str) -> list[Path]:
+    """``<studies>/*/<sub>`` of the other studies beside ``study_folder`` (sorted): where a study finds the
+    pools (``pools``) and runs (``records``) it shares with its siblings."""
+    own = (Path(study_folder) / sub).resolve()
+    return sorted(p for p in Path(study_folder).parent.glob(f"*/{sub}") if p.is_dir() and p.resolve() != own)
+
+
 def record_path(folder: Path, run: str) -> Path:
     """Where the record of ``run`` lives in a records ``folder``."""
     return Path(folder) / f"{run}{SUFFIX}"

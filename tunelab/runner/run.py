@@ -314,7 +314,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     compiled, compile_why = decide_compile(cfg.train.compile, model, method.name, cfg.train.max_steps, device)
     if objective.kind == "online" and compiled:  # the layers also decode every step, at changing shapes
         compiled, compile_why = False, {"why": ["online objective: the model generates every step (compile off)"]}
-    passes, passes_why = decide_passes(cfg.train.tokens_per_pass, objective.kind, objective.per_example)
+    passes, passes_why = decide_passes(cfg.train.tokens_per_pass, objective.kind, objective.per_example,
+                                       repr(cfg.objective.get("name")))
     ckpt, ckpt_why = decide_checkpointing(cfg.train.gradient_checkpointing, objective.kind, compiled, passes)
     if ckpt:  # the loop does it too (once per process); said here for env.json
         ckpt_why["allocator"] = return_freed_blocks()

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from tunelab.config import ConfigError, RunConfig, apply_override, from_dict, read_yaml_mapping
-from tunelab.runner.records import load_records
+from tunelab.runner.records import load_records, sibling_folders
 from tunelab.runner.run import config_digest
 from tunelab.runner.sweep_fields import (
     levels_label,
@@ -146,8 +146,7 @@ class Sweep:
         """The study's records matched to its planned runs, and why each stale one is not counted
         (:func:`tunelab.runner.records.load_records`); runs identical to a sibling study's (the same
         config digest, in ``<study folder>/../*/records``) share its records."""
-        siblings = [f for f in sorted(self.study_folder.parent.glob("*/records"))
-                    if f.is_dir() and f.resolve() != self.records.resolve()]
+        siblings = sibling_folders(self.study_folder, self.records.name)
         found, stale = load_records(self.records, self.name, self.digests(), siblings)
         arms = {p.name: p.arm for p in self.runs}
         for name, record in found.items():

@@ -16,6 +16,7 @@ from tunelab.regularizers import build_regularizers
 from tunelab.runner.generated import check_generated
 from tunelab.runner.recipe_model import RECIPE_PREFIX, recipe_path
 from tunelab.train.objectives import build_objective
+from tunelab.train.speed import decide_passes
 from tunelab.train.trackers import problems as tracker_problems
 
 
@@ -107,16 +108,15 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
 
 def _pass_problems(cfg: RunConfig) -> list[str]:
     """``train.tokens_per_pass`` with an objective whose loss couples a micro-batch's examples."""
-    if not isinstance(cfg.train.tokens_per_pass, int):  # null, or auto (which never cuts such an objective)
-        return []
     try:
         objective = build_objective(cfg.objective)
     except (ConfigError, KeyError, ValueError, TypeError):
         return []  # reported by the objective check
-    if objective.per_example:
-        return []
-    return [f"train.tokens_per_pass: objective {cfg.objective.get('name')!r} couples a micro-batch's examples (its loss "
-            "would change if the micro-batch were cut into passes); leave it unset, or lower train.batch_size"]
+    try:
+        decide_passes(cfg.train.tokens_per_pass, objective.kind, objective.per_example, repr(cfg.objective.get("name")))
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 def _online_problems(cfg: RunConfig) -> list[str] | None:

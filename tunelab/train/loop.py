@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from tunelab.config import ConfigError, TrainConfig
+from tunelab.config import TrainConfig
 from tunelab.data.tokenize import Row, collate, epoch_order
 from tunelab.device import autocast
 from tunelab.io import StorageError
@@ -368,16 +368,13 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(job.cfg.compile, bool):  # "auto" (a runner has decided it already, and recorded why)
         on, _ = decide_compile(job.cfg.compile, job.model, job.method.name, job.cfg.max_steps, acc.device.type)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, compile=on))
-    if job.cfg.tokens_per_pass == "auto":  # where no runner decided it
-        n, _ = decide_passes("auto", job.objective.kind, job.objective.per_example)
-        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, tokens_per_pass=n))
+    n, _ = decide_passes(job.cfg.tokens_per_pass, job.objective.kind, job.objective.per_example,
+                         type(job.objective).__name__)  # "auto" where no runner decided it; a number checked
+    job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, tokens_per_pass=n))
     if not isinstance(job.cfg.gradient_checkpointing, bool):  # "auto", where no runner decided it
         on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile),
                                      job.cfg.tokens_per_pass)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
-    if job.cfg.tokens_per_pass and not job.objective.per_example:
-        raise ConfigError(f"train.tokens_per_pass: objective {type(job.objective).__name__} couples a "
-                          "micro-batch's examples; leave it unset")
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
     avg = WeightAverage.of(cfg.weight_average, method)  # a resumed run starts the average anew

@@ -42,6 +42,8 @@ from typing import Any
 
 from torch import nn
 
+from tunelab.config import ConfigError
+
 MIN_PARAMS = 50_000_000
 """Smallest model (parameters) for which ``auto`` compiles: below it compile time dominates."""
 MIN_STEPS = 80
@@ -94,10 +96,20 @@ def decide_compile(requested: bool | str, model: nn.Module, method: str, max_ste
     return not reasons, info
 
 
-def decide_passes(requested: int | str | None, kind: str, per_example: bool) -> tuple[int | None, dict[str, Any]]:
+def decide_passes(requested: int | str | None, kind: str, per_example: bool,
+                  name: str = "of this kind") -> tuple[int | None, dict[str, Any]]:
     """(positions per pass or None, the evidence) for ``train.tokens_per_pass`` (a number | ``null`` |
-    ``auto``) of a run whose objective is of ``kind`` (see the module docstring)."""
+    ``auto``) of a run whose objective (``name``) is of ``kind`` (see the module docstring).
+
+    Raises:
+        ConfigError: A number for an objective whose loss couples a micro-batch's examples (``per_example``
+            false: KTO's batch KL estimate), which passes would change.
+    """
     if requested != "auto":
+        if requested and not per_example:
+            raise ConfigError(f"train.tokens_per_pass: objective {name} couples a micro-batch's examples (its loss "
+                              "would change if the micro-batch were cut into passes); leave it unset, or lower "
+                              "train.batch_size")
         return requested, {"requested": requested}
     info: dict[str, Any] = {"requested": "auto", "kind": kind}
     if kind not in PASS_KINDS or not per_example:

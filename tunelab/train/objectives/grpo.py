@@ -119,12 +119,9 @@ class _Online(Objective):
         episodes), ``skipped_targets`` (their completion tokens) and ``skipped_tokens`` (their real
         tokens, for the step's token count)."""
         self.record("zero_advantage", torch.tensor([float(r.advantage == 0) for r in rows]))
-        skipped = [r for r in rows if r.advantage == 0] if self.skips() else []
-        active = [r for r in rows if not (skipped and r.advantage == 0)]
-        batch = collate_rollouts(active, pad_id) if active else {
-            "input_ids": torch.zeros(0, 0, dtype=torch.long), "targets": torch.zeros(0, 0, dtype=torch.long),
-            "position_ids": torch.zeros(0, 0, dtype=torch.long), "source_idx": torch.zeros(0, 0, dtype=torch.long),
-            "advantages": torch.zeros(0), "rewards": torch.zeros(0), "example_source": torch.zeros(0, dtype=torch.long)}
+        skip = self.skips()
+        skipped = [r for r in rows if skip and r.advantage == 0]
+        batch = collate_rollouts([r for r in rows if not (skip and r.advantage == 0)], pad_id)
         targets = [sum(t != IGNORE for t in r.seq.targets) for r in skipped]
         per_unit = targets if self.params.loss_type == "dapo" else [1] * len(skipped)
         batch["skipped_source"] = torch.tensor([r.source_idx for r, n in zip(skipped, per_unit) for _ in range(n)],
