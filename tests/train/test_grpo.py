@@ -257,6 +257,7 @@ def test_reference_logprobs_are_the_adapter_free_models_at_the_sampling_temperat
     rows = [RolloutRow(encode_episode(m, tok, 512, "env", str(i)), 0.0, 0) for i, m in enumerate(episodes)]
     fake = SimpleNamespace(objective=build_objective({"name": "grpo", "temperature": 0.7, "beta": 0.1}), tok=tok,
                            precision="fp32")
+    fake._logps = lambda *a: Rollouts._logps(fake, *a)
     Rollouts._reference(fake, model, rows)
     with model.disable_adapter(), torch.no_grad():
         for r in rows:
@@ -264,3 +265,98 @@ def test_reference_logprobs_are_the_adapter_free_models_at_the_sampling_temperat
             t = torch.tensor(r.seq.targets)
             want = torch.log_softmax(logits[t != IGNORE], -1).gather(-1, t[t != IGNORE][:, None])[:, 0]
             torch.testing.assert_close(torch.tensor(r.ref_logps), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_off_policy_ratio_against_kept_logprobs_equals_trl(tmp_path, loss_type):
+    """num_iterations > 1: the ratio is taken against the sampling policy's log-probs kept with the episodes
+    (TRL's ``old_per_token_logps``); far enough from the current ones that clipping bites on both sides."""
+    warnings.filterwarnings("ignore")
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=0).float()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    objective = build_objective({"name": "grpo", "loss_type": loss_type, "group_size": 3, "num_iterations": 2,
+                                 "epsilon": 0.2, "epsilon_high": 0.28})
+    rewards = torch.tensor([r for rs in REWARDS for r in rs])
+    advantages = objective.advantages(rewards, torch.tensor([0, 0, 0, 1, 1, 1]))
+    prompt_ids, completion_ids, completion_mask, comps, width = _trl_inputs(tok)
+    rows = []
+    for i, c in enumerate(comps):
+        ids = prompt_ids[i].tolist() + c
+        targets = [IGNORE] * (len(prompt_ids[i]) - 1) + c + [IGNORE]
+        rows.append(RolloutRow(Encoded(ids, targets, "env", str(i)), float(rewards[i]), i // 3, float(advantages[i])))
+    from tunelab.train.loss import token_losses
+
+    b = collate_rollouts(rows, tok.pad_token_id)
+    with torch.no_grad():  # the current log-probs, moved by up to +-0.5 nats: ratios from 0.6 to 1.6
+        nll, _ = token_losses(base, {k: b[k] for k in ("input_ids", "position_ids", "targets", "source_idx")})
+    shift = torch.rand(nll.shape[0], generator=torch.Generator().manual_seed(1)) - 0.5
+    old = (-nll.float() + shift).split([len(c) for c in comps])
+    for r, lp in zip(rows, old):
+        r.old_logps = lp.tolist()
+    old_padded = torch.zeros(completion_ids.shape)
+    for i, lp in enumerate(old):
+        old_padded[i, : len(lp)] = lp
+
+    args = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3,
+                          max_completion_length=16, loss_type=loss_type, beta=0.0, epsilon=0.2, epsilon_high=0.28,
+                          num_iterations=2, report_to=[], use_cpu=True, bf16=False)
+    data = datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS * 3])
+    trainer = trl.GRPOTrainer(model=copy.deepcopy(base).train(), args=args, train_dataset=data, processing_class=tok,
+                              reward_funcs=[lambda completions, **kw: [0.0] * len(completions)])
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "advantages": advantages, "num_items_in_batch": completion_mask.sum(),
+              "old_per_token_logps": old_padded}
+    trl_loss = trainer._compute_loss(trainer.model, inputs)
+    trl_loss.backward()
+
+    ours = copy.deepcopy(base).train()
+    batch = collate_rollouts(rows, tok.pad_token_id)
+    losses, _ = objective(ours, batch, TrainConfig(loss_chunk=7), 0)
+    loss = losses.sum() / objective.units(batch)
+    loss.backward()
+    clip = objective.metrics()["clip_ratio"]
+    assert 0 < clip < 1  # the kept log-probs are off-policy enough for some tokens to clip
+    assert abs(loss.item() - trl_loss.item()) < TOL, (loss.item(), trl_loss.item())
+    g1 = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+    g2 = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert g1.keys() == g2.keys() and g1
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=TOL, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_num_iterations_reuses_each_sample_and_resumes_exactly_between_its_steps(tmp_path, tiny_dir, monkeypatch):
+    """mu = 2: episodes are sampled at steps 1 and 3 (1-based) and trained on again at steps 2 and 4, against the
+    log-probs kept from sampling; a run resumed from the step-3 checkpoint, whose next step reuses the batch
+    sampled at step 3, ends with the uninterrupted run's weights."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tunelab.envs.calculator import Calculator
+    from tunelab.runner.run import run
+
+    monkeypatch.setattr(Calculator, "verify", _longer_is_better)
+    monkeypatch.setattr(Calculator, "act", lambda self, text: __import__("tunelab.envs.base", fromlist=["Step"]).Step(
+        done=True, answer=text.strip()))
+    recipe = _recipe(tmp_path, tiny_dir, reward="score", num_iterations=2)
+    over = ["train.max_steps=4", "train.save_every=1", "train.keep_checkpoints=0"]
+    ref = run(recipe, over, out=str(tmp_path / "a"), quiet=True)
+    metrics = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [m["seconds_generation"] > 0 for m in metrics] == [True, False, True, False]
+    assert metrics[0]["reward"] == metrics[1]["reward"] and metrics[2]["reward"] == metrics[3]["reward"]
+    assert json.loads((ref / "data" / "mixture.json").read_text())["online"]["steps_per_sampling"] == 2
+    b = run(recipe, over, out=str(tmp_path / "b"), quiet=True)
+    for step in (4, 2):  # as if killed after step 3: the next step reuses the batch sampled at step 3 (0-based 2)
+        shutil.rmtree(b / "checkpoints" / f"step-{step}", ignore_errors=True)
+    for name in ("final", "results.json"):
+        target = b / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    run(recipe, over, out=str(tmp_path / "b"), resume=True, quiet=True)
+    assert json.loads((b / "results.json").read_text())["run"]["train"]["resumed_from"] == 3
+    wa, wb = (load_file(d / "final" / "adapter_model.safetensors") for d in (ref, b))
+    assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max() <= 1e-6 for k in wa)

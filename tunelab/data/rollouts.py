@@ -35,6 +35,10 @@ class RolloutRow:
     """Outcome details (success, failure kind, steps) for the step's metrics."""
     ref_logps: list[float] | None = None
     """The reference's log-probability of each target token, in order (a KL term, ``beta`` > 0)."""
+    old_logps: list[float] | None = None
+    """The sampling policy's log-probability of each target token, in order, computed once when the episode
+    was sampled (``num_iterations`` > 1: the later optimizer steps on the same episodes take their ratio
+    against it); None: the ratio is taken against the current weights (1 in value, on-policy)."""
 
     @property
     def tokens(self) -> int:
@@ -57,7 +61,7 @@ def encode_episode(messages: list[dict[str, Any]], tok, max_length: int, source:
 def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded causal rows (no attention mask needed) with ``advantages`` (B,), ``rewards`` (B,),
     ``example_source`` (B,) and, per token, ``source_idx`` (-1 on padding) and, when the rows have them,
-    ``ref_logps`` (B, T; at the target positions, NaN elsewhere)."""
+    ``ref_logps`` and ``old_logps`` (B, T; at the target positions, NaN elsewhere)."""
     width = max((len(r.seq.input_ids) for r in rows), default=0)
     out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
     for r in rows:
@@ -70,10 +74,11 @@ def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Ten
     batch["advantages"] = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
     batch["rewards"] = torch.tensor([r.reward for r in rows], dtype=torch.float32)
     batch["example_source"] = torch.tensor([r.source_idx for r in rows], dtype=torch.long)
-    if any(r.ref_logps is not None for r in rows):
-        ref = torch.full(batch["targets"].shape, float("nan"), dtype=torch.float32)
-        for i, r in enumerate(rows):
-            at = (batch["targets"][i] != IGNORE).nonzero().squeeze(-1)
-            ref[i, at] = torch.tensor(r.ref_logps or [float("nan")] * len(at), dtype=torch.float32)
-        batch["ref_logps"] = ref
+    for key in ("ref_logps", "old_logps"):
+        if any(getattr(r, key) is not None for r in rows):
+            per_token = torch.full(batch["targets"].shape, float("nan"), dtype=torch.float32)
+            for i, r in enumerate(rows):
+                at = (batch["targets"][i] != IGNORE).nonzero().squeeze(-1)
+                per_token[i, at] = torch.tensor(getattr(r, key) or [float("nan")] * len(at), dtype=torch.float32)
+            batch[key] = per_token
     return batch

@@ -9,10 +9,17 @@ verifier's rewards become advantages (the objective's :meth:`advantages`), and e
 :class:`~tunelab.data.rollouts.RolloutRow` with loss on the agent's turns only. The step's reward mean
 and spread, success rate, episode tokens and the seconds spent generating are recorded as metrics (the
 objective adds the share of zero-advantage episodes, ``zero_advantage``).
+
+With ``num_iterations`` = mu > 1 (GRPO's mu), episodes are sampled at steps 0, mu, 2 mu ... (generation
+``g`` = step // mu takes the prompts a run with mu = 1 takes at step ``g``) and reused, unchanged, for the
+next mu - 1 steps; when sampled they also get the sampling policy's per-token log-probabilities
+(``old_logps``), the ratio's denominator on every step that reuses them. The batch in use is part of a
+checkpoint (:meth:`Rollouts.state`), so a run resumed between two of its steps trains on the same episodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Any
@@ -57,6 +64,8 @@ class Rollouts:
         self.tasks = self.env.tasks(p.task_limit, seed)
         if not self.tasks:
             raise ConfigError(f"objective.env {p.env!r} has no tasks")
+        self.batch: tuple[int, list[RolloutRow]] | None = None
+        """(the step it was sampled at, its rows): the episodes in use while ``num_iterations`` > 1."""
 
     def task_order(self, epoch: int) -> list[int]:
         """The task indices of one pass over the training tasks (seeded)."""
@@ -72,15 +81,39 @@ class Rollouts:
             out.append(self.task_order(i // n)[i % n])
         return out
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the batch of episodes in use (``num_iterations`` > 1), else nothing."""
+        return {"batch": self.batch} if self.batch is not None else {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (a resumed run reuses the episodes it was training on)."""
+        self.batch = state.get("batch")
+
     def __call__(self, step: int, model: nn.Module) -> list[RolloutRow]:
-        """Sample, verify and tokenize step ``step``'s episodes with ``model``'s current weights."""
+        """Step ``step``'s episodes: sampled, verified and tokenized with ``model``'s current weights, or,
+        with ``num_iterations`` = mu > 1 and ``step`` not a multiple of mu, those sampled at the last one."""
+        p = self.objective.params
+        mu = p.num_iterations
+        if step % mu and self.batch is not None and self.batch[0] == step - step % mu:
+            rows = self.batch[1]
+            self._record(rows, torch.tensor([r.reward for r in rows]), torch.tensor([r.group for r in rows]), 0.0)
+            return rows
+        if step % mu:  # only a checkpoint from before this batch was kept: its episodes are not known
+            raise RuntimeError(f"step {step} reuses the episodes sampled at step {step - step % mu} "
+                               "(objective.num_iterations), which this run no longer holds")
+        rows = self._sample(step // mu, step, model)
+        self.batch = (step, rows) if mu > 1 else None
+        return rows
+
+    def _sample(self, generation: int, step: int, model: nn.Module) -> list[RolloutRow]:
+        """Generation ``generation``'s episodes (step ``step``'s prompts with ``num_iterations`` = 1)."""
         p = self.objective.params
         t0 = time.perf_counter()
         was_training = model.training
         generator = HFGenerator(model, self.tok, batch_size=self.prompts * p.group_size, precision=self.precision,
                                 progress=False)
         attempts = [Attempt(self.tasks[t], a, [{"role": "user", "content": self.env.prompt(self.tasks[t])}])
-                    for t in self.step_tasks(step) for a in range(p.group_size)]
+                    for t in self.step_tasks(generation) for a in range(p.group_size)]
         group_of = {id(a): i // p.group_size for i, a in enumerate(attempts)}
         finished: list[tuple[Attempt, Step | None]] = []
         try:
@@ -107,29 +140,41 @@ class Rollouts:
             r.advantage = adv
         if p.beta:
             self._reference(model, rows)
+        if p.num_iterations > 1:  # the ratio's denominator on every step that reuses these episodes
+            used = [r for r in rows if not (self.objective.skips() and r.advantage == 0)]  # skipped: no loss
+            for r, lp in zip(used, self._logps(model, used, contextlib.nullcontext)):
+                r.old_logps = lp
         self._record(rows, rewards, groups, time.perf_counter() - t0)
         return rows
 
-    @torch.no_grad()
     def _reference(self, model: nn.Module, rows: list[RolloutRow]) -> None:
         """Each row's per-token reference log-probabilities: the model with its adapters disabled."""
         disable = getattr(model, "disable_adapter", None)
         if disable is None:
             raise ConfigError("objective.beta > 0 needs a reference: the run's method must be an adapter "
                               "(lora, ia3, prefix ...) whose weights can be disabled; use beta: 0 with this method")
+        for r, lp in zip(rows, self._logps(model, rows, disable)):
+            r.ref_logps = lp
+
+    @torch.no_grad()
+    def _logps(self, model: nn.Module, rows: list[RolloutRow], context) -> list[list[float]]:
+        """Each row's per-token log-probabilities of its targets under ``model`` in eval mode inside
+        ``context()`` (the adapters disabled for the reference), in one pass through the loss's chunked
+        head at the sampling temperature."""
+        if not rows:
+            return []
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in collate_rollouts(rows, self.tok.pad_token_id or 0).items()
                  if k in ("input_ids", "position_ids", "targets", "source_idx")}
-        try:  # one pass through the same chunked head as the loss, at the sampling temperature
-            with disable(), autocast(device.type, self.precision):
+        try:
+            with context(), autocast(device.type, self.precision):
                 nll, _ = token_losses(model, batch, temperature=self.objective.params.temperature)
         finally:
             model.train(was_training)
         logps = (-nll.float()).cpu().split([sum(t != IGNORE for t in r.seq.targets) for r in rows])
-        for r, lp in zip(rows, logps):
-            r.ref_logps = lp.tolist()
+        return [lp.tolist() for lp in logps]
 
     def _record(self, rows: list[RolloutRow], rewards: torch.Tensor, groups: torch.Tensor, seconds: float) -> None:
         """The step's rollout metrics, into the objective's metrics row."""

@@ -279,7 +279,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     if objective.kind == "online":  # grpo / rloo sample their own episodes as training goes
         data = DataBundle([objective.params.env], [], [], [], {"online": {
             "objective": objective.name, "env": objective.params.env, "group_size": objective.params.group_size,
-            "episodes_per_step": cfg.train.batch_size * cfg.train.grad_accum}})
+            "episodes_per_step": cfg.train.batch_size * cfg.train.grad_accum,
+            "steps_per_sampling": objective.params.num_iterations}})
     else:
         data = _data(cfg, tok, Path(data_cache) if data_cache else None, reused, say)
     write_json(run_dir / "data" / "mixture.json", data.report)

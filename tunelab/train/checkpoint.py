@@ -41,17 +41,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
          meta: dict[str, Any], keep: int = 0, rng: dict[str, Any] | None = None,
-         best: dict[str, torch.Tensor] | None = None) -> Path:
+         best: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``folder/step-N`` atomically and prune old ones (keep the newest ``keep``).
 
-    ``best``: the best evaluation's trainable state (``train.select_best``), as ``best.safetensors``.
+    ``best``: the best evaluation's trainable state (``train.select_best``), as ``best.safetensors``;
+    ``extra``: more of the loop's state, kept beside the optimizer's in ``state.pt`` (the online
+    objectives' episodes in use).
     """
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step}"
     tmp = folder / f".tmp-step-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(tmp, step, weights, optimizer, meta, rng, best)
+        _write(tmp, step, weights, optimizer, meta, rng, best, extra)
     except (OSError, SafetensorError) as e:  # disk full, size limit: the previous checkpoints stay
         shutil.rmtree(tmp, ignore_errors=True)
         raise StorageError(getattr(e, "errno", None), f"could not write checkpoint {final}: "
@@ -66,13 +68,14 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], optimizer: t
 
 
 def _write(tmp: Path, step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-           meta: dict[str, Any], rng: dict[str, Any] | None, best: dict[str, torch.Tensor] | None) -> None:
+           meta: dict[str, Any], rng: dict[str, Any] | None, best: dict[str, torch.Tensor] | None,
+           extra: dict[str, Any] | None = None) -> None:
     """The files of one checkpoint, in the temporary folder ``tmp`` (``meta.json`` last)."""
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
     if best is not None:
         save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
+    torch.save({**(extra or {}), "optimizer": optimizer.state_dict(), "rng": rng or rng_state()}, tmp / "state.pt")
     files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1))
 

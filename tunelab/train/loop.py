@@ -311,6 +311,8 @@ def _prepare(job: TrainJob, acc: Accelerator,
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
+        if job.rollouts is not None and hasattr(job.rollouts, "load_state"):
+            job.rollouts.load_state(state.get("rollouts", {}))  # the episodes in use (num_iterations > 1)
     model, optimizer = acc.prepare(model, optimizer)
     return model, optimizer, start, restore
 
@@ -321,8 +323,9 @@ def _save(job: TrainJob, acc: Accelerator, model: nn.Module, optimizer, step: in
     if acc.is_main_process:
         weights = job.method.trainable_state(acc.unwrap_model(model))
         meta = {"method": job.method.state()} | ({"best": best.state()} if best is not None else {})
+        extra = {"rollouts": job.rollouts.state()} if hasattr(job.rollouts, "state") else None
         checkpoint.save(job.run_dir / "checkpoints", step, weights, optimizer, meta, job.cfg.keep_checkpoints,
-                        rng, best.weights if best is not None else None)
+                        rng, best.weights if best is not None else None, extra)
 
 
 def _evaluate(job: TrainJob, acc: Accelerator, model: nn.Module, row: dict[str, Any], best: Best | None,

@@ -12,8 +12,10 @@ live), scores them with the environment's verifier and turns the rewards into ad
 The loss is the clipped token-level objective of PPO/GRPO on the agent's own tokens (observations and
 prompts carry none), with the logits divided by the sampling temperature as TRL does:
 ``-min(rho_t A, clip(rho_t, 1 - eps, 1 + eps_high) A) + beta KL_t``, ``rho_t = pi(a_t) / pi_old(a_t)``
-(one optimisation step per generation, so ``pi_old`` is the detached current policy and rho = 1 in
-value), ``KL_t = exp(ref - logp) - (ref - logp) - 1`` (times rho, TRL's bias correction) against the weights
+(with ``num_iterations`` = 1, one optimisation step per generation, so ``pi_old`` is the detached current
+policy and rho = 1 in value; with mu = ``num_iterations`` > 1, GRPO's mu and TRL's ``num_iterations``, each
+batch of episodes is trained on for mu optimizer steps and ``pi_old`` is the sampling policy's
+log-probability, computed once when the episodes are sampled), ``KL_t = exp(ref - logp) - (ref - logp) - 1`` (times rho, TRL's bias correction) against the weights
 with the adapters disabled (``beta`` > 0; 0 by default, as TRL). Aggregation (``loss_type``, TRL's names): ``dapo`` (TRL's
 default: the mean over every completion token of the step), ``grpo`` (each episode's token mean, then
 the mean over episodes), ``dr_grpo`` (each episode's token sum over ``max_completion_length``).
@@ -79,6 +81,10 @@ class GRPOParams:
     after DeepSeek-V3.2); it changes the gradient even on-policy, not the value."""
     max_completion_length: int | None = field(default=None, metadata=bound(ge=1))
     """``dr_grpo``'s constant denominator; None: ``max_new_tokens x episode_steps``."""
+    num_iterations: int = field(default=1, metadata=bound(ge=1))
+    """mu: optimizer steps on each batch of sampled episodes (GRPO's mu, TRL's ``num_iterations``). Above 1,
+    episodes are sampled every mu steps, the sampling policy's log-probabilities are kept with them, and the
+    ratio of the later steps is taken against those (so clipping bites); 1: sample every step, on-policy."""
     skip_zero_advantage: bool = True
     """Leave zero-advantage episodes out of the forward and backward pass when ``beta`` is 0 (their
     gradient is exactly zero; the loss and its denominators are unchanged). Off: compute them, as TRL does."""
@@ -161,7 +167,11 @@ class _Online(Objective):
         mask = batch["targets"] != IGNORE
         row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
         adv = batch["advantages"].to(logp)[row]
-        ratio = torch.exp(logp - logp.detach())  # one step per generation: pi_old is the current policy
+        old = batch.get("old_logps")
+        if old is None:  # one step per generation: pi_old is the current policy
+            ratio = torch.exp(logp - logp.detach())
+        else:  # the sampling policy's, kept with the episodes (num_iterations > 1)
+            ratio = torch.exp(logp - old.to(logp.device)[mask].to(logp))
         high = p.epsilon_high if p.epsilon_high is not None else p.epsilon
         clipped = torch.clamp(ratio, 1 - p.epsilon, 1 + high)
         per_token = -torch.min(ratio * adv, clipped * adv)
