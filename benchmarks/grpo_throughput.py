@@ -5,7 +5,9 @@ The job: SmolLM2-135M-Instruct, LoRA r=16 alpha=32 (no dropout) on all linear la
 question as the user turn), G = 4 completions per prompt, ``--batch-size`` completions per step
 (batch / G prompts), at most ``--max-new-tokens`` tokens each at temperature 1, one optimizer step
 per generation, beta 0, TRL's default ``dapo`` loss, the reward 1 when the completion's
-``finish[...]`` answer is right. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the
+``finish[...]`` answer is right and ``--format-credit`` (default 0.5) when it gives a wrong answer in that
+format (the environment's graded score, ``format_credit``; a format reward, as GRPO recipes add): without
+it SmolLM2-135M-Instruct earns 0 on every episode, every group agrees, and a step trains nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the
 same work is timed. The first ``--warmup`` steps are not timed; each side runs in its own subprocess
 (peak RSS per side).
 
@@ -52,14 +54,17 @@ def _load(model_name: str, threads: int | None):
     return model, tok, used
 
 
-def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = True) -> dict[str, Any]:
+def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = True,
+               format_credit: float = 0.0) -> dict[str, Any]:
     return {"name": "grpo", "env": "calculator", "group_size": GROUP, "max_new_tokens": max_new_tokens,
-            "episode_steps": 1, "temperature": 1.0, "task_limit": 512, "env_options": {"oneshot": oneshot},
+            "episode_steps": 1, "temperature": 1.0, "task_limit": 512, "reward": "score",
+            "env_options": {"oneshot": oneshot, "format_credit": format_credit},
             "skip_zero_advantage": skip_zero_advantage}
 
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
-                 threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True) -> dict[str, Any]:
+                 threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
+                 format_credit: float = 0.0) -> dict[str, Any]:
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
     import torch
 
@@ -77,7 +82,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
                       eval_every=0, log_every=1, threads=threads, compile=False)
     method = build_method(LORA)
     net = method.apply(net)
-    objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage))
+    objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage, format_credit))
     with tempfile.TemporaryDirectory(prefix="tl-grpo-bench-") as tmp:
         job = TrainJob(net, method, [], ["calculator"], cfg, precision, Path(tmp), tok.pad_token_id, False,
                        objective=objective)
@@ -104,7 +109,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
 
 
 def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
-             threads: int | None, oneshot: bool = True) -> dict[str, Any]:
+             threads: int | None, oneshot: bool = True, format_credit: float = 0.0) -> dict[str, Any]:
     """GRPO with TRL ``GRPOTrainer`` + peft LoRA in this process; the figures of one run."""
     import torch
     from datasets import Dataset
@@ -117,7 +122,7 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_new_token
     torch.manual_seed(SEED)
     net, tok, used = _load(model, threads)
     total = warmup + steps
-    env = get_env("calculator", oneshot=oneshot)
+    env = get_env("calculator", oneshot=oneshot, format_credit=format_credit)
     tasks = env.tasks(512, SEED)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": env.prompt(t)}], "task": i}
                               for i, t in enumerate(tasks)])
@@ -128,7 +133,7 @@ def trl_side(model: str, steps: int, warmup: int, batch_size: int, max_new_token
         for c, i in zip(completions, task):
             text = c[-1]["content"] if isinstance(c, list) else str(c)
             step = env.act(text.split("\nObservation:")[0])
-            out.append(float(env.verify(tasks[i], step.answer)["success"]))
+            out.append(float(env.verify(tasks[i], step.answer)["score"]))
         rewards.extend(out)
         return out
 
@@ -174,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=8, help="completions per step (a multiple of G = 4)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--no-oneshot", action="store_true", help="the question alone (no instruction or example)")
+    p.add_argument("--format-credit", type=float, default=0.5,
+                   help="reward of a wrong answer given as finish[...] (0: success only, every reward 0 for SmolLM2)")
     p.add_argument("--skip-zero-advantage", choices=["on", "off"], default="on",
                    help="tunelab side: leave zero-advantage episodes out of the pass (default) or compute them")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
         kw = {"model": args.model, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens, "precision": precision, "threads": args.threads,
-              "oneshot": not args.no_oneshot}
+              "oneshot": not args.no_oneshot, "format_credit": args.format_credit}
         if side == "tunelab":
             kw["skip_zero_advantage"] = args.skip_zero_advantage == "on"
         print(f"[bench] {side} GRPO {precision}", flush=True)
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
-          f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens")
+          f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens, "
+          f"format credit {args.format_credit}")
     headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
                "reward", "peak MB"]
     body = [[r["side"] + (" (skips zero-advantage)" if r.get("skip_zero_advantage") else ""), r["steps_per_s"],

@@ -167,6 +167,16 @@ def test_yes_no_verifier_is_exact() -> None:
     assert not env.verify(task, "Inconclusive")["success"] and env.verify(task, "Yes")["gold"] == "Yes"
 
 
+def test_calculator_format_credit_grades_a_wrong_answer_in_the_format() -> None:
+    task = EnvTask("q", "2+3?", {"answer": "5"})
+    plain, graded = get_env("calculator"), get_env("calculator", format_credit=0.5)
+    assert [plain.verify(task, a)["score"] for a in ("5", "6", None)] == [1.0, 0.0, 0.0]
+    assert [graded.verify(task, a)["score"] for a in ("5.0", "6", None)] == [1.0, 0.5, 0.0]
+    assert [graded.verify(task, a)["success"] for a in ("5", "6")] == [True, False]  # success stays exact
+    with pytest.raises(Exception, match="format_credit"):
+        get_env("calculator", format_credit=2)
+
+
 def _qa_file(tmp_path: Path) -> Path:
     path = tmp_path / "qa.jsonl"
     rows = [{"id": 1, "question": "Which city hosts the Louvre?", "answer": "Paris"},

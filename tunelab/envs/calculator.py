@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tunelab.config import bound
 from tunelab.data.tasks.arith import NAMES, THINGS
 from tunelab.data.tasks.base import get_family
 from tunelab.envs.base import ENVS, Environment, EnvTask
@@ -50,6 +51,10 @@ class Calculator(Environment):
         or ``pairs``: one-step sums of two one-digit quantities (the test-sized NAT drill)."""
         oneshot: bool = True
         """Show the instruction and worked example before the question (off: the question alone)."""
+        format_credit: float = field(default=0.0, metadata=bound(ge=0, le=1))
+        """The graded ``score`` of a final answer given in the format (``finish[...]``) but wrong: a format
+        reward, as GRPO recipes add to correctness (DeepSeek-R1's). Success stays the exact answer; an
+        online objective reads it with ``reward: score``. 0: the score is success alone."""
 
     def tasks(self, limit: int | None, seed: int) -> list[EnvTask]:
         """Problems with their gold answers."""
@@ -77,8 +82,10 @@ class Calculator(Environment):
             return f"Error: {e}"
 
     def verify(self, task: EnvTask, answer: str | None) -> dict[str, Any]:
-        """Exact numeric match after GSM8K normalisation."""
+        """Exact numeric match after GSM8K normalisation; the score gives ``format_credit`` to a final
+        answer that is wrong."""
         got = normalize_number(answer) if answer is not None else None
         gold = normalize_number(str(task.meta["answer"]))
-        return {"success": got is not None and got == gold, "score": float(got is not None and got == gold),
-                "answer": answer, "gold": gold}
+        success = got is not None and got == gold
+        score = 1.0 if success else self.params.format_credit if answer is not None else 0.0
+        return {"success": success, "score": score, "answer": answer, "gold": gold}
