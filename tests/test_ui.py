@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -105,12 +106,12 @@ def test_a_person_rates_five_pairs_in_a_real_browser(runs: Path, tmp_path: Path)
         with running_ui(runs) as ui:
             browser.get(f"{ui.url}/rate?{query}")
             browser.find_element(By.NAME, "rater").send_keys("bob")
-            _click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+            _click_and_wait(browser, lambda: browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
             for k in range(5):
                 assert f"rated {k}" in browser.page_source
                 if k == 0:
                     browser.save_screenshot(str(artifacts / "ui-rating.png"))
-                _click_and_wait(browser, browser.find_element(By.ID, ("pick-1", "pick-2", "pick-tie")[k % 3]))
+                _click_and_wait(browser, lambda k=k: browser.find_element(By.ID, ("pick-1", "pick-2", "pick-tie")[k % 3]))
             # a reload shows the next unrated item; the ratings page counts five
             browser.refresh()
             assert "rated 5" in browser.page_source
@@ -124,12 +125,25 @@ def test_a_person_rates_five_pairs_in_a_real_browser(runs: Path, tmp_path: Path)
         browser.quit()
 
 
-def _click_and_wait(browser, element) -> None:
-    """Click and wait until the page it was on has been replaced (the form's navigation finished)."""
+def _click_and_wait(browser, locate) -> None:
+    """Click the element ``locate()`` finds and wait until the page it was on has been replaced (the form's
+    navigation finished). An element whose page was swapped between finding and clicking (chromium: "Node
+    with given id does not belong to the document") is found again, up to three times; the click never
+    reached the page then, so nothing is submitted twice."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    element.click()
+    for attempt in range(3):
+        element = locate()
+        try:
+            element.click()
+            break
+        except (StaleElementReferenceException, WebDriverException) as e:
+            if attempt == 2 or not (isinstance(e, StaleElementReferenceException)
+                                    or "does not belong to the document" in str(e)):
+                raise
+            time.sleep(0.2)
     WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
     WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
@@ -221,13 +235,13 @@ def test_every_item_of_a_run_filtered_and_diffed_in_a_real_browser(tmp_path: Pat
             first = browser.find_elements(By.CSS_SELECTOR, "#items tr.item")[0].text
             assert "run-a step 0" in first and "run-b finish 0" in first and "verdict on q0" in first and "lost" in first  # people preferred run-b on q0
             browser.save_screenshot(str(artifacts / "ui-items.png"))
-            kind = [e for e in browser.find_elements(By.CSS_SELECTOR, "a.kind") if e.text == "wrong_answer"][0]
-            _click_and_wait(browser, kind)
+            _click_and_wait(browser, lambda: [e for e in browser.find_elements(By.CSS_SELECTOR, "a.kind")
+                                              if e.text == "wrong_answer"][0])
             assert browser.find_element(By.ID, "shown").text == f"{wrong} of 30 items shown"
             cells = [row.find_elements(By.TAG_NAME, "td")[4].text for row in
                      browser.find_elements(By.CSS_SELECTOR, "#items tr.item")]
             assert cells == ["wrong_answer"] * wrong
-            _click_and_wait(browser, browser.find_element(By.ID, "changed"))
+            _click_and_wait(browser, lambda: browser.find_element(By.ID, "changed"))
             both = sum(r["failure"] == "wrong_answer" and r["score"] != o["score"] for r, o in zip(rows["run-a"], rows["run-b"]))
             assert browser.find_element(By.ID, "shown").text == f"{both} of 30 items shown"
             browser.get(f"{ui.url}/items?" + urlencode({"run": "run-a", "task": "agent_calculator", "other": "run-b",
