@@ -5,10 +5,10 @@ The job: SmolLM2-135M-Instruct, LoRA r=16 alpha=32 (no dropout) on all linear la
 question as the user turn), G = 4 completions per prompt, ``--batch-size`` completions per step
 (batch / G prompts), at most ``--max-new-tokens`` tokens each at temperature 1, one optimizer step
 per generation, beta 0, TRL's default ``dapo`` loss, the reward 1 when the completion's
-``finish[...]`` answer is right and ``--format-credit`` (default 0.5) when it gives a wrong answer in that
-format (the environment's graded score, ``format_credit``; a format reward, as GRPO recipes add): without
-it SmolLM2-135M-Instruct earns 0 on every episode, every group agrees, and a step trains nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the
-same work is timed. The first ``--warmup`` steps are not timed; each side runs in its own subprocess
+``finish[...]`` answer is right and ``--format-credit`` (default 0.5) when it gives a wrong answer in
+that format (the environment's graded score, ``format_credit``; a format reward, as GRPO recipes add).
+With success alone SmolLM2-135M-Instruct earns 0 on every episode, every group agrees, and a step trains
+nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the same work is timed. The first ``--warmup`` steps are not timed; each side runs in its own subprocess
 (peak RSS per side).
 
 * steps/s and tokens/s: timed steps (generation + training) / their seconds; tokens are the prompt and
