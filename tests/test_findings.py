@@ -272,3 +272,41 @@ def test_failure_kinds_are_averaged_per_arm_and_a_kind_a_run_never_met_counts_ze
     assert set(out) == {"agent_calculator"}  # a task without failure scores is left out
     assert out["agent_calculator"]["a"] == pytest.approx({"malformed": 0.05, "step_limit": 0.0, "wrong_answer": 0.3})
     assert out["agent_calculator"]["b"] == pytest.approx({"malformed": 0.0, "step_limit": 0.3, "wrong_answer": 0.0})
+
+
+def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_from_the_base():
+    from types import SimpleNamespace
+
+    from tunelab.eval.regimes import UNTRAINED
+    from tunelab.report.findings import inference_costs
+    from tunelab.report.findings_doc import markdown
+
+    def table(tokens_full: float, secs: float, batch1: float | None) -> dict:
+        full = {"input_tokens": {"value": tokens_full, "ci": [0, 1], "n": 5}, "seconds_per_item": secs,
+                "latency_batch1_s": None if batch1 is None else {"value": batch1, "ci": [0, 1], "n": 3}}
+        query = {"input_tokens": {"value": 20.0, "ci": [0, 1], "n": 5}, "token_saving": 1 - 20.0 / tokens_full,
+                 "seconds_per_item": secs / 4, "latency_batch1_s": None}
+        return {"arith_rules": {"full": full, "query": query}}
+
+    def rec(arm: str, tuned: dict) -> dict:
+        return {"arm": SimpleNamespace(label=arm), "results": {"run": {"train": {}, "regimes": {
+            "base": table(400.0, 0.8, 2.0), "tuned": tuned}}}}
+
+    out = inference_costs([rec("pi", table(400.0, 0.4, 1.0)), rec("pi", table(400.0, 0.6, None)),
+                           rec("full", table(400.0, 1.0, 3.0)), {"arm": SimpleNamespace(label="x"),
+                                                                 "results": {"run": {"train": {}}}}])
+    cells = out["arith_rules"]
+    assert cells[("pi", "full")] == pytest.approx({"input_tokens": 400.0, "seconds_per_item": 0.5,
+                                                   "latency_batch1_s": 1.0})  # a run without it is not a zero
+    assert cells[("pi", "query")]["token_saving"] == pytest.approx(0.95)
+    assert cells[(UNTRAINED, "full")]["latency_batch1_s"] == pytest.approx(2.0)
+    assert ("x", "full") not in cells  # a run without regimes adds nothing
+    assert inference_costs([{"arm": SimpleNamespace(label="a"), "results": {"run": {}}}]) == {}
+    study = {"name": "s", "question": "", "_sweep": SimpleNamespace(differences=[]), "tasks": {}, "hypotheses": [],
+             "diagnostics": {}, "inference_costs": out, "_items": {}}
+    from unittest import mock
+    with mock.patch("tunelab.report.findings_doc._design", return_value=[]), \
+            mock.patch("tunelab.report.findings_doc._plan_lines", return_value=[]):
+        text = markdown(study)
+    assert "**Inference cost on arith_rules**" in text
+    assert "| pi | query | 20.0 | 95.0% | 0.125 | - |" in text

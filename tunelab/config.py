@@ -231,6 +231,10 @@ class EvalConfig:
     """Generation budget per item."""
     batch_size: int = field(default=16, metadata=bound(ge=1))
     """Prompts per generation batch."""
+    latency_items: int = field(default=0, metadata=bound(ge=0))
+    """Per generation task, this many of its items generated again one at a time and timed:
+    ``latency_batch1_s`` in its scores (seconds per item at batch 1, what one user's request waits;
+    the task's own seconds are the batched pass). 0: not measured."""
     temperature: float = field(default=0.0, metadata=bound(ge=0))
     """0 = greedy."""
     samples: int = field(default=1, metadata=bound(ge=1))

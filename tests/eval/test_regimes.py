@@ -133,3 +133,40 @@ def test_a_run_writes_the_regime_table(tmp_path: Path, capsys) -> None:
         assert t["full"]["input_tokens"]["value"] > t["query"]["input_tokens"]["value"]
         assert t["query"]["vs_full"]["n"] == 2
     assert main(["regimes", str(run_dir)]) == 0 and "fine-tuned model:" in capsys.readouterr().out
+
+
+def test_latency_items_time_each_item_alone_and_leave_the_answers_and_the_batched_seconds_as_they_are() -> None:
+    from tunelab.eval.harness import evaluate
+    from tunelab.generate.base import Generator
+
+    class Counting(Generator):
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def generate(self, prompts, cfg):
+            self.calls.append(len(prompts))
+            return [["1"] * cfg.n for _ in prompts]
+
+    task = get_task("arith")
+    gen = Counting()
+    plain = evaluate(task, gen, limit=6, max_new_tokens=4)
+    assert "latency_batch1_s" not in plain.scores and gen.calls == [6]
+    gen.calls.clear()
+    timed = evaluate(task, gen, limit=6, max_new_tokens=4, latency_items=3)
+    assert gen.calls == [6, 1, 1, 1]  # the batched pass, then three items one at a time
+    lat = timed.scores["latency_batch1_s"]
+    assert lat["n"] == 3 and 0 <= lat["ci"][0] <= lat["value"] <= lat["ci"][1]
+    assert timed.rows == plain.rows and timed.scores["accuracy"] == plain.scores["accuracy"]
+    assert evaluate(task, gen, limit=2, max_new_tokens=4, latency_items=10).scores["latency_batch1_s"]["n"] == 2
+
+
+def test_the_base_evaluation_cache_key_is_unchanged_unless_latency_is_asked_for() -> None:
+    from tunelab.config import RunConfig
+    from tunelab.runner.cache import base_eval_key
+
+    cfg = RunConfig()
+    key = base_eval_key(cfg, "arith", "fp32")
+    cfg.eval.latency_items = 0
+    assert base_eval_key(cfg, "arith", "fp32") == key
+    cfg.eval.latency_items = 5
+    assert base_eval_key(cfg, "arith", "fp32") != key

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunelab.eval.stats import bootstrap_ci
 from tunelab.eval.tasks.base import EvalItem, EvalTask
 from tunelab.generate.base import GenerationConfig, Generator
 from tunelab.generate.loglik import LoglikScorer, scorer_for
@@ -75,8 +76,14 @@ def evaluate(
     temperature: float = 0.0,
     out: Path | None = None,
     persist_every: int = PERSIST_EVERY,
+    latency_items: int = 0,
 ) -> EvalResult:
     """Generate and score every item; writes per-item rows to ``out`` if given.
+
+    ``latency_items``: after the batched pass, the first that many items are generated again one at a
+    time (batch 1, the same settings) and timed: ``latency_batch1_s`` in the scores (mean seconds per
+    item with a bootstrap CI), the latency one user's request sees; ``seconds`` stays the batched pass
+    (throughput). The answers are not changed (with ``temperature`` 0 they are the same greedy ones).
 
     With ``out``, completions are also saved as they are made (every ``persist_every`` items, in a
     hidden ``.<name>.partial`` file beside ``out``), so an evaluation killed part-way resumes
@@ -97,7 +104,20 @@ def evaluate(
     if out is not None:
         write_jsonl(out, rows)
         partial.unlink(missing_ok=True)
-    return EvalResult(task.aggregate(rows), rows, elapsed, retries)
+    scores = task.aggregate(rows)
+    if latency_items > 0 and items:
+        scores["latency_batch1_s"] = batch1_latency(generator, items[:latency_items], cfg)
+    return EvalResult(scores, rows, elapsed, retries)
+
+
+def batch1_latency(generator: Generator, items: list[EvalItem], cfg: GenerationConfig) -> dict[str, Any]:
+    """Seconds per item when each of ``items`` is generated alone (batch 1): mean with a bootstrap CI."""
+    seconds = []
+    for it in items:
+        t0 = time.perf_counter()
+        generator.generate([it.prompt], cfg)
+        seconds.append(time.perf_counter() - t0)
+    return bootstrap_ci(seconds)
 
 
 def _generate(generator: Generator, items: list[EvalItem], cfg: GenerationConfig, partial: Path | None,
@@ -180,6 +200,7 @@ def evaluate_tasks(
     temperature: float = 0.0,
     out_dir: Path | None = None,
     log: bool = True,
+    latency_items: int = 0,
 ) -> dict[str, EvalResult]:
     """Evaluate every task on one generator; the entry that runs, ``tunelab eval`` and sweeps share.
 
@@ -195,6 +216,7 @@ def evaluate_tasks(
         temperature: 0 = greedy.
         out_dir: Folder for the per-item rows (None: not written).
         log: Print one line per task (score, CI, n, seconds) to stderr.
+        latency_items: Per generation task, this many items timed again at batch 1 (see :func:`evaluate`).
     """
     if samples > 1 and temperature == 0:
         temperature = SAMPLING_TEMPERATURE
@@ -207,7 +229,8 @@ def evaluate_tasks(
             results[name] = evaluate_loglik(task, scorer_for(generator), limit=limit, seed=seed, out=out)
         else:
             results[name] = evaluate(task, generator, limit=limit, seed=seed, max_new_tokens=max_new_tokens,
-                                     samples=samples, temperature=temperature, out=out)
+                                     samples=samples, temperature=temperature, out=out,
+                                     latency_items=latency_items)
         if log:
             s = results[name].scores.get(task.primary) or next(iter(results[name].scores.values()))
             r = results[name]

@@ -3,8 +3,9 @@
 :func:`regime_table` summarises one evaluation (a run's base or tuned model) of the regime tasks
 (:mod:`tunelab.eval.tasks.prompt_regimes`): per suite and regime, the primary score with its CI, input
 tokens per item (mean, bootstrap CI), seconds per item (the task's generation time over its items: the
-per-item latency when ``eval.batch_size`` is 1) and, against the ``full`` regime on the same items, the
-paired test (exact McNemar) and the fraction of input tokens saved.
+per-item latency when ``eval.batch_size`` is 1), the batch-1 latency measured on ``eval.latency_items``
+items when asked, and, against the ``full`` regime on the same items, the paired test (exact McNemar) and
+the fraction of input tokens saved.
 
 :func:`sweep_regime_table` does the same across a sweep's arms and seeds (each item's outcome averaged
 over seeds; scores with item-bootstrap CIs), adds the untrained model ("no fine-tuning") from the runs'
@@ -61,7 +62,8 @@ def regime_table(results: dict[str, Any], tasks: dict[str, Any]) -> dict[str, An
         n = len(result.rows)
         entry = {"task": name, "metric": task.primary, "score": result.scores.get(task.primary),
                  "input_tokens": result.scores.get("input_tokens"),
-                 "seconds_per_item": result.seconds / n if n else math.nan, "rows": result.rows}
+                 "seconds_per_item": result.seconds / n if n else math.nan,
+                 "latency_batch1_s": result.scores.get("latency_batch1_s"), "rows": result.rows}
         out.setdefault(split[0], {})[split[1]] = entry
     for regimes in out.values():
         full = regimes.get("full")
@@ -87,12 +89,12 @@ def format_regimes(table: dict[str, Any], title: str = "") -> str:
     lines = [title] if title else []
     for suite, regimes in table.items():
         lines.append(f"{suite}:  {'regime':10s} {'score [95% CI]':>24s} {'input tokens/item':>26s} "
-                     f"{'s/item':>8s} {'saved':>6s}  vs full (paired)")
+                     f"{'s/item':>8s} {'batch-1 s/item':>22s} {'saved':>6s}  vs full (paired)")
         for regime, e in regimes.items():
             vs = e.get("vs_full")
             saved = e.get("token_saving")
             lines.append(f"  {'':{len(suite)}s}{regime:10s} {_fmt(e['score']):>24s} {_fmt(e['input_tokens'], 1):>26s} "
-                         f"{e['seconds_per_item']:8.3f} {'' if saved is None else f'{saved:6.1%}':>6s}  "
+                         f"{e['seconds_per_item']:8.3f} {_fmt(e.get('latency_batch1_s')):>22s} {'' if saved is None else f'{saved:6.1%}':>6s}  "
                          + (f"delta {vs['delta']:+.3f} p={vs['p_value']:.3g} ({vs['verdict']})" if vs else "-"))
     return "\n".join(lines)
 

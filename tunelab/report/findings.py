@@ -57,6 +57,7 @@ from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
 from tunelab.eval.paired import compare_paired, sign_flip_test
+from tunelab.eval.regimes import UNTRAINED
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.plan import BELOW, cell_labels, mde
 from tunelab.runner.sweep_fields import ENSEMBLE
@@ -358,6 +359,31 @@ def failure_kinds(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
     return out
 
 
+COST_KEYS = ("input_tokens", "token_saving", "seconds_per_item", "latency_batch1_s")
+"""What :func:`inference_costs` reads of a run's prompt-regime table (``results.json``'s ``run.regimes``)."""
+
+
+def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], dict[str, float]]]:
+    """suite -> (arm, regime) -> the mean over the arm's runs of input tokens per item, the share of the
+    full prompt's tokens saved, seconds per item in the batched evaluation and at batch 1 (when
+    ``eval.latency_items`` measured it), from each run's prompt-regime table; the untrained model's row
+    (arm ``no fine-tuning``) from the runs' base evaluations. Studies without prompt regimes: {}."""
+    found: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = {}
+    for r in records:
+        regimes = r["results"].get("run", {}).get("regimes") or {}
+        for when, arm in (("base", UNTRAINED), ("tuned", r["arm"].label)):
+            for suite, entries in (regimes.get(when) or {}).items():
+                for regime, e in entries.items():
+                    cell = found.setdefault(suite, {}).setdefault((arm, regime), {})
+                    for key in COST_KEYS:
+                        v = e.get(key)
+                        v = v.get("value") if isinstance(v, dict) else v
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                            cell.setdefault(key, []).append(float(v))
+    return {suite: {k: {key: float(np.mean(v)) for key, v in cell.items()} for k, cell in cells.items()}
+            for suite, cells in found.items()}
+
+
 def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
     """host kind (CPU or GPU model, precision, torch) -> how many of the study's runs it made."""
     out: dict[str, int] = {}
@@ -413,7 +439,7 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
             c["verdict"] += f" [{BELOW}: effect {c['effect']:g} < planned MDE {planned['mde']:.3g}]"
     return {**result, "target": str(target), "question": sweep.question, "hypotheses": claims,
             "diagnostics": diagnostics(records_), "resources": resources(records_),
-            "failure_kinds": failure_kinds(records_),
+            "failure_kinds": failure_kinds(records_), "inference_costs": inference_costs(records_),
             "interactions": (found := interactions(sweep, {t: items[t] for t in result["tasks"]})),
             "interaction_claim": interaction_claim(sweep, records_, found, the_plan),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),

@@ -115,6 +115,8 @@ def base_eval_key(cfg: RunConfig, task: str, precision: str, model_fp: str = "")
     settings = to_dict(cfg.eval)
     for k in ("tasks", "task_options", "baseline"):
         settings.pop(k, None)
+    if not settings.get("latency_items"):  # unset: the keys cached before the option existed still hold
+        settings.pop("latency_items", None)
     return _digest({"model": to_dict(cfg.model), "weights": model_fp, "task": task,
                     "options": cfg.eval.task_options.get(task, {}), "eval": settings, "precision": precision,
                     "data_dir": os.environ.get("TUNELAB_DATA_DIR"), "version": _version()})

@@ -116,7 +116,8 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
         getattr(task, "bind", lambda *a, **k: None)(tok, cfg.model.name)
     return evaluate_tasks(tasks, generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
-                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
+                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet,
+                          latency_items=cfg.eval.latency_items)
 
 
 def _conditioning_check(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool) -> dict[str, EvalResult]:
