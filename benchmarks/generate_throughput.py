@@ -24,6 +24,7 @@ add ``"\\n\\n\\n"``). ``--gsm8k-only`` skips part A (e.g. for an fp32 agreement 
     python benchmarks/generate_throughput.py --lm-eval
     python benchmarks/generate_throughput.py --model tiny --n 4 --max-new-tokens 8 --skip-gsm8k
     python benchmarks/generate_throughput.py --decode-profile smollm2-135m-instruct,gemma3-270m --max-new-tokens 96
+    python benchmarks/generate_throughput.py --decode-profile runs/my-run,runs/my-run+merged
 
 Part C (``--decode-profile``): where each model's evaluation time goes, on the same ``instruct`` items
 (:func:`decode_profile`): decode tokens/s, prefill vs decode seconds, the LM head's share of a decode
@@ -54,6 +55,8 @@ LM_EVAL_REFERENCE_S = 228.0  # peers/lm-eval/README.md: 100 items, batch 16, bf1
 LM_EVAL_UNTIL = ["Question:", "</s>", "<|im_end|>"]
 LM_EVAL_MAX_GEN = 256
 FEWSHOT_SEED = 1234
+MERGED = "+merged"
+"""Suffix of a run folder in ``--decode-profile``: its adapters merged into its weights first."""
 
 
 # ----------------------------------------------------------------------------- part A
@@ -286,7 +289,9 @@ def decode_profile(model: str, task: str, n: int, max_new_tokens: int, batch_siz
     (more than one input token) vs decode steps, and within decode the LM head (its vocabulary is 5x
     SmolLM2's on gemma); how long the answers are and how many hit ``max_new_tokens``; the decoding
     path (continuous batching, or fixed left-padded batches for sliding-window caches). ``model``: an
-    alias, a path or a run folder (its tuned weights)."""
+    alias, a path or a run folder (its tuned weights, adapters live as its evaluation decodes them);
+    ``RUN+merged``: the run's adapters merged into its weights first (what merging before evaluation
+    would save)."""
     import torch
 
     from tunelab.eval.tasks.base import get_task
@@ -294,7 +299,8 @@ def decode_profile(model: str, task: str, n: int, max_new_tokens: int, batch_siz
     from tunelab.generate.hf import HFGenerator
     from tunelab.train.artifacts import load_for_inference
 
-    net, tok, _ = load_for_inference(model, "cpu")
+    merged = model.endswith(MERGED)
+    net, tok, _ = load_for_inference(model[: -len(MERGED)] if merged else model, "cpu", merge=merged)
     gen = HFGenerator(net, tok, batch_size=batch_size, precision=precision, progress=False)
     t = get_task(task)
     items = t.items(n, 0)
@@ -366,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process")
     p.add_argument("--verbose", action="store_true", help="show the GSM8K side's progress and warnings")
     p.add_argument("--decode-profile", default="", metavar="MODELS",
-                   help="part C only: comma-separated models or run folders, each profiled in its own process")
+                   help="part C only: comma-separated models or run folders, each profiled in its own process; "
+                        "RUN+merged: the run with its adapters merged into its weights")
     p.add_argument("--profile-task", default="instruct", help="part C's evaluation task")
     p.add_argument("--profile-items", type=int, default=64, help="part C's items")
     args = p.parse_args(argv)

@@ -48,3 +48,28 @@ def test_study_run_breakdown_adds_up_to_the_process_wall_time():
     assert parts["start + imports"] == 10.0 and parts["compile (first step above median)"] == 10.0
     assert parts["train steps"] == 37.0 and parts["held-out evaluation"] == 3.0
     assert abs(sum(parts.values()) - 100.0) < 0.2 and parts["other"] == 0.5
+
+
+def test_decode_profile_of_a_run_with_its_adapters_merged(tmp_path):
+    import generate_throughput
+    import pytest
+
+    from tunelab.cli import main
+    from tunelab.train.artifacts import load_for_inference
+
+    assert main(["run", "recipes/tiny.yaml", "--out", str(tmp_path), "train.max_steps=2", "eval.tasks=[]",
+                 "train.lr=0.05"]) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    live, tok, _ = load_for_inference(str(run_dir), device="cpu")
+    merged, _, info = load_for_inference(str(run_dir), device="cpu", merge=True)
+    assert info["merged"] and not any("lora" in n for n, _ in merged.named_parameters())
+    ids = tok("2+2=", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = live(ids).logits, merged(ids).logits
+    assert torch.allclose(a, b, atol=1e-4) and not torch.equal(a, load_for_inference("tiny", "cpu")[0](ids).logits)
+    with pytest.raises(ValueError, match="no adapters to merge"):
+        load_for_inference("tiny", "cpu", merge=True)
+    profiles = [generate_throughput.decode_profile(m, "arith", n=2, max_new_tokens=3, batch_size=2, precision="fp32")
+                for m in (str(run_dir), f"{run_dir}+merged")]
+    assert profiles[1]["model"].endswith("+merged") and profiles[1]["parameters_m"] <= profiles[0]["parameters_m"]
+    assert all(p["items"] == 2 and p["generated_tokens"] > 0 for p in profiles)

@@ -42,10 +42,18 @@ def load_start(cfg: ModelConfig, device: str | torch.device = "cpu"):
     return model, tok, {**info, "resolved": str(final), "kind": "run", "from_run": str(cfg.name)}
 
 
-def load_for_inference(model_or_run: str, device: str | None = None):
-    """(model, tokenizer, info) for a model name/dir or a run folder (its ``final/`` weights), in eval mode."""
+def load_for_inference(model_or_run: str, device: str | None = None, merge: bool = False):
+    """(model, tokenizer, info) for a model name/dir or a run folder (its ``final/`` weights), in eval mode.
+    ``merge``: a run's adapters merged into its base weights (plain weights; what ``export --merge`` writes).
+
+    Raises:
+        ValueError: ``merge`` for a plain model (nothing to merge) or a run whose method cannot be merged
+            (prefix, prompt tuning).
+    """
     device = device or default_device()
     if not is_run(model_or_run):
+        if merge:
+            raise ValueError(f"{model_or_run}: not a run folder, so there are no adapters to merge")
         model, tok, info = load_model(ModelConfig(name=model_or_run), device=device)
         return model.eval(), tok, info
     cfg = load_config(model_or_run)
@@ -56,20 +64,20 @@ def load_for_inference(model_or_run: str, device: str | None = None):
     load_head(model, final / HEAD_FILE)  # an objective's head (choice_head), where the run trained one
     has_tok = (final / "tokenizer_config.json").is_file()
     tok = load_tokenizer(cfg.model, str(final)) if has_tok else load_tokenizer(cfg.model)
-    info = {**info, "run": str(model_or_run), "method": cfg.method}
+    info = {**info, "run": str(model_or_run), "method": cfg.method, "merged": merge}
+    if merge:
+        method = method_cls()
+        if not method.mergeable:
+            raise ValueError(f"method {method.name!r} cannot be merged into the base weights; "
+                             f"`tunelab export {model_or_run}` writes its standard artefacts")
+        model = method.merge(model)
     return model.eval(), tok, info
 
 
 def export(run_dir: str | Path, out: str | Path | None = None, merge: bool = False) -> Path:
     """Write standard artefacts: the peft adapter / HF checkpoint, or a merged HF model."""
-    model, tok, info = load_for_inference(str(run_dir), device="cpu")
+    model, tok, info = load_for_inference(str(run_dir), device="cpu", merge=merge)
     out = Path(out or Path(run_dir) / ("merged" if merge else "export"))
-    if merge:
-        method = METHODS.get(info["method"].get("name", DEFAULT_METHOD))()
-        if not method.mergeable:
-            raise ValueError(f"method {method.name!r} cannot be merged into the base weights; "
-                             f"`tunelab export {run_dir}` writes its standard artefacts")
-        model = method.merge(model)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "tunelab.json").write_text(json.dumps({"from_run": str(run_dir), "merged": merge}, indent=1))
