@@ -138,3 +138,17 @@ def test_a_second_run_reuses_the_base_evaluation(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_NO_EVAL_CACHE", "1")
     assert main(args + ["--out", str(tmp_path / "three")]) == 0
     assert reused(next((tmp_path / "three").iterdir()))["base_eval"] == []
+
+
+def test_merged_evaluation_answers_as_the_live_adapters_do_and_says_so(tmp_path):
+    rows = {}
+    for merge in (False, True):
+        out = tmp_path / str(merge)
+        assert main(["run", "recipes/tiny.yaml", "--out", str(out), "train.max_steps=3", "train.lr=0.05",
+                     "eval.limit=6", "eval.baseline=false", f"eval.merge_adapters={str(merge).lower()}"]) == 0
+        (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+        res = json.loads((run_dir / "results.json").read_text())
+        assert res["run"].get("merged_for_eval", False) is merge
+        assert (run_dir / "final" / "adapter_model.safetensors").is_file()  # the adapter is saved, unmerged
+        rows[merge] = [json.loads(x) for x in (run_dir / "eval" / "tuned" / "arith.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows[True]] == [r["completion"] for r in rows[False]]  # fp32: the same answers

@@ -231,6 +231,11 @@ class EvalConfig:
     """Generation budget per item."""
     batch_size: int = field(default=16, metadata=bound(ge=1))
     """Prompts per generation batch."""
+    merge_adapters: bool = False
+    """Evaluate the fine-tuned model with its adapters folded into its weights (methods that merge: LoRA,
+    DoRA, IA3), as ``tunelab export --merge`` serves it: plain matmuls at every decode step instead of the
+    adapters' extra ones. The merged weights are rounded at the run's precision, which can move a few
+    answers, so it is off by default and a study sets it for all its runs or none."""
     latency_items: int = field(default=0, metadata=bound(ge=0))
     """Per generation task, this many of its items generated again one at a time and timed:
     ``latency_batch1_s`` in its scores (seconds per item at batch 1, what one user's request waits;

@@ -113,7 +113,7 @@ def base_eval_key(cfg: RunConfig, task: str, precision: str, model_fp: str = "")
     """The key of one task's evaluation of the untrained model (see the module docstring):
     ``model_fp`` is :func:`model_fingerprint` of the weights loaded."""
     settings = to_dict(cfg.eval)
-    for k in ("tasks", "task_options", "baseline"):
+    for k in ("tasks", "task_options", "baseline", "merge_adapters"):  # the untrained model has no adapters
         settings.pop(k, None)
     if not settings.get("latency_items"):  # unset: the keys cached before the option existed still hold
         settings.pop("latency_items", None)

@@ -349,9 +349,12 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     write_json(run_dir / "final" / "tunelab.json", {"method": cfg.method, "base_model": model_info})
     phases.lap("save")
 
-    tuned_eval = {}
+    tuned_eval, merged = {}, False
     if cfg.eval.tasks:
         say("evaluating the fine-tuned model")
+        if cfg.eval.merge_adapters and method.mergeable:  # the saved adapter stays as it is
+            model, merged = method.merge(model), True
+            say("evaluating with the adapters merged into the weights (eval.merge_adapters)")
         signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
         tuned_eval |= _conditioning_check(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
@@ -364,7 +367,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                        {"name": run_dir.name, "precision": precision, "model": model_info,
                         "seconds": round(time.perf_counter() - t_start, 1), "reused": reused,
                         "phases": phases.seconds}
-                       | ({"regimes": regimes} if regimes else {}))
+                       | ({"regimes": regimes} if regimes else {}) | ({"merged_for_eval": True} if merged else {}))
     write_json(run_dir / "results.json", results)
     if cfg.diagnostics:
         run_diagnostics(run_dir, cfg.diagnostics, say=say)
