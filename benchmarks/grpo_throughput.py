@@ -8,8 +8,8 @@ per generation, beta 0, TRL's default ``dapo`` loss, the reward 1 when the compl
 ``finish[...]`` answer is right and ``--format-credit`` (default 0.5) when it gives a wrong answer in
 that format (the environment's graded score, ``format_credit``; a format reward, as GRPO recipes add).
 With success alone SmolLM2-135M-Instruct earns 0 on every episode, every group agrees, and a step trains
-nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the same work is timed. The first ``--warmup`` steps are not timed; each side runs in its own subprocess
-(peak RSS per side).
+nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the same work is timed. The first
+``--warmup`` steps are not timed; each side runs in its own subprocess (peak RSS per side).
 
 * steps/s and tokens/s: timed steps (generation + training) / their seconds; tokens are the prompt and
   completion tokens of the step's episodes.

@@ -142,7 +142,8 @@ def _run(args: argparse.Namespace) -> tuple[dict[str, EvalResult], dict[str, Eva
     print(f"[tunelab] evaluating {args.model} ({type(generator).__name__}, "
           f"{getattr(generator, 'precision', 'remote')})", file=sys.stderr)
     results = evaluate_tasks(tasks, generator, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                             samples=args.samples, temperature=args.temperature, out_dir=out)
+                             samples=args.samples, temperature=args.temperature, out_dir=out,
+                             latency_items=args.latency_items)
     return results, tasks, out
 
 
@@ -190,6 +191,8 @@ COMMANDS: Commands = {
         p.add_argument("--temperature", type=float, default=0.0),
         p.add_argument("--max-new-tokens", type=int, default=None),
         p.add_argument("--batch-size", type=int, default=16),
+        p.add_argument("--latency-items", type=int, default=0, metavar="N",
+                       help="also time N items per task one at a time (batch-1 latency, latency_batch1_s)"),
         p.add_argument("--seed", type=int, default=1234, help="item sampling and generation seed"),
         p.add_argument("--signal", default="auto", choices=["auto", "success", "failure", "none"],
                        help="prompt signal of a NAT-trained run (auto: success; failure/none: sanity checks)"),

@@ -352,9 +352,11 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     tuned_eval, merged = {}, False
     if cfg.eval.tasks:
         say("evaluating the fine-tuned model")
-        if cfg.eval.merge_adapters and method.mergeable:  # the saved adapter stays as it is
-            model, merged = method.merge(model), True
-            say("evaluating with the adapters merged into the weights (eval.merge_adapters)")
+        if cfg.eval.merge_adapters:  # the saved adapter stays as it is
+            merged = method.mergeable
+            model = method.merge(model) if merged else model
+            say("evaluating with the adapters merged into the weights (eval.merge_adapters)" if merged else
+                f"eval.merge_adapters: method {method.name!r} has nothing to merge; evaluated as trained")
         signal = signal_for(nat_spec(cfg.data.transforms), "success")  # a NAT run asks for success
         tuned_eval = evaluate_model(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet, signal=signal)
         tuned_eval |= _conditioning_check(model, tok, cfg, precision, run_dir / "eval" / "tuned", quiet)
