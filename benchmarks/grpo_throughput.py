@@ -19,7 +19,9 @@ nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the same 
   ``--skip-zero-advantage off`` computes them as TRL does, the like-for-like figure). With a model that
   never solves the task (reward 0 everywhere) every episode is skipped and the step is generation only:
   report both figures, and the share, or the comparison says nothing about training.
-* peak memory: the subprocess's peak RSS after training.
+* peak memory: the subprocess's peak RSS after training. ``--tokens-per-pass`` (the tunelab side's
+  ``train.tokens_per_pass``) and ``--return-freed-blocks`` (glibc's mmap threshold held, as checkpointed runs
+  do) trade speed for memory; the README gives both figures.
 
     python benchmarks/grpo_throughput.py
     python benchmarks/grpo_throughput.py --model tiny --steps 1 --warmup 0 --max-new-tokens 8
@@ -64,9 +66,12 @@ def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = T
 
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
                  threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
-                 format_credit: float = 0.0) -> dict[str, Any]:
+                 format_credit: float = 0.0, tokens_per_pass: int | str | None = "auto",
+                 return_freed: bool = False) -> dict[str, Any]:
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
     import torch
+
+    from tunelab.train.speed import return_freed_blocks
 
     from tunelab.config import TrainConfig
     from tunelab.envs.rollout import Rollouts
@@ -75,11 +80,13 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
     from tunelab.train.objectives import build_objective
 
     t_start = time.perf_counter()
+    if return_freed:  # what checkpointed runs do: glibc's mmap threshold held (less memory, more page faults)
+        return_freed_blocks()
     torch.manual_seed(SEED)
     net, tok, used = _load(model, threads)
     total = warmup + steps
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, seed=SEED, save_every=0,
-                      eval_every=0, log_every=1, threads=threads, compile=False)
+                      eval_every=0, log_every=1, threads=threads, compile=False, tokens_per_pass=tokens_per_pass)
     method = build_method(LORA)
     net = method.apply(net)
     objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage, format_credit))
@@ -100,7 +107,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         "tokens_per_s": sum(r["tokens"] for r in timed) / seconds if seconds else None,
         "generation_share": sum(r["seconds_generation"] for r in timed) / seconds if seconds else None,
         "zero_advantage_share": sum(r.get("zero_advantage", 0) for r in timed) / max(1, len(timed)),
-        "skip_zero_advantage": skip_zero_advantage,
+        "skip_zero_advantage": skip_zero_advantage, "tokens_per_pass": tokens_per_pass, "return_freed": return_freed,
         "completion_tokens": sum(r["completion_tokens"] for r in timed) / max(1, len(timed)),
         "reward": sum(r["reward"] for r in timed) / max(1, len(timed)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
@@ -183,6 +190,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="reward of a wrong answer given as finish[...] (0: success only, every reward 0 for SmolLM2)")
     p.add_argument("--skip-zero-advantage", choices=["on", "off"], default="on",
                    help="tunelab side: leave zero-advantage episodes out of the pass (default) or compute them")
+    p.add_argument("--tokens-per-pass", default="auto",
+                   help="tunelab side: positions per forward/backward pass (train.tokens_per_pass: auto, a number, "
+                        "or none for one pass per micro-batch)")
+    p.add_argument("--return-freed-blocks", action="store_true",
+                   help="tunelab side: hold glibc's mmap threshold at 128 KiB (as checkpointed runs do), so freed "
+                        "activations return to the OS: less peak memory, slower steps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--threads", type=int, default=None)
@@ -201,6 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "oneshot": not args.no_oneshot, "format_credit": args.format_credit}
         if side == "tunelab":
             kw["skip_zero_advantage"] = args.skip_zero_advantage == "on"
+            tpp = args.tokens_per_pass.lower()
+            kw["tokens_per_pass"] = None if tpp in ("none", "null") else "auto" if tpp == "auto" else int(tpp)
+            kw["return_freed"] = args.return_freed_blocks
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
     by = {r["side"]: r for r in runs}
@@ -209,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
           f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens, "
-          f"format credit {args.format_credit}")
+          f"format credit {args.format_credit}, tunelab tokens per pass {args.tokens_per_pass}"
+          f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}")
     headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
                "reward", "peak MB"]
     body = [[r["side"] + (" (skips zero-advantage)" if r.get("skip_zero_advantage") else ""), r["steps_per_s"],

@@ -1,4 +1,4 @@
-"""The speed benchmarks' own arithmetic: the shape-matched peak's GEMM list and the study-run breakdown."""
+"""The speed benchmarks' own arithmetic: the shape-matched peak's GEMM list, the study-run breakdown, and smoke runs."""
 
 from __future__ import annotations
 
@@ -73,3 +73,13 @@ def test_decode_profile_of_a_run_with_its_adapters_merged(tmp_path):
                 for m in (str(run_dir), f"{run_dir}+merged")]
     assert profiles[1]["model"].endswith("+merged") and profiles[1]["parameters_m"] <= profiles[0]["parameters_m"]
     assert all(p["items"] == 2 and p["generated_tokens"] > 0 for p in profiles)
+
+
+def test_grpo_benchmark_tunelab_side_runs_a_step_in_passes():
+    import grpo_throughput
+
+    r = grpo_throughput.tunelab_side("tiny", steps=1, warmup=0, batch_size=8, max_new_tokens=6, precision="fp32",
+                                     threads=None, skip_zero_advantage=False, format_credit=0.5, tokens_per_pass=64)
+    assert r["timed_steps"] == 1 and r["steps_per_s"] > 0 and r["tokens_per_pass"] == 64
+    assert 0 < r["completion_tokens"] <= 6 + 3 and 0.0 <= r["zero_advantage_share"] <= 1.0  # + the end-of-turn markup
+    assert 0.0 < r["generation_share"] < 1.0 and r["return_freed"] is False
