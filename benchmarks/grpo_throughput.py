@@ -71,13 +71,12 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
     import torch
 
-    from tunelab.train.speed import return_freed_blocks
-
     from tunelab.config import TrainConfig
     from tunelab.envs.rollout import Rollouts
     from tunelab.methods.base import build_method
     from tunelab.train.loop import TrainJob, train
     from tunelab.train.objectives import build_objective
+    from tunelab.train.speed import return_freed_blocks
 
     t_start = time.perf_counter()
     if return_freed:  # what checkpointed runs do: glibc's mmap threshold held (less memory, more page faults)
