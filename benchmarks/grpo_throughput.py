@@ -64,6 +64,16 @@ def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = T
             "skip_zero_advantage": skip_zero_advantage}
 
 
+def _tokens_per_pass(text: str) -> int | str | None:
+    """``--tokens-per-pass``: ``auto``, ``none`` (one pass per micro-batch) or a positive number of positions."""
+    word = text.strip().lower()
+    if word in ("auto", "none", "null"):
+        return None if word != "auto" else "auto"
+    if not word.isdigit() or int(word) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, none or a positive number of positions")
+    return int(word)
+
+
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
                  threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
                  format_credit: float = 0.0, tokens_per_pass: int | str | None = "auto",
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="reward of a wrong answer given as finish[...] (0: success only, every reward 0 for SmolLM2)")
     p.add_argument("--skip-zero-advantage", choices=["on", "off"], default="on",
                    help="tunelab side: leave zero-advantage episodes out of the pass (default) or compute them")
-    p.add_argument("--tokens-per-pass", default="auto",
+    p.add_argument("--tokens-per-pass", type=_tokens_per_pass, default="auto",
                    help="tunelab side: positions per forward/backward pass (train.tokens_per_pass: auto, a number, "
                         "or none for one pass per micro-batch)")
     p.add_argument("--return-freed-blocks", action="store_true",
@@ -213,8 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "oneshot": not args.no_oneshot, "format_credit": args.format_credit}
         if side == "tunelab":
             kw["skip_zero_advantage"] = args.skip_zero_advantage == "on"
-            tpp = args.tokens_per_pass.lower()
-            kw["tokens_per_pass"] = None if tpp in ("none", "null") else "auto" if tpp == "auto" else int(tpp)
+            kw["tokens_per_pass"] = args.tokens_per_pass
             kw["return_freed"] = args.return_freed_blocks
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(common.host_line(host))
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
           f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens, "
-          f"format credit {args.format_credit}, tunelab tokens per pass {args.tokens_per_pass}"
+          f"format credit {args.format_credit}, tunelab tokens per pass {args.tokens_per_pass or 'one per micro-batch'}"
           f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}")
     headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
                "reward", "peak MB"]

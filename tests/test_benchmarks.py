@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -83,3 +84,12 @@ def test_grpo_benchmark_tunelab_side_runs_a_step_in_passes():
     assert r["timed_steps"] == 1 and r["steps_per_s"] > 0 and r["tokens_per_pass"] == 64
     assert 0 < r["completion_tokens"] <= 6 + 3 and 0.0 <= r["zero_advantage_share"] <= 1.0  # + the end-of-turn markup
     assert 0.0 < r["generation_share"] < 1.0 and r["return_freed"] is False
+
+
+def test_grpo_benchmark_rejects_a_bad_tokens_per_pass_before_any_work():
+    import grpo_throughput
+
+    assert [grpo_throughput._tokens_per_pass(t) for t in ("auto", "None", "512")] == ["auto", None, 512]
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(SystemExit):
+            grpo_throughput.main(["--tokens-per-pass", bad, "--sides", "tunelab"])
