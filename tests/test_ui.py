@@ -129,9 +129,9 @@ def _click_and_wait(browser, locate) -> None:
     """Click the element ``locate()`` finds and wait until the page it was on has been replaced (the form's
     navigation finished). An element whose page was swapped between finding and clicking (chromium: "Node
     with given id does not belong to the document") is found again, up to three times; the click never
-    reached the page then, so nothing is submitted twice."""
+    reached the page then, so nothing is submitted twice. The same chromium error while waiting means the
+    page was replaced: the wait is over."""
     from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     for attempt in range(3):
@@ -144,7 +144,19 @@ def _click_and_wait(browser, locate) -> None:
                                     or "does not belong to the document" in str(e)):
                 raise
             time.sleep(0.2)
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
+
+    def replaced(_) -> bool:  # selenium's staleness_of, also reading chromium's "does not belong" as stale
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+
+    WebDriverWait(browser, 30).until(replaced)
     WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
