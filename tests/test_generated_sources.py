@@ -99,6 +99,34 @@ def test_sample_and_evolve_sources_build_once(cache: Path) -> None:
         assert not (cache / f"{spec['kind']}-{first.key}.partial").exists()
 
 
+def test_evolve_sources_that_select_other_generations_share_one_build(cache: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep_rounds`` and ``include_seeds`` choose generations, not the evolution: one build (every generation,
+    seeds included) serves the seeds, round 1 and round 2, each source reading only its own rows."""
+    from tunelab.config import RunConfig, from_dict
+    from tunelab.runner.generated import resolve_generated
+
+    calls = []
+    real = generated.BUILDERS["evolve"]
+    monkeypatch.setitem(generated.BUILDERS, "evolve", lambda *a: calls.append(1) or real(*a))
+    base = {"kind": "evolve", "seeds": "task:instruct", "limit": 6, "evolver": "programmatic", "rounds": 2, "seed": 0}
+    picks = {"seeds": {"keep_rounds": [0]}, "r1": {"keep_rounds": [1], "include_seeds": False},
+             "r2": {"keep_rounds": [2]}, "evolved": {"include_seeds": False}, "all": {}}
+    assert len({_key({**base, **p}) for p in picks.values()}) == 1
+    cfg = from_dict(RunConfig, {"model": "tiny", "data": {"sources": [
+        {"name": name, "format": "messages", "generate": {**base, **p}} for name, p in picks.items()]}})
+    resolved, built = resolve_generated(cfg, lambda m: None)
+    assert calls == [1] and len({b.path for b in built.values()}) == 1
+    rounds = {src.name: [json.loads(x)["round"] for x in Path(src.path).read_text().splitlines()]
+              for src in resolved.data.sources}
+    assert set(rounds["seeds"]) == {0} and len(rounds["seeds"]) == 6
+    assert set(rounds["r1"]) == {1} and set(rounds["r2"]) == {2} and set(rounds["evolved"]) == {1, 2}
+    assert sorted(rounds["all"]) == sorted(rounds["seeds"] + rounds["evolved"])
+    assert Path(resolved.data.sources[-1].path) == built["all"].path  # everything selected: the build itself
+    again, _ = resolve_generated(cfg, lambda m: None)  # the selections are files written once, then read
+    assert [s.path for s in again.data.sources] == [s.path for s in resolved.data.sources] and calls == [1]
+
+
 def test_gold_demonstrations_play_the_reference_equations_and_all_succeed(cache: Path) -> None:
     from tunelab.envs.base import get_env
     from tunelab.envs.gold import equations

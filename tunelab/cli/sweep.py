@@ -13,6 +13,7 @@ from tunelab.config import ConfigError
 from tunelab.io import write_text
 from tunelab.report import findings, findings_doc
 from tunelab.runner import plan as plan_mod
+from tunelab.runner.judged_study import format_judge_done, judge_study
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
 from tunelab.runner.sweep import run_sweep
 from tunelab.runner.sweep_file import load_sweep
@@ -27,11 +28,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     and copies its report page to ``docs/studies/``.
     """
 
-    if a.file in ("report", "plan", "pilot"):
+    if a.file in ("report", "plan", "pilot", "judge"):
         if not a.folder:
             raise ConfigError(f"tunelab sweep {a.file}: name the sweep file"
                               + (" (or its study folder studies/<name>, or its sweep folder)" if a.file == "report" else ""))
-        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot}[a.file](a)
+        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot, "judge": _sweep_judge}[a.file](a)
     if a.folder:
         raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")
     result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
@@ -89,6 +90,18 @@ def _sweep_pilot(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_judge(a: argparse.Namespace) -> int:
+    """``tunelab sweep judge``: the ``judged:`` claims' arms compared by the judge, seed by seed, from the
+    records; written to ``<study folder>/judged/`` (resumable)."""
+    sweep = load_sweep(a.folder, a.out, a.records)
+    result = judge_study(sweep, judge_spec=a.judge, limit=a.limit,
+                         say=lambda m: print(m, file=sys.stderr))
+    if a.json:
+        print(json.dumps(result, indent=2))
+    print(format_judge_done(result), file=sys.stderr)
+    return 0
+
+
 def cmd_findings(a: argparse.Namespace) -> int:
     """Write docs/findings.md: every study's section (question, design, plan, pilot, arms with CIs, claims
     with verdicts, diagnostics, hosts) from its committed records under STUDIES; never edit it by hand."""
@@ -101,9 +114,12 @@ def cmd_findings(a: argparse.Namespace) -> int:
 COMMANDS: Commands = {
     "sweep": (cmd_sweep, lambda p: (
         p.add_argument("file", help="sweep YAML (question, hypotheses, recipe, factors, seeds, baseline); "
-                                    "or `plan FILE`, `pilot FILE`, `report FILE|STUDY|FOLDER`"),
-        p.add_argument("folder", nargs="?", help="with plan/pilot/report: the sweep file (report: or its study "
+                                    "or `plan FILE`, `pilot FILE`, `judge FILE`, `report FILE|STUDY|FOLDER`"),
+        p.add_argument("folder", nargs="?", help="with plan/pilot/judge/report: the sweep file (report: or its study "
                                                  "folder studies/<name>, or its sweep folder)"),
+        p.add_argument("--judge", help="with `judge`: the judge (a model, run folder or http://host:port/v1#model; "
+                                       "default: the file's judged.judge)"),
+        p.add_argument("--limit", type=int, help="with `judge`: at most this many items per pair (a quick look)"),
         p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
         p.add_argument("--budget", help="wall time for this call (50m, 2h, 900s): start only the runs expected "
                                         "to finish inside it (estimated from recorded runs on this host)"),

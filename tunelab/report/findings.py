@@ -56,9 +56,14 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 from tunelab.config import ConfigError
+from tunelab.eval.judge import OUTCOME
+from tunelab.eval.judge_bias import position_bias
+from tunelab.eval.length_control import length_controlled
 from tunelab.eval.paired import compare_paired, sign_flip_test
 from tunelab.eval.regimes import UNTRAINED
+from tunelab.eval.stats import bootstrap_ci
 from tunelab.runner.aggregate import aggregate, run_records
+from tunelab.runner.judged_study import load_judged, outcomes
 from tunelab.runner.plan import BELOW, cell_labels, mde
 from tunelab.runner.sweep_fields import ENSEMBLE
 from tunelab.runner.sweep_file import load_sweep
@@ -396,6 +401,62 @@ def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def judged_claims(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The judged claims' findings (:mod:`tunelab.runner.judged_study` says what each figure is); None without a
+    ``judged:`` section."""
+    if not sweep.judged:
+        return None
+    files, stale = load_judged(sweep, found)
+    claims = sweep.judged["claims"]
+    n_claims = len(claims)
+    rows = []
+    for c in claims:
+        mine = [f for f in files if f["arm"] == c["arm"] and f["versus"] == c["versus"]]
+        row: dict[str, Any] = {**c, "seeds": sorted(int(f["seed"]) for f in mine),
+                               "judges": sorted({f["judge"] for f in mine})}
+        per_item, per_seed, parsed = outcomes(mine)
+        total = sum(len(f["verdicts"]) for f in mine)
+        if not per_item:
+            row.update(verdict="not judged yet" if not mine else "no verdict parsed", items=0,
+                       unparsed=total)
+            rows.append(row)
+            continue
+        ids = sorted(per_item)
+        wins = [float(np.mean(per_item[i])) for i in ids]
+        test = sign_flip_test([0.5] * len(wins), wins, ids=ids)
+        lc = length_controlled([OUTCOME[v["winner"]] for v in parsed], [v["len_a"] for v in parsed],
+                               [v["len_b"] for v in parsed])
+        seed_rates = {s: float(np.mean(o)) for s, o in sorted(per_seed.items())}
+        row.update(items=len(ids), unparsed=total - len(parsed), win_rate=float(np.mean(wins)),
+                   test=test, mde=minimum_detectable_effect([w - 0.5 for w in wins], n_claims),
+                   per_seed=seed_rates, lc_win_rate=lc["lc_win_rate"], length_bias=lc["length_bias"],
+                   mean_chars={"arm": float(np.mean([v["len_a"] for v in parsed])),
+                               "versus": float(np.mean([v["len_b"] for v in parsed]))},
+                   position=position_bias([v for f in mine for v in f["verdicts"]]))
+        if len(seed_rates) >= 2 and float(np.ptp(list(seed_rates.values()))) > 0:
+            alternative = "greater" if c["direction"] == "better" else "less"
+            p = sps.ttest_1samp(list(seed_rates.values()), 0.5, alternative=alternative).pvalue
+            row["seed_test"] = {"p_value": float(p), "alternative": alternative}
+        else:
+            row["seed_note"] = seed_note({s: 0.5 for s in seed_rates}, seed_rates)
+        if sweep.judged["subset"]:
+            meta = {str(k): m for f in mine for k, m in (f.get("meta") or {}).items()}
+            keep = [i for i in ids if all(isinstance(meta.get(i, {}).get(k), (int, float))
+                                          and meta[i][k] >= least for k, least in sweep.judged["subset"].items())]
+            row["subset"] = {"where": dict(sweep.judged["subset"]), "items": len(keep),
+                             "win_rate": bootstrap_ci([float(np.mean(per_item[i])) for i in keep])}
+        rows.append(row)
+    tested = [r for r in rows if "test" in r]
+    if tested:
+        ps = [r["test"]["p_value"] if math.isfinite(r["test"]["p_value"]) else 1.0 for r in tested]
+        adjusted = multipletests(ps, method="holm")[1]
+        for r, p in zip(tested, adjusted):
+            r["p_holm"] = float(p)
+            r["verdict"] = judge(r["direction"], r["test"], float(p), r["mde"], r["effect"], n_claims)
+    return {"task": sweep.judged["task"], "judge": sweep.judged["judge"], "verdict_mode": sweep.judged["verdict"],
+            "claims": rows, "stale": stale}
+
+
 def resolve(target: str | Path, records: str | Path | None = None) -> Any:
     """The :class:`~tunelab.runner.sweep_file.Sweep` of ``target``: a sweep file, a study folder (its
     ``study.json`` names the sweep file; the records are its ``records/``) or a sweep run folder (its
@@ -442,5 +503,6 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
             "failure_kinds": failure_kinds(records_), "inference_costs": inference_costs(records_),
             "interactions": (found := interactions(sweep, {t: items[t] for t in result["tasks"]})),
             "interaction_claim": interaction_claim(sweep, records_, found, the_plan),
+            "judged": judged_claims(sweep, recorded[0]),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
             "_sweep": sweep, "_records": records_, "_items": items}

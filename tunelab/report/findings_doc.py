@@ -67,8 +67,9 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
                 f"assumed item correlation between arms {the_plan['assume']['item_correlation']:g}):", "",
                 "| claim | effect (paper) | items | MDE on items | seed sd | MDE over seeds | detectable? |",
                 "|---|---|---|---|---|---|---|"]
-        for c in the_plan["claims"]:
-            out.append(f"| {c['claim']} | {c['effect']:g} | {c['items']} | {fmt(c['mde_items'])} | "
+        for c in [*the_plan["claims"], *the_plan.get("judged", [])]:
+            judged = " (judged: win rate above 1/2)" if c in the_plan.get("judged", []) else ""
+            out.append(f"| {c['claim']}{judged} | {c['effect']:g} | {c['items']} | {fmt(c['mde_items'])} | "
                        f"{fmt(c['seed_sd'])} ({c['seed_sd_from'].split(' (')[0]}) | {fmt(c['mde_seeds'])} | "
                        f"{c['label'] or 'yes'} |")
         out.append("")
@@ -128,6 +129,49 @@ def _pool_lines(study: dict[str, Any]) -> list[str]:
                 + (f" {kept[source]} runs trained on it after a change of tunelab's code (the study kept its pool)."
                    if kept.get(source) else ""), ""]
     return out
+
+
+def _judged_lines(judged: dict[str, Any] | None) -> list[str]:
+    """The judged claims (:func:`tunelab.runner.judged_study.judged_claims`) as a table and notes."""
+    if not judged:
+        return []
+    n = len(judged["claims"])
+    out = [f"**Judged claims** ({judged['task']}'s answers compared by the judge `{judged['judge']}` "
+           f"({judged['verdict_mode']} verdicts), each pair shown in both orders, a flip counted a tie; win rate of "
+           f"the arm over the comparison, each item averaged over the seeds judged; p: sign-flip test of win rate "
+           f"1/2 on items, Holm-adjusted across the study's {n} judged claim{'s' if n != 1 else ''}; seed-level p: "
+           "one-sample t over the seeds' win rates, one-sided; LC: length-controlled win rate; MDE on the win "
+           "rate above 1/2 at 80% power):", "",
+           "| claim | arm vs | seeds | items | win rate [95% CI] | LC win rate | p (Holm) | seed-level p | "
+           "mean chars (arm / vs) | flip rate | MDE | verdict |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for c in judged["claims"]:
+        if "test" not in c:
+            out.append(f"| {c['claim']} | {c['arm']} vs {c['versus']} | {len(c['seeds'])} | {c.get('items', 0)} | - | - "
+                       f"| - | - | - | - | - | **{c['verdict']}** |")
+            continue
+        t, lc = c["test"], c["lc_win_rate"]
+        ci = [0.5 + t["ci"][0], 0.5 + t["ci"][1]]
+        seed_p = fmt(c["seed_test"]["p_value"], ".3g") if "seed_test" in c else "-"
+        out.append(f"| {c['claim']} | {c['arm']} vs {c['versus']} | {len(c['seeds'])} | {c['items']} | "
+                   f"{c['win_rate']:.3f} [{fmt(ci[0])}, {fmt(ci[1])}] | {fmt(lc.get('value'))} | "
+                   f"{fmt(c.get('p_holm'), '.3g')} | {seed_p} | {c['mean_chars']['arm']:.0f} / "
+                   f"{c['mean_chars']['versus']:.0f} | {fmt(c['position']['flip_rate'].get('value'))} | "
+                   f"{fmt(c['mde'])} | **{c['verdict']}** |")
+        per_seed = ", ".join(f"seed {s}: {v:.3f}" for s, v in c["per_seed"].items())
+        notes.append(f"- {c['arm']} vs {c['versus']}: per seed {per_seed}; {c['unparsed']} verdict(s) unparsed; "
+                     f"the judge chose the answer shown first in {fmt(c['position']['first_shown'].get('value'))} of "
+                     f"its decisive verdicts" + (
+                         f"; items with {', '.join(f'{k} >= {v:g}' for k, v in c['subset']['where'].items())} "
+                         f"({c['subset']['items']}): win rate {fmt(c['subset']['win_rate'].get('value'))} "
+                         f"[{fmt(c['subset']['win_rate']['ci'][0])}, {fmt(c['subset']['win_rate']['ci'][1])}]"
+                         if c.get("subset") else ""))
+    out += ["", *notes]
+    sources = sorted({c["source"] for c in judged["claims"]})
+    out += [""] + [f"Source: {s}" for s in sources]
+    out += [f"Not counted: {s}" for s in judged.get("stale", [])]
+    return out + [""]
 
 
 def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str | None = None) -> str:
@@ -198,6 +242,7 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                 + (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p = {t['p_value']:.3g} "
                    f"({t['items']} items), {seed}, MDE {fmt(i.get('mde'))}: " if t else "")
                 + f"**{i['claim']}: {i['verdict']}**", "", f"Source: {i['source']}", ""]
+    out += _judged_lines(study.get("judged"))
     if study.get("resources"):
         out += ["**Training and resources** (mean per run; the held-out loss is the returned model's, selected at "
                 "the step shown when the recipe selects the best):", "",
@@ -289,6 +334,10 @@ def summary(study: dict[str, Any]) -> str:
                      + (f"delta {t['delta']:+.3f} p(Holm) {fmt(h.get('p_holm'), '.3g')} MDE {fmt(h['mde'])} -> "
                         if t else "")
                      + h["verdict"])
+    for c in (study.get("judged") or {}).get("claims", []):
+        lines.append(f"  {c['claim']} [judged: {c['arm']} vs {c['versus']}]: "
+                     + (f"win rate {c['win_rate']:.3f} p(Holm) {fmt(c.get('p_holm'), '.3g')} -> " if "test" in c else "")
+                     + c["verdict"])
     if not study["hypotheses"]:
         lines.append("  (the sweep file states no hypotheses: see sweep.json for the arms' statistics)")
     return "\n".join(lines)

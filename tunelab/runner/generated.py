@@ -66,7 +66,7 @@ from tunelab.evolve.evol_instruct import evolve
 from tunelab.evolve.operators import OPERATORS, parse_operators
 from tunelab.evolve.program import PROGRAM_OPERATORS
 from tunelab.generate.build import build_generator, is_url
-from tunelab.io import DataError, digest, read_jsonl, write_json
+from tunelab.io import DataError, digest, read_jsonl, write_json, write_jsonl
 from tunelab.models.load import ALIASES
 from tunelab.runner.cache import model_fingerprint
 from tunelab.runner.recipe_model import (
@@ -151,6 +151,10 @@ EVOLVE_NOT_OPTIONS = ("out", "recipe_dir", "progress")
 """EvolveConfig keys a generated source does not take (the file, its folder and the progress bars are tunelab's)."""
 EVOLVE_NOT_KEYED = ("prices",)
 """EvolveConfig keys that do not change the rows (only the report's costs), left out of the key."""
+EVOLVE_SELECTION = ("keep_rounds", "include_seeds")
+"""EvolveConfig keys that choose which generations of an evolution a source trains on, not how it evolves: left
+out of the key, so that sources differing only in them (a rounds curve; the seeds against their evolutions)
+share one build, which keeps every generation; each source reads its selection (:func:`select_generations`)."""
 CODE: dict[str, tuple[str, ...]] = {
     "drill": ("tunelab.envs", "tunelab.data.tasks"),
     "gold": ("tunelab.envs", "tunelab.data.tasks"),
@@ -308,7 +312,7 @@ def check_generated(src: SourceConfig, recipe_dir: str | None) -> list[str]:
 def _options(spec: Generated) -> dict[str, Any]:
     """The options as they enter the key (defaults filled in; what cannot change the rows left out)."""
     tree = to_dict(spec.options)
-    for k in (EVOLVE_NOT_OPTIONS + EVOLVE_NOT_KEYED if spec.kind == "evolve" else ()):
+    for k in (EVOLVE_NOT_OPTIONS + EVOLVE_NOT_KEYED + EVOLVE_SELECTION if spec.kind == "evolve" else ()):
         tree.pop(k, None)
     tree.pop("kind", None)
     return tree
@@ -411,7 +415,9 @@ def _build_sample(opts: SampleSpec, work: Path, recipe_dir: str | None, say: Cal
 
 def _build_evolve(cfg: EvolveConfig, work: Path, recipe_dir: str | None, say: Callable[[str], None]) -> tuple[Path, Any]:
     out = work / "evolved.jsonl"  # the work folder beside it lets a killed build continue
-    report = evolve(replace(cfg, out=str(out), recipe_dir=recipe_dir, progress=False), say=say)
+    # every generation is kept (seeds included): sources select theirs when they read it (EVOLVE_SELECTION)
+    report = evolve(replace(cfg, out=str(out), recipe_dir=recipe_dir, progress=False, include_seeds=True,
+                            keep_rounds=None), say=say)
     return out, {k: report[k] for k in ("dataset_rows", "stats") if k in report}
 
 
@@ -462,15 +468,36 @@ def build(src: SourceConfig, recipe_dir: str | None = None, say: Callable[[str],
     return Built(out, key, False)
 
 
+def select_generations(built: Built, cfg: EvolveConfig) -> Path:
+    """The file of the generations an evolve source trains on (``include_seeds``, ``keep_rounds``), cut from
+    its build (which keeps every generation, each row with its ``round``): the build itself when it selects
+    everything, else ``<build>.select-<digest>.jsonl`` beside it, written once (atomically)."""
+    if cfg.include_seeds and cfg.keep_rounds is None:
+        return built.path
+    choice = {"include_seeds": cfg.include_seeds, "keep_rounds": cfg.keep_rounds}
+    out = built.path.with_name(f"{built.path.stem}.select-{digest(choice)}.jsonl")
+    if not out.is_file():
+        rows = [r for r in read_jsonl(built.path)
+                if (r.get("round", 0) > 0 or cfg.include_seeds)
+                and (cfg.keep_rounds is None or r.get("round", 0) in cfg.keep_rounds)]
+        write_jsonl(out, rows)
+    return out
+
+
 def resolve_generated(cfg: RunConfig, say: Callable[[str], None] = print) -> tuple[RunConfig, dict[str, Built]]:
     """``cfg`` with every generated source built (or reused) and read from its file, as if ``path``
-    named it, and what was done for each (by source name); ``cfg`` itself is left as it was."""
+    named it (an evolve source: its generations, :func:`select_generations`), and what was done for each
+    (by source name); ``cfg`` itself is left as it was."""
     built: dict[str, Built] = {}
     sources = []
     for src in cfg.data.sources:
         if src.generate:
             built[src.name] = build(src, cfg.recipe_dir, say)
-            src = replace(src, generate=None, path=str(built[src.name].path))
+            path = built[src.name].path
+            spec = parse_generated(src.generate)
+            if spec.kind == "evolve":
+                path = select_generations(built[src.name], spec.options)
+            src = replace(src, generate=None, path=str(path))
         sources.append(src)
     if not built:
         return cfg, built

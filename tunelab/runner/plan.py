@@ -20,6 +20,11 @@ A claimed interaction of a 2 x 2 design (``interaction:``) is planned the same w
 difference in differences of the four cells (:func:`interaction_power`), tested on its own at alpha:
 from records of all four cells, else ``sd = 2 * sqrt(var * (1 - rho))`` (four cells, equal pairwise
 correlation), over seeds ``sqrt(2) * assume.seed_sd``.
+Judged claims (``judged:``, :mod:`tunelab.runner.judged_study`) are planned on the win rate above one half:
+on items from the judged files' per-item outcomes where some exist, else the worst case of a win/loss
+verdict (sd 1/2) averaged over the seeds with the assumed item correlation between seeds,
+``sd = 0.5 * sqrt((1 + (k - 1) rho) / k)``; over seeds from ``assume.seed_sd``; at alpha / number of judged
+claims (their own Holm family).
 The plan is saved to ``<study>/plan.json`` until the first run beyond the pilot is recorded; from
 then on it is frozen (a pre-registration), and the findings carry its labels.
 
@@ -260,6 +265,40 @@ def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[st
     return _detectable(out, len(sweep.seeds))
 
 
+def judged_power(sweep: Any) -> list[dict[str, Any]]:
+    """Each judged claim's detectable effect on the win rate (see the module docstring); [] without any."""
+    if not sweep.judged:
+        return []
+    from tunelab.runner.judged_study import judged_item_outcomes
+
+    rho = sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION)
+    k = len(sweep.seeds)
+    task = sweep.judged["task"]
+    planned = sweep.runs[0]
+    try:
+        n_items = len(get_task(task, **planned.cfg.eval.task_options.get(task, {})).items(planned.cfg.eval.limit,
+                                                                                           planned.cfg.eval.seed))
+    except Exception:  # noqa: BLE001 - a task that cannot list its items here (no data): the recipe's limit
+        n_items = planned.cfg.eval.limit or 0
+    out = []
+    for c in sweep.judged["claims"]:
+        row: dict[str, Any] = {"claim": c["claim"], "task": task, "arm": c["arm"], "versus": c["versus"],
+                               "direction": c["direction"], "effect": c["effect"], "seeds": k}
+        wins = judged_item_outcomes(sweep, c)
+        if len(wins) > 1:
+            row.update(items=len(wins), item_sd=float(np.std(wins, ddof=1)), item_sd_from="judged verdicts")
+        else:
+            row.update(items=n_items, item_sd=0.5 * math.sqrt((1 + (k - 1) * rho) / k),
+                       item_sd_from=f"no verdict yet: a win/loss verdict's worst case (sd 0.5) over {k} seed(s), "
+                                    f"item correlation {rho:g} (assumed)")
+        if "seed_sd" in sweep.assume:
+            row.update(seed_sd=sweep.assume["seed_sd"], seed_sd_from="assumed (assume.seed_sd)")
+        else:
+            row.update(seed_sd=math.nan, seed_sd_from="unknown (state assume.seed_sd)")
+        out.append(_detectable(row, k, len(sweep.judged["claims"])))
+    return out
+
+
 def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
     """The study's plan on this host: runs with estimated seconds, and each claim's detectable effect."""
     records, stale = sweep.recorded()
@@ -274,7 +313,8 @@ def plan(sweep: Any, host: str | None = None) -> dict[str, Any]:
             "assume": {"item_correlation": sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION),
                        **({"seed_sd": sweep.assume["seed_sd"]} if "seed_sd" in sweep.assume else {})},
             "claims": [claim_power(sweep, h, records) for h in sweep.hypotheses],
-            **({"interaction": i} if (i := interaction_power(sweep, records)) else {})}
+            **({"interaction": i} if (i := interaction_power(sweep, records)) else {}),
+            **({"judged": j} if (j := judged_power(sweep)) else {})}
 
 
 def pilot_runs(sweep: Any) -> list[Any]:
@@ -378,6 +418,9 @@ def format_plan(the_plan: dict[str, Any]) -> str:
     if i := the_plan.get("interaction"):
         lines.append(f"interaction (difference in differences, alpha {ALPHA:g} on its own): {i['claim']} "
                      f"[{i['task']}]: {_power_text(i)}")
+    for c in the_plan.get("judged", []):
+        lines.append(f"judged (win rate of {c['arm']} over {c['versus']} above 1/2): {c['claim']} [{c['task']}]: "
+                     f"{_power_text(c)}")
     for line in the_plan.get("stale_records", []):
         lines.append(f"  {line}")
     return "\n".join(lines)

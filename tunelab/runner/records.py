@@ -12,7 +12,8 @@ file or ``--records DIR`` moves it). A record holds:
   thinned to at most :data:`CURVE_POINTS` points), ``heldout_curve`` and ``peak_mem_mb``;
 * ``results``: the run's ``results.json`` (each task's base and tuned scores with CIs);
 * ``items``: per task its sign (+1 higher is better, -1 a loss) and every evaluation item: id, the
-  value the paired tests compare, the prediction cut to :data:`PREDICTION_CHARS` characters, and for
+  value the paired tests compare, the prediction cut to :data:`PREDICTION_CHARS` characters (an answer no
+  verifier scored, kept for a judge, to :data:`JUDGED_CHARS`: ``tunelab sweep judge`` reads it), and for
   multiple choice each choice's log-likelihood and the answer's index (an ensemble of runs is scored
   from these);
 * ``diagnostics``: every diagnostic's result; ``seconds``: the whole run, diagnostics included;
@@ -44,6 +45,9 @@ from tunelab.runner.recipe_model import folder as generated_folder
 FORMAT = "tunelab.study-record/1"
 CURVE_POINTS = 200
 PREDICTION_CHARS = 500
+JUDGED_CHARS = 8000
+"""How much of an answer without a verifier score (an open-ended task such as ``instructions``) a record keeps:
+a judge compares these answers from the records, so they are kept whole (256 new tokens are ~1,500 characters)."""
 SUFFIX = ".json.gz"
 ROW_KEYS = ("correct", "loss", "n", "c", "score", "rating", "value", "tokens", "failure")
 """Scalar fields of an evaluation row kept beside the value (what the tables and diagnostics read)."""
@@ -58,7 +62,9 @@ def thin(points: list[Any], limit: int = CURVE_POINTS) -> list[Any]:
 
 
 def _prediction(row: dict[str, Any]) -> str:
-    """The item's generated text (first completion), cut to :data:`PREDICTION_CHARS`."""
+    """The item's generated text (first completion), cut to :data:`PREDICTION_CHARS` (:data:`JUDGED_CHARS` for
+    a row no verifier scored: no ``correct``)."""
+    cut = PREDICTION_CHARS if "correct" in row else JUDGED_CHARS
     for key in ("completions", "prediction", "completion", "output", "response"):
         value = row.get(key)
         if isinstance(value, list) and value:
@@ -66,7 +72,7 @@ def _prediction(row: dict[str, Any]) -> str:
         if isinstance(value, dict):
             value = value.get("text") or value.get("content") or json.dumps(value)
         if isinstance(value, str):
-            return value[:PREDICTION_CHARS]
+            return value[:cut]
     return ""
 
 

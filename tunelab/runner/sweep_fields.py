@@ -212,3 +212,81 @@ def parse_hypotheses(path: Path, spec: Any, factors: dict[str, dict[str, Any]], 
             errors.append(str(e))
 
     return out
+
+
+JUDGED_KEYS = ("task", "judge", "verdict", "subset", "claims")
+JUDGED_CLAIM_KEYS = ("claim", "arm", "versus", "direction", "effect", "source")
+
+
+def parse_judged(path: Path, spec: Any, factors: dict[str, dict[str, Any]], baseline: dict[str, str],
+                 errors: list[str] | None = None) -> dict[str, Any] | None:
+    """The validated ``judged:`` section: arms compared by an LLM judge on an open-ended task's answers
+    (``tunelab sweep judge``; :mod:`tunelab.runner.judged_study`)::
+
+        judged:
+          task: instructions                  # an evaluation task every run evaluates
+          judge: smollm2-135m-instruct        # a model, a run folder, or http://host:port/v1#model
+          verdict: logprob                    # text (default: the judge writes its verdict) or logprob
+          subset: {difficulty: 8}             # optional: also the items with meta difficulty >= 8
+          claims:
+            - {claim: ..., arm: data=evolved, versus: data=human, direction: better, effect: 0.079, source: ...}
+
+    Each claim's ``effect`` is on the win rate of ``arm`` over ``versus`` above one half (ties count half);
+    ``direction`` is ``better`` or ``worse`` (``versus`` defaults to the baseline arm). None without the section.
+    """
+    if spec is None:
+        return None
+    where = f"{path}: judged"
+    problems: list[str] = []
+    try:
+        check_keys(where, spec, JUDGED_KEYS)
+    except ConfigError as e:
+        if errors is None:
+            raise
+        errors.append(str(e))
+        return None
+    for key in ("task", "judge"):
+        if not (isinstance(spec.get(key), str) and spec[key].strip()):
+            problems.append(f"{where}: {key!r} is required (a string)")
+    verdict = spec.get("verdict", "text")
+    if verdict not in ("text", "logprob"):
+        problems.append(f"{where}: verdict: {verdict!r} is not text or logprob")
+    subset = spec.get("subset") or {}
+    if not isinstance(subset, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                               and not isinstance(v, bool) for k, v in subset.items()):
+        problems.append(f"{where}: subset: expected {{meta field: least value}}, e.g. {{difficulty: 8}}; got {subset!r}")
+        subset = {}
+    claims = []
+    for i, c in enumerate(spec.get("claims") or []):
+        cw = f"{where}: claims[{i}]"
+        try:
+            check_keys(cw, c, JUDGED_CLAIM_KEYS)
+            for key in ("claim", "arm"):
+                if not c.get(key):
+                    raise ConfigError(f"{cw}: {key!r} is required")
+            if c.get("direction", "better") not in ("better", "worse"):
+                raise ConfigError(f"{cw}: direction: {c['direction']!r} is not better or worse")
+            arms = {key: parse_arm_label(f"{cw}: {key}", c.get(key) or {}, factors, baseline) for key in ("arm", "versus")}
+            if any(a.startswith(ENSEMBLE + "(") for a in arms.values()):
+                raise ConfigError(f"{cw}: an ensemble has no answers to judge; name trained arms")
+            if arms["arm"] == arms["versus"]:
+                raise ConfigError(f"{cw}: arm and versus are the same arm ({arms['arm']})")
+            effect = c.get("effect")
+            if not isinstance(effect, (int, float)) or isinstance(effect, bool) or not 0 < effect < 0.5:
+                raise ConfigError(f"{cw}: effect: the claimed win rate above one half, a number in (0, 0.5); got {effect!r}")
+            if not str(c.get("source") or "").strip():
+                raise ConfigError(f"{cw}: 'source' is required: the paper (and table) the claimed effect comes from")
+            claims.append({"claim": str(c["claim"]), "arm": arms["arm"], "versus": arms["versus"],
+                           "direction": c.get("direction", "better"), "effect": float(effect),
+                           "source": str(c["source"])})
+        except ConfigError as e:
+            problems.append(str(e))
+    if not claims and not problems:
+        problems.append(f"{where}: claims: name at least one pair of arms to judge")
+    if problems:
+        if errors is None:
+            raise ConfigError("\n".join(problems))
+        errors.extend(problems)
+        return None
+    return {"task": spec["task"].strip(), "judge": spec["judge"].strip(), "verdict": verdict,
+            "subset": {k: float(v) for k, v in subset.items()}, "claims": claims}

@@ -47,6 +47,7 @@ from tunelab.runner.sweep_fields import (
     parse_differences,
     parse_hypotheses,
     parse_interaction,
+    parse_judged,
     parse_levels,
     parse_pilot_range,
     parse_pool_range,
@@ -55,7 +56,7 @@ from tunelab.runner.validate import validate
 
 SWEEP_KEYS = ("name", "recipe", "overrides", "factors", "seeds", "seed_key", "baseline", "out", "records", "question",
               "hypotheses", "pilot_arms", "pilot_range", "pool_range", "assume", "differences",
-              "interaction")
+              "interaction", "judged")
 
 
 @dataclass
@@ -108,6 +109,9 @@ class Sweep:
     interaction: dict[str, Any] | None = None
     """A claimed interaction of a 2 x 2 design (``{claim, task, direction, effect, source}``; see
     :func:`tunelab.runner.sweep_fields.parse_interaction`): planned and tested as a difference in differences."""
+    judged: dict[str, Any] | None = None
+    """Arms compared by an LLM judge on an open-ended task (``{task, judge, verdict, subset, claims}``; see
+    :func:`tunelab.runner.sweep_fields.parse_judged`), after the runs: ``tunelab sweep judge``."""
 
     records: Path = Path("studies")
     """The study's records folder (one ``<run>.json.gz`` per finished run; :mod:`tunelab.runner.records`)."""
@@ -237,7 +241,8 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
                                       {"default": (0.2, 0.8)}),
                   pool_range=attempt(lambda: parse_pool_range(path, spec.get("pool_range") or {}), {}),
                   assume=attempt(lambda: parse_assume(path, spec.get("assume") or {}), {}),
-                  interaction=attempt(lambda: parse_interaction(path, spec.get("interaction"), factors), None))
+                  interaction=attempt(lambda: parse_interaction(path, spec.get("interaction"), factors), None),
+                  judged=parse_judged(path, spec.get("judged"), factors, baseline, errors))
     if recipe.is_file() and factors:
         base_tree = yaml.safe_load(recipe.read_text()) or {}
         for ov in spec.get("overrides") or []:
@@ -252,6 +257,11 @@ def load_sweep(path: str | Path, out: str | None = None, records: str | Path | N
                 if planned is None:
                     break  # the arm's problem is said once, not once per seed
                 sweep.runs.append(planned)
+    if sweep.judged and sweep.runs:
+        missing = sorted({p.arm.label for p in sweep.runs if sweep.judged["task"] not in p.cfg.eval.tasks})
+        if missing:
+            errors.append(f"{path}: judged: task {sweep.judged['task']!r} is not evaluated by arm(s) "
+                          f"{', '.join(missing)} (add it to eval.tasks)")
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
     return sweep

@@ -1,0 +1,108 @@
+"""``instructions`` task: open-ended answers to an instruction file, kept for a judge (no verifier).
+
+WizardLM's own evaluation (Xu et al. 2023) is its test set of 218 instructions labelled with a skill and a
+difficulty (1-10), answered by each model and compared pairwise; Vicuna-80, AlpacaEval and Self-Instruct's
+user-oriented set are read the same way. This task answers such a file and scores nothing but the
+answer's length: who answered better is a judge's call, made afterwards on the answers pair by pair
+(``tunelab judge RUN_A RUN_B --task instructions``, or a study's ``judged:`` section: ``tunelab sweep
+judge FILE``), with both orders shown and the length difference reported.
+
+Rows: ``value`` and ``words`` (the answer's length in words), ``chars``; the item's ``skill`` and
+``difficulty`` where the file gives them. The aggregate is the mean answer length in words with a
+bootstrap CI (``answer_words``) and the share of answers that are empty.
+
+Instruction files: any JSONL/JSON whose rows give an instruction as ``instruction`` / ``Instruction``,
+``prompt``, ``question`` or ``messages`` (plus ``input`` or the first of ``instances``), as the
+Evol-Instruct seeds are read (:func:`tunelab.data.instruction_rows.parse_seed`); errors name the file, row and field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.data.instruction_rows import parse_seed
+from tunelab.data.sources import read_rows, resolve_data_path, row_where
+from tunelab.eval.stats import bootstrap_ci, proportion_score
+from tunelab.eval.tasks.base import EVAL_TASKS, EvalItem, EvalTask
+from tunelab.io import DataError
+
+DEFAULT_FILE = "wizardlm_testset/WizardLM_testset.jsonl"
+
+
+def _lower_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its keys lower-cased (WizardLM's file spells them ``Instruction``, ``Skill``, ``Difficulty``);
+    a key given in both spellings keeps the lower-case one."""
+    out = {str(k).lower(): v for k, v in row.items()}
+    out.update({k: v for k, v in row.items() if isinstance(k, str) and k == k.lower()})
+    return out
+
+
+@EVAL_TASKS.register("instructions")
+class InstructionsTask(EvalTask):
+    """Open-ended answers to an instruction file (default: the WizardLM test set), for a judge: length only.
+
+    Options:
+        file: The instruction file (relative to ``$TUNELAB_DATA_DIR``, else the current folder).
+        min_difficulty: Only items of at least this difficulty (rows with a ``difficulty`` field).
+    """
+
+    primary = "answer_words"
+    max_new_tokens = 256
+
+    def __init__(self, file: str = DEFAULT_FILE, min_difficulty: int | None = None) -> None:
+        self.file, self.min_difficulty = file, min_difficulty
+
+    def load(self) -> list[dict[str, Any]]:
+        """Every instruction of the file: ``{id, instruction, skill, difficulty}``.
+
+        Raises:
+            DataError: a missing file, a row without an instruction or with a bad field (file:line and
+                field), a duplicate id, or no row left.
+        """
+        path = resolve_data_path(self.file, None)
+        out, seen = [], set()
+        for n, row in read_rows(path):
+            where = row_where(path, n)
+            if isinstance(row, Exception):
+                raise row
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a mapping, got {type(row).__name__}")
+            low = _lower_keys(row)
+            seed = parse_seed(where, low, n)
+            if seed["id"] in seen:
+                raise DataError(f"{where}: field 'id': duplicate id {seed['id']!r}")
+            seen.add(seed["id"])
+            difficulty = low.get("difficulty")
+            if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int | float)):
+                raise DataError(f"{where}: field 'difficulty': expected a number, got {difficulty!r}")
+            out.append({"id": seed["id"], "instruction": seed["instruction"],
+                        "skill": str(low.get("skill") or low.get("category") or ""), "difficulty": difficulty})
+        if self.min_difficulty is not None:
+            out = [r for r in out if r["difficulty"] is not None and r["difficulty"] >= self.min_difficulty]
+        if not out:
+            raise DataError(f"{path}: no instruction" + (f" of difficulty >= {self.min_difficulty}"
+                                                         if self.min_difficulty is not None else ""))
+        return out
+
+    def items(self, limit: int | None, seed: int) -> list[EvalItem]:
+        """The file's first ``limit`` instructions (its own order: a fixed set, ``seed`` unused)."""
+        rows = self.load()[: limit or None]
+        return [EvalItem(r["id"], [{"role": "user", "content": r["instruction"]}],
+                         {"question": r["instruction"], "skill": r["skill"], "difficulty": r["difficulty"]})
+                for r in rows]
+
+    def score(self, item: EvalItem, completions: list[str]) -> dict[str, Any]:
+        """The answer's length (no verifier: a judge compares answers afterwards)."""
+        text = completions[0] if completions else ""
+        words = len(text.split())
+        row: dict[str, Any] = {"value": float(words), "words": words, "chars": len(text)}
+        if item.meta.get("skill"):
+            row["skill"] = item.meta["skill"]
+        if item.meta.get("difficulty") is not None:
+            row["difficulty"] = item.meta["difficulty"]
+        return row
+
+    def aggregate(self, rows: list[dict[str, Any]]) -> dict[str, dict]:
+        """Mean answer length in words (bootstrap CI) and the share of empty answers."""
+        return {"answer_words": bootstrap_ci([float(r["words"]) for r in rows]),
+                "empty_answer": proportion_score([int(r["words"] == 0) for r in rows])}
