@@ -155,6 +155,10 @@ def test_sweep_judge_from_records_then_findings(tmp_path: Path, capsys: pytest.C
     assert "**Judged claims**" in text and "| rank 4 answers better | rank=4 vs rank=2 | 2 | 12 |" in text
     assert "difficulty >= 8 (3)" in text and "Source: a test" in text
     assert "rank 4 answers better [judged: rank=4 vs rank=2]" in findings_doc.summary(study)
+    from tunelab.report.run_report import sweep_report
+
+    page = sweep_report({k: v for k, v in study.items() if not k.startswith("_")}, path=tmp_path / "page.html")
+    assert "Judged claims (instructions, judge stub)" in page.read_text() and "rank 4 answers better" in page.read_text()
     # the plan reads the judged verdicts for the item sd
     judged_plan = plan(sweep)["judged"][0]
     assert judged_plan["items"] == 12 and judged_plan["item_sd_from"] == "judged verdicts"
