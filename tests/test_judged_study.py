@@ -163,8 +163,20 @@ def test_sweep_judge_from_records_then_findings(tmp_path: Path, capsys: pytest.C
     judged_plan = plan(sweep)["judged"][0]
     assert judged_plan["items"] == 12 and judged_plan["item_sd_from"] == "judged verdicts"
 
-    # another judge's verdicts replace these: a judge that always picks the first shown makes every item a tie
+    # a quick look on 4 items is written but not counted, and a later full call judges every item again
+    assert len(judge_study(sweep, judge=LongerWins(), limit=4, say=said.append)["judged"]) == 2
+    assert len(read_json_gz(files[0])["verdicts"]) == 4
+    assert judged_claims(sweep)["claims"][0]["verdict"] == "not judged yet"
+    assert any("first 4 items only" in s for s in judged_claims(sweep)["stale"])
+    assert len(judge_study(sweep, judge=LongerWins(), say=said.append)["judged"]) == 2
+    assert judged_claims(sweep)["claims"][0]["win_rate"] == pytest.approx(np.mean(wins))
+
+    # another judge's verdicts (--judge) are kept apart from the findings until the sweep file names that judge
     judge_study(sweep, judge=LongerWins(first=True), judge_spec="first", say=said.append)
+    assert judged_claims(sweep)["claims"][0]["verdict"] == "not judged yet"
+    assert any("judged by first (text verdicts), not the sweep file's judge stub" in s
+               for s in judged_claims(sweep)["stale"])
+    sweep.judged["judge"] = "first"  # a judge that always picks the first shown: every item a tie
     claim = judged_claims(sweep)["claims"][0]
     assert claim["judges"] == ["first"] and claim["win_rate"] == 0.5
     assert claim["position"]["flip_rate"]["value"] == 1.0 and claim["position"]["first_shown"]["value"] == 1.0

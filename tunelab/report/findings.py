@@ -401,12 +401,12 @@ def hosts(records: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def judged_claims(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def judged_claims(sweep: Any) -> dict[str, Any] | None:
     """The judged claims' findings (:mod:`tunelab.runner.judged_study` says what each figure is); None without a
     ``judged:`` section."""
     if not sweep.judged:
         return None
-    files, stale = load_judged(sweep, found)
+    files, stale = load_judged(sweep)
     claims = sweep.judged["claims"]
     n_claims = len(claims)
     rows = []
@@ -503,6 +503,6 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
             "failure_kinds": failure_kinds(records_), "inference_costs": inference_costs(records_),
             "interactions": (found := interactions(sweep, {t: items[t] for t in result["tasks"]})),
             "interaction_claim": interaction_claim(sweep, records_, found, the_plan),
-            "judged": judged_claims(sweep, recorded[0]),
+            "judged": judged_claims(sweep),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
             "_sweep": sweep, "_records": records_, "_items": items}

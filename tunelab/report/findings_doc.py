@@ -338,6 +338,6 @@ def summary(study: dict[str, Any]) -> str:
         lines.append(f"  {c['claim']} [judged: {c['arm']} vs {c['versus']}]: "
                      + (f"win rate {c['win_rate']:.3f} p(Holm) {fmt(c.get('p_holm'), '.3g')} -> " if "test" in c else "")
                      + c["verdict"])
-    if not study["hypotheses"]:
+    if not study["hypotheses"] and not (study.get("judged") or {}).get("claims"):
         lines.append("  (the sweep file states no hypotheses: see sweep.json for the arms' statistics)")
     return "\n".join(lines)

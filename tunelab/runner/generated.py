@@ -159,7 +159,7 @@ CODE: dict[str, tuple[str, ...]] = {
     "drill": ("tunelab.envs", "tunelab.data.tasks"),
     "gold": ("tunelab.envs", "tunelab.data.tasks"),
     "sample": ("tunelab.envs", "tunelab.data.tasks"),
-    "evolve": ("tunelab.evolve", "tunelab.data.tasks"),
+    "evolve": ("tunelab.evolve", "tunelab.data.tasks", "tunelab.data.instruction_rows"),
 }
 """The packages whose source text is part of each kind's key (a change there makes a new pool)."""
 

@@ -10,7 +10,9 @@ raw replies, both answers' lengths, the judge's spec, fingerprint and prompt ver
 names and config digests. Answers and prompts come from the records alone (a record keeps an
 unverified answer whole: :data:`tunelab.runner.records.JUDGED_CHARS`; the prompts are rebuilt from the
 task and the run's config), so judging needs no run folder and works on a fresh clone. A pair-seed
-already judged by the same judge on the same records is not judged again: an interrupted call resumes.
+already judged by the same judge, in the same verdict mode, on the same records is not judged again: an
+interrupted call resumes. Only verdicts on every common item by the sweep file's own judge count in the
+findings; a look with ``--limit`` or another ``--judge`` is written but listed as not counted.
 
 :func:`tunelab.report.findings.judged_claims` (the findings) reads those files back (:func:`load_judged`). Per
 claim, ``arm``'s outcome on an item is 1 when the judge prefers its answer in both orders, 0 when it
@@ -97,15 +99,17 @@ def pairs_to_judge(sweep: Any, found: dict[str, dict[str, Any]]) -> list[tuple[d
     return out
 
 
-def _fresh(path: Path, judge_spec: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether ``path`` already holds this judge's verdicts on these two records."""
+def _fresh(path: Path, judge_spec: str, mode: str, limit: int | None, a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether ``path`` already holds this judge's verdicts (same spec and verdict mode) on these two records,
+    on every common item, or on the first ``limit`` when a limited look is asked for again."""
     if not path.is_file():
         return False
     try:
         old = read_json_gz(path)
     except DataError:
         return False
-    return (old.get("judge") == judge_spec and old.get("digests") == [a["config_digest"], b["config_digest"]])
+    return (old.get("judge") == judge_spec and old.get("verdict_mode") == mode and old.get("limit") == limit
+            and old.get("digests") == [a["config_digest"], b["config_digest"]])
 
 
 def judge_study(sweep: Any, judge: Any = None, judge_spec: str | None = None, limit: int | None = None,
@@ -132,7 +136,7 @@ def judge_study(sweep: Any, judge: Any = None, judge_spec: str | None = None, li
     done, skipped, jury = [], [], None
     for claim, seed, rec_a, rec_b in todo:
         path = judged_path(sweep, claim, seed)
-        if _fresh(path, spec, rec_a, rec_b):
+        if _fresh(path, spec, sweep.judged["verdict"], limit, rec_a, rec_b):
             skipped.append(path.name)
             continue
         if jury is None:
@@ -156,6 +160,7 @@ def judge_study(sweep: Any, judge: Any = None, judge_spec: str | None = None, li
             "judge_fingerprint": getattr(judge, "fingerprint", str(judge)), "verdict_mode": sweep.judged["verdict"],
             "prompt_version": verdicts[0]["prompt_version"] if verdicts else None,
             "runs": [rec_a["run"], rec_b["run"]], "digests": [rec_a["config_digest"], rec_b["config_digest"]],
+            "limit": limit,
             "meta": {i: prompts[i]["meta"] for i in common},
             "verdicts": [{k: v[k] for k in VERDICT_KEYS} for v in verdicts]})
         done.append(path.name)
@@ -170,9 +175,9 @@ def _waiting(sweep: Any, found: dict[str, dict[str, Any]]) -> list[str]:
             if (c["claim"], s) not in have]
 
 
-def load_judged(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The study's judged files whose records are current (the runs' config digests still planned), and why
-    each other one is not counted."""
+def load_judged(sweep: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The study's judged files that count: their runs still planned (config digests), judged on every common
+    item (no ``--limit``) by the sweep file's judge in its verdict mode; and why each other one does not."""
     folder = sweep.study_folder / FOLDER
     if not folder.is_dir():
         return [], []
@@ -184,8 +189,13 @@ def load_judged(sweep: Any, found: dict[str, dict[str, Any]] | None = None) -> t
             raise DataError(f"{path}: not a judged file of a study (format {data.get('format')!r})")
         if not set(data.get("digests") or []) <= digests:
             stale.append(f"{path.name}: its runs are no longer in the sweep file (configs changed)")
-            continue
-        kept.append(data)
+        elif data.get("limit") is not None:
+            stale.append(f"{path.name}: judged on the first {data['limit']} items only (--limit)")
+        elif (data.get("judge"), data.get("verdict_mode")) != (sweep.judged["judge"], sweep.judged["verdict"]):
+            stale.append(f"{path.name}: judged by {data.get('judge')} ({data.get('verdict_mode')} verdicts), not the "
+                         f"sweep file's judge {sweep.judged['judge']} ({sweep.judged['verdict']})")
+        else:
+            kept.append(data)
     return kept, stale
 
 

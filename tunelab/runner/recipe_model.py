@@ -47,8 +47,10 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def package_files(package: str) -> list[tuple[str, Path]]:
-    """``(package:relative/path.py, file)`` of every Python file of ``package``."""
+    """``(package:relative/path.py, file)`` of every Python file of ``package`` (a module: its own file)."""
     found = importlib.util.find_spec(package)
+    if found and found.submodule_search_locations is None and found.origin:
+        return [(f"{package}:{Path(found.origin).name}", Path(found.origin))]
     roots = [Path(r) for r in (found.submodule_search_locations or [])] if found else []
     return [(f"{package}:{f.relative_to(root).as_posix()}", f) for root in roots for f in sorted(root.rglob("*.py"))]
 
