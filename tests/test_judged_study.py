@@ -67,6 +67,21 @@ def test_instructions_task_reads_wizardlm_rows_and_scores_length_only(tmp_path: 
     assert [it.meta["difficulty"] for it in hard] == [8, 9, 10]
 
 
+def test_instructions_from_several_files_with_skills_left_out(tmp_path: Path) -> None:
+    wizard = _instructions(tmp_path)
+    alpaca = tmp_path / "alpaca_outputs.json"
+    alpaca.write_text(json.dumps([{"dataset": "selfinstruct", "instruction": "Trained on this.", "output": "x"},
+                                  {"dataset": "koala", "instruction": "Explain tides.", "output": "y"}]))
+    task = get_task("instructions", file=[str(wizard), str(alpaca)], exclude_skills=["selfinstruct"])
+    items = task.items(None, 0)
+    assert len(items) == 13 and items[0].id == "wizard:1" and items[-1].id == "alpaca_outputs:seed-1"
+    assert items[-1].meta["skill"] == "koala" and items[-1].meta["difficulty"] is None
+    with pytest.raises(DataError, match="no instruction left after the filters"):
+        get_task("instructions", file=str(alpaca), exclude_skills=["selfinstruct", "koala"]).items(None, 0)
+    with pytest.raises(ValueError, match="file must be a path or a list of paths"):
+        get_task("instructions", file=[])
+
+
 @pytest.mark.parametrize(("rows", "message"), [
     ([{"idx": 1, "Skill": "x"}], r"wizard.jsonl:1: field 'instruction': missing"),
     ([{"idx": 1, "Instruction": "a b c", "Difficulty": "hard"}], r"wizard.jsonl:1: field 'difficulty': expected a number"),

@@ -42,24 +42,44 @@ class InstructionsTask(EvalTask):
     """Open-ended answers to an instruction file (default: the WizardLM test set), for a judge: length only.
 
     Options:
-        file: The instruction file (relative to ``$TUNELAB_DATA_DIR``, else the current folder).
+        file: The instruction file, or a list of them read one after another (relative to
+            ``$TUNELAB_DATA_DIR``, else the current folder); with several files each id is prefixed with
+            its file's name (``WizardLM_testset:12``).
         min_difficulty: Only items of at least this difficulty (rows with a ``difficulty`` field).
+        exclude_skills: Leave out rows whose skill (``skill``, ``category`` or ``dataset`` field) is one of
+            these (AlpacaEval's ``selfinstruct`` part when a study trains on Self-Instruct's instructions).
     """
 
     primary = "answer_words"
     max_new_tokens = 256
 
-    def __init__(self, file: str = DEFAULT_FILE, min_difficulty: int | None = None) -> None:
-        self.file, self.min_difficulty = file, min_difficulty
+    def __init__(self, file: str | list[str] = DEFAULT_FILE, min_difficulty: int | None = None,
+                 exclude_skills: list[str] | None = None) -> None:
+        files = [file] if isinstance(file, str) else list(file or [])
+        if not files or not all(isinstance(f, str) and f for f in files):
+            raise ValueError(f"instructions: file must be a path or a list of paths, got {file!r}")
+        self.files, self.min_difficulty = files, min_difficulty
+        self.exclude_skills = set(exclude_skills or [])
 
     def load(self) -> list[dict[str, Any]]:
-        """Every instruction of the file: ``{id, instruction, skill, difficulty}``.
+        """Every instruction of the files: ``{id, instruction, skill, difficulty}``.
 
         Raises:
             DataError: a missing file, a row without an instruction or with a bad field (file:line and
                 field), a duplicate id, or no row left.
         """
-        path = resolve_data_path(self.file, None)
+        out: list[dict[str, Any]] = []
+        for file in self.files:
+            out += self._load_one(file, prefix=len(self.files) > 1)
+        if not out:
+            raise DataError(f"{', '.join(self.files)}: no instruction left after the filters (min_difficulty "
+                            f"{self.min_difficulty}, exclude_skills {sorted(self.exclude_skills)})")
+        return out
+
+    def _load_one(self, file: str, prefix: bool) -> list[dict[str, Any]]:
+        """The rows of one file that pass the filters (ids prefixed with the file's stem when ``prefix``)."""
+        path = resolve_data_path(file, None)
+        stem = path.name.split(".")[0]
         out, seen = [], set()
         for n, row in read_rows(path):
             where = row_where(path, n)
@@ -75,17 +95,17 @@ class InstructionsTask(EvalTask):
             difficulty = low.get("difficulty")
             if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, int | float)):
                 raise DataError(f"{where}: field 'difficulty': expected a number, got {difficulty!r}")
-            out.append({"id": seed["id"], "instruction": seed["instruction"],
-                        "skill": str(low.get("skill") or low.get("category") or ""), "difficulty": difficulty})
+            skill = str(low.get("skill") or low.get("category") or low.get("dataset") or "")
+            if skill in self.exclude_skills:
+                continue
+            out.append({"id": f"{stem}:{seed['id']}" if prefix else seed["id"], "instruction": seed["instruction"],
+                        "skill": skill, "difficulty": difficulty})
         if self.min_difficulty is not None:
             out = [r for r in out if r["difficulty"] is not None and r["difficulty"] >= self.min_difficulty]
-        if not out:
-            raise DataError(f"{path}: no instruction" + (f" of difficulty >= {self.min_difficulty}"
-                                                         if self.min_difficulty is not None else ""))
         return out
 
     def items(self, limit: int | None, seed: int) -> list[EvalItem]:
-        """The file's first ``limit`` instructions (its own order: a fixed set, ``seed`` unused)."""
+        """The first ``limit`` instructions (the files' own order: a fixed set, ``seed`` unused)."""
         rows = self.load()[: limit or None]
         return [EvalItem(r["id"], [{"role": "user", "content": r["instruction"]}],
                          {"question": r["instruction"], "skill": r["skill"], "difficulty": r["difficulty"]})
