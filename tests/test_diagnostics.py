@@ -125,6 +125,10 @@ def test_diagnostics_on_a_run_and_in_its_report(tmp_path: Path, capsys) -> None:
     assert all(0 <= v["agreement"] <= 1 and v["kl"] >= 0 for v in lin.values())
     grad = json.loads((d / "grad_interference.json").read_text())
     assert grad["steps"] == [3, 6] and len(grad["mean_cosine"]) == 2 and grad["share_of_training"] > 0
+    rows = [json.loads(line) for line in (d / "grad_interference.jsonl").read_text().splitlines()]
+    assert grad["cosine"] == {"arith~code": pytest.approx(sum(r["cosine"][0][1] for r in rows) / 2)}
+    assert grad["conflict"]["arith~code"] == sum(r["cosine"][0][1] < 0 for r in rows) / 2
+    assert grad["mean_conflict_rate"] == pytest.approx(sum(r["conflict_rate"] for r in rows) / 2)
     page = (run_dir / "report.html").read_text()
     for panel in ('data-plot="grad_interference"', 'data-plot="cka"', 'data-plot="weight_change"', "Linearity",
                   "Forgetting"):

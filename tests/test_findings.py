@@ -310,3 +310,35 @@ def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_
         text = markdown(study)
     assert "**Inference cost on arith_rules**" in text
     assert "| pi | query | 20.0 | 95.0% | 0.125 | - |" in text
+
+
+def test_gradient_interference_is_set_beside_each_arms_effects(tmp_path: Path) -> None:
+    """A mixing study's mechanism table: per arm the sources' gradient cosine and conflict share (from the
+    runs' grad_interference diagnostic) beside every task's delta against the baseline."""
+    from tunelab.report import findings as findings_mod
+    from tunelab.report import findings_doc
+
+    spec = {"recipe": str(ROOT / "recipes" / "tiny.yaml"), "name": "mix_toy",
+            "overrides": ["train.max_steps=4", "train.save_every=0", "data.heldout=0", "eval.tasks=[arith]",
+                          "eval.limit=8", "eval.max_new_tokens=8", "diagnostics=[{name: grad_interference, every: 2}]"],
+            "factors": {"mix": {"A": {"data.sources": [{"name": "arith", "task": "arith", "count": 32}]},
+                                "AC": {"data.sources": [{"name": "arith", "task": "arith", "count": 32},
+                                                        {"name": "code", "task": "code", "count": 32}]}}},
+            "seeds": 1, "out": str(tmp_path / "out"), "records": str(tmp_path / "studies" / "mix_toy" / "records"),
+            "pilot_range": [0.0, 1.0],
+            "hypotheses": [{"claim": "code helps", "task": "arith", "arm": "mix=AC", "effect": 0.1, "source": "a test"}]}
+    path = tmp_path / "mix.yaml"
+    path.write_text(json.dumps(spec))
+    run_sweep(path, backend="inline", quiet=True)
+    study = findings_mod.report(path)
+    grad = study["diagnostics"]["grad_interference"]
+    assert "cosine.arith~code" in grad["mix=AC"] and "cosine.arith~code" not in grad["mix=A"]
+    text = findings_doc.markdown(study)
+    assert "**Gradient interference beside the effects**" in text
+    delta = study["tasks"]["arith"]["arms"]["mix=AC"]["vs_baseline"]["delta"]
+    section = text.split("**Gradient interference beside the effects**")[1].split("\n\n")[1].splitlines()
+    assert section[0] == ("| arm | conflict arith~code | cosine arith~code | mean_conflict_rate | delta arith |")
+    row = next(line for line in section if line.startswith("| mix=AC | "))
+    assert row == (f"| mix=AC | {grad['mix=AC']['conflict.arith~code']:.3f} | {grad['mix=AC']['cosine.arith~code']:.3f}"
+                   f" | {grad['mix=AC']['mean_conflict_rate']:.3f} | {delta:+.3f} |")
+    assert next(line for line in section if line.startswith("| mix=A | ")) == "| mix=A | - | - | - | - |"

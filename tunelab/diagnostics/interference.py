@@ -28,7 +28,9 @@ class GradInterferenceSummary(Diagnostic):
         """Probe rows per source (0: the batch size divided among the sources, at least 2)."""
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        """The logged rows, the mean cosine matrix and the probe's share of the training time."""
+        """Per source pair (``a~b``) the mean gradient cosine and the share of probes where it was negative,
+        the mean conflict rate (what a study's findings set beside each arm's effects), then the logged
+        rows, the mean cosine matrix and the probe's share of the training time."""
         path = ctx.run_dir / "diagnostics" / "grad_interference.jsonl"
         if not path.is_file():
             return {"note": "not measured: add {name: grad_interference} to the recipe's diagnostics"}
@@ -38,7 +40,14 @@ class GradInterferenceSummary(Diagnostic):
         results = ctx.run_dir / "results.json"
         train_s = json.loads(results.read_text())["run"]["train"].get("train_seconds") if results.is_file() else None
         spent = sum(r["seconds"] for r in rows)
-        return {"sources": rows[-1]["sources"] if rows else [], "steps": [r["step"] for r in rows],
+        names = rows[-1]["sources"] if rows else []
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        rates = [r["conflict_rate"] for r in rows if isinstance(r.get("conflict_rate"), (int, float))]
+        return {"cosine": {f"{names[i]}~{names[j]}": mean[i][j] for i, j in pairs},
+                "conflict": {f"{names[i]}~{names[j]}": sum(r["cosine"][i][j] < 0 for r in rows) / len(rows)
+                             for i, j in pairs},
+                "mean_conflict_rate": sum(rates) / len(rates) if rates else None,
+                "sources": names, "steps": [r["step"] for r in rows],
                 "mean_cosine": mean, "conflict_rate": [r["conflict_rate"] for r in rows],
                 "grad_norm": [r["grad_norm"] for r in rows], "probe_seconds": spent,
                 "share_of_training": spent / train_s if train_s else None}

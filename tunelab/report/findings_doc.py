@@ -131,6 +131,27 @@ def _pool_lines(study: dict[str, Any]) -> list[str]:
     return out
 
 
+def _interference_lines(study: dict[str, Any]) -> list[str]:
+    """Gradient interference between the sources beside each arm's effects (the mechanism a mixing study
+    asks about: does conflict between two sources predict what adding one costs?)."""
+    arms = (study.get("diagnostics") or {}).get("grad_interference") or {}
+    keys = sorted({k for v in arms.values() for k in v if k.startswith(("cosine.", "conflict.")) or k == "mean_conflict_rate"})
+    if not keys:
+        return []
+    tasks = list(study["tasks"])
+    out = ["**Gradient interference beside the effects** (mean over each arm's runs: the cosine between two "
+           "sources' gradients on their probe batches, the share of probes where it was negative, and every "
+           "task's delta against the baseline; arms with one source have no pair):", "",
+           "| arm | " + " | ".join(k.replace("cosine.", "cosine ").replace("conflict.", "conflict ") for k in keys)
+           + " | " + " | ".join(f"delta {t}" for t in tasks) + " |",
+           "|---|" + "---|" * (len(keys) + len(tasks))]
+    for label, values in arms.items():
+        deltas = [((study["tasks"][t]["arms"].get(label) or {}).get("vs_baseline") or {}).get("delta") for t in tasks]
+        out.append(f"| {label} | " + " | ".join(fmt(values.get(k), ".3f") for k in keys) + " | "
+                   + " | ".join(fmt(d, "+.3f") for d in deltas) + " |")
+    return out + [""]
+
+
 def _judged_lines(judged: dict[str, Any] | None) -> list[str]:
     """The judged claims (:func:`tunelab.runner.judged_study.judged_claims`) as a table and notes."""
     if not judged:
@@ -275,6 +296,7 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                 "| arm | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         out += [f"| {arm} | " + " | ".join(f"{v.get(k, 0.0):.3f}" for k in kinds) + " |" for arm, v in arms.items()]
         out.append("")
+    out += _interference_lines(study)
     for name, arms in study["diagnostics"].items():
         keys = sorted({k for a in arms.values() for k in a})
         out += [f"**Diagnostic `{name}`** (mean over each arm's runs):", "",
