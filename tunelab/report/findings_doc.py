@@ -93,8 +93,9 @@ def _evolve_pool_lines(source: str, pool: dict[str, Any]) -> list[str]:
     """An evolved pool's make-up: per round its kept items, length, constraints, diversity, eliminations."""
     stats = pool["summary"]["stats"]
     elim = stats.get("eliminations", {})
-    out = [f"**Pool `{source}`** (evolve, key {pool.get('key')}): {pool['summary'].get('dataset_rows')} rows in the "
-           "dataset; per round (kept items):", "",
+    out = [f"**Pool `{source}`** (evolve, key {pool.get('key')}): {pool['summary'].get('dataset_rows')} kept rows "
+           "over every generation (the source trains on those its keep_rounds / include_seeds select); per round "
+           "(kept items):", "",
            "| round | items | instruction words | constraints | distinct-2 | near-duplicate rate | eliminated |",
            "|---|---|---|---|---|---|---|"]
     for k, g in sorted(stats.get("generations", {}).items(), key=lambda kv: int(kv[0])):
