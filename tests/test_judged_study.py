@@ -80,6 +80,15 @@ def test_instructions_from_several_files_with_skills_left_out(tmp_path: Path) ->
         get_task("instructions", file=str(alpaca), exclude_skills=["selfinstruct", "koala"]).items(None, 0)
     with pytest.raises(ValueError, match="file must be a path or a list of paths"):
         get_task("instructions", file=[])
+    one = get_task("instructions", file=str(alpaca), exclude_skills="selfinstruct").items(None, 0)
+    assert [it.meta["skill"] for it in one] == ["koala"]  # a single name is a list of one, not of letters
+    with pytest.raises(DataError, match="also an id of"):
+        get_task("instructions", file=[str(wizard), str(wizard)]).items(None, 0)
+    again = tmp_path / "more.jsonl"
+    again.write_text(json.dumps({"id": "m1", "instruction": "Explain  TIDES."}) + "\n"
+                     + json.dumps({"id": "m2", "instruction": "New one."}) + "\n")
+    both = get_task("instructions", file=[str(alpaca), str(again)]).items(None, 0)
+    assert [it.id for it in both] == ["alpaca_outputs:seed-0", "alpaca_outputs:seed-1", "more:m2"]
 
 
 @pytest.mark.parametrize(("rows", "message"), [

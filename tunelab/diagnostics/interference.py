@@ -43,9 +43,11 @@ class GradInterferenceSummary(Diagnostic):
         names = rows[-1]["sources"] if rows else []
         pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
         rates = [r["conflict_rate"] for r in rows if isinstance(r.get("conflict_rate"), (int, float))]
-        return {"cosine": {f"{names[i]}~{names[j]}": mean[i][j] for i, j in pairs},
-                "conflict": {f"{names[i]}~{names[j]}": sum(r["cosine"][i][j] < 0 for r in rows) / len(rows)
-                             for i, j in pairs},
+        def pair(i: int, j: int) -> str:  # the same name whatever order a recipe lists the sources in
+            return "~".join(sorted((names[i], names[j])))
+
+        return {"cosine": {pair(i, j): mean[i][j] for i, j in pairs},
+                "conflict": {pair(i, j): sum(r["cosine"][i][j] < 0 for r in rows) / len(rows) for i, j in pairs},
                 "mean_conflict_rate": sum(rates) / len(rates) if rates else None,
                 "sources": names, "steps": [r["step"] for r in rows],
                 "mean_cosine": mean, "conflict_rate": [r["conflict_rate"] for r in rows],

@@ -312,13 +312,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, float]:
 
 
 def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict[str, dict[str, float]]]:
-    """diagnostic -> arm -> key -> mean over the arm's runs (first ``limit`` keys)."""
+    """diagnostic -> arm -> key -> mean over the arm's runs (first ``limit`` keys; every key of
+    ``grad_interference``)."""
     acc: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in records:
         for name, result in sorted(r["record"].get("diagnostics", {}).items()):
             values = _flatten(result)
             arm = acc.setdefault(name, {}).setdefault(r["arm"].label, {})
-            for k, v in list(values.items())[:limit]:
+            # grad_interference keeps every key: its per-pair summaries are the mechanism a mixing study reads
+            for k, v in list(values.items())[: None if name == "grad_interference" else limit]:
                 arm.setdefault(k, []).append(v)
     return {d: {arm: {k: float(np.mean(v)) for k, v in keys.items()} for arm, keys in arms.items()}
             for d, arms in acc.items()}

@@ -142,7 +142,8 @@ def _interference_lines(study: dict[str, Any]) -> list[str]:
     tasks = list(study["tasks"])
     out = ["**Gradient interference beside the effects** (mean over each arm's runs: the cosine between two "
            "sources' gradients on their probe batches, the share of probes where it was negative, and every "
-           "task's delta against the baseline; arms with one source have no pair):", "",
+           "task's delta against the baseline, higher is better, a loss negated; arms with one source have no "
+           "pair, the baseline no delta):", "",
            "| arm | " + " | ".join(k.replace("cosine.", "cosine ").replace("conflict.", "conflict ") for k in keys)
            + " | " + " | ".join(f"delta {t}" for t in tasks) + " |",
            "|---|" + "---|" * (len(keys) + len(tasks))]

@@ -44,7 +44,8 @@ class InstructionsTask(EvalTask):
     Options:
         file: The instruction file, or a list of them read one after another (relative to
             ``$TUNELAB_DATA_DIR``, else the current folder); with several files each id is prefixed with
-            its file's name (``WizardLM_testset:12``).
+            its file's name (``WizardLM_testset:12``) and an instruction already read from an earlier file
+            is left out (normalised text).
         min_difficulty: Only items of at least this difficulty (rows with a ``difficulty`` field).
         exclude_skills: Leave out rows whose skill (``skill``, ``category`` or ``dataset`` field) is one of
             these (AlpacaEval's ``selfinstruct`` part when a study trains on Self-Instruct's instructions).
@@ -58,8 +59,10 @@ class InstructionsTask(EvalTask):
         files = [file] if isinstance(file, str) else list(file or [])
         if not files or not all(isinstance(f, str) and f for f in files):
             raise ValueError(f"instructions: file must be a path or a list of paths, got {file!r}")
-        self.files, self.min_difficulty = files, min_difficulty
-        self.exclude_skills = set(exclude_skills or [])
+        skills = [exclude_skills] if isinstance(exclude_skills, str) else list(exclude_skills or [])
+        if not all(isinstance(k, str) for k in skills):
+            raise ValueError(f"instructions: exclude_skills must be a list of names, got {exclude_skills!r}")
+        self.files, self.min_difficulty, self.exclude_skills = files, min_difficulty, set(skills)
 
     def load(self) -> list[dict[str, Any]]:
         """Every instruction of the files: ``{id, instruction, skill, difficulty}``.
@@ -69,8 +72,19 @@ class InstructionsTask(EvalTask):
                 field), a duplicate id, or no row left.
         """
         out: list[dict[str, Any]] = []
+        ids: dict[str, str] = {}
+        texts: set[str] = set()
         for file in self.files:
-            out += self._load_one(file, prefix=len(self.files) > 1)
+            for row in self._load_one(file, prefix=len(self.files) > 1):
+                if row["id"] in ids:
+                    raise DataError(f"{file}: id {row['id']!r} is also an id of {ids[row['id']]} (files with the "
+                                    "same name, or a file listed twice)")
+                ids[row["id"]] = file
+                key = " ".join(row["instruction"].lower().split())
+                if key in texts:  # the same instruction in two files (Vicuna's questions are in both test sets)
+                    continue
+                texts.add(key)
+                out.append(row)
         if not out:
             raise DataError(f"{', '.join(self.files)}: no instruction left after the filters (min_difficulty "
                             f"{self.min_difficulty}, exclude_skills {sorted(self.exclude_skills)})")
