@@ -111,7 +111,8 @@ def test_evolve_sources_that_select_other_generations_share_one_build(cache: Pat
     monkeypatch.setitem(generated.BUILDERS, "evolve", lambda *a: calls.append(1) or real(*a))
     base = {"kind": "evolve", "seeds": "task:instruct", "limit": 6, "evolver": "programmatic", "rounds": 2, "seed": 0}
     picks = {"seeds": {"keep_rounds": [0]}, "r1": {"keep_rounds": [1], "include_seeds": False},
-             "r2": {"keep_rounds": [2]}, "evolved": {"include_seeds": False}, "all": {}}
+             "r2": {"keep_rounds": [2]}, "evolved": {"include_seeds": False},
+             "matched": {"keep_rounds": [0], "roots_kept_in": [2]}, "all": {}}
     assert len({_key({**base, **p}) for p in picks.values()}) == 1
     cfg = from_dict(RunConfig, {"model": "tiny", "data": {"sources": [
         {"name": name, "format": "messages", "generate": {**base, **p}} for name, p in picks.items()]}})
@@ -122,6 +123,10 @@ def test_evolve_sources_that_select_other_generations_share_one_build(cache: Pat
     assert set(rounds["seeds"]) == {0} and len(rounds["seeds"]) == 6
     assert set(rounds["r1"]) == {1} and set(rounds["r2"]) == {2} and set(rounds["evolved"]) == {1, 2}
     assert sorted(rounds["all"]) == sorted(rounds["seeds"] + rounds["evolved"])
+    rows = {src.name: [json.loads(x) for x in Path(src.path).read_text().splitlines()] for src in resolved.data.sources}
+    assert [r["root_id"] for r in rows["matched"]] == [r["root_id"] for r in rows["seeds"]
+                                                       if r["root_id"] in {x["root_id"] for x in rows["r2"]}]
+    assert set(rounds["matched"]) == {0} and 0 < len(rows["matched"]) <= len(rows["seeds"])
     assert Path(resolved.data.sources[-1].path) == built["all"].path  # everything selected: the build itself
     again, _ = resolve_generated(cfg, lambda m: None)  # the selections are files written once, then read
     assert [s.path for s in again.data.sources] == [s.path for s in resolved.data.sources] and calls == [1]

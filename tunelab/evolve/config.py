@@ -80,6 +80,9 @@ class EvolveConfig:
     alone); None: every round's (and the seeds with ``include_seeds``)."""
     include_seeds: bool = True
     """Put the seeds (round 0) into the final dataset with the evolved items."""
+    roots_kept_in: list[int] | None = None
+    """Only the generations of seeds that have a kept item in these rounds (``[1]`` with ``keep_rounds: [0]``:
+    the seeds whose evolution survived, matched root for root to an arm of their round-1 evolutions)."""
     answer_seeds: bool = False
     """Answer seeds with the answerer even when the seed file has an output."""
     seed: int = 0

@@ -277,8 +277,8 @@ class EvolInstruct:
         """Write the dataset (kept rows of every generation) and the report; return the report."""
         roots = {s["id"] for s in self.seeds}
         rows = [r for r in rows if r["root_id"] in roots and r["round"] <= self.cfg.rounds]
-        kept = [r for r in rows if r["verdict"] == "kept" and (r["round"] > 0 or self.cfg.include_seeds)
-                and (self.cfg.keep_rounds is None or r["round"] in self.cfg.keep_rounds)]
+        kept = selected([r for r in rows if r["verdict"] == "kept"], self.cfg.include_seeds, self.cfg.keep_rounds,
+                        self.cfg.roots_kept_in)
         write_jsonl(self.cfg.out, [dataset_row(r) for r in kept])
         stats = run_stats(rows, kept, self.cfg.near_dup_threshold)
         unparsed = sum(r.get("judge_reply") == "unparsed" for r in rows)
@@ -289,6 +289,17 @@ class EvolInstruct:
                   "operators": self.weights, "seconds": round(seconds, 1), "config": asdict(self.cfg)}
         write_json(self.folder / "report.json", report)
         return report
+
+
+def selected(kept: list[dict[str, Any]], include_seeds: bool = True, keep_rounds: list[int] | None = None,
+             roots_kept_in: list[int] | None = None) -> list[dict[str, Any]]:
+    """The kept rows a dataset takes (each with ``round`` and ``root_id``): the seeds only with
+    ``include_seeds``, only the rounds in ``keep_rounds`` (None: all), and only the roots with a kept row in
+    one of the rounds ``roots_kept_in`` (None: all roots); order kept."""
+    roots = None if roots_kept_in is None else {r["root_id"] for r in kept if r.get("round", 0) in roots_kept_in}
+    return [r for r in kept if (r.get("round", 0) > 0 or include_seeds)
+            and (keep_rounds is None or r.get("round", 0) in keep_rounds)
+            and (roots is None or r.get("root_id") in roots)]
 
 
 def _base(id_: str, parent: str | None, root: str, round_: int) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from tunelab.envs.drill import paired_set
 from tunelab.envs.gold import gold_traces
 from tunelab.envs.sample import check_sample_args, sample
 from tunelab.evolve.config import PROGRAMMATIC, EvolveConfig
-from tunelab.evolve.evol_instruct import evolve
+from tunelab.evolve.evol_instruct import evolve, selected
 from tunelab.evolve.operators import OPERATORS, parse_operators
 from tunelab.evolve.program import PROGRAM_OPERATORS
 from tunelab.generate.build import build_generator, is_url
@@ -151,7 +151,7 @@ EVOLVE_NOT_OPTIONS = ("out", "recipe_dir", "progress")
 """EvolveConfig keys a generated source does not take (the file, its folder and the progress bars are tunelab's)."""
 EVOLVE_NOT_KEYED = ("prices",)
 """EvolveConfig keys that do not change the rows (only the report's costs), left out of the key."""
-EVOLVE_SELECTION = ("keep_rounds", "include_seeds")
+EVOLVE_SELECTION = ("keep_rounds", "include_seeds", "roots_kept_in")
 """EvolveConfig keys that choose which generations of an evolution a source trains on, not how it evolves: left
 out of the key, so that sources differing only in them (a rounds curve; the seeds against their evolutions)
 share one build, which keeps every generation; each source reads its selection (:func:`select_generations`)."""
@@ -417,7 +417,7 @@ def _build_evolve(cfg: EvolveConfig, work: Path, recipe_dir: str | None, say: Ca
     out = work / "evolved.jsonl"  # the work folder beside it lets a killed build continue
     # every generation is kept (seeds included): sources select theirs when they read it (EVOLVE_SELECTION)
     report = evolve(replace(cfg, out=str(out), recipe_dir=recipe_dir, progress=False, include_seeds=True,
-                            keep_rounds=None), say=say)
+                            keep_rounds=None, roots_kept_in=None), say=say)
     return out, {k: report[k] for k in ("dataset_rows", "stats") if k in report}
 
 
@@ -469,18 +469,18 @@ def build(src: SourceConfig, recipe_dir: str | None = None, say: Callable[[str],
 
 
 def select_generations(built: Built, cfg: EvolveConfig) -> Path:
-    """The file of the generations an evolve source trains on (``include_seeds``, ``keep_rounds``), cut from
-    its build (which keeps every generation, each row with its ``round``): the build itself when it selects
-    everything, else ``<build>.select-<digest>.jsonl`` beside it, written once (atomically)."""
-    if cfg.include_seeds and cfg.keep_rounds is None:
+    """The file of the generations an evolve source trains on (``include_seeds``, ``keep_rounds``,
+    ``roots_kept_in``: :func:`tunelab.evolve.evol_instruct.selected`), cut from its build (which keeps every
+    generation, each row with its ``round`` and ``root_id``): the build itself when it selects everything, else
+    ``<build>.select-<digest>.jsonl`` beside it, written once (atomically)."""
+    if cfg.include_seeds and cfg.keep_rounds is None and cfg.roots_kept_in is None:
         return built.path
     choice = {"include_seeds": cfg.include_seeds, "keep_rounds": cfg.keep_rounds}
+    if cfg.roots_kept_in is not None:
+        choice["roots_kept_in"] = cfg.roots_kept_in
     out = built.path.with_name(f"{built.path.stem}.select-{digest(choice)}.jsonl")
     if not out.is_file():
-        rows = [r for r in read_jsonl(built.path)
-                if (r.get("round", 0) > 0 or cfg.include_seeds)
-                and (cfg.keep_rounds is None or r.get("round", 0) in cfg.keep_rounds)]
-        write_jsonl(out, rows)
+        write_jsonl(out, selected(read_jsonl(built.path), cfg.include_seeds, cfg.keep_rounds, cfg.roots_kept_in))
     return out
 
 
