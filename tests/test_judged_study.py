@@ -144,6 +144,9 @@ def test_sweep_judge_from_records_then_findings(tmp_path: Path, capsys: pytest.C
     path = _spec(tmp_path)
     run_sweep(path, backend="inline", quiet=True)
     sweep = load_sweep(path)
+    # a study of judged claims alone still records its pilot and saves its plan
+    pilot = json.loads((sweep.study_folder / "pilot.json").read_text())
+    assert pilot["passed"] and (sweep.study_folder / "plan.json").is_file()
     said: list[str] = []
     done = judge_study(sweep, judge=LongerWins(), say=said.append)
     assert len(done["judged"]) == 2 and not done["waiting"] and len(said) == 4

@@ -160,7 +160,7 @@ def _sweep(sweep: Sweep, *, jobs: int, backend: str, address: str | None, resume
 def _pilot_gate(sweep: Sweep, accept: bool) -> ConfigError | None:
     """Gate on the pilot's records, write ``pilot.json`` and the plan; the refusal, if any."""
     records, _ = sweep.recorded()
-    if not sweep.hypotheses or not any(p.name in records for p in plan_mod.pilot_runs(sweep)):
+    if not (sweep.hypotheses or sweep.judged) or not any(p.name in records for p in plan_mod.pilot_runs(sweep)):
         return None
     path = sweep.study_folder / "pilot.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
