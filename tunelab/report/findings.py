@@ -430,7 +430,7 @@ def judged_claims(sweep: Any) -> dict[str, Any] | None:
                                [v["len_b"] for v in parsed])
         seed_rates = {s: float(np.mean(o)) for s, o in sorted(per_seed.items())}
         row.update(items=len(ids), unparsed=total - len(parsed), win_rate=float(np.mean(wins)),
-                   test=test, mde=minimum_detectable_effect([w - 0.5 for w in wins], n_claims),
+                   test=test, win_ci=[0.5 + test["ci"][0], 0.5 + test["ci"][1]], mde=minimum_detectable_effect([w - 0.5 for w in wins], n_claims),
                    per_seed=seed_rates, lc_win_rate=lc["lc_win_rate"], length_bias=lc["length_bias"],
                    mean_chars={"arm": float(np.mean([v["len_a"] for v in parsed])),
                                "versus": float(np.mean([v["len_b"] for v in parsed]))},

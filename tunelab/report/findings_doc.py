@@ -174,8 +174,7 @@ def _judged_lines(judged: dict[str, Any] | None) -> list[str]:
             out.append(f"| {c['claim']} | {c['arm']} vs {c['versus']} | {len(c['seeds'])} | {c.get('items', 0)} | - | - "
                        f"| - | - | - | - | - | **{c['verdict']}** |")
             continue
-        t, lc = c["test"], c["lc_win_rate"]
-        ci = [0.5 + t["ci"][0], 0.5 + t["ci"][1]]
+        lc, ci = c["lc_win_rate"], c["win_ci"]
         seed_p = fmt(c["seed_test"]["p_value"], ".3g") if "seed_test" in c else "-"
         out.append(f"| {c['claim']} | {c['arm']} vs {c['versus']} | {len(c['seeds'])} | {c['items']} | "
                    f"{c['win_rate']:.3f} [{fmt(ci[0])}, {fmt(ci[1])}] | {fmt(lc.get('value'))} | "

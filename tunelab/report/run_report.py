@@ -302,7 +302,7 @@ def sweep_report(result: dict[str, Any], path: Path | None = None) -> Path:
         for c in judged["claims"]:
             t = c.get("test")
             rows.append([_e(c["claim"]), _e(f"{c['arm']} vs {c['versus']}"), _e(len(c["seeds"])), _e(c.get("items", 0)),
-                         f"{_fmt(c['win_rate'])} [{_fmt(0.5 + t['ci'][0])}, {_fmt(0.5 + t['ci'][1])}]" if t else "-",
+                         f"{_fmt(c['win_rate'])} [{_fmt(c['win_ci'][0])}, {_fmt(c['win_ci'][1])}]" if t else "-",
                          _fmt(c["lc_win_rate"].get("value")) if t else "-", _fmt(c.get("p_holm"), ".3g"),
                          _fmt(c["position"]["flip_rate"].get("value")) if t else "-", _e(c["verdict"])])
         sections.append(f"<h2>Judged claims ({_e(judged['task'])}, judge {_e(judged['judge'])})</h2>" + _table(

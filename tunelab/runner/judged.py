@@ -40,12 +40,15 @@ from tunelab.generate.base import Generator
 from tunelab.runner.compare import eval_dir, read_rows
 
 
+def evaluated_items(cfg: Any, task: str) -> list[Any]:
+    """The items of ``task`` as a run with config ``cfg`` evaluated them (its task options, item limit and seed)."""
+    return get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
+
+
 def task_prompts(run: Path, task: str) -> dict[str, Any]:
     """Item id -> prompt (text or chat messages) of ``task`` as the run's recipe evaluated it (its task
     options, item limit and seed)."""
-    cfg = load_config(run)
-    items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
-    return {str(it.id): it.prompt for it in items}
+    return {str(it.id): it.prompt for it in evaluated_items(load_config(run), task)}
 
 
 def run_answers(run: Path, task: str) -> dict[str, dict[str, Any]]:

@@ -42,30 +42,25 @@ import numpy as np
 
 from tunelab.config import ConfigError, RunConfig, from_dict
 from tunelab.eval.judge import OUTCOME, Judge
-from tunelab.eval.tasks.base import get_task
 from tunelab.io import DataError, read_json_gz, write_json_gz
+from tunelab.runner.judged import evaluated_items
+from tunelab.runner.sweep_file import arm_slug
 
 FORMAT = "tunelab.study-judged/1"
 FOLDER = "judged"
 VERDICT_KEYS = ("id", "winner", "verdict_ab", "verdict_ba", "len_a", "len_b", "raw_ab", "raw_ba")
 
 
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "=.-_" else "_" for c in label.replace(",", "__"))[:80]
-
-
 def judged_path(sweep: Any, claim: dict[str, Any], seed: int) -> Path:
     """``<study folder>/judged/<arm>__vs__<versus>-seed<k>.json.gz``."""
-    return sweep.study_folder / FOLDER / f"{_slug(claim['arm'])}__vs__{_slug(claim['versus'])}-seed{seed}.json.gz"
+    return sweep.study_folder / FOLDER / f"{arm_slug(claim['arm'])}__vs__{arm_slug(claim['versus'])}-seed{seed}.json.gz"
 
 
 def item_prompts(record: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
     """Item id -> ``{"question": the text the judge is shown, "meta": the item's meta}`` of ``task`` as the
     record's run evaluated it (its task options, item limit and seed)."""
-    cfg = from_dict(RunConfig, dict(record["config"]))
-    items = get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
     out = {}
-    for it in items:
+    for it in evaluated_items(from_dict(RunConfig, dict(record["config"])), task):
         text = it.prompt if isinstance(it.prompt, str) else next(
             (m["content"] for m in reversed(it.prompt) if m.get("role") == "user"), "")
         out[str(it.id)] = {"question": text, "meta": {k: v for k, v in it.meta.items() if k != "question"}}

@@ -176,10 +176,14 @@ def run_digest(cfg: RunConfig) -> str:
     return config_digest(cfg, skip=("out", "name", "recipe_dir"))
 
 
+def arm_slug(label: str) -> str:
+    """An arm's label safe as a file name (``,`` -> ``__``, other unsafe characters ``_``), at most 80 characters."""
+    return "".join(c if c.isalnum() or c in "=.-_" else "_" for c in label.replace(",", "__"))[:80]
+
+
 def _run_name(arm: Arm, seed: int, digest: str) -> str:
     """``<arm>-seed<k>-<hash of the resolved config>``, safe as a folder name."""
-    slug = "".join(c if c.isalnum() or c in "=.-_" else "_" for c in arm.label.replace(",", "__"))
-    return f"{slug[:80]}-seed{seed}-{digest}"
+    return f"{arm_slug(arm.label)}-seed{seed}-{digest}"
 
 
 def load_sweep(path: str | Path, out: str | None = None, records: str | Path | None = None) -> Sweep:
