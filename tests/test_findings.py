@@ -42,6 +42,11 @@ def test_mde_matches_the_textbook_paired_t_design() -> None:
     ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.10, "does not replicate: no effect although the design"),
     ("better", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.03, "inconclusive at this power"),
     ("better", 0.08, (0.02, 0.14), 0.2, 0.06, None, "inconclusive at this power"),  # Holm took it away
+    # two-sided (a claimed interaction whose sign no source predicts): either sign replicates
+    ("either", -0.08, (-0.14, -0.02), 0.01, 0.06, 0.05, "replicates (two-sided): -0.080"),
+    ("either", 0.08, (0.02, 0.14), 0.01, 0.06, 0.05, "replicates (two-sided): +0.080"),
+    ("either", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.10, "does not replicate: no effect of either sign"),
+    ("either", 0.01, (-0.05, 0.07), 0.7, 0.06, 0.03, "inconclusive at this power"),
 ])
 def test_verdicts(direction, delta, ci, p, mde, effect, expected) -> None:
     assert judge(direction, {"delta": delta, "ci": ci, "p_value": p}, p, mde, effect).startswith(expected)
@@ -226,7 +231,7 @@ def test_two_by_two_interaction_is_the_item_difference_in_differences(tmp_path: 
 @pytest.mark.parametrize(("interaction", "message"), [
     ({"claim": "x", "task": "arith", "effect": 0.1}, "'source' is required"),
     ({"claim": "x", "task": "arith", "source": "s"}, "effect: must be a positive number"),
-    ({"claim": "x", "task": "arith", "effect": 0.1, "source": "s", "direction": "equal"}, "is not better or worse"),
+    ({"claim": "x", "task": "arith", "effect": 0.1, "source": "s", "direction": "equal"}, "is not better, worse or either"),
     ({"claim": "x", "task": "arith", "effect": 0.1, "source": "s", "arm": "rank=4"}, "unknown key(s) arm"),
 ])
 def test_a_bad_interaction_claim_fails_naming_the_file(tmp_path: Path, interaction: dict, message: str) -> None:

@@ -35,7 +35,9 @@ loss task is a lower loss.
 Verdicts. ``direction: better`` / ``worse``: *replicates* when the Holm-adjusted test is significant
 in the claimed direction; *does not replicate* when it is significant the other way, or when it is not
 significant although the design could detect the claimed ``effect`` (MDE <= effect); otherwise
-*inconclusive at this power*. ``direction: equal`` (``effect`` is the equivalence margin, required and
+*inconclusive at this power*. ``direction: either`` (a claimed interaction only, two-sided: no source
+predicts its sign): *replicates* when the test is significant either way, *does not replicate* when it is
+not although the design detects ``effect``. ``direction: equal`` (``effect`` is the equivalence margin, required and
 positive): *replicates* when the Holm-adjusted TOST rejects a difference of at least the margin (a
 significant but smaller difference still replicates the claim); *does not replicate* when it does not
 and the difference test is significant at alpha / number of claims (Bonferroni); otherwise
@@ -95,6 +97,12 @@ def judge(direction: str, test: dict[str, Any], p_holm: float, mde: float, effec
             return f"does not replicate: a difference of {delta:+.3f}"
         return f"inconclusive at this power (equivalence within +-{effect:.3f} not shown)"
     significant = p_holm < ALPHA and (lo > 0 or hi < 0)
+    if direction == "either":  # two-sided: an effect of either sign is the claim
+        if significant:
+            return f"replicates (two-sided): {delta:+.3f}"
+        if effect is not None and not math.isnan(mde) and mde <= abs(effect):
+            return f"does not replicate: no effect of either sign although the design detects {abs(effect):.3f}"
+        return "inconclusive at this power"
     sign = 1 if direction == "better" else -1
     if significant:
         return "replicates" if sign * delta > 0 else "does not replicate: significant in the opposite direction"

@@ -257,10 +257,12 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
         out += [""] + [f"Source: {s}" for s in sources] + ([""] if sources else [])
     if i := study.get("interaction_claim"):
         t = i.get("test")
-        seed = (f"seed-level p {fmt(i.get('seed_p'), '.3g')} (one-sided t over per-seed differences in differences)"
+        sided = "two-sided" if i["direction"] == "either" else "one-sided"
+        seed = (f"seed-level p {fmt(i.get('seed_p'), '.3g')} ({sided} t over per-seed differences in differences)"
                 if "seed_p" in i else i.get("seed_note", ""))
+        claimed = {"better": "+", "worse": "-", "either": "+-"}[i["direction"]]
         out += [f"**Interaction under test** ({i['task']}: {t['contrast'] if t else 'difference in differences'}; "
-                f"claimed {'+' if i['direction'] == 'better' else '-'}{i['effect']:g}; alpha 0.05 on its own): "
+                f"claimed {claimed}{i['effect']:g}; alpha 0.05 on its own): "
                 + (f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p = {t['p_value']:.3g} "
                    f"({t['items']} items), {seed}, MDE {fmt(i.get('mde'))}: " if t else "")
                 + f"**{i['claim']}: {i['verdict']}**", "", f"Source: {i['source']}", ""]

@@ -127,8 +127,9 @@ def parse_interaction(path: Path, spec: Any, factors: dict[str, dict[str, Any]])
     """``interaction: {claim, task, direction, effect, source}``: a claimed interaction of a 2 x 2 design,
     the difference in differences ``(second factor's effect at the first factor's other level) - (its
     effect at the baseline level)`` on ``task`` (higher is better, a loss negated); ``direction``
-    ``better`` (default: the effect grows) or ``worse``; ``effect`` the claimed size (positive), so the
-    plan says whether the design detects it. None when absent."""
+    ``better`` (default: the effect grows), ``worse``, or ``either`` (two-sided: an interaction of either
+    sign, where no source predicts its direction); ``effect`` the claimed size (positive), so the plan says
+    whether the design detects it. None when absent."""
     if spec is None:
         return None
     where = f"{path}: interaction"
@@ -139,8 +140,8 @@ def parse_interaction(path: Path, spec: Any, factors: dict[str, dict[str, Any]])
     for key in ("claim", "task", "source"):
         if not str(spec.get(key) or "").strip():
             raise ConfigError(f"{where}: {key!r} is required")
-    if spec.get("direction", "better") not in ("better", "worse"):
-        raise ConfigError(f"{where}: direction: {spec['direction']!r} is not better or worse")
+    if spec.get("direction", "better") not in ("better", "worse", "either"):
+        raise ConfigError(f"{where}: direction: {spec['direction']!r} is not better, worse or either")
     effect = spec.get("effect")
     if not isinstance(effect, (int, float)) or isinstance(effect, bool) or effect <= 0:
         raise ConfigError(f"{where}: effect: must be a positive number (the claimed difference in differences on "
