@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,6 +122,11 @@ def test_diagnostics_on_a_run_and_in_its_report(tmp_path: Path, capsys) -> None:
     weights = json.loads((d / "weight_change.json").read_text())
     assert weights["changed"] > 0 and sum(weights["layers"].values()) == pytest.approx(1.0)
     assert all(m["effective_rank"] <= 8 + 1e-6 for m in weights["matrices"].values())  # LoRA r = 8
+    rel = sorted(m["relative"] for m in weights["matrices"].values())
+    summary = weights["summary"]  # what a study's findings compare across arms
+    assert summary["relative_median"] == rel[len(rel) // 2] and summary["relative_mean"] == pytest.approx(np.mean(rel))
+    assert summary["top_layer_share"] == max(weights["layers"].values()) and 0 < summary["effective_rank_median"] <= 8 + 1e-6
+    assert summary["update_norm"] > 0
     lin = json.loads((d / "linearity.json").read_text())["sources"]
     assert all(0 <= v["agreement"] <= 1 and v["kl"] >= 0 for v in lin.values())
     grad = json.loads((d / "grad_interference.json").read_text())

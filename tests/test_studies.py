@@ -357,3 +357,37 @@ def test_estimates_leave_out_built_pools_and_scale_training_and_evaluation_apart
     later = {**pilot, "results": {"run": {"phases": {**phases, "data": 5.0},
                                           "reused": {"data": False, "generated": ["pool"]}}}, "seconds": 805.0}
     assert plan_mod.estimate_seconds(sweep, {"p0": later}, host_kind(host))["p1"][0] == pytest.approx(805.0)
+
+
+def test_diagnostics_added_after_the_runs_rewrite_their_records(tmp_path: Path, capsys) -> None:
+    """``tunelab sweep diagnose FILE --only weight_change``: each recorded run whose folder is here gets the
+    diagnostic and its record is written again (same config and digest, the findings show it); a second call
+    does nothing; a run trained elsewhere (no folder) is named, and the exit status says so."""
+    path = _study(tmp_path, seeds=1)
+    run_sweep(path, backend="inline", quiet=True)
+    folder = tmp_path / "studies" / "demo" / "records"
+    before = {f.name: read_json_gz(f) for f in sorted(folder.glob("*.json.gz"))}
+    assert len(before) == 2 and all("weight_change" not in r["diagnostics"] for r in before.values())
+    assert main(["sweep", "diagnose", str(path), "--only", "weight_change", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["diagnosed"]) == sorted(r["run"] for r in before.values()) and not out["no_folder"]
+    for name, old in before.items():
+        new = read_json_gz(folder / name)
+        summary = new["diagnostics"]["weight_change"]["summary"]
+        assert summary["update_norm"] > 0 and 0 < summary["relative_median"] < 1
+        assert new["config_digest"] == old["config_digest"] and new["items"] == old["items"]
+        assert new["results"] == old["results"] and new["train"] == old["train"]
+    # the findings' diagnostic table reads the summary, one row per arm
+    study = __import__("tunelab.report.findings", fromlist=["report"]).report(path)
+    table = study["diagnostics"]["weight_change"]
+    assert set(table) == {"rank=2", "rank=4"} and set(next(iter(table.values()))) == {
+        "relative_median", "relative_mean", "update_norm", "top_layer_share", "effective_rank_median"}
+    # resumable: nothing left to do; a run whose folder is gone (trained on another machine) is named
+    assert main(["sweep", "diagnose", str(path), "--only", "weight_change", "--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["complete"]) == sorted(out["diagnosed"])
+    shutil.rmtree(tmp_path / "runs" / "demo" / "runs" / out["diagnosed"][0])
+    assert main(["sweep", "diagnose", str(path), "--only", "weight_change,cka", "--json"]) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert again["no_folder"] == [out["diagnosed"][0]] and again["diagnosed"] == [out["diagnosed"][1]]
+    assert main(["sweep", "diagnose", str(path), "--only", "nope"]) != 0
+    assert "unknown diagnostic(s) nope; valid: cka, forgetting" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``tunelab sweep`` (and ``sweep plan``, ``sweep pilot``, ``sweep report``) and ``tunelab findings``:
+"""``tunelab sweep`` (and ``sweep plan``, ``sweep pilot``, ``sweep judge``, ``sweep diagnose``, ``sweep report``) and ``tunelab findings``:
 studies, from their plan to their section of ``docs/findings.md``."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tunelab.runner.judged_study import format_judge_done, judge_study
 from tunelab.runner.sweep import BACKENDS as SWEEP_BACKENDS
 from tunelab.runner.sweep import run_sweep
 from tunelab.runner.sweep_file import load_sweep
+from tunelab.runner.sweep_runs import diagnose_study
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
@@ -28,11 +29,12 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     and copies its report page to ``docs/studies/``.
     """
 
-    if a.file in ("report", "plan", "pilot", "judge"):
+    if a.file in ("report", "plan", "pilot", "judge", "diagnose"):
         if not a.folder:
             raise ConfigError(f"tunelab sweep {a.file}: name the sweep file"
                               + (" (or its study folder studies/<name>, or its sweep folder)" if a.file == "report" else ""))
-        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot, "judge": _sweep_judge}[a.file](a)
+        return {"report": _sweep_report, "plan": _sweep_plan, "pilot": _sweep_pilot, "judge": _sweep_judge,
+                "diagnose": _sweep_diagnose}[a.file](a)
     if a.folder:
         raise ConfigError(f"tunelab sweep: unexpected argument {a.folder!r} (did you mean `tunelab sweep report`?)")
     result = run_sweep(a.file, jobs=a.jobs, backend=a.backend, address=a.address, resume=not a.restart, out=a.out,
@@ -102,6 +104,22 @@ def _sweep_judge(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_diagnose(a: argparse.Namespace) -> int:
+    """``tunelab sweep diagnose FILE --only NAMES``: diagnostics added to a study's finished runs whose folders
+    are on this machine, their records written again (:func:`tunelab.runner.sweep_runs.diagnose_study`)."""
+    if not a.only:
+        raise ConfigError("tunelab sweep diagnose: name the diagnostics with --only (e.g. --only weight_change)")
+    sweep = load_sweep(a.folder, a.out, a.records)
+    result = diagnose_study(sweep, [n.strip() for n in a.only.split(",") if n.strip()],
+                            say=lambda m: print(m, file=sys.stderr))
+    if a.json:
+        print(json.dumps(result, indent=2))
+    print(f"[tunelab] {sweep.name}: {len(result['diagnosed'])} runs diagnosed, {len(result['complete'])} already "
+          f"had them, {len(result['no_folder'])} without a run folder on this machine (trained elsewhere: not "
+          f"diagnosed), {len(result['shared'])} shared from another study", file=sys.stderr)
+    return 1 if result["no_folder"] else 0
+
+
 def cmd_findings(a: argparse.Namespace) -> int:
     """Write docs/findings.md: every study's section (question, design, plan, pilot, arms with CIs, claims
     with verdicts, diagnostics, hosts) from its committed records under STUDIES; never edit it by hand."""
@@ -114,11 +132,14 @@ def cmd_findings(a: argparse.Namespace) -> int:
 COMMANDS: Commands = {
     "sweep": (cmd_sweep, lambda p: (
         p.add_argument("file", help="sweep YAML (question, hypotheses, recipe, factors, seeds, baseline); "
-                                    "or `plan FILE`, `pilot FILE`, `judge FILE`, `report FILE|STUDY|FOLDER`"),
+                                    "or `plan FILE`, `pilot FILE`, `judge FILE`, `diagnose FILE --only NAMES`, "
+                                    "`report FILE|STUDY|FOLDER`"),
         p.add_argument("folder", nargs="?", help="with plan/pilot/judge/report: the sweep file (report: or its study "
                                                  "folder studies/<name>, or its sweep folder)"),
         p.add_argument("--judge", help="with `judge`: the judge (a model, run folder or http://host:port/v1#model; "
                                        "default: the file's judged.judge)"),
+        p.add_argument("--only", help="with `diagnose`: comma-separated diagnostics to add to the study's finished "
+                                      "runs (`tunelab ls diagnostics`)"),
         p.add_argument("--limit", type=int, help="with `judge`: at most this many items per pair (a quick look)"),
         p.add_argument("--markdown", action="store_true", help="with `report`: print the findings.md section"),
         p.add_argument("--budget", help="wall time for this call (50m, 2h, 900s): start only the runs expected "

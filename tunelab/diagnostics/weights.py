@@ -46,7 +46,10 @@ class WeightChange(Diagnostic):
     """Per matrix relative update and effective rank; per layer share of the squared update."""
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        """``{"matrices": {name: {...}}, "layers": {layer: share}, "changed": n}``."""
+        """``{"summary": {...}, "matrices": {name: {...}}, "layers": {layer: share}, "changed": n}``; the
+        summary (what a study's findings compare across arms): the median and mean relative change
+        ``||dW|| / ||W||`` over the changed matrices, the whole update's Frobenius norm, the largest layer's
+        share of the squared update and the median effective rank of dW."""
         deltas = weight_deltas(ctx.base, ctx.tuned[0])
         if not deltas:
             return {"note": "no weight changed (a method that adds virtual tokens or adapters outside "
@@ -63,7 +66,12 @@ class WeightChange(Diagnostic):
             layer_sq[key] = layer_sq.get(key, 0.0) + float(d.norm() ** 2)
         layers = {k: v / total for k, v in sorted(layer_sq.items(), key=lambda kv: (kv[0] == "other",
                                                                                     int(kv[0]) if kv[0].isdigit() else 0))}
-        return {"matrices": matrices, "layers": layers, "changed": len(deltas)}
+        rel = sorted(m["relative"] for m in matrices.values())
+        ranks = sorted(m["effective_rank"] for m in matrices.values() if "effective_rank" in m)
+        summary = {"relative_median": rel[len(rel) // 2], "relative_mean": sum(rel) / len(rel),
+                   "update_norm": total ** 0.5, "top_layer_share": max(layers.values()),
+                   **({"effective_rank_median": ranks[len(ranks) // 2]} if ranks else {})}
+        return {"summary": summary, "matrices": matrices, "layers": layers, "changed": len(deltas)}
 
     @classmethod
     def panel(cls, result: dict[str, Any]) -> Panel:

@@ -321,11 +321,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, float]:
 
 def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict[str, dict[str, float]]]:
     """diagnostic -> arm -> key -> mean over the arm's runs (first ``limit`` keys; every key of
-    ``grad_interference``)."""
+    ``grad_interference``; only the ``summary`` of a diagnostic that gives one, such as ``weight_change``)."""
     acc: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in records:
         for name, result in sorted(r["record"].get("diagnostics", {}).items()):
-            values = _flatten(result)
+            values = _flatten(result["summary"] if isinstance(result, dict) and isinstance(result.get("summary"), dict)
+                              else result)
             arm = acc.setdefault(name, {}).setdefault(r["arm"].label, {})
             # grad_interference keeps every key: its per-pair summaries are the mechanism a mixing study reads
             for k, v in list(values.items())[: None if name == "grad_interference" else limit]:

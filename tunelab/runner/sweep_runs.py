@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tunelab.config import ConfigError, dump_yaml, is_run
+from tunelab.diagnostics import DIAGNOSTICS, run_diagnostics
 from tunelab.io import write_json
 from tunelab.runner.records import build_record, write_record
 from tunelab.runner.run import run
@@ -180,3 +181,44 @@ def sync_records(sweep: Sweep) -> dict[str, dict[str, Any]]:
     for line in stale:
         print(f"[tunelab] {line}", file=sys.stderr)
     return found
+
+
+def diagnose_study(sweep: Sweep, names: list[str], say: Callable[[str], None] = lambda m: None) -> dict[str, list[str]]:
+    """Diagnostics added after a study's runs (``tunelab sweep diagnose FILE --only weight_change``): each
+    recorded run of this study whose record lacks one of ``names`` and whose run folder is on this machine
+    gets them (``<run>/diagnostics/<name>.json``), and its record is written again from the folder; the run's
+    config, and so its digest, is unchanged. Resumable: a run whose record has every one is skipped.
+
+    Returns ``{"diagnosed": [...], "complete": [...], "no_folder": [...], "shared": [...]}`` (run names):
+    ``no_folder`` runs were trained on another machine and cannot be diagnosed here; ``shared`` ones are
+    another study's records (diagnose that study).
+    """
+    unknown = [n for n in names if n not in DIAGNOSTICS.names()]
+    if unknown or not names:
+        raise ConfigError(f"tunelab sweep diagnose: unknown diagnostic(s) {', '.join(unknown) or '(none named)'}; "
+                          f"valid: {', '.join(DIAGNOSTICS.names())}")
+    found, _ = sweep.recorded()
+    out: dict[str, list[str]] = {"diagnosed": [], "complete": [], "no_folder": [], "shared": []}
+    for p in sweep.runs:
+        record = found.get(p.name)
+        if record is None:
+            continue
+        if "shared_from" in record:
+            out["shared"].append(p.name)
+            continue
+        missing = [n for n in names if n not in record.get("diagnostics", {})]
+        if not missing:
+            out["complete"].append(p.name)
+            continue
+        if not finished(p):
+            out["no_folder"].append(p.name)
+            continue
+        say(f"[tunelab] {p.name}: {', '.join(missing)}")
+        results = run_diagnostics(Path(p.cfg.out) / p.name, [{"name": n} for n in missing], say=say)
+        failed = {n: r["error"] for n, r in results.items() if "error" in r}
+        if failed:
+            raise ConfigError(f"{p.name}: diagnostic(s) failed, record left as it was: "
+                              + "; ".join(f"{n}: {e}" for n, e in failed.items()))
+        record_run(sweep, p)
+        out["diagnosed"].append(p.name)
+    return out
