@@ -116,8 +116,9 @@ def _sweep_diagnose(a: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     print(f"[tunelab] {sweep.name}: {len(result['diagnosed'])} runs diagnosed, {len(result['complete'])} already "
           f"had them, {len(result['no_folder'])} without a run folder on this machine (trained elsewhere: not "
-          f"diagnosed), {len(result['shared'])} shared from another study", file=sys.stderr)
-    return 1 if result["no_folder"] else 0
+          f"diagnosed), {len(result['shared'])} shared from another study, {len(result['failed'])} failed"
+          + "".join(f"\n  {run}: {errors}" for run, errors in result["failed"].items()), file=sys.stderr)
+    return 1 if result["no_folder"] or result["failed"] else 0
 
 
 def cmd_findings(a: argparse.Namespace) -> int:
@@ -134,7 +135,7 @@ COMMANDS: Commands = {
         p.add_argument("file", help="sweep YAML (question, hypotheses, recipe, factors, seeds, baseline); "
                                     "or `plan FILE`, `pilot FILE`, `judge FILE`, `diagnose FILE --only NAMES`, "
                                     "`report FILE|STUDY|FOLDER`"),
-        p.add_argument("folder", nargs="?", help="with plan/pilot/judge/report: the sweep file (report: or its study "
+        p.add_argument("folder", nargs="?", help="with plan/pilot/judge/diagnose/report: the sweep file (report: or its study "
                                                  "folder studies/<name>, or its sweep folder)"),
         p.add_argument("--judge", help="with `judge`: the judge (a model, run folder or http://host:port/v1#model; "
                                        "default: the file's judged.judge)"),

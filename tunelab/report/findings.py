@@ -17,7 +17,8 @@ for each study (:func:`report` computes it here; :mod:`tunelab.report.findings_d
   two-sided for ``equal``: training randomness, one score per seed); the minimum detectable effect at
   80% power and the verdict;
 * a claimed interaction of a 2 x 2 design (``interaction:``): the difference in differences on items
-  (sign-flip), the per-seed one beside it, judged like a claim (:func:`interaction_claim`);
+  (sign-flip), the per-seed one beside it (two-sided for ``direction: either``), judged like a claim
+  (:func:`interaction_claim`); one absent from a saved plan is marked as not pre-registered;
 * the diagnostics every run wrote (numeric leaves of ``<run>/diagnostics/*.json``, mean per arm).
 
 Two Holm families, never mixed: the arm tables adjust each arm's test against the baseline across
@@ -124,7 +125,7 @@ def equivalence_p(a: list[float], b: list[float], margin: float) -> float:
 
 def seed_test(versus: dict[int, float], arm: dict[int, float], direction: str) -> dict[str, Any] | None:
     """Paired t-test over training seeds (runs matched by seed; scores higher-is-better): one-sided in
-    the claimed direction, two-sided for ``equal``; None with fewer than 2 common seeds or no spread."""
+    the claimed direction, two-sided for ``equal`` and ``either``; None with fewer than 2 common seeds or no spread."""
     seeds = sorted(set(versus) & set(arm))
     d = [arm[s] - versus[s] for s in seeds]
     if len(seeds) < 2 or float(np.ptp(d)) == 0.0:
@@ -303,6 +304,8 @@ def interaction_claim(sweep: Any, records: list[dict[str, Any]], found: dict[str
     planned = (the_plan or {}).get("interaction")
     if planned and planned.get("label") == BELOW:
         out["verdict"] += f" [{BELOW}: effect {h['effect']:g} < planned MDE {planned['mde']:.3g}]"
+    elif the_plan and not planned:  # the saved plan came before the claim: it was not pre-registered
+        out["verdict"] += " [not pre-registered: absent from the plan saved before the seeds]"
     return out
 
 

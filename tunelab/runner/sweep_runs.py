@@ -183,22 +183,24 @@ def sync_records(sweep: Sweep) -> dict[str, dict[str, Any]]:
     return found
 
 
-def diagnose_study(sweep: Sweep, names: list[str], say: Callable[[str], None] = lambda m: None) -> dict[str, list[str]]:
+def diagnose_study(sweep: Sweep, names: list[str], say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Diagnostics added after a study's runs (``tunelab sweep diagnose FILE --only weight_change``): each
-    recorded run of this study whose record lacks one of ``names`` and whose run folder is on this machine
-    gets them (``<run>/diagnostics/<name>.json``), and its record is written again from the folder; the run's
-    config, and so its digest, is unchanged. Resumable: a run whose record has every one is skipped.
+    recorded run of this study whose record lacks one of ``names`` (or holds it as an error) and whose
+    finished run folder (``final/`` weights) is on this machine gets them (``<run>/diagnostics/<name>.json``),
+    and its record gains the results: only ``diagnostics`` changes (and ``diagnosed_after``, each added
+    diagnostic's seconds, kept apart from the run's own ``seconds`` so time estimates stay the training
+    run's); nothing else is rebuilt. Resumable: a run whose record has every one is skipped.
 
-    Returns ``{"diagnosed": [...], "complete": [...], "no_folder": [...], "shared": [...]}`` (run names):
+    Returns ``{"diagnosed", "complete", "no_folder", "shared": [run names], "failed": {run: errors}}``:
     ``no_folder`` runs were trained on another machine and cannot be diagnosed here; ``shared`` ones are
-    another study's records (diagnose that study).
+    another study's records (diagnose that study); a failed diagnostic leaves the record as it was.
     """
     unknown = [n for n in names if n not in DIAGNOSTICS.names()]
     if unknown or not names:
         raise ConfigError(f"tunelab sweep diagnose: unknown diagnostic(s) {', '.join(unknown) or '(none named)'}; "
                           f"valid: {', '.join(DIAGNOSTICS.names())}")
     found, _ = sweep.recorded()
-    out: dict[str, list[str]] = {"diagnosed": [], "complete": [], "no_folder": [], "shared": []}
+    out: dict[str, Any] = {"diagnosed": [], "complete": [], "no_folder": [], "shared": [], "failed": {}}
     for p in sweep.runs:
         record = found.get(p.name)
         if record is None:
@@ -206,19 +208,24 @@ def diagnose_study(sweep: Sweep, names: list[str], say: Callable[[str], None] = 
         if "shared_from" in record:
             out["shared"].append(p.name)
             continue
-        missing = [n for n in names if n not in record.get("diagnostics", {})]
+        have = record.get("diagnostics", {})
+        missing = [n for n in names if not isinstance(have.get(n), dict) or "error" in have[n]]
         if not missing:
             out["complete"].append(p.name)
             continue
-        if not finished(p):
+        run_dir = Path(p.cfg.out) / p.name
+        if not is_run(run_dir, need="final"):
             out["no_folder"].append(p.name)
             continue
         say(f"[tunelab] {p.name}: {', '.join(missing)}")
-        results = run_diagnostics(Path(p.cfg.out) / p.name, [{"name": n} for n in missing], say=say)
-        failed = {n: r["error"] for n, r in results.items() if "error" in r}
-        if failed:
-            raise ConfigError(f"{p.name}: diagnostic(s) failed, record left as it was: "
-                              + "; ".join(f"{n}: {e}" for n, e in failed.items()))
-        record_run(sweep, p)
-        out["diagnosed"].append(p.name)
+        results = run_diagnostics(run_dir, [{"name": n} for n in missing], say=say)
+        done = {n: r for n, r in results.items() if "error" not in r}
+        if failed := {n: r["error"] for n, r in results.items() if "error" in r}:
+            out["failed"][p.name] = failed
+        if done:
+            record["diagnostics"] = {**have, **done}
+            record["diagnosed_after"] = {**record.get("diagnosed_after", {}),
+                                         **{n: r.get("seconds", 0.0) for n, r in done.items()}}
+            write_record(sweep.records, record)
+            out["diagnosed"].append(p.name)
     return out
