@@ -99,3 +99,32 @@ def test_compiled_head_and_ce_matches() -> None:
     (g_fused,) = torch.autograd.grad(fused.sum(), h)
     torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_fused, g_eager, rtol=1e-5, atol=1e-5)
+
+
+def test_the_bf16_decode_copy_shares_frozen_bf16_weights_and_decodes_alike() -> None:
+    """An online objective builds a generator every step: the frozen linear weights training already
+    stores in bf16 are shared with the decode copy (not copied), the adapters are copied and cast, the
+    trained model is untouched, and the tokens are those of a full copy's."""
+    from tunelab.generate.base import GenerationConfig
+    from tunelab.generate.hf import HFGenerator
+
+    tok = tiny_tokenizer()
+    model = build_method({"name": "lora", "dropout": 0.0}).apply(tiny_model(len(tok), seed=1))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert cast_frozen_linears(model) > 0
+    full = copy.deepcopy(model).to(torch.bfloat16)  # what the generator used to make every time
+    gen = HFGenerator(model, tok, precision="bf16", progress=False)
+    live = dict(model.named_parameters())
+    copied = dict(gen.model.named_parameters())
+    frozen_bf16 = [n for n, p in live.items() if p.dtype == torch.bfloat16 and not p.requires_grad]
+    assert frozen_bf16 and all(copied[n] is live[n] for n in frozen_bf16)
+    lora = [n for n in live if "lora_" in n]
+    assert lora and all(copied[n] is not live[n] and copied[n].dtype == torch.bfloat16 for n in lora)
+    assert all(live[n].dtype == torch.float32 for n in lora) and model.training  # the trained model untouched
+    assert all(p.dtype == torch.bfloat16 for p in gen.model.parameters())
+    cfg = GenerationConfig(max_new_tokens=6)
+    prompts = ["hi", "what is 2+2?", "a longer prompt about nothing"]
+    assert gen.generate(prompts, cfg) == HFGenerator(full, tok, precision="bf16", progress=False).generate(prompts, cfg)

@@ -77,8 +77,13 @@ class HFGenerator:
         serve log-likelihood scoring."""
         # bf16: decode with a bf16 copy of the weights. Autocast would re-cast every frozen
         # weight at every decoding step (it caches casts only for weights that require grad).
+        # Frozen weights already stored in bf16 (training's cast_frozen_linears) are shared with the
+        # copy, not copied: generation only reads them, and an online objective (GRPO, RLOO) builds a
+        # generator every step, which used to copy the whole model each time.
         if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
-            model = copy.deepcopy(model).to(torch.bfloat16)
+            shared: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()
+                                      if p.dtype == torch.bfloat16 and not p.requires_grad}
+            model = copy.deepcopy(model, shared).to(torch.bfloat16)
         self.model = model.eval()
         self._own_loop = not _is_prompt_learning(model)
         self._plain: bool | None = None
