@@ -57,11 +57,11 @@ def _load(model_name: str, threads: int | None):
 
 
 def _objective(max_new_tokens: int, oneshot: bool, skip_zero_advantage: bool = True,
-               format_credit: float = 0.0) -> dict[str, Any]:
+               format_credit: float = 0.0, share_prefix: bool = True) -> dict[str, Any]:
     return {"name": "grpo", "env": "calculator", "group_size": GROUP, "max_new_tokens": max_new_tokens,
             "episode_steps": 1, "temperature": 1.0, "task_limit": 512, "reward": "score",
             "env_options": {"oneshot": oneshot, "format_credit": format_credit},
-            "skip_zero_advantage": skip_zero_advantage}
+            "skip_zero_advantage": skip_zero_advantage, "share_prefix": share_prefix}
 
 
 def _tokens_per_pass(text: str) -> int | str | None:
@@ -77,7 +77,7 @@ def _tokens_per_pass(text: str) -> int | str | None:
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
                  threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
                  format_credit: float = 0.0, tokens_per_pass: int | str | None = "auto",
-                 return_freed: bool = False) -> dict[str, Any]:
+                 return_freed: bool = False, share_prefix: bool = True) -> dict[str, Any]:
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
     import torch
 
@@ -98,7 +98,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
                       eval_every=0, log_every=1, threads=threads, compile=False, tokens_per_pass=tokens_per_pass)
     method = build_method(LORA)
     net = method.apply(net)
-    objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage, format_credit))
+    objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage, format_credit, share_prefix))
     with tempfile.TemporaryDirectory(prefix="tl-grpo-bench-") as tmp:
         job = TrainJob(net, method, [], ["calculator"], cfg, precision, Path(tmp), tok.pad_token_id, False,
                        objective=objective)
@@ -117,6 +117,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         "generation_share": sum(r["seconds_generation"] for r in timed) / seconds if seconds else None,
         "zero_advantage_share": sum(r.get("zero_advantage", 0) for r in timed) / max(1, len(timed)),
         "skip_zero_advantage": skip_zero_advantage, "tokens_per_pass": tokens_per_pass, "return_freed": return_freed,
+        "share_prefix": share_prefix,
         "completion_tokens": sum(r["completion_tokens"] for r in timed) / max(1, len(timed)),
         "reward": sum(r["reward"] for r in timed) / max(1, len(timed)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--return-freed-blocks", action="store_true",
                    help="tunelab side: hold glibc's mmap threshold at 128 KiB (as checkpointed runs do), so freed "
                         "activations return to the OS: less peak memory, slower steps")
+    p.add_argument("--share-prefix", choices=["on", "off"], default="on",
+                   help="tunelab side: each group's prompt once in the training forward (on, the default) or every "
+                        "episode whole, as TRL (off)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--threads", type=int, default=None)
@@ -225,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kw["skip_zero_advantage"] = args.skip_zero_advantage == "on"
             kw["tokens_per_pass"] = args.tokens_per_pass
             kw["return_freed"] = args.return_freed_blocks
+            kw["share_prefix"] = args.share_prefix == "on"
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
     by = {r["side"]: r for r in runs}
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
           f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens, "
           f"format credit {args.format_credit}, tunelab tokens per pass {args.tokens_per_pass or 'one per micro-batch'}"
-          f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}")
+          f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}, shared prefix {args.share_prefix}")
     headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
                "reward", "peak MB"]
     body = [[r["side"] + (" (skips zero-advantage)" if r.get("skip_zero_advantage") else ""), r["steps_per_s"],

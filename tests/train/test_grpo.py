@@ -142,6 +142,77 @@ def test_skipping_zero_advantage_episodes_changes_no_loss_gradient_or_metric(los
         torch.testing.assert_close(g1[name], g2[name], atol=TOL, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name, adapter", [("grpo", False), ("rloo", True)])
+def test_the_shared_prefix_forward_gives_the_plain_forwards_losses_and_gradients(name, adapter):
+    """Each group's prompt runs once, its KV cache expanded to the group's rows (share_prefix, the default):
+    the losses and every gradient equal those of every episode run whole, with episodes of unequal
+    lengths, a multi-turn one (an observation without loss between two agent turns), a group whose
+    first agent tokens agree and a group of one."""
+    from tunelab.train.shared_prefix import shared_length, shared_prefix_hidden
+
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=0).float()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    if adapter:  # LoRA through peft (the cache keyword passes through its wrapper), B away from 0
+        from tunelab.methods import build_method
+
+        base = build_method({"name": "lora", "dropout": 0.0}).apply(base)
+        with torch.no_grad():
+            for n, p in base.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [enc("what is 2+2? answer: "), enc("and 3*3, please: ")]
+    turns = [[("4", None)], [("four", " obs: ok "), ("4!", None)], [("5 I think so", None)],  # group 0
+             [("9", None)], [("9 or 8", None)],  # group 1: both start with "9"
+             [("lone", None)]]  # group 2: one episode
+    groups = [0, 0, 0, 1, 1, 2]
+    prompt_of = [0, 0, 0, 1, 1, 0]
+    rows = []
+    for i, (episode, g) in enumerate(zip(turns, groups)):
+        ids, targets = list(prompts[prompt_of[i]]), [IGNORE] * (len(prompts[prompt_of[i]]) - 1)
+        for said, observation in episode:
+            agent = enc(said) + [tok.eos_token_id]
+            ids += agent
+            targets += agent
+            if observation:
+                seen = enc(observation)
+                ids += seen
+                targets += [IGNORE] * len(seen)
+        targets += [IGNORE]
+        targets = targets[: len(ids)]
+        rows.append(RolloutRow(Encoded(ids, targets, "env", str(i)), float(i % 2), g, 0.5 - (i % 3) * 0.4))
+    results = []
+    for share in (False, True):
+        objective = build_objective({"name": name, "group_size": 2, "share_prefix": share,
+                                     "skip_zero_advantage": False})
+        model = copy.deepcopy(base).train()
+        batch = objective.collate(rows, tok.pad_token_id, False)
+        if share:
+            assert shared_prefix_hidden(model, batch) is not None  # the path applies to this model
+            at = [shared_length(batch["input_ids"][r], batch["targets"][r]) for r in ([0, 1, 2], [3, 4])]
+            assert at == [len(prompts[0]) - 1, len(prompts[1]) - 1]  # cut at the first position with a loss
+        widest = max(r.width for r in rows)
+        if share:  # a pass is planned at what it computes: each group's shared beginning once
+            shared = [len(prompts[0]) - 1] * 3 + [len(prompts[1]) - 1] * 2
+            lone = widest  # group 2, one episode: nothing shared
+            assert objective.pass_positions(rows) == sum(widest - s for s in shared) + shared[0] + shared[3] + lone
+        else:
+            assert objective.pass_positions(rows) == len(rows) * widest
+        losses, src = objective(model, batch, TrainConfig(loss_chunk=5), 0)
+        loss = losses.sum() / objective.units(batch)
+        loss.backward()
+        results.append((losses.detach(), src, {n: p.grad.clone() for n, p in model.named_parameters()
+                                               if p.grad is not None}))
+    (l1, s1, g1), (l2, s2, g2) = results
+    torch.testing.assert_close(l2, l1, atol=TOL, rtol=1e-5)
+    assert torch.equal(s1, s2) and g1.keys() == g2.keys() and g1
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], atol=TOL, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+
+
 # -- the objective in the one loop, on an environment ---------------------------------------------------
 
 def _recipe(tmp_path, tiny_dir, **objective):

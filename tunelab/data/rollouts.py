@@ -60,7 +60,7 @@ def encode_episode(messages: list[dict[str, Any]], tok, max_length: int, source:
 
 def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded causal rows (no attention mask needed) with ``advantages`` (B,), ``rewards`` (B,),
-    ``example_source`` (B,) and, per token, ``source_idx`` (-1 on padding) and, when the rows have them,
+    ``example_source`` (B,), ``group`` (B,: the prompt whose episodes share a beginning) and, per token, ``source_idx`` (-1 on padding) and, when the rows have them,
     ``ref_logps`` and ``old_logps`` (B, T; at the target positions, NaN elsewhere)."""
     width = max((len(r.seq.input_ids) for r in rows), default=0)
     out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
@@ -74,6 +74,7 @@ def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Ten
     batch["advantages"] = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
     batch["rewards"] = torch.tensor([r.reward for r in rows], dtype=torch.float32)
     batch["example_source"] = torch.tensor([r.source_idx for r in rows], dtype=torch.long)
+    batch["group"] = torch.tensor([r.group for r in rows], dtype=torch.long)
     for key in ("ref_logps", "old_logps"):
         if any(getattr(r, key) is not None for r in rows):
             per_token = torch.full(batch["targets"].shape, float("nan"), dtype=torch.float32)

@@ -68,7 +68,7 @@ def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     handle = base_model(model).get_decoder().register_forward_hook(keep)
     try:
         ids = inputs.get("input_ids")
-        model(**inputs, logits_to_keep=keep_last(device=ids.device if ids is not None else None), use_cache=False)
+        model(**{"use_cache": False, **inputs}, logits_to_keep=keep_last(device=ids.device if ids is not None else None))
     finally:
         handle.remove()
     return captured[-1]

@@ -228,19 +228,18 @@ def _resume(job: TrainJob, model: nn.Module, ckpt_dir: Path, best: Best | None) 
     return meta["step"], state
 
 
-def passes(rows: list, idx: list[int], budget: int) -> list[list[int]]:
-    """``idx`` cut, in order, into runs whose collated size (rows x the widest row's ``width``) stays
-    within ``budget`` positions; a row wider than the budget passes alone (``train.tokens_per_pass``)."""
+def passes(rows: list, idx: list[int], budget: int,
+           size: Callable[[list], int] = lambda rs: len(rs) * max(r.width for r in rs)) -> list[list[int]]:
+    """``idx`` cut, in order, into runs whose collated ``size`` (default: rows x the widest row's ``width``;
+    the objective's :meth:`~tunelab.train.objectives.base.Objective.pass_positions`) stays within ``budget``
+    positions; a row wider than the budget passes alone (``train.tokens_per_pass``)."""
     out: list[list[int]] = []
     cur: list[int] = []
-    widest = 0
     for j in idx:
-        w = max(widest, rows[j].width)
-        if cur and w * (len(cur) + 1) > budget:
+        if cur and size([rows[k] for k in cur + [j]]) > budget:
             out.append(cur)
-            cur, w = [], rows[j].width
+            cur = []
         cur.append(j)
-        widest = w
     return out + [cur] if cur else out
 
 
@@ -406,7 +405,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     rows = job.rows_at(step) if job.rows_at is not None else job.rows
                 groups = [idx for idx, _ in micro]
                 if cfg.tokens_per_pass:  # bounded activations: each micro-batch in passes within the budget
-                    groups = [part for idx in groups for part in passes(rows, idx, cfg.tokens_per_pass)]
+                    groups = [part for idx in groups
+                              for part in passes(rows, idx, cfg.tokens_per_pass, job.objective.pass_positions)]
                 batches = [job.objective.collate([rows[j] for j in idx], job.pad_id, job.packing) for idx in groups]
                 sums, counts, tokens = _step(job, acc, model, batches)
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))

@@ -117,6 +117,7 @@ def token_losses(
     virtual_tokens: int = 0,
     compiled: bool = False,
     temperature: float = 1.0,
+    hidden: torch.Tensor | None = None,
 ):
     """Per-target-token losses (n,) and the source index of each (n,).
 
@@ -124,6 +125,8 @@ def token_losses(
     ``compiled``: the head's cross-entropy through ``torch.compile`` (``train.compile``).
     ``temperature``: the losses of logits / temperature (a sampling distribution's log-probabilities,
     for online RL), computed as the head of hidden / temperature.
+    ``hidden``: the decoder's final hidden states (B, T, C) when the caller ran the forward itself
+    (:mod:`tunelab.train.shared_prefix`); None: this function runs it.
 
     Raises:
         ValueError: ``temperature`` other than 1 on a model that soft-caps its logits (the cap comes
@@ -132,7 +135,8 @@ def token_losses(
     kwargs = {"position_ids": batch["position_ids"]}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    hidden = final_hidden_states(model, input_ids=batch["input_ids"], **kwargs)[:, virtual_tokens:]
+    if hidden is None:
+        hidden = final_hidden_states(model, input_ids=batch["input_ids"], **kwargs)[:, virtual_tokens:]
     mask = batch["targets"] != IGNORE
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)
     base = base_model(model)

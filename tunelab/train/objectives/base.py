@@ -66,6 +66,11 @@ class Objective:
         """Rows into a padded micro-batch (preference rows; SFT overrides this)."""
         return collate_seqs(rows, pad_id)
 
+    def pass_positions(self, rows: list) -> int:
+        """Positions a pass over ``rows`` computes once collated (``train.tokens_per_pass`` cuts by it):
+        the rows times the widest row."""
+        return len(rows) * max((r.width for r in rows), default=0)
+
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         """How many loss units the micro-batch holds (the step's loss is their mean): its examples."""
         return int(batch["label"].shape[0])

@@ -44,6 +44,7 @@ from tunelab.data.rollouts import collate_rollouts
 from tunelab.data.tokenize import IGNORE
 from tunelab.train.loss import token_losses
 from tunelab.train.objectives.base import OBJECTIVES, Objective
+from tunelab.train.shared_prefix import shared_prefix_hidden, shared_tokens
 
 
 @dataclass
@@ -85,6 +86,10 @@ class GRPOParams:
     """mu: optimizer steps on each batch of sampled episodes (GRPO's mu, TRL's ``num_iterations``). Above 1,
     episodes are sampled every mu steps, the sampling policy's log-probabilities are kept with them, and the
     ratio of the later steps is taken against those (so clipping bites); 1: sample every step, on-policy."""
+    share_prefix: bool = True
+    """Run each group's shared beginning (its prompt) once in the training forward, its KV cache expanded to
+    the group's rows (:mod:`tunelab.train.shared_prefix`; the same losses and gradients); off: every episode
+    whole, as TRL does."""
     skip_zero_advantage: bool = True
     """Leave zero-advantage episodes out of the forward and backward pass when ``beta`` is 0 (their
     gradient is exactly zero; the loss and its denominators are unchanged). Off: compute them, as TRL does."""
@@ -136,6 +141,22 @@ class _Online(Objective):
         batch["skipped_tokens"] = torch.tensor(sum(r.tokens for r in skipped))
         return batch
 
+    def pass_positions(self, rows: list) -> int:
+        """Positions the pass computes: with ``share_prefix``, each group's shared beginning once and its
+        rows' rests padded to the widest row (so a pass keeps whole groups where the budget allows)."""
+        widest = max((r.width for r in rows), default=0)
+        if not self.params.share_prefix:
+            return len(rows) * widest
+        by_group: dict[int, list] = {}
+        for r in rows:
+            by_group.setdefault(r.group, []).append(r)
+        total = 0
+        for members in by_group.values():
+            s = shared_tokens([m.seq.input_ids for m in members], [m.seq.targets for m in members]) \
+                if len(members) > 1 else 0
+            total += s + len(members) * (widest - s)
+        return total
+
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``), skipped ones included."""
         skipped = int(batch["skipped_source"].numel()) if "skipped_source" in batch else 0
@@ -161,8 +182,9 @@ class _Online(Objective):
         """Per-unit losses of the batch's (computed) episodes and their source index."""
         p = self.params
         inputs = {k: batch[k] for k in ("input_ids", "position_ids", "targets", "source_idx")}
+        hidden = shared_prefix_hidden(model, batch) if p.share_prefix and not virtual_tokens else None
         nll, src = token_losses(model, inputs, cfg.loss_chunk, virtual_tokens, cfg.compile,
-                                temperature=p.temperature)
+                                temperature=p.temperature, hidden=hidden)
         logp = -nll.float()
         mask = batch["targets"] != IGNORE
         row = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]

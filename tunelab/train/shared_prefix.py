@@ -1,0 +1,96 @@
+"""Shared-prefix forward for groups of sequences that begin alike: the G episodes of one prompt (GRPO, RLOO).
+
+The plain training forward runs each episode whole, so a group of G episodes runs its prompt G times (on
+the calculator environment about half of a step's positions). Here the group's common beginning up to
+the first position that carries a loss (at least the prompt) runs once, with its KV cache kept and
+gradients on, and each episode's rest runs against that cache expanded to the group's rows: ``expand`` is
+a view, so in backward the G rows' gradients add up in the shared positions, exactly as the G separate
+copies' would. The hidden states are mathematically those of the plain forward (fp32 products of other
+shapes differ in rounding only: a test matches losses and every gradient within 1e-5).
+
+Where it does not apply the plain forward runs: a model whose KV cache is not a plain growing one
+(sliding-window layers, Gemma 3), prompt-learning methods (virtual tokens), gradient checkpointing (it turns
+the cache off in training), and groups of one row or with fewer than two shared positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from tunelab.data.tokenize import IGNORE
+from tunelab.models.load import base_model, cache_kwarg, final_hidden_states
+
+MIN_SHARED = 2
+"""Fewer shared positions than this run the plain forward (nothing to gain)."""
+
+
+def applies(model: nn.Module) -> bool:
+    """Whether ``model`` can run a group against a shared cache (see the module docstring)."""
+    inner = base_model(model)
+    if getattr(inner, "is_gradient_checkpointing", False):
+        return False
+    if any(getattr(c, "is_prompt_learning", False) for c in (getattr(model, "peft_config", None) or {}).values()):
+        return False
+    layers = getattr(DynamicCache(config=inner.config), "layers", None)
+    return bool(layers) and all(type(x) is DynamicLayer for x in layers)
+
+
+def shared_length(ids: torch.Tensor, targets: torch.Tensor) -> int:
+    """Positions every row of a group (``ids``, ``targets``: (G, T)) shares: the common beginning of the
+    tokens, cut at the first position of any row that carries a loss (those must run per row)."""
+    same = (ids == ids[:1]).all(0).long()
+    common = int(same.cumprod(0).sum())
+    has = (targets != IGNORE).any(0).nonzero()
+    first = int(has[0]) if has.numel() else ids.shape[1]
+    return min(common, first, ids.shape[1] - 1)  # at least one position runs per row
+
+
+def shared_tokens(ids: list[list[int]], targets: list[list[int]]) -> int:
+    """:func:`shared_length` of token lists before collation (a pass's size is planned from it)."""
+    common = min(len(x) for x in ids)
+    for k in range(common):
+        if any(x[k] != ids[0][k] for x in ids[1:]):
+            common = k
+            break
+    first = min((next((k for k, t in enumerate(ts) if t != IGNORE), len(ts)) for ts in targets), default=0)
+    return max(0, min(common, first, max(map(len, ids)) - 1))
+
+
+def shared_prefix_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The decoder's final hidden states (B, T, C) of a right-padded batch with a ``group`` index per row,
+    each group's shared beginning computed once; positions before a group's split hold zeros (they carry
+    no loss). None where it does not apply (the caller runs the plain forward) or gains nothing."""
+    groups = batch.get("group")
+    if groups is None or not applies(model):
+        return None
+    ids, targets = batch["input_ids"], batch["targets"]
+    n, width = ids.shape
+    order: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        order.setdefault(g, []).append(i)
+    plan = [(rows, shared_length(ids[rows], targets[rows]) if len(rows) > 1 else 0) for rows in order.values()]
+    if all(s < MIN_SHARED for _, s in plan):
+        return None
+    kw = cache_kwarg(model)
+    inner = base_model(model)
+    out: list[torch.Tensor | None] = [None] * n
+    for rows, s in plan:
+        sub = ids[rows]
+        if s < MIN_SHARED:
+            pos = torch.arange(width, device=ids.device).expand(len(rows), -1)
+            h = final_hidden_states(model, input_ids=sub, position_ids=pos)
+        else:
+            cache = DynamicCache(config=inner.config)
+            final_hidden_states(model, input_ids=sub[:1, :s], position_ids=torch.arange(s, device=ids.device)[None],
+                                use_cache=True, **{kw: cache})
+            for layer in cache.layers:  # one row -> the group's rows, a view (gradients add up in backward)
+                layer.keys = layer.keys.expand(len(rows), -1, -1, -1)
+                layer.values = layer.values.expand(len(rows), -1, -1, -1)
+            pos = torch.arange(s, width, device=ids.device).expand(len(rows), -1)
+            rest = final_hidden_states(model, input_ids=sub[:, s:], position_ids=pos, use_cache=True, **{kw: cache})
+            h = torch.cat([rest.new_zeros(len(rows), s, rest.shape[-1]), rest], dim=1)
+        for j, i in enumerate(rows):
+            out[i] = h[j]
+    return torch.stack(out)  # type: ignore[arg-type]
