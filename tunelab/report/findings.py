@@ -301,6 +301,16 @@ def interaction_claim(sweep: Any, records: list[dict[str, Any]], found: dict[str
         out["seed_test"], out["seed_p"] = seeds_, seeds_["p_value"]
     else:
         out["seed_note"] = seed_note(zero, did)
+    significant = out["verdict"].startswith(("replicates", "does not replicate: significant"))
+    if significant:  # as for a claim: the seed-level check in the direction the items found
+        seed_p = out.get("seed_p")
+        if seed_p is not None and out["verdict"].startswith("does not replicate: significant"):
+            seed_p = 1.0 - seed_p
+        sided = "two-sided" if h["direction"] == "either" else "one-sided"
+        if seed_p is None:
+            out["verdict"] += f" (on items; {out.get('seed_note', 'too few seeds for a seed-level test')})"
+        elif seed_p >= ALPHA:
+            out["verdict"] += f" (on items; across training seeds {sided} p = {seed_p:.2g}: seed variance is large)"
     planned = (the_plan or {}).get("interaction")
     if planned and planned.get("label") == BELOW:
         out["verdict"] += f" [{BELOW}: effect {h['effect']:g} < planned MDE {planned['mde']:.3g}]"
