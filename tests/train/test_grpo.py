@@ -148,6 +148,7 @@ def test_the_shared_prefix_forward_gives_the_plain_forwards_losses_and_gradients
     the losses and every gradient equal those of every episode run whole, with episodes of unequal
     lengths, a multi-turn one (an observation without loss between two agent turns), a group whose
     first agent tokens agree and a group of one."""
+    from tunelab.data.rollouts import mark_shared
     from tunelab.train.shared_prefix import shared_length, shared_prefix_hidden
 
     tok = tiny_tokenizer()
@@ -195,6 +196,8 @@ def test_the_shared_prefix_forward_gives_the_plain_forwards_losses_and_gradients
             at = [shared_length(batch["input_ids"][r], batch["targets"][r]) for r in ([0, 1, 2], [3, 4])]
             assert at == [len(prompts[0]) - 1, len(prompts[1]) - 1]  # cut at the first position with a loss
         widest = max(r.width for r in rows)
+        mark_shared(rows)  # what the rollouts do when they sample a step
+        assert [r.shared for r in rows] == [len(prompts[0]) - 1] * 3 + [len(prompts[1]) - 1] * 2 + [0]
         if share:  # a pass is planned at what it computes: each group's shared beginning once
             shared = [len(prompts[0]) - 1] * 3 + [len(prompts[1]) - 1] * 2
             lone = widest  # group 2, one episode: nothing shared

@@ -35,6 +35,9 @@ class RolloutRow:
     """Outcome details (success, failure kind, steps) for the step's metrics."""
     ref_logps: list[float] | None = None
     """The reference's log-probability of each target token, in order (a KL term, ``beta`` > 0)."""
+    shared: int = 0
+    """Positions every episode of its group begins with, up to the first that carries a loss (the prompt):
+    what the shared-prefix forward runs once per group (:func:`mark_shared`; 0: none planned)."""
     old_logps: list[float] | None = None
     """The sampling policy's log-probability of each target token, in order, computed once when the episode
     was sampled (``num_iterations`` > 1: the later optimizer steps on the same episodes take their ratio
@@ -49,6 +52,31 @@ class RolloutRow:
     def width(self) -> int:
         """Batch positions the row takes once collated."""
         return len(self.seq.input_ids)
+
+
+def shared_tokens(ids: list[list[int]], targets: list[list[int]]) -> int:
+    """Positions all of ``ids`` begin with alike, cut at the first position of any of them that carries a loss
+    (``targets`` not IGNORE) and leaving at least one position of the longest to run."""
+    common = min(len(x) for x in ids)
+    for k in range(common):
+        if any(x[k] != ids[0][k] for x in ids[1:]):
+            common = k
+            break
+    first = min((next((k for k, t in enumerate(ts) if t != IGNORE), len(ts)) for ts in targets), default=0)
+    return max(0, min(common, first, max(map(len, ids)) - 1))
+
+
+def mark_shared(rows: list[RolloutRow]) -> None:
+    """Set each row's :attr:`RolloutRow.shared` from its whole group (once per step, when sampled; a pass
+    holding part of a group shares at least as much, so plans made from it are conservative)."""
+    by_group: dict[int, list[RolloutRow]] = {}
+    for r in rows:
+        by_group.setdefault(r.group, []).append(r)
+    for members in by_group.values():
+        s = shared_tokens([m.seq.input_ids for m in members], [m.seq.targets for m in members]) \
+            if len(members) > 1 else 0
+        for m in members:
+            m.shared = s
 
 
 def encode_episode(messages: list[dict[str, Any]], tok, max_length: int, source: str, episode_id: str) -> Encoded:

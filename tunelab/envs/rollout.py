@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tunelab.config import ConfigError
-from tunelab.data.rollouts import RolloutRow, collate_rollouts, encode_episode
+from tunelab.data.rollouts import RolloutRow, collate_rollouts, encode_episode, mark_shared
 from tunelab.data.tokenize import IGNORE
 from tunelab.device import autocast
 from tunelab.envs.base import Environment, Step, failure_kind, get_env
@@ -134,6 +134,7 @@ class Rollouts:
                 "success": bool(verdict["success"]), "failure": failure_kind(step_end, verdict, a.errors),
                 "turns": a.steps}))
             outcomes.append(verdict)
+        mark_shared(rows)
         rewards = torch.tensor([r.reward for r in rows])
         groups = torch.tensor([r.group for r in rows])
         for r, adv in zip(rows, self.objective.advantages(rewards, groups).tolist()):

@@ -79,7 +79,8 @@ class HFGenerator:
         # weight at every decoding step (it caches casts only for weights that require grad).
         # Frozen weights already stored in bf16 (training's cast_frozen_linears) are shared with the
         # copy, not copied: generation only reads them, and an online objective (GRPO, RLOO) builds a
-        # generator every step, which used to copy the whole model each time.
+        # generator every step, which used to copy the whole model each time. A shared weight changed in
+        # place while the generator lives (a merge, a cast) changes the decode copy too: build a new one.
         if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
             shared: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()
                                       if p.dtype == torch.bfloat16 and not p.requires_grad}

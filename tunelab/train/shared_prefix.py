@@ -6,11 +6,14 @@ the first position that carries a loss (at least the prompt) runs once, with its
 gradients on, and each episode's rest runs against that cache expanded to the group's rows: ``expand`` is
 a view, so in backward the G rows' gradients add up in the shared positions, exactly as the G separate
 copies' would. The hidden states are mathematically those of the plain forward (fp32 products of other
-shapes differ in rounding only: a test matches losses and every gradient within 1e-5).
+shapes differ in rounding only: a test matches losses and every gradient within 1e-5). With dropout active
+(LoRA's ``dropout``), the shared positions draw one mask for the group instead of one per row: each
+row's loss keeps its distribution, so the gradient is still unbiased, but the G rows' noise is correlated.
 
-Where it does not apply the plain forward runs: a model whose KV cache is not a plain growing one
-(sliding-window layers, Gemma 3), prompt-learning methods (virtual tokens), gradient checkpointing (it turns
-the cache off in training), and groups of one row or with fewer than two shared positions.
+Where it does not apply the plain forward runs (:func:`applies`): a model whose KV cache is not a plain
+growing one (sliding-window layers, Gemma 3), prompt-learning methods (virtual tokens), gradient checkpointing
+(it turns the cache off in training), NEFTune, length-dependent rotary scaling, several processes; and groups
+of one row or with fewer than two shared positions.
 """
 
 from __future__ import annotations
@@ -27,11 +30,24 @@ MIN_SHARED = 2
 
 
 def applies(model: nn.Module) -> bool:
-    """Whether ``model`` can run a group against a shared cache (see the module docstring)."""
+    """Whether ``model`` can run a group against a shared cache (see the module docstring): one process
+    (several would each run a data-dependent number of forwards), a plain growing KV cache, no
+    activation checkpointing (it drops the cache in training), no prompt learning, no hook on the input
+    embeddings (NEFTune scales its noise by the length of the forward it runs in), rotary frequencies that
+    do not depend on the forward's length (``dynamic`` / ``longrope`` scaling do)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return False
+    model = getattr(model, "module", model)  # a DDP wrapper
     inner = base_model(model)
-    if getattr(inner, "is_gradient_checkpointing", False):
+    if any(getattr(m, "gradient_checkpointing", False) for m in inner.modules()):
         return False
     if any(getattr(c, "is_prompt_learning", False) for c in (getattr(model, "peft_config", None) or {}).values()):
+        return False
+    if inner.get_input_embeddings()._forward_hooks or inner.get_input_embeddings()._forward_pre_hooks:
+        return False
+    rope = getattr(inner.config, "rope_parameters", None) or getattr(inner.config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in ("dynamic", "longrope"):
         return False
     layers = getattr(DynamicCache(config=inner.config), "layers", None)
     return bool(layers) and all(type(x) is DynamicLayer for x in layers)
@@ -45,17 +61,6 @@ def shared_length(ids: torch.Tensor, targets: torch.Tensor) -> int:
     has = (targets != IGNORE).any(0).nonzero()
     first = int(has[0]) if has.numel() else ids.shape[1]
     return min(common, first, ids.shape[1] - 1)  # at least one position runs per row
-
-
-def shared_tokens(ids: list[list[int]], targets: list[list[int]]) -> int:
-    """:func:`shared_length` of token lists before collation (a pass's size is planned from it)."""
-    common = min(len(x) for x in ids)
-    for k in range(common):
-        if any(x[k] != ids[0][k] for x in ids[1:]):
-            common = k
-            break
-    first = min((next((k for k, t in enumerate(ts) if t != IGNORE), len(ts)) for ts in targets), default=0)
-    return max(0, min(common, first, max(map(len, ids)) - 1))
 
 
 def shared_prefix_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -44,7 +44,7 @@ from tunelab.data.rollouts import collate_rollouts
 from tunelab.data.tokenize import IGNORE
 from tunelab.train.loss import token_losses
 from tunelab.train.objectives.base import OBJECTIVES, Objective
-from tunelab.train.shared_prefix import shared_prefix_hidden, shared_tokens
+from tunelab.train.shared_prefix import shared_prefix_hidden
 
 
 @dataclass
@@ -142,20 +142,16 @@ class _Online(Objective):
         return batch
 
     def pass_positions(self, rows: list) -> int:
-        """Positions the pass computes: with ``share_prefix``, each group's shared beginning once and its
-        rows' rests padded to the widest row (so a pass keeps whole groups where the budget allows)."""
+        """Positions the pass computes: with ``share_prefix``, each group's shared beginning
+        (:attr:`~tunelab.data.rollouts.RolloutRow.shared`, set when sampled) once and its rows' rests padded to
+        the widest row, so a pass keeps whole groups where the budget allows."""
         widest = max((r.width for r in rows), default=0)
         if not self.params.share_prefix:
             return len(rows) * widest
-        by_group: dict[int, list] = {}
+        shared: dict[int, list[int]] = {}
         for r in rows:
-            by_group.setdefault(r.group, []).append(r)
-        total = 0
-        for members in by_group.values():
-            s = shared_tokens([m.seq.input_ids for m in members], [m.seq.targets for m in members]) \
-                if len(members) > 1 else 0
-            total += s + len(members) * (widest - s)
-        return total
+            shared.setdefault(r.group, []).append(r.shared)
+        return sum(min(s) * (len(s) > 1) + len(s) * (widest - min(s) * (len(s) > 1)) for s in shared.values())
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``), skipped ones included."""
