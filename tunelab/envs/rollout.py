@@ -35,6 +35,7 @@ from tunelab.envs.base import Environment, Step, failure_kind, get_env
 from tunelab.envs.sample import Attempt, run_episodes
 from tunelab.generate.hf import HFGenerator
 from tunelab.train.loss import token_losses
+from tunelab.train.shared_prefix import shared_prefix_hidden
 
 
 class Rollouts:
@@ -161,17 +162,19 @@ class Rollouts:
     def _logps(self, model: nn.Module, rows: list[RolloutRow], context) -> list[list[float]]:
         """Each row's per-token log-probabilities of its targets under ``model`` in eval mode inside
         ``context()`` (the adapters disabled for the reference), in one pass through the loss's chunked
-        head at the sampling temperature."""
+        head at the sampling temperature (each group's shared prompt run once with ``share_prefix``)."""
         if not rows:
             return []
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in collate_rollouts(rows, self.tok.pad_token_id or 0).items()
-                 if k in ("input_ids", "position_ids", "targets", "source_idx")}
+                 if k in ("input_ids", "position_ids", "targets", "source_idx", "group")}
+        share = self.objective.params.share_prefix
         try:
             with context(), autocast(device.type, self.precision):
-                nll, _ = token_losses(model, batch, temperature=self.objective.params.temperature)
+                hidden = shared_prefix_hidden(model, batch) if share else None  # each group's prompt once
+                nll, _ = token_losses(model, batch, temperature=self.objective.params.temperature, hidden=hidden)
         finally:
             model.train(was_training)
         logps = (-nll.float()).cpu().split([sum(t != IGNORE for t in r.seq.targets) for r in rows])
