@@ -401,3 +401,29 @@ def test_diagnostics_added_after_the_runs_rewrite_their_records(tmp_path: Path, 
     assert "summary" in fixed["weight_change"] and "cka" in fixed and not again["failed"]
     assert main(["sweep", "diagnose", str(path), "--only", "nope"]) != 0
     assert "unknown diagnostic(s) nope; valid: cka, forgetting" in capsys.readouterr().err
+
+
+def test_task_limits_give_a_cheap_task_more_items_and_keep_the_others_cache_keys(tmp_path: Path) -> None:
+    """``eval.task_limits``: a task named there is evaluated on its own count (base and tuned), the others on
+    ``limit``; the plan counts each claim's task's own items; the untrained model's cached evaluation of a task
+    not named keeps its key; a task not in ``eval.tasks`` or a bad count fails validation."""
+    from tunelab.config import load_recipe
+    from tunelab.runner.cache import base_eval_key
+    from tunelab.runner.run import run
+    from tunelab.runner.validate import validate
+
+    run_dir = run(TINY, OVERRIDES + ["eval.task_limits={arith: 5}"], out=str(tmp_path), quiet=True)
+    rows = lambda side, task: (run_dir / "eval" / side / f"{task}.jsonl").read_text().splitlines()  # noqa: E731
+    assert len(rows("tuned", "arith")) == 5 and len(rows("tuned", "perplexity")) == 8
+    assert len(rows("base", "arith")) == 5
+    plain, limited = load_recipe(TINY, OVERRIDES), load_recipe(TINY, OVERRIDES + ["eval.task_limits={arith: 5}"])
+    assert base_eval_key(plain, "perplexity", "fp32") == base_eval_key(limited, "perplexity", "fp32")
+    assert base_eval_key(plain, "arith", "fp32") != base_eval_key(limited, "arith", "fp32")
+    assert limited.eval.items_for("arith") == 5 and limited.eval.items_for("arith@failure") == 5
+    assert limited.eval.items_for("perplexity") == 8
+    path = _study(tmp_path, overrides=OVERRIDES + ["eval.task_limits={arith: 400}"])
+    claims = {c["claim"]: c for c in plan_mod.plan(load_sweep(path))["claims"]}
+    assert claims["rank 4 moves accuracy by a hair"]["items"] == 400  # arith: its own count, before any record
+    problems = validate(TINY, OVERRIDES + ["eval.task_limits={gsm8k: 5, arith: 0}"])
+    assert any("eval.task_limits: 'gsm8k' is not in eval.tasks" in p for p in problems)
+    assert any("eval.task_limits.arith: must be a whole number of items >= 1, got 0" in p for p in problems)

@@ -225,6 +225,14 @@ class EvalConfig:
     Each key must be a task of ``tasks``; an option the task does not take fails, listing the accepted ones."""
     limit: int | None = field(default=200, metadata=bound(ge=1))
     """Items per task (None: all)."""
+    task_limits: dict[str, int] = field(default_factory=dict)
+    """Items of the tasks named here, in place of ``limit`` (``{nlp: 2000}``: a cheap short-answer task buys
+    power with more items while long generations stay at ``limit``); each key must be a task of ``tasks``."""
+
+    def items_for(self, task: str) -> int | None:
+        """Items of ``task`` (a conditioning variant ``task@signal`` counts as its task): its ``task_limits``
+        entry, else ``limit``."""
+        return self.task_limits.get(task.split("@")[0], self.limit)
     baseline: bool = True
     """Also evaluate the untrained model on the same items (base vs tuned)."""
     max_new_tokens: int = field(default=256, metadata=bound(ge=1))

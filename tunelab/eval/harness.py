@@ -201,6 +201,7 @@ def evaluate_tasks(
     out_dir: Path | None = None,
     log: bool = True,
     latency_items: int = 0,
+    limits: dict[str, int | None] | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate every task on one generator; the entry that runs, ``tunelab eval`` and sweeps share.
 
@@ -217,6 +218,7 @@ def evaluate_tasks(
         out_dir: Folder for the per-item rows (None: not written).
         log: Print one line per task (score, CI, n, seconds) to stderr.
         latency_items: Per generation task, this many items timed again at batch 1 (see :func:`evaluate`).
+        limits: Items of the tasks named here, in place of ``limit`` (``eval.task_limits``).
     """
     if samples > 1 and temperature == 0:
         temperature = SAMPLING_TEMPERATURE
@@ -225,10 +227,11 @@ def evaluate_tasks(
     results: dict[str, EvalResult] = {}
     for name, task in tasks.items():
         out = out_dir / f"{name}.jsonl" if out_dir is not None else None
+        n = (limits or {}).get(name, limit)
         if getattr(task, "kind", "generate") == "loglik":
-            results[name] = evaluate_loglik(task, scorer_for(generator), limit=limit, seed=seed, out=out)
+            results[name] = evaluate_loglik(task, scorer_for(generator), limit=n, seed=seed, out=out)
         else:
-            results[name] = evaluate(task, generator, limit=limit, seed=seed, max_new_tokens=max_new_tokens,
+            results[name] = evaluate(task, generator, limit=n, seed=seed, max_new_tokens=max_new_tokens,
                                      samples=samples, temperature=temperature, out=out,
                                      latency_items=latency_items)
         if log:

@@ -115,6 +115,8 @@ def base_eval_key(cfg: RunConfig, task: str, precision: str, model_fp: str = "")
     settings = to_dict(cfg.eval)
     for k in ("tasks", "task_options", "baseline", "merge_adapters"):  # the untrained model has no adapters
         settings.pop(k, None)
+    settings.pop("task_limits", None)  # this task's own count only (keys made before the option stay valid)
+    settings["limit"] = cfg.eval.items_for(task)
     if not settings.get("latency_items"):  # unset: the keys cached before the option existed still hold
         settings.pop("latency_items", None)
     return _digest({"model": to_dict(cfg.model), "weights": model_fp, "task": task,

@@ -42,7 +42,7 @@ from tunelab.runner.compare import eval_dir, read_rows
 
 def evaluated_items(cfg: Any, task: str) -> list[Any]:
     """The items of ``task`` as a run with config ``cfg`` evaluated them (its task options, item limit and seed)."""
-    return get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.limit, cfg.eval.seed)
+    return get_task(task, **cfg.eval.task_options.get(task, {})).items(cfg.eval.items_for(task), cfg.eval.seed)
 
 
 def task_prompts(run: Path, task: str) -> dict[str, Any]:

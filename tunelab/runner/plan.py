@@ -191,11 +191,11 @@ def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]
         out.update(items=len(values), item_sd=math.sqrt(2 * var * (1 - rho)) if var == var else math.nan,
                    item_sd_from=f"pilot's per-item variance, item correlation between arms {rho:g} (assumed)")
     elif _proportion(planned, h["task"]):  # before the pilot: a 0/1 outcome's variance is at most 0.25
-        out.update(items=planned.cfg.eval.limit or 0, item_sd=math.sqrt(2 * 0.25 * (1 - rho)),
+        out.update(items=planned.cfg.eval.items_for(h["task"]) or 0, item_sd=math.sqrt(2 * 0.25 * (1 - rho)),
                    item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome (p = 0.5), item correlation {rho:g} "
                                 "(assumed)")
     else:
-        out.update(items=planned.cfg.eval.limit or 0, item_sd=math.nan,
+        out.update(items=planned.cfg.eval.items_for(h["task"]) or 0, item_sd=math.nan,
                    item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
     common_seeds = sorted(set(arm) & set(versus))
     if len(common_seeds) >= 2:
@@ -248,10 +248,10 @@ def interaction_power(sweep: Any, records: dict[str, dict[str, Any]]) -> dict[st
         out.update(items=len(values), item_sd=2 * math.sqrt(var * (1 - rho)) if var == var else math.nan,
                    item_sd_from=f"pilot's per-item variance, four cells with item correlation {rho:g} (assumed)")
     elif _proportion(sweep.runs[0], h["task"]):  # before the pilot: a 0/1 outcome's variance is at most 0.25
-        out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=2 * math.sqrt(0.25 * (1 - rho)),
+        out.update(items=sweep.runs[0].cfg.eval.items_for(h["task"]) or 0, item_sd=2 * math.sqrt(0.25 * (1 - rho)),
                    item_sd_from=f"no pilot yet: the worst case of a 0/1 outcome, item correlation {rho:g} (assumed)")
     else:  # a loss has no worst case to assume
-        out.update(items=sweep.runs[0].cfg.eval.limit or 0, item_sd=math.nan,
+        out.update(items=sweep.runs[0].cfg.eval.items_for(h["task"]) or 0, item_sd=math.nan,
                    item_sd_from="unknown: no pilot record yet (`tunelab sweep pilot`)")
     seeds = sorted(set.intersection(*(set(c) for c in cells))) if all(cells) else []
     if len(seeds) >= 2:
@@ -276,10 +276,10 @@ def judged_power(sweep: Any) -> list[dict[str, Any]]:
     task = sweep.judged["task"]
     planned = sweep.runs[0]
     try:
-        n_items = len(get_task(task, **planned.cfg.eval.task_options.get(task, {})).items(planned.cfg.eval.limit,
+        n_items = len(get_task(task, **planned.cfg.eval.task_options.get(task, {})).items(planned.cfg.eval.items_for(task),
                                                                                            planned.cfg.eval.seed))
     except Exception:  # noqa: BLE001 - a task that cannot list its items here (no data): the recipe's limit
-        n_items = planned.cfg.eval.limit or 0
+        n_items = planned.cfg.eval.items_for(task) or 0
     out = []
     for c in sweep.judged["claims"]:
         row: dict[str, Any] = {"claim": c["claim"], "task": task, "arm": c["arm"], "versus": c["versus"],

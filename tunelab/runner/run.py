@@ -117,7 +117,7 @@ def evaluate_model(model, tok, cfg: RunConfig, precision: str, folder: Path,
     return evaluate_tasks(tasks, generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
                           temperature=cfg.eval.temperature, out_dir=folder, log=not quiet,
-                          latency_items=cfg.eval.latency_items)
+                          latency_items=cfg.eval.latency_items, limits={n: cfg.eval.items_for(n) for n in tasks})
 
 
 def _conditioning_check(model, tok, cfg: RunConfig, precision: str, folder: Path, quiet: bool) -> dict[str, EvalResult]:
@@ -134,7 +134,8 @@ def _conditioning_check(model, tok, cfg: RunConfig, precision: str, folder: Path
         tasks |= {f"{n}@{which}": (Signalled(t, wording) if wording else t) for n, t in recipe_tasks(cfg).items()}
     return evaluate_tasks(tasks, generator, limit=cfg.eval.limit, seed=cfg.eval.seed,
                           max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
-                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet)
+                          temperature=cfg.eval.temperature, out_dir=folder, log=not quiet,
+                          limits={n: cfg.eval.items_for(n) for n in tasks})
 
 
 def _results(cfg: RunConfig, base: dict[str, EvalResult] | None, tuned: dict[str, EvalResult], summary: dict,

@@ -74,6 +74,10 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     checks += [(f"diagnostics[{i}]", lambda d=d: build_diagnostic(d)) for i, d in enumerate(cfg.diagnostics)]
     problems += [f"eval.task_options: {t!r} is not in eval.tasks ({', '.join(cfg.eval.tasks) or 'none'})"
                  for t in cfg.eval.task_options if t not in cfg.eval.tasks]
+    problems += [f"eval.task_limits: {t!r} is not in eval.tasks ({', '.join(cfg.eval.tasks) or 'none'})"
+                 for t in cfg.eval.task_limits if t not in cfg.eval.tasks]
+    problems += [f"eval.task_limits.{t}: must be a whole number of items >= 1, got {n!r}"
+                 for t, n in cfg.eval.task_limits.items() if not isinstance(n, int) or isinstance(n, bool) or n < 1]
     for where, check in checks:
         try:
             check()
