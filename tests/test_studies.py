@@ -227,6 +227,15 @@ def test_a_run_identical_to_another_studys_shares_its_record(tmp_path: Path) -> 
     doc = tmp_path / "docs" / "findings.md"
     write_findings(tmp_path / "studies", doc)
     assert "- shared runs: 1 of the recorded runs are study demo's" in doc.read_text()
+    # a study whose runs are all another's: nothing runs, and no plan is written after the fact
+    mirror = _study(tmp_path, "mirror", seeds=1)
+    again = run_sweep(mirror, backend="inline", quiet=True)
+    assert {r["status"] for r in again["runs"].values()} == {"skipped (recorded)"}
+    assert not (tmp_path / "studies" / "mirror" / "plan.json").exists()
+    assert not plan_mod.save_plan(load_sweep(mirror), plan_mod.plan(load_sweep(mirror)))
+    write_findings(tmp_path / "studies", doc)
+    section = doc.read_text().split("<!-- study:mirror -->")[1]
+    assert "**Plan**: none was saved before the seeds were spent" in section
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -73,6 +73,10 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
                        f"{fmt(c['seed_sd'])} ({c['seed_sd_from'].split(' (')[0]}) | {fmt(c['mde_seeds'])} | "
                        f"{c['label'] or 'yes'} |")
         out.append("")
+    elif study.get("_records"):
+        out += ["**Plan**: none was saved before the seeds were spent (the runs came first, or are another "
+                "study's), so no claim's detectable effect was stated in advance; the MDE beside each verdict is "
+                "computed from the records.", ""]
     if pilot:
         ranges = pilot["range"]
         scores = ", ".join(f"{t} {v:.3f} (range [{ranges.get(t, ranges['default'])[0]:g}, "

@@ -330,11 +330,12 @@ def beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
 
 
 def save_plan(sweep: Any, the_plan: dict[str, Any]) -> bool:
-    """Write ``<study>/plan.json`` unless runs beyond the pilot are recorded (then it is frozen, and
-    False is returned)."""
+    """Write ``<study>/plan.json`` unless runs beyond the pilot are recorded, the study's own or shared from
+    another study (then it is frozen, and False is returned; a study none was saved for before then gets
+    none: a plan written after the seeds would not be one)."""
     records, _ = sweep.recorded()
     path = sweep.study_folder / "plan.json"
-    if path.is_file() and beyond_pilot(sweep, records):
+    if beyond_pilot(sweep, records):
         return False
     write_json(path, {k: v for k, v in the_plan.items() if k != "stale_records"})
     return True
