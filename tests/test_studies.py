@@ -233,6 +233,15 @@ def test_a_run_identical_to_another_studys_shares_its_record(tmp_path: Path) -> 
     assert {r["status"] for r in again["runs"].values()} == {"skipped (recorded)"}
     assert not (tmp_path / "studies" / "mirror" / "plan.json").exists()
     assert not plan_mod.save_plan(load_sweep(mirror), plan_mod.plan(load_sweep(mirror)))
+    # a study sharing only its baseline beyond the pilot (a rounds curve's round 0: nothing compared yet)
+    # still saves its plan; demo's seed 1 comes from a second donor study
+    run_sweep(_study(tmp_path, "donor", seeds=2), backend="inline", quiet=True)
+    curve = _study(tmp_path, "curve", seeds=2, factors={"rank": {"method.r": [2, 16]}},
+                   hypotheses=[{**CLAIMS[0], "arm": "rank=16"}])
+    found, _ = load_sweep(curve).recorded()
+    assert sorted(n.split("-")[0] + n.split("-")[1] for n in found) == ["rank=2seed0", "rank=2seed1"]
+    assert plan_mod.save_plan(load_sweep(curve), plan_mod.plan(load_sweep(curve)))
+    assert (tmp_path / "studies" / "curve" / "plan.json").is_file()
     write_findings(tmp_path / "studies", doc)
     section = doc.read_text().split("<!-- study:mirror -->")[1]
     assert "**Plan**: none was saved before the seeds were spent" in section
@@ -436,3 +445,19 @@ def test_task_limits_give_a_cheap_task_more_items_and_keep_the_others_cache_keys
     problems = validate(TINY, OVERRIDES + ["eval.task_limits={gsm8k: 5, arith: 0}"])
     assert any("eval.task_limits: 'gsm8k' is not in eval.tasks" in p for p in problems)
     assert any("eval.task_limits.arith: must be a whole number of items >= 1, got 0" in p for p in problems)
+
+
+def test_decontamination_indexes_every_item_a_task_limit_evaluates() -> None:
+    """A family's default set is 200 items; with ``eval.task_limits`` (or ``eval.limit``) above it, the
+    decontamination index holds every item the run evaluates, and the data's cache key moves with it."""
+    from tunelab.config import load_recipe
+    from tunelab.runner.cache import data_key
+    from tunelab.runner.data import evaluation_texts
+
+    base = OVERRIDES + ["eval.tasks=[arith]", "data.transforms=[{name: decontaminate}]"]
+    _, ids, summary = evaluation_texts(load_recipe(TINY, base))
+    wide = load_recipe(TINY, base + ["eval.task_limits={arith: 350}"])
+    _, wide_ids, wide_summary = evaluation_texts(wide)
+    assert summary["arith"]["items"] == 200 and wide_summary["arith"]["items"] == 350
+    assert set(ids) < set(wide_ids) and len(set(wide_ids)) == 350
+    assert data_key(load_recipe(TINY, base)) != data_key(wide)

@@ -69,8 +69,11 @@ def _sweep_plan(a: argparse.Namespace) -> int:
         print(json.dumps(the_plan, indent=2, default=str))
     else:
         print(plan_mod.format_plan(the_plan))
-    print(f"[tunelab] plan {'saved to' if saved else 'frozen (runs beyond the pilot are recorded):'} "
-          f"{sweep.study_folder / 'plan.json'}", file=sys.stderr)
+    path = sweep.study_folder / "plan.json"
+    print(f"[tunelab] plan saved to {path}" if saved else
+          f"[tunelab] plan frozen (results beyond the pilot are recorded): {path}" if path.is_file() else
+          "[tunelab] plan not saved: results beyond the pilot are already recorded (the study's own or shared), "
+          "and a plan made after them would not be one", file=sys.stderr)
     return 0
 
 

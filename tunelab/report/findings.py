@@ -67,7 +67,7 @@ from tunelab.eval.regimes import UNTRAINED
 from tunelab.eval.stats import bootstrap_ci
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.judged_study import load_judged, outcomes
-from tunelab.runner.plan import BELOW, cell_labels, mde
+from tunelab.runner.plan import BELOW, cell_labels, mde, seen_beyond_pilot
 from tunelab.runner.sweep_fields import ENSEMBLE
 from tunelab.runner.sweep_file import load_sweep
 
@@ -529,4 +529,5 @@ def report(target: str | Path, records: str | Path | None = None) -> dict[str, A
             "interaction_claim": interaction_claim(sweep, records_, found, the_plan),
             "judged": judged_claims(sweep),
             "plan": the_plan, "pilot": _read(sweep.study_folder / "pilot.json"),
+            "plan_missing_after_results": the_plan is None and seen_beyond_pilot(sweep, recorded[0]),
             "_sweep": sweep, "_records": records_, "_items": items}

@@ -73,7 +73,7 @@ def _plan_lines(study: dict[str, Any]) -> list[str]:
                        f"{fmt(c['seed_sd'])} ({c['seed_sd_from'].split(' (')[0]}) | {fmt(c['mde_seeds'])} | "
                        f"{c['label'] or 'yes'} |")
         out.append("")
-    elif study.get("_records"):
+    elif study.get("plan_missing_after_results") and (study.get("hypotheses") or study.get("judged")):
         out += ["**Plan**: none was saved before the seeds were spent (the runs came first, or are another "
                 "study's), so no claim's detectable effect was stated in advance; the MDE beside each verdict is "
                 "computed from the records.", ""]

@@ -55,6 +55,8 @@ def data_key(cfg: RunConfig) -> str:
     decontaminating = any(t.get("name") == "decontaminate" for t in cfg.data.transforms)
     evals = ({"tasks": cfg.eval.tasks, "options": cfg.eval.task_options, "seed": cfg.eval.seed}
              if decontaminating else None)
+    if evals is not None and (cfg.eval.task_limits or cfg.eval.limit != 200):  # more items indexed (keys
+        evals["counts"] = {t: cfg.eval.items_for(t) for t in cfg.eval.tasks}  # made before stay valid)
     kind = build_objective(cfg.objective).kind
     kind = None if kind == "tokens" else kind  # SFT's keys stay what they were
     return _digest({"data": to_dict(cfg.data), "tokenizer": tokenizer, "eval": evals, "objective": kind,

@@ -34,6 +34,10 @@ def evaluation_texts(cfg: RunConfig) -> tuple[list[str], list[str], dict[str, An
     for name in cfg.eval.tasks:
         task = get_task(name, **cfg.eval.task_options.get(name, {}))
         items = task.items(None, cfg.eval.seed)
+        wanted = cfg.eval.items_for(name)
+        if wanted and wanted > len(items):  # a family's default set is smaller than what this run evaluates
+            seen = {item.id for item in items}
+            items = items + [item for item in task.items(wanted, cfg.eval.seed) if item.id not in seen]
         for item in items:
             for text in task.contamination_texts(item):
                 texts.append(text)

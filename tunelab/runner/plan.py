@@ -329,13 +329,33 @@ def beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
     return any(name not in pilots for name in records)
 
 
+def seen_beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
+    """Whether results beyond the pilot are already known: a run of the study's own recorded outside the
+    pilot, or runs shared from another study beyond the pilot that complete some claim's two arms (or the
+    claimed interaction's four cells) with what is recorded. Shared runs that compare nothing yet (a rounds
+    curve whose round-0 arm is another study's) leave the plan open."""
+    pilots = {p.name for p in pilot_runs(sweep)}
+    beyond = {n: r for n, r in records.items() if n not in pilots}
+    if any("shared_from" not in r for r in beyond.values()):
+        return True
+    later = {p.arm.label for p in sweep.runs if p.name in beyond}
+    known = {p.arm.label for p in sweep.runs if p.name in records}  # the pilot's arms too
+    strip = lambda label: label[len("ensemble("):-1] if label.startswith("ensemble(") else label  # noqa: E731
+    pairs = [(strip(h["arm"]), strip(h["versus"])) for h in sweep.hypotheses]
+    pairs += [(strip(c["arm"]), strip(c["versus"])) for c in (sweep.judged or {}).get("claims", [])]
+    if any({a, b} <= known and {a, b} & later for a, b in pairs):
+        return True
+    cells = cell_labels(sweep) if sweep.interaction else []
+    return bool(cells) and set(cells) <= known and bool(set(cells) & later)
+
+
 def save_plan(sweep: Any, the_plan: dict[str, Any]) -> bool:
-    """Write ``<study>/plan.json`` unless runs beyond the pilot are recorded, the study's own or shared from
-    another study (then it is frozen, and False is returned; a study none was saved for before then gets
-    none: a plan written after the seeds would not be one)."""
+    """Write ``<study>/plan.json`` unless results beyond the pilot are known (:func:`seen_beyond_pilot`; then
+    it is frozen, and False is returned; a study none was saved for before then gets none: a plan written
+    after the results would not be one)."""
     records, _ = sweep.recorded()
     path = sweep.study_folder / "plan.json"
-    if beyond_pilot(sweep, records):
+    if seen_beyond_pilot(sweep, records):
         return False
     write_json(path, {k: v for k, v in the_plan.items() if k != "stale_records"})
     return True
