@@ -88,8 +88,9 @@ def encode_episode(messages: list[dict[str, Any]], tok, max_length: int, source:
 
 def collate_rollouts(rows: list[RolloutRow], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded causal rows (no attention mask needed) with ``advantages`` (B,), ``rewards`` (B,),
-    ``example_source`` (B,), ``group`` (B,: the prompt whose episodes share a beginning) and, per token, ``source_idx`` (-1 on padding) and, when the rows have them,
-    ``ref_logps`` and ``old_logps`` (B, T; at the target positions, NaN elsewhere)."""
+    ``example_source`` (B,), ``group`` (B,: the prompt whose episodes share a beginning) and, per token,
+    ``source_idx`` (-1 on padding) and, when the rows have them, ``ref_logps`` and ``old_logps`` (B, T; at
+    the target positions, NaN elsewhere)."""
     width = max((len(r.seq.input_ids) for r in rows), default=0)
     out: dict[str, list] = {k: [] for k in ("input_ids", "targets", "position_ids", "source_idx")}
     for r in rows:

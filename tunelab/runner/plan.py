@@ -166,13 +166,17 @@ def _seed_score(record_items: dict[str, float]) -> float:
     return float(np.mean(list(record_items.values()))) if record_items else math.nan
 
 
+def scored_arm(label: str) -> str:
+    """The arm whose runs a claim's label reads: ``ensemble(X)`` is scored from X's runs."""
+    return label[len("ensemble("):-1] if label.startswith("ensemble(") else label
+
+
 def claim_power(sweep: Any, h: dict[str, Any], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One hypothesis's detectable effects (see the module docstring)."""
     n_claims = len(sweep.hypotheses)
     rho = sweep.assume.get("item_correlation", DEFAULT_ITEM_CORRELATION)
     # an ensemble's items vary like its arm's (one pass over them): the arm's records stand in for it
-    inner = {label: label[len("ensemble("):-1] if label.startswith("ensemble(") else label
-             for label in (h["arm"], h["versus"])}
+    inner = {label: scored_arm(label) for label in (h["arm"], h["versus"])}
     arm = _values(records, inner[h["arm"]], h["task"])
     versus = _values(records, inner[h["versus"]], h.get("versus_task", h["task"]))
     planned = next((p for p in sweep.runs if p.arm.label == inner[h["versus"]]), sweep.runs[0])
@@ -323,12 +327,6 @@ def pilot_runs(sweep: Any) -> list[Any]:
     return [p for p in sweep.runs if p.seed == sweep.seeds[0] and p.arm.label in arms]
 
 
-def beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
-    """Whether any run outside the pilot is recorded (the plan is frozen from then on)."""
-    pilots = {p.name for p in pilot_runs(sweep)}
-    return any(name not in pilots for name in records)
-
-
 def seen_beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
     """Whether results beyond the pilot are already known: a run of the study's own recorded outside the
     pilot, or runs shared from another study beyond the pilot that complete some claim's two arms (or the
@@ -340,9 +338,8 @@ def seen_beyond_pilot(sweep: Any, records: dict[str, Any]) -> bool:
         return True
     later = {p.arm.label for p in sweep.runs if p.name in beyond}
     known = {p.arm.label for p in sweep.runs if p.name in records}  # the pilot's arms too
-    strip = lambda label: label[len("ensemble("):-1] if label.startswith("ensemble(") else label  # noqa: E731
-    pairs = [(strip(h["arm"]), strip(h["versus"])) for h in sweep.hypotheses]
-    pairs += [(strip(c["arm"]), strip(c["versus"])) for c in (sweep.judged or {}).get("claims", [])]
+    pairs = [(scored_arm(h["arm"]), scored_arm(h["versus"])) for h in sweep.hypotheses]
+    pairs += [(scored_arm(c["arm"]), scored_arm(c["versus"])) for c in (sweep.judged or {}).get("claims", [])]
     if any({a, b} <= known and {a, b} & later for a, b in pairs):
         return True
     cells = cell_labels(sweep) if sweep.interaction else []

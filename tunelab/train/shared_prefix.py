@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from tunelab.data.tokenize import IGNORE
+from tunelab.data.rollouts import shared_tokens
 from tunelab.models.load import base_model, cache_kwarg, final_hidden_states
 
 MIN_SHARED = 2
@@ -54,13 +54,9 @@ def applies(model: nn.Module) -> bool:
 
 
 def shared_length(ids: torch.Tensor, targets: torch.Tensor) -> int:
-    """Positions every row of a group (``ids``, ``targets``: (G, T)) shares: the common beginning of the
-    tokens, cut at the first position of any row that carries a loss (those must run per row)."""
-    same = (ids == ids[:1]).all(0).long()
-    common = int(same.cumprod(0).sum())
-    has = (targets != IGNORE).any(0).nonzero()
-    first = int(has[0]) if has.numel() else ids.shape[1]
-    return min(common, first, ids.shape[1] - 1)  # at least one position runs per row
+    """:func:`~tunelab.data.rollouts.shared_tokens` of a collated group (``ids``, ``targets``: (G, T)): the
+    common beginning, cut at the first position of any row that carries a loss, one position left to run."""
+    return shared_tokens(ids.tolist(), targets.tolist())
 
 
 def shared_prefix_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

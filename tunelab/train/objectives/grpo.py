@@ -151,7 +151,11 @@ class _Online(Objective):
         shared: dict[int, list[int]] = {}
         for r in rows:
             shared.setdefault(r.group, []).append(r.shared)
-        return sum(min(s) * (len(s) > 1) + len(s) * (widest - min(s) * (len(s) > 1)) for s in shared.values())
+        total = 0
+        for s in shared.values():
+            once = min(s) if len(s) > 1 else 0  # one row of a group in this pass shares with nobody
+            total += once + len(s) * (widest - once)
+        return total
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         """Completion tokens (``dapo``) or episodes (``grpo``, ``dr_grpo``), skipped ones included."""
