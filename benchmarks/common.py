@@ -211,6 +211,60 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PhaseMemory:
+    """Peak resident memory by phase, sampled by a thread every ``interval`` seconds: the caller names the
+    phase (:meth:`enter`); each phase keeps its highest RSS and, at that moment, the bytes glibc's malloc
+    had handed out (``mallinfo2``: heap in use + mapped blocks; None off glibc). RSS well above the live
+    bytes is memory the allocator holds after frees, not tensors."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import ctypes
+        import threading
+
+        self.phase = "setup"
+        self.peaks: dict[str, dict[str, float | None]] = {}
+        self._mallinfo = None
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+
+            class _Info(ctypes.Structure):
+                _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                         "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+            libc.mallinfo2.restype = _Info
+            self._mallinfo = libc.mallinfo2
+        except (OSError, AttributeError):  # not glibc, or a glibc older than 2.33
+            pass
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = self._rss_mb()
+            peak = self.peaks.setdefault(self.phase, {"peak_rss_mb": 0.0, "malloc_live_mb": None})
+            if rss > peak["peak_rss_mb"]:
+                info = self._mallinfo() if self._mallinfo else None
+                peak["peak_rss_mb"] = round(rss, 1)
+                peak["malloc_live_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1) if info else None
+            self._stop.wait(0.005)
+
+    def enter(self, phase: str) -> None:
+        """Count what follows as ``phase``."""
+        self.phase = phase
+
+    def stop(self) -> dict[str, dict[str, float | None]]:
+        """End sampling; the peaks by phase."""
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (None keeps torch's default); returns the count in use."""
     if threads:

@@ -21,7 +21,9 @@ nothing. Single-turn on both sides (tunelab: ``episode_steps: 1``), so the same 
   report both figures, and the share, or the comparison says nothing about training.
 * peak memory: the subprocess's peak RSS after training. ``--tokens-per-pass`` (the tunelab side's
   ``train.tokens_per_pass``) and ``--return-freed-blocks`` (glibc's mmap threshold held, as checkpointed runs
-  do) trade speed for memory; the README gives both figures.
+  do) trade speed for memory; the README gives both figures. ``--memory-phases`` splits the peak:
+  sampling and training apart, each with the bytes malloc had handed out at that moment (the rest of the
+  RSS is freed memory the allocator keeps).
 
     python benchmarks/grpo_throughput.py
     python benchmarks/grpo_throughput.py --model tiny --steps 1 --warmup 0 --max-new-tokens 8
@@ -77,8 +79,9 @@ def _tokens_per_pass(text: str) -> int | str | None:
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
                  threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
                  format_credit: float = 0.0, tokens_per_pass: int | str | None = "auto",
-                 return_freed: bool = False, share_prefix: bool = True) -> dict[str, Any]:
-    """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run."""
+                 return_freed: bool = False, share_prefix: bool = True, memory_phases: bool = False) -> dict[str, Any]:
+    """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run
+    (``memory_phases``: also the peak memory of sampling and of training, by :class:`common.PhaseMemory`)."""
     import torch
 
     from tunelab.config import TrainConfig
@@ -103,9 +106,22 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         job = TrainJob(net, method, [], ["calculator"], cfg, precision, Path(tmp), tok.pad_token_id, False,
                        objective=objective)
         job.rollouts = Rollouts(objective, tok, batch_size, precision, 2048, SEED)
+        phases = common.PhaseMemory() if memory_phases else None
+        if phases is not None:  # sampling inside the rollouts call, training from its return to the step's end
+            sample = job.rollouts
+
+            def sampled(step: int, model: Any) -> Any:
+                phases.enter("sampling")
+                rows = sample(step, model)
+                phases.enter("training")
+                return rows
+
+            job.rollouts = sampled
+            job.probes = [*job.probes, lambda done, model: phases.enter("between steps")]
         t_train = time.perf_counter()
         train(job)
         train_seconds = time.perf_counter() - t_train
+        by_phase = phases.stop() if phases is not None else None
         peak = common.peak_rss_mb()
         metrics = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     timed = [r for r in metrics if "step_time_s" in r and r["step"] > warmup]
@@ -122,6 +138,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         "reward": sum(r["reward"] for r in timed) / max(1, len(timed)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
         "train_seconds": round(train_seconds, 2), "setup_seconds": round(t_train - t_start, 2),
+        "memory_phases": by_phase,
     }
 
 
@@ -209,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--share-prefix", choices=["on", "off"], default="on",
                    help="tunelab side: each group's prompt once in the training forward (on, the default) or every "
                         "episode whole, as TRL (off)")
+    p.add_argument("--memory-phases", action="store_true",
+                   help="tunelab side: the peak memory of sampling and of training apart, with the bytes malloc "
+                        "had handed out at each peak (the rest is freed memory the allocator keeps)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--sides", default="tunelab,trl")
     p.add_argument("--threads", type=int, default=None)
@@ -230,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kw["tokens_per_pass"] = args.tokens_per_pass
             kw["return_freed"] = args.return_freed_blocks
             kw["share_prefix"] = args.share_prefix == "on"
+            kw["memory_phases"] = args.memory_phases
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
     by = {r["side"]: r for r in runs}
@@ -246,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              r["tokens_per_s"], r["generation_share"], r["zero_advantage_share"], r["completion_tokens"],
              r["reward"], r["peak_mem_mb"]] for r in runs]
     print(common.table(headers, body, digits=3))
+    if tl and tl.get("memory_phases"):
+        print(common.table(["tunelab phase", "peak RSS MB", "malloc live at that peak MB"],
+                           [[k, v["peak_rss_mb"], v["malloc_live_mb"]] for k, v in tl["memory_phases"].items()],
+                           digits=1))
     result = {
         "steps_per_s_ratio": tl["steps_per_s"] / trl["steps_per_s"] if tl and trl and trl["steps_per_s"] else None,
         "peak_memory_ratio": tl["peak_mem_mb"] / trl["peak_mem_mb"] if tl and trl else None,

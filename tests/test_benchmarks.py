@@ -80,8 +80,13 @@ def test_grpo_benchmark_tunelab_side_runs_a_step_in_passes():
     import grpo_throughput
 
     r = grpo_throughput.tunelab_side("tiny", steps=1, warmup=0, batch_size=8, max_new_tokens=6, precision="fp32",
-                                     threads=None, skip_zero_advantage=False, format_credit=0.5, tokens_per_pass=64)
+                                     threads=None, skip_zero_advantage=False, format_credit=0.5, tokens_per_pass=64,
+                                     memory_phases=True)
     assert r["timed_steps"] == 1 and r["steps_per_s"] > 0 and r["tokens_per_pass"] == 64
+    phases = r["memory_phases"]  # sampled by a thread: sampling and training apart, each under the run's peak
+    assert {"sampling", "training"} <= set(phases)
+    assert all(0 < v["peak_rss_mb"] <= r["peak_mem_mb"] + 1 for v in phases.values())
+    assert all(v["malloc_live_mb"] is None or 0 < v["malloc_live_mb"] <= v["peak_rss_mb"] for v in phases.values())
     assert 0 < r["completion_tokens"] <= 6 + 3 and 0.0 <= r["zero_advantage_share"] <= 1.0  # + the end-of-turn markup
     assert 0.0 < r["generation_share"] < 1.0 and r["return_freed"] is False
 
