@@ -221,7 +221,7 @@ class PhaseMemory:
         import ctypes
         import threading
 
-        self.phase = "setup"
+        self.phase, self.interval = "setup", interval
         self.peaks: dict[str, dict[str, float | None]] = {}
         self._mallinfo = None
         try:
@@ -252,7 +252,7 @@ class PhaseMemory:
                 info = self._mallinfo() if self._mallinfo else None
                 peak["peak_rss_mb"] = round(rss, 1)
                 peak["malloc_live_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1) if info else None
-            self._stop.wait(0.005)
+            self._stop.wait(self.interval)
 
     def enter(self, phase: str) -> None:
         """Count what follows as ``phase``."""
