@@ -79,7 +79,8 @@ def _tokens_per_pass(text: str) -> int | str | None:
 def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_tokens: int, precision: str,
                  threads: int | None, oneshot: bool = True, skip_zero_advantage: bool = True,
                  format_credit: float = 0.0, tokens_per_pass: int | str | None = "auto",
-                 return_freed: bool = False, share_prefix: bool = True, memory_phases: bool = False) -> dict[str, Any]:
+                 return_freed: bool = False, share_prefix: bool = True, memory_phases: bool = False,
+                 trim_heap: str = "auto") -> dict[str, Any]:
     """GRPO with ``tunelab.train.loop.train`` and its rollouts in this process; the figures of one run
     (``memory_phases``: also the peak memory of sampling and of training, by :class:`common.PhaseMemory`)."""
     import torch
@@ -98,7 +99,8 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
     net, tok, used = _load(model, threads)
     total = warmup + steps
     cfg = TrainConfig(max_steps=total, batch_size=batch_size, lr=LR, warmup_ratio=0.0, seed=SEED, save_every=0,
-                      eval_every=0, log_every=1, threads=threads, compile=False, tokens_per_pass=tokens_per_pass)
+                      eval_every=0, log_every=1, threads=threads, compile=False, tokens_per_pass=tokens_per_pass,
+                      trim_heap={"on": True, "off": False}.get(trim_heap, "auto"))
     method = build_method(LORA)
     net = method.apply(net)
     objective = build_objective(_objective(max_new_tokens, oneshot, skip_zero_advantage, format_credit, share_prefix))
@@ -133,7 +135,7 @@ def tunelab_side(model: str, steps: int, warmup: int, batch_size: int, max_new_t
         "generation_share": sum(r["seconds_generation"] for r in timed) / seconds if seconds else None,
         "zero_advantage_share": sum(r.get("zero_advantage", 0) for r in timed) / max(1, len(timed)),
         "skip_zero_advantage": skip_zero_advantage, "tokens_per_pass": tokens_per_pass, "return_freed": return_freed,
-        "share_prefix": share_prefix,
+        "share_prefix": share_prefix, "trim_heap": trim_heap,
         "completion_tokens": sum(r["completion_tokens"] for r in timed) / max(1, len(timed)),
         "reward": sum(r["reward"] for r in timed) / max(1, len(timed)),
         "timed_seconds": round(seconds, 3), "timed_steps": len(timed), "peak_mem_mb": round(peak, 1),
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--share-prefix", choices=["on", "off"], default="on",
                    help="tunelab side: each group's prompt once in the training forward (on, the default) or every "
                         "episode whole, as TRL (off)")
+    p.add_argument("--trim-heap", choices=["auto", "on", "off"], default="auto",
+                   help="tunelab side: train.trim_heap (auto: on for GRPO on glibc: the heap's free pages back to "
+                        "the OS after sampling and after each step)")
     p.add_argument("--memory-phases", action="store_true",
                    help="tunelab side: the peak memory of sampling and of training apart, with the bytes malloc "
                         "had handed out at each peak (the rest is freed memory the allocator keeps)")
@@ -250,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kw["tokens_per_pass"] = args.tokens_per_pass
             kw["return_freed"] = args.return_freed_blocks
             kw["share_prefix"] = args.share_prefix == "on"
+            kw["trim_heap"] = args.trim_heap
             kw["memory_phases"] = args.memory_phases
         print(f"[bench] {side} GRPO {precision}", flush=True)
         runs.append(common.run_in_subprocess(f"grpo_throughput:{side}_side", kw, args.threads, verbose=args.verbose))
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"precision {precision} ({why}) | {args.model}, GRPO G={GROUP}, calculator, {args.steps} timed steps after "
           f"{args.warmup}, {args.batch_size} completions per step, at most {args.max_new_tokens} new tokens, "
           f"format credit {args.format_credit}, tunelab tokens per pass {args.tokens_per_pass or 'one per micro-batch'}"
-          f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}, shared prefix {args.share_prefix}")
+          f"{', freed blocks returned to the OS' if args.return_freed_blocks else ''}, shared prefix {args.share_prefix}, trim heap {args.trim_heap}")
     headers = ["side", "steps/s", "tokens/s", "generation share", "zero-advantage share", "completion tokens",
                "reward", "peak MB"]
     body = [[r["side"] + (" (skips zero-advantage)" if r.get("skip_zero_advantage") else ""), r["steps_per_s"],

@@ -185,6 +185,11 @@ class TrainConfig:
     sequences per example whose examples are independent (DPO, IPO, ORPO, SimPO pairs; GRPO/RLOO's
     episodes), none otherwise (``tunelab.train.speed``; the decision is in the run's ``env.json``).
     Objectives whose loss couples a micro-batch's examples (KTO's batch KL estimate) refuse a number."""
+    trim_heap: bool | Literal["auto"] = "auto"
+    """Give the heap's free pages back to the operating system (glibc ``malloc_trim``) after sampling and
+    after each optimizer step, so that sampling and training do not each keep the other's freed blocks.
+    ``auto``: on for online objectives (GRPO, RLOO) on glibc (``tunelab.train.speed``; the decision is in
+    the run's ``env.json``)."""
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` each decoder layer and the LM-head cross-entropy; on CPU the layers also train
     with ``tunelab_cpu`` attention (flash forward, matmul backward). SmolLM2 LoRA, bf16: ~2x faster steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 import warnings
 
 import pytest
@@ -248,6 +249,10 @@ def test_an_online_recipe_samples_scores_and_learns_in_the_loop(tmp_path, tiny_d
     monkeypatch.setattr(Calculator, "verify", _longer_is_better)
     monkeypatch.setattr(Calculator, "act", lambda self, text: __import__("tunelab.envs.base", fromlist=["Step"]).Step(
         done=True, answer=text.strip()))  # every turn is a final answer
+    from tunelab.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "trim_heap", lambda: calls.append(1))
     out = run(_recipe(tmp_path, tiny_dir, name=name, reward="score", beta=0.05), out=str(tmp_path / "runs"),
               quiet=True)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -258,6 +263,9 @@ def test_an_online_recipe_samples_scores_and_learns_in_the_loop(tmp_path, tiny_d
     assert any(m["reward_std"] > 0 and m["grad_norm"] > 0 for m in metrics)  # groups that disagree teach
     env = json.loads((out / "env.json").read_text())
     assert env["speed"]["compile"] is False
+    assert env["speed"]["trim_heap"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert env["speed"]["trim_heap_decision"]["why"]
+    assert len(calls) == (2 * 3 if env["speed"]["trim_heap"] else 0)  # after sampling and after each step
     assert json.loads((out / "data" / "mixture.json").read_text())["online"]["episodes_per_step"] == 4
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 
 import pytest
@@ -10,7 +12,14 @@ import torch
 from torch import nn
 
 from tunelab.train import speed
-from tunelab.train.speed import AUTO_TOKENS_PER_PASS, decide_checkpointing, decide_compile, decide_passes
+from tunelab.train.speed import (
+    AUTO_TOKENS_PER_PASS,
+    decide_checkpointing,
+    decide_compile,
+    decide_heap_trim,
+    decide_passes,
+    trim_heap,
+)
 
 
 def _model(n: int) -> nn.Module:
@@ -77,3 +86,47 @@ def test_auto_passes_bound_multi_sequence_steps_and_checkpointing_steps_aside(ki
         assert "passes of at most 1024 positions" in why["why"][0]
     assert decide_passes(None, "pairs", True) == (None, {"requested": None})
     assert decide_passes(512, "tokens", True) == (512, {"requested": 512})
+
+
+@pytest.mark.parametrize(("kind", "on"), [("online", True), ("pairs", False), ("tokens", False), ("unpaired", False)])
+def test_auto_trims_the_heap_only_between_sampling_and_training(kind, on, monkeypatch):
+    monkeypatch.setattr(speed.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    got, info = decide_heap_trim("auto", kind)
+    assert got is on and info["requested"] == "auto" and info["why"]
+    assert ("malloc_trim" in info["why"][0]) is on
+    assert decide_heap_trim(False, "online") == (False, {"requested": False})
+    assert decide_heap_trim(True, "tokens") == (True, {"requested": True})
+    monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("musl", ""))
+    got, info = decide_heap_trim("auto", "online")
+    assert got is False and "musl" in info["why"][0]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_trim_heap_gives_freed_small_blocks_back_to_the_os():
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    trim_heap()
+    before = _rss_mb()
+    blocks = [libc.malloc(64 << 10) for _ in range(3200)]  # 200 MB in heap-sized blocks (below the mmap threshold)
+    keep = libc.malloc(64 << 10)  # one live block above them: the heap's top cannot simply shrink
+    for b in blocks:
+        libc.memset(b, 1, 64 << 10)
+    grown = _rss_mb()
+    for b in blocks:
+        libc.free(b)
+    kept = _rss_mb()  # freed, yet still resident
+    trim_heap()
+    trimmed = _rss_mb()
+    libc.free(keep)
+    assert grown - before > 150 and kept - before > 150
+    assert trimmed - before < 50, (before, grown, kept, trimmed)

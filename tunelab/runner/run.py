@@ -48,7 +48,13 @@ from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
 from tunelab.train.objectives import build_objective, reference_logps, set_reference
-from tunelab.train.speed import decide_checkpointing, decide_compile, decide_passes, return_freed_blocks
+from tunelab.train.speed import (
+    decide_checkpointing,
+    decide_compile,
+    decide_heap_trim,
+    decide_passes,
+    return_freed_blocks,
+)
 
 
 def _changed(tree: Any, default: Any) -> Any:
@@ -322,16 +328,18 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     ckpt, ckpt_why = decide_checkpointing(cfg.train.gradient_checkpointing, objective.kind, compiled, passes)
     if ckpt:  # the loop does it too (once per process); said here for env.json
         ckpt_why["allocator"] = return_freed_blocks()
+    trim, trim_why = decide_heap_trim(cfg.train.trim_heap, objective.kind)
     env = json.loads((run_dir / "env.json").read_text())
     write_json(run_dir / "env.json", {**env, "speed": {"compile": compiled, "compile_decision": compile_why,
                                                        "gradient_checkpointing": ckpt, "checkpointing_decision": ckpt_why,
                                                        "tokens_per_pass": passes, "passes_decision": passes_why,
+                                                       "trim_heap": trim, "trim_heap_decision": trim_why,
                                                        "packing": data.report.get("packing")}})
     say(f"train: compile {'on' if compiled else 'off'} ({'; '.join(compile_why.get('why', ['as requested']))}); "
         f"gradient checkpointing {'on' if ckpt else 'off'} ({'; '.join(ckpt_why.get('why', ['as requested']))}); "
         f"passes {passes or 'one per micro-batch'} ({'; '.join(passes_why.get('why', ['as requested']))})")
     job = TrainJob(model, method, data.rows, data.sources, replace(cfg.train, compile=compiled, gradient_checkpointing=ckpt,
-                                                        tokens_per_pass=passes),
+                                                        tokens_per_pass=passes, trim_heap=trim),
                    precision, run_dir, tok.pad_token_id, cfg.data.packing and objective.kind == "tokens",
                    data.heldout_rows, resume, objective=objective)
     job.probes = [GradInterference(job, **{k: v for k, v in d.items() if k != "name"})

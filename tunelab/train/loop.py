@@ -40,7 +40,14 @@ from tunelab.train.objectives.base import Objective
 from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
-from tunelab.train.speed import decide_checkpointing, decide_compile, decide_passes, return_freed_blocks
+from tunelab.train.speed import (
+    decide_checkpointing,
+    decide_compile,
+    decide_heap_trim,
+    decide_passes,
+    return_freed_blocks,
+    trim_heap,
+)
 from tunelab.train.weight_average import WeightAverage
 
 
@@ -377,6 +384,9 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
         on, _ = decide_checkpointing(job.cfg.gradient_checkpointing, job.objective.kind, bool(job.cfg.compile),
                                      job.cfg.tokens_per_pass)
         job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, gradient_checkpointing=on))
+    if not isinstance(job.cfg.trim_heap, bool):  # "auto", where no runner decided it
+        on, _ = decide_heap_trim(job.cfg.trim_heap, job.objective.kind)
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, trim_heap=on))
     cfg, method, best = job.cfg, job.method, Best.of(job.cfg, bool(job.heldout))
     model, optimizer, start, restore = _prepare(job, acc, best)
     avg = WeightAverage.of(cfg.weight_average, method)  # a resumed run starts the average anew
@@ -397,6 +407,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 set_lr(optimizer, lr_at(step, cfg))
                 if job.rollouts is not None:  # sampled now, from the current weights
                     rows = job.rollouts(step, acc.unwrap_model(model))
+                    if cfg.trim_heap:  # sampling's freed blocks back to the OS before training
+                        trim_heap()
                     bs = -(-len(rows) // cfg.grad_accum)
                     micro = [(list(range(i * bs, min(len(rows), (i + 1) * bs))), float(step))
                              for i in range(cfg.grad_accum)]
@@ -412,6 +424,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                 grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if cfg.trim_heap:  # training's freed activations back to the OS before the next sampling
+                    trim_heap()
                 opt_bytes = max(opt_bytes, optimizer_state_bytes(optimizer))
                 if avg is not None:
                     avg.update(acc.unwrap_model(model))
