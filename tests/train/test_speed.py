@@ -88,18 +88,15 @@ def test_auto_passes_bound_multi_sequence_steps_and_checkpointing_steps_aside(ki
     assert decide_passes(512, "tokens", True) == (512, {"requested": 512})
 
 
-@pytest.mark.parametrize(("kind", "on"), [("online", True), ("pairs", False), ("tokens", False), ("unpaired", False)])
-def test_auto_trims_the_heap_only_between_sampling_and_training(kind, on, monkeypatch):
+@pytest.mark.parametrize("kind", ["online", "pairs", "tokens", "unpaired"])
+def test_auto_leaves_the_heap_alone_and_says_why(kind, monkeypatch):
     monkeypatch.setattr(speed.platform, "system", lambda: "Linux")
     monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("glibc", "2.36"))
     got, info = decide_heap_trim("auto", kind)
-    assert got is on and info["requested"] == "auto" and info["why"]
-    assert ("malloc_trim" in info["why"][0]) is on
+    assert got is False and info["requested"] == "auto" and info["why"]
+    assert ("29%" in info["why"][0]) is (kind == "online")  # the measured cost, for the kind it was measured on
     assert decide_heap_trim(False, "online") == (False, {"requested": False})
     assert decide_heap_trim(True, "tokens") == (True, {"requested": True})
-    monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("musl", ""))
-    got, info = decide_heap_trim("auto", "online")
-    assert got is False and "musl" in info["why"][0]
 
 
 def _rss_mb() -> float:
