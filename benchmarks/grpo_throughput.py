@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="tunelab side: each group's prompt once in the training forward (on, the default) or every "
                         "episode whole, as TRL (off)")
     p.add_argument("--trim-heap", choices=["auto", "on", "off"], default="auto",
-                   help="tunelab side: train.trim_heap (auto: on for GRPO on glibc: the heap's free pages back to "
-                        "the OS after sampling and after each step)")
+                   help="tunelab side: train.trim_heap, the heap's free pages back to the OS after sampling and "
+                        "after each step (glibc malloc_trim; auto: off, measured slower)")
     p.add_argument("--memory-phases", action="store_true",
                    help="tunelab side: the peak memory of sampling and of training apart, with the bytes malloc "
                         "had handed out at each peak (the rest is freed memory the allocator keeps)")

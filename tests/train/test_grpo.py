@@ -264,8 +264,31 @@ def test_an_online_recipe_samples_scores_and_learns_in_the_loop(tmp_path, tiny_d
     assert env["speed"]["compile"] is False
     assert env["speed"]["trim_heap"] is False  # auto: off (measured slower), said in env.json
     assert env["speed"]["trim_heap_decision"]["why"]
-    assert len(calls) == (2 * 3 if env["speed"]["trim_heap"] else 0)  # after sampling and after each step
+    assert not calls  # off: the loop never trims
     assert json.loads((out / "data" / "mixture.json").read_text())["online"]["episodes_per_step"] == 4
+
+
+def test_trim_heap_on_trims_after_sampling_and_after_each_step(tmp_path, tiny_dir, monkeypatch):
+    import json
+
+    import yaml
+
+    from tunelab.envs.rollout import Rollouts
+    from tunelab.runner.run import run
+    from tunelab.train import loop
+
+    events = []
+    monkeypatch.setattr(loop, "trim_heap", lambda: events.append("trim"))
+    path = _recipe(tmp_path, tiny_dir)
+    spec = yaml.safe_load(path.read_text())
+    spec["train"]["trim_heap"] = True
+    path.write_text(yaml.safe_dump(spec))
+    sample = Rollouts.__call__
+    monkeypatch.setattr(Rollouts, "__call__", lambda self, *a: (events.append("sample"), sample(self, *a))[1])
+    out = run(path, out=str(tmp_path / "runs"), quiet=True)
+    env = json.loads((out / "env.json").read_text())
+    assert env["speed"]["trim_heap"] is True and env["speed"]["trim_heap_decision"] == {"requested": True}
+    assert events == ["sample", "trim", "trim"] * 3  # sampling, its trim, the step's trim
 
 
 def test_a_step_whose_groups_all_agree_runs_no_backward_and_steps_on_zero_gradients(tmp_path, tiny_dir, monkeypatch):

@@ -89,9 +89,7 @@ def test_auto_passes_bound_multi_sequence_steps_and_checkpointing_steps_aside(ki
 
 
 @pytest.mark.parametrize("kind", ["online", "pairs", "tokens", "unpaired"])
-def test_auto_leaves_the_heap_alone_and_says_why(kind, monkeypatch):
-    monkeypatch.setattr(speed.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("glibc", "2.36"))
+def test_auto_leaves_the_heap_alone_and_says_why(kind):
     got, info = decide_heap_trim("auto", kind)
     assert got is False and info["requested"] == "auto" and info["why"]
     assert ("29%" in info["why"][0]) is (kind == "online")  # the measured cost, for the kind it was measured on

@@ -168,23 +168,23 @@ def decide_heap_trim(requested: bool | str, kind: str) -> tuple[bool, dict[str, 
 
 
 @functools.cache
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None where there is none."""
+def _glibc() -> ctypes.CDLL | None:
+    """The process's glibc, or None where the C library is another (or cannot be opened)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        fn = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # pragma: no cover - a glibc without libc.so.6
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - a glibc without libc.so.6
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 def trim_heap() -> bool:
     """Give the heap's free pages back to the operating system (glibc ``malloc_trim(0)``); whether
     anything was released (False where the C library has no ``malloc_trim``)."""
-    fn = _malloc_trim()
-    return bool(fn(0)) if fn is not None else False
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 MMAP_THRESHOLD = 128 << 10
@@ -198,12 +198,9 @@ def return_freed_blocks() -> str:
     """Hold glibc's mmap threshold at :data:`MMAP_THRESHOLD`, so freed large blocks (activations, logits)
     return to the OS instead of staying in the heap; once per process. Returns what was done, for
     ``env.json``; nothing where the C library is not glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return f"allocator unchanged (C library: {platform.libc_ver()[0] or platform.system()})"
-    try:
-        ok = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except OSError as e:  # pragma: no cover - a glibc without libc.so.6
-        return f"allocator unchanged ({e})"
-    if not ok:  # pragma: no cover
+    if not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):  # pragma: no cover
         return "allocator unchanged (mallopt refused)"
     return f"glibc mmap threshold held at {MMAP_THRESHOLD >> 10} KiB: freed large blocks return to the OS"
