@@ -98,3 +98,29 @@ def test_grpo_benchmark_rejects_a_bad_tokens_per_pass_before_any_work():
     for bad in ("0", "-5", "lots"):
         with pytest.raises(SystemExit):
             grpo_throughput.main(["--tokens-per-pass", bad, "--sides", "tunelab"])
+
+
+def test_decode_compile_regions_name_the_modules_they_compile():
+    import decode_compile
+
+    from tunelab.train.loop import decoder_layers
+
+    model, _, _ = load_model(ModelConfig("tiny"))
+    layers = decoder_layers(model)[1]
+    n = len(layers)
+    assert n >= 2
+    assert decode_compile.modules_to_compile(layers, "layer") == list(layers)
+    assert decode_compile.modules_to_compile(layers, "mlp") == [layer.mlp for layer in layers]
+    proj = decode_compile.modules_to_compile(layers, "proj")
+    assert len(proj) == 5 * n and proj[1] is layers[0].self_attn.q_proj and proj[5] is layers[1].mlp
+    with pytest.raises(ValueError, match="unknown region"):
+        decode_compile.modules_to_compile(layers, "head")
+
+
+@pytest.mark.slow
+def test_decode_compile_probe_decodes_the_same_tokens_compiled_on_the_tiny_model():
+    import decode_compile
+
+    r = decode_compile.probe("tiny", "mlp", prompts=2, max_new_tokens=4, eager=1, compiled=1, precision="fp32")
+    assert r["eager_repeatable"] and r["prompts_differing"] == 0 and r["graph_breaks"] == 0
+    assert r["frames_compiled"] >= 1 and len(r["compiled_s"]) == 1 and r["compile_run_s"] > 0
