@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import skip_without_shared_data
 
 from tunelab.cli import main
@@ -15,7 +16,8 @@ from tunelab.data.pipeline import build_data
 from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts
 from tunelab.data.sources import load_source
 from tunelab.data.transforms import TRANSFORMS, TransformContext, build_transforms
-from tunelab.models.surprisal import model_scorer
+from tunelab.models import surprisal
+from tunelab.models.surprisal import surprisal_scorer
 from tunelab.promptintern import compress
 from tunelab.promptintern.compress import Compressor, split_units
 from tunelab.promptintern.examples import rank_examples
@@ -70,7 +72,7 @@ def test_compression_is_reproducible_and_nested(tiny) -> None:
     c = Compressor("sentence", "surprisal", model="tiny-test")
     with pytest.raises(ValueError, match="needs a scorer"):  # the caller builds the scorer: nothing loads a model here
         c.compress(template, 0.5)
-    scorer = model_scorer("tiny-test", model, tok)
+    scorer = surprisal_scorer(model, tok)
     first = c.ranking(template, scorer)
     compress._RANKINGS.clear()
     assert c.ranking(template, scorer) == first  # recomputed from scratch: the same order
@@ -137,7 +139,7 @@ def test_stage_rows_change_over_steps_with_the_same_examples(tiny, packing: bool
         f"data.transforms=[{SPEC}]"])
     data = build_data(cfg, tok)
     assert promptintern_spec(cfg.data.transforms)["name"] == "promptintern"
-    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, model_scorer(cfg.model.name, model, tok))
+    stages = stage_rows(cfg, tok, data.samples, data.rows, data.sources, surprisal_scorer(model, tok))
     levels = stages.report["levels"]
     assert [(lv["keep"], lv["shots"], lv["steps"]) for lv in levels] == [(1.0, 2, 2), (0.6, 1, 2), (0.3, 1, 2),
                                                                          (0.0, 0, 2)]
@@ -178,6 +180,28 @@ def test_a_promptintern_run_trains_and_resumes_exactly(tmp_path: Path) -> None:
     assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max() <= 1e-6 for k in wa)
     resumed = json.loads((b / "results.json").read_text())["run"]["train"]
     assert resumed["resumed_from"] == 4
+
+
+def test_the_tuned_evaluation_compresses_with_the_base_model_not_the_trained_one(tmp_path: Path) -> None:
+    """A full-prompt run (constant schedule: nothing compressed while training) in bf16, evaluated on the
+    compressed regime only after training: the evaluation's scorer must load the base model afresh. It used
+    to find the run's own model registered for the process, by then with adapters and bf16 frozen weights,
+    and fail on the dtypes (seed 1 of the PromptIntern study, 2026-12-07)."""
+    from tunelab.runner.run import run
+
+    surprisal._SCORERS.pop("tiny", None)
+    compress._RANKINGS.clear()
+    run_dir = run(ROOT / "recipes" / "tiny.yaml", [
+        "data.sources.0.count=16", "data.max_length=2048", "train.max_steps=2", "train.precision=bf16",
+        "eval.limit=2", "eval.max_new_tokens=2", "eval.baseline=false", "eval.tasks=[arith_rules_compressed]",
+        "data.heldout=0", "train.save_every=0",
+        "data.transforms=[{name: promptintern, prompt: arith_rules, shots: 1, schedule: constant, score: surprisal}]",
+        "eval.task_options={arith_rules_compressed: {shots: 1}}"], out=str(tmp_path), quiet=True)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["arith_rules_compressed"]["tuned"]["n"] == 2
+    cells = [c.cell_contents for c in surprisal._SCORERS["tiny"].__closure__]  # the evaluation's scorer
+    (model,) = [c for c in cells if isinstance(c, torch.nn.Module)]
+    assert not hasattr(model, "peft_config") and {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_recipes_and_sweeps_validate(capsys) -> None:

@@ -1,8 +1,9 @@
 """Token surprisal under a causal LM: the score Selective Context (Li et al. 2023, arXiv 2310.06201) and
 PromptIntern's template compression rank text by (predictable text is dropped first).
 
-The scoring model is loaded here, in the models layer, once per process (:func:`model_scorer`); the
-caller (the runner, the prompt-regime eval tasks) builds the scorer and passes it to
+The scoring model is loaded here, in the models layer, once per process (:func:`model_scorer`), or a model
+at hand is wrapped without being kept (:func:`surprisal_scorer`); the caller (the runner, the prompt-regime
+eval tasks) builds the scorer and passes it to
 :class:`tunelab.promptintern.compress.Compressor`, which loads nothing itself.
 """
 
@@ -39,11 +40,19 @@ Scorer = Callable[[str], list[tuple[int, float]]]
 _SCORERS: dict[str, Scorer] = {}
 
 
-def model_scorer(name: str, model=None, tok=None) -> Scorer:
-    """The surprisal scorer of model ``name`` (an alias, hub id or folder), loaded once per process on
-    CPU in fp32; pass ``model`` and ``tok`` when they are at hand (the run's base model)."""
+def surprisal_scorer(model, tok) -> Scorer:
+    """The surprisal scorer of a model at hand (a run's base model, before training), kept by the caller only.
+
+    Nothing is registered for the process: a run's model is changed by its training (adapters, frozen
+    weights cast to bf16), so a later scorer of the same name (:func:`model_scorer`, e.g. the evaluation's
+    compressed prompts) loads the model afresh instead of scoring with the tuned one."""
+    return lambda text: token_surprisal(text, model, tok)
+
+
+def model_scorer(name: str) -> Scorer:
+    """The surprisal scorer of model ``name`` (an alias, hub id or folder), loaded once per process on CPU
+    as :func:`tunelab.models.load.load_model` gives it and kept for the process."""
     if name not in _SCORERS:
-        if model is None or tok is None:
-            model, tok, _ = load_model(ModelConfig(name=name))
-        _SCORERS[name] = lambda text: token_surprisal(text, model, tok)
+        model, tok, _ = load_model(ModelConfig(name=name))
+        _SCORERS[name] = surprisal_scorer(model, tok)
     return _SCORERS[name]

@@ -34,7 +34,7 @@ from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.heads import HEAD_FILE, save_head
 from tunelab.models.load import ModelError, cache_dir
-from tunelab.models.surprisal import Scorer, model_scorer
+from tunelab.models.surprisal import Scorer, model_scorer, surprisal_scorer
 from tunelab.promptintern.rows import stage_rows
 from tunelab.promptintern.schedule import recipe_transform
 from tunelab.regularizers import build_regularizers
@@ -183,13 +183,14 @@ def _data(cfg: RunConfig, tok, cache: Path | None, reused: dict[str, Any], say=p
 
 def _surprisal_scorer(cfg: RunConfig, model, tok) -> Scorer | None:
     """The scorer ranking template units for the recipe's ``promptintern`` transform: the run's base model
-    (``model``, at hand), or the transform's ``score_model`` (loaded on first use); None without the
-    transform or without ``score: surprisal``."""
+    (``model``, at hand, before training; not kept for the process, since training changes it), or the
+    transform's ``score_model`` (loaded on first use); None without the transform or without ``score:
+    surprisal``."""
     t = recipe_transform(cfg)
     if t is None or t.params.score != "surprisal":
         return None
     if t.params.score_model is None:
-        return model_scorer(cfg.model.name, model, tok)
+        return surprisal_scorer(model, tok)
     name = t.params.score_model
     return lambda text: model_scorer(name)(text)
 
