@@ -214,18 +214,20 @@ def peak_rss_mb() -> float:
 class PhaseMemory:
     """Peak resident memory by phase, sampled by a thread every ``interval`` seconds: the caller names the
     phase (:meth:`enter`); each phase keeps its highest RSS and, at that moment, the bytes glibc's malloc
-    had handed out (``mallinfo2``: heap in use + mapped blocks; None off glibc). RSS well above the live
-    bytes is memory the allocator holds after frees, not tensors."""
+    had handed out (``mallinfo2``: heap in use + mapped blocks; None where glibc's malloc is not the one in
+    use). RSS well above the live bytes is memory the allocator holds after frees, not tensors."""
 
     def __init__(self, interval: float = 0.005) -> None:
         import ctypes
         import threading
 
+        from tunelab.train.speed import glibc_malloc
+
         self.phase, self.interval = "setup", interval
         self.peaks: dict[str, dict[str, float | None]] = {}
         self._mallinfo = None
-        try:
-            libc = ctypes.CDLL("libc.so.6")
+        libc = glibc_malloc()  # None under another C library or a preloaded allocator: live bytes unknown
+        if libc is not None and hasattr(libc, "mallinfo2"):  # glibc >= 2.33
 
             class _Info(ctypes.Structure):
                 _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -233,8 +235,6 @@ class PhaseMemory:
 
             libc.mallinfo2.restype = _Info
             self._mallinfo = libc.mallinfo2
-        except (OSError, AttributeError):  # not glibc, or a glibc older than 2.33
-            pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import skip_without_shared_data
 
 from tunelab.cli import main
-from tunelab.config import ConfigError, SourceConfig, load_recipe
+from tunelab.config import ConfigError, ModelConfig, SourceConfig, load_recipe
 from tunelab.data.pipeline import build_data
 from tunelab.data.prompt_parts import PARTS_KEY, Example, PromptParts
 from tunelab.data.sources import load_source
@@ -199,9 +198,11 @@ def test_the_tuned_evaluation_compresses_with_the_base_model_not_the_trained_one
         "eval.task_options={arith_rules_compressed: {shots: 1}}"], out=str(tmp_path), quiet=True)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["arith_rules_compressed"]["tuned"]["n"] == 2
-    cells = [c.cell_contents for c in surprisal._SCORERS["tiny"].__closure__]  # the evaluation's scorer
-    (model,) = [c for c in cells if isinstance(c, torch.nn.Module)]
-    assert not hasattr(model, "peft_config") and {p.dtype for p in model.parameters()} == {torch.float32}
+    from tunelab.models.load import load_model
+
+    base, tok, _ = load_model(ModelConfig(name="tiny"))  # the evaluation's scorer scores as the untrained model
+    text = "Answer the arithmetic problem. Write each step as an equation."
+    assert surprisal._SCORERS["tiny"](text) == surprisal_scorer(base, tok)(text)
 
 
 def test_recipes_and_sweeps_validate(capsys) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +128,19 @@ def test_trim_heap_gives_freed_small_blocks_back_to_the_os():
     libc.free(keep)
     assert grown - before > 150 and kept - before > 150
     assert trimmed - before < 50, (before, grown, kept, trimmed)
+
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("preload", [None, JEMALLOC])
+def test_glibc_malloc_is_none_when_another_allocator_is_preloaded(preload):
+    if preload is not None and not preload.exists():
+        pytest.skip("libjemalloc2 not installed")
+    code = "from tunelab.train.speed import glibc_malloc, trim_heap; print(glibc_malloc() is None, trim_heap())"
+    env = dict(os.environ, **({"LD_PRELOAD": str(preload)} if preload else {}))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[0] == str(preload is not None)  # jemalloc in front: glibc's heap is not the heap
+    if preload:
+        assert out.stdout.split()[1] == "False"  # nothing trimmed through glibc

@@ -168,13 +168,18 @@ def decide_heap_trim(requested: bool | str, kind: str) -> tuple[bool, dict[str, 
 
 
 @functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """The process's glibc, or None where the C library is another (or cannot be opened)."""
+def glibc_malloc() -> ctypes.CDLL | None:
+    """The process's glibc when its ``malloc`` is the one in use, else None: another C library, or another
+    allocator (jemalloc, tcmalloc) preloaded in front of it, whose heap glibc's ``malloc_trim``, ``mallopt``
+    and ``mallinfo2`` neither see nor change."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # pragma: no cover - a glibc without libc.so.6
+        return None
+    in_use = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value  # the first malloc the process resolves
+    if in_use != ctypes.cast(libc.malloc, ctypes.c_void_p).value:
         return None
     libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return libc
@@ -183,7 +188,7 @@ def _glibc() -> ctypes.CDLL | None:
 def trim_heap() -> bool:
     """Give the heap's free pages back to the operating system (glibc ``malloc_trim(0)``); whether
     anything was released (False where the C library has no ``malloc_trim``)."""
-    libc = _glibc()
+    libc = glibc_malloc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
@@ -198,9 +203,10 @@ def return_freed_blocks() -> str:
     """Hold glibc's mmap threshold at :data:`MMAP_THRESHOLD`, so freed large blocks (activations, logits)
     return to the OS instead of staying in the heap; once per process. Returns what was done, for
     ``env.json``; nothing where the C library is not glibc."""
-    libc = _glibc()
+    libc = glibc_malloc()
     if libc is None:
-        return f"allocator unchanged (C library: {platform.libc_ver()[0] or platform.system()})"
+        return (f"allocator unchanged (malloc is not glibc's: C library {platform.libc_ver()[0] or platform.system()}, "
+                "or another allocator preloaded)")
     if not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):  # pragma: no cover
         return "allocator unchanged (mallopt refused)"
     return f"glibc mmap threshold held at {MMAP_THRESHOLD >> 10} KiB: freed large blocks return to the OS"
