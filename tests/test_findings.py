@@ -293,19 +293,26 @@ def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_
                  "seconds_per_item": secs / 4, "latency_batch1_s": None}
         return {"arith_rules": {"full": full, "query": query}}
 
-    def rec(arm: str, tuned: dict) -> dict:
-        return {"arm": SimpleNamespace(label=arm), "results": {"run": {"train": {}, "regimes": {
-            "base": table(400.0, 0.8, 2.0), "tuned": tuned}}}}
+    amd = {"cpu": "AMD EPYC 9B14", "precision": "bf16"}
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "precision": "bf16"}
+
+    def rec(arm: str, tuned: dict, host: dict = amd) -> dict:
+        return {"arm": SimpleNamespace(label=arm), "record": {"host": host},
+                "results": {"run": {"train": {}, "regimes": {"base": table(400.0, 0.8, 2.0), "tuned": tuned}}}}
 
     out = inference_costs([rec("pi", table(400.0, 0.4, 1.0)), rec("pi", table(400.0, 0.6, None)),
-                           rec("full", table(400.0, 1.0, 3.0)), {"arm": SimpleNamespace(label="x"),
-                                                                 "results": {"run": {"train": {}}}}])
+                           rec("full", table(400.0, 1.0, 3.0)), rec("pi", table(400.0, 0.1, 0.2), intel),
+                           {"arm": SimpleNamespace(label="x"), "results": {"run": {"train": {}}}}])
     cells = out["arith_rules"]
-    assert cells[("pi", "full")] == pytest.approx({"input_tokens": 400.0, "seconds_per_item": 0.5,
-                                                   "latency_batch1_s": 1.0})  # a run without it is not a zero
-    assert cells[("pi", "query")]["token_saving"] == pytest.approx(0.95)
-    assert cells[(UNTRAINED, "full")]["latency_batch1_s"] == pytest.approx(2.0)
-    assert ("x", "full") not in cells  # a run without regimes adds nothing
+    on_amd, on_intel = "AMD EPYC 9B14, bf16", "Intel(R) Xeon(R) Processor, bf16"
+    assert cells[("pi", "full", on_amd)] == pytest.approx({"input_tokens": 400.0, "seconds_per_item": 0.5,
+                                                           "latency_batch1_s": 1.0})  # a run without it is not a zero
+    # seconds are averaged within a host only: the faster host's run is its own row, not pulled into AMD's mean
+    assert cells[("pi", "full", on_intel)]["seconds_per_item"] == pytest.approx(0.1)
+    assert cells[("pi", "query", on_amd)]["token_saving"] == pytest.approx(0.95)
+    assert cells[(UNTRAINED, "full", on_amd)]["latency_batch1_s"] == pytest.approx(2.0)
+    assert cells[(UNTRAINED, "full", on_intel)]["latency_batch1_s"] == pytest.approx(2.0)
+    assert not any(k[0] == "x" for k in cells)  # a run without regimes adds nothing
     assert inference_costs([{"arm": SimpleNamespace(label="a"), "results": {"run": {}}}]) == {}
     study = {"name": "s", "question": "", "_sweep": SimpleNamespace(differences=[]), "tasks": {}, "hypotheses": [],
              "diagnostics": {}, "inference_costs": out, "_items": {}}
@@ -314,7 +321,10 @@ def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_
             mock.patch("tunelab.report.findings_doc._plan_lines", return_value=[]):
         text = markdown(study)
     assert "**Inference cost on arith_rules**" in text
-    assert "| pi | query | 20.0 | 95.0% | 0.125 | - |" in text
+    assert f"| pi | query | {on_amd} | 20.0 | 95.0% | 0.125 | - |" in text
+    assert f"| pi | full | {on_intel} | 400.0 | - | 0.100 | 0.200 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "bf16" in line]
+    assert [on_amd in line for line in rows] == [True] * 6 + [False] * 4  # grouped by host
 
 
 def test_gradient_interference_is_set_beside_each_arms_effects(tmp_path: Path) -> None:

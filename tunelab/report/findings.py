@@ -392,18 +392,28 @@ COST_KEYS = ("input_tokens", "token_saving", "seconds_per_item", "latency_batch1
 """What :func:`inference_costs` reads of a run's prompt-regime table (``results.json``'s ``run.regimes``)."""
 
 
-def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], dict[str, float]]]:
-    """suite -> (arm, regime) -> the mean over the arm's runs of input tokens per item, the share of the
-    full prompt's tokens saved, seconds per item in the batched evaluation and at batch 1 (when
-    ``eval.latency_items`` measured it), from each run's prompt-regime table; the untrained model's row
-    (arm ``no fine-tuning``) from the runs' base evaluations. Studies without prompt regimes: {}."""
-    found: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = {}
+def host_kind(record: dict[str, Any]) -> str:
+    """A run's host in a few words (GPU or CPU model and precision), from its record: what seconds are
+    comparable within."""
+    h = record.get("record", {}).get("host", {}) or {}
+    return f"{h.get('cuda') or h.get('cpu') or 'unknown host'}, {h.get('precision') or 'unknown precision'}"
+
+
+def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str, str], dict[str, float]]]:
+    """suite -> (arm, regime, host) -> the mean over the arm's runs on that host (:func:`host_kind`) of input
+    tokens per item, the share of the full prompt's tokens saved, seconds per item in the batched evaluation
+    and at batch 1 (when ``eval.latency_items`` measured it), from each run's prompt-regime table; the
+    untrained model's row (arm ``no fine-tuning``) from the runs' base evaluations. Seconds are never averaged
+    across hosts: a study whose runs ran on two kinds of CPU gets a row per host. Studies without prompt
+    regimes: {}."""
+    found: dict[str, dict[tuple[str, str, str], dict[str, list[float]]]] = {}
     for r in records:
         regimes = r["results"].get("run", {}).get("regimes") or {}
+        host = host_kind(r)
         for when, arm in (("base", UNTRAINED), ("tuned", r["arm"].label)):
             for suite, entries in (regimes.get(when) or {}).items():
                 for regime, e in entries.items():
-                    cell = found.setdefault(suite, {}).setdefault((arm, regime), {})
+                    cell = found.setdefault(suite, {}).setdefault((arm, regime, host), {})
                     for key in COST_KEYS:
                         v = e.get(key)
                         v = v.get("value") if isinstance(v, dict) else v

@@ -286,13 +286,14 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
         out.append("")
     for suite, cells in (study.get("inference_costs") or {}).items():
         out += [f"**Inference cost on {suite}** (per prompt regime, mean over each arm's runs; input tokens with "
-                "the run's tokenizer; seconds per item in the batched evaluation, and at batch 1 where measured; "
-                "host as below):", "",
-                "| arm | regime | input tokens/item | tokens saved vs full | s/item (batched) | s/item (batch 1) |",
-                "|---|---|---|---|---|---|"]
-        out += [f"| {arm} | {regime} | {fmt(v.get('input_tokens'), '.1f')} | {fmt(v.get('token_saving'), '.1%')} | "
-                f"{fmt(v.get('seconds_per_item'), '.3f')} | {fmt(v.get('latency_batch1_s'), '.3f')} |"
-                for (arm, regime), v in cells.items()]
+                "the run's tokenizer; seconds per item in the batched evaluation, and at batch 1 where measured, "
+                "averaged only over runs on the same kind of host):", "",
+                "| arm | regime | host | input tokens/item | tokens saved vs full | s/item (batched) | s/item (batch 1) |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {arm} | {regime} | {host} | {fmt(v.get('input_tokens'), '.1f')} | "
+                f"{fmt(v.get('token_saving'), '.1%')} | {fmt(v.get('seconds_per_item'), '.3f')} | "
+                f"{fmt(v.get('latency_batch1_s'), '.3f')} |"
+                for (arm, regime, host), v in sorted(cells.items(), key=lambda kv: kv[0][2])]
         out.append("")
     for task, arms in (study.get("failure_kinds") or {}).items():
         kinds = sorted({k for a in arms.values() for k in a})
