@@ -304,7 +304,7 @@ def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_
                            rec("full", table(400.0, 1.0, 3.0)), rec("pi", table(400.0, 0.1, 0.2), intel),
                            {"arm": SimpleNamespace(label="x"), "results": {"run": {"train": {}}}}])
     cells = out["arith_rules"]
-    on_amd, on_intel = "AMD EPYC 9B14, bf16", "Intel(R) Xeon(R) Processor, bf16"
+    on_amd, on_intel = "AMD EPYC 9B14 / bf16", "Intel(R) Xeon(R) Processor / bf16"
     assert cells[("pi", "full", on_amd)] == pytest.approx({"input_tokens": 400.0, "seconds_per_item": 0.5,
                                                            "latency_batch1_s": 1.0})  # a run without it is not a zero
     # seconds are averaged within a host only: the faster host's run is its own row, not pulled into AMD's mean

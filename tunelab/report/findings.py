@@ -68,6 +68,7 @@ from tunelab.eval.stats import bootstrap_ci
 from tunelab.runner.aggregate import aggregate, run_records
 from tunelab.runner.judged_study import load_judged, outcomes
 from tunelab.runner.plan import BELOW, cell_labels, mde, seen_beyond_pilot
+from tunelab.runner.records import host_kind
 from tunelab.runner.sweep_fields import ENSEMBLE
 from tunelab.runner.sweep_file import load_sweep
 
@@ -392,15 +393,8 @@ COST_KEYS = ("input_tokens", "token_saving", "seconds_per_item", "latency_batch1
 """What :func:`inference_costs` reads of a run's prompt-regime table (``results.json``'s ``run.regimes``)."""
 
 
-def host_kind(record: dict[str, Any]) -> str:
-    """A run's host in a few words (GPU or CPU model and precision), from its record: what seconds are
-    comparable within."""
-    h = record.get("record", {}).get("host", {}) or {}
-    return f"{h.get('cuda') or h.get('cpu') or 'unknown host'}, {h.get('precision') or 'unknown precision'}"
-
-
 def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str, str], dict[str, float]]]:
-    """suite -> (arm, regime, host) -> the mean over the arm's runs on that host (:func:`host_kind`) of input
+    """suite -> (arm, regime, host) -> the mean over the arm's runs on that kind of host (``records.host_kind``) of input
     tokens per item, the share of the full prompt's tokens saved, seconds per item in the batched evaluation
     and at batch 1 (when ``eval.latency_items`` measured it), from each run's prompt-regime table; the
     untrained model's row (arm ``no fine-tuning``) from the runs' base evaluations. Seconds are never averaged
@@ -409,7 +403,7 @@ def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, 
     found: dict[str, dict[tuple[str, str, str], dict[str, list[float]]]] = {}
     for r in records:
         regimes = r["results"].get("run", {}).get("regimes") or {}
-        host = host_kind(r)
+        host = host_kind(r.get("record", {}).get("host") or {})
         for when, arm in (("base", UNTRAINED), ("tuned", r["arm"].label)):
             for suite, entries in (regimes.get(when) or {}).items():
                 for regime, e in entries.items():
