@@ -138,9 +138,13 @@ JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 def test_glibc_malloc_is_none_when_another_allocator_is_preloaded(preload):
     if preload is not None and not preload.exists():
         pytest.skip("libjemalloc2 not installed")
-    code = "from tunelab.train.speed import glibc_malloc, trim_heap; print(glibc_malloc() is None, trim_heap())"
+    code = ("from tunelab.train.speed import allocator, glibc_malloc, trim_heap; "
+            "print(glibc_malloc() is None, trim_heap(), allocator())")
     env = dict(os.environ, **({"LD_PRELOAD": str(preload)} if preload else {}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[0] == str(preload is not None)  # jemalloc in front: glibc's heap is not the heap
     if preload:
         assert out.stdout.split()[1] == "False"  # nothing trimmed through glibc
+        assert out.stdout.split(maxsplit=2)[2].strip() == f"jemalloc ({preload})"  # what env.json says
+    else:
+        assert out.stdout.split()[2] == "glibc"

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tunelab.device import cpu_flags, cpu_name
+from tunelab.train.speed import allocator
 
 PACKAGES = ("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "trl")
 
@@ -29,7 +30,7 @@ def environment(precision: str | None = None, precision_info: dict | None = None
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx"))),
         "mkldnn_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": versions,
+        "packages": versions, "allocator": allocator(),
     }
     if precision:
         env["precision"] = precision

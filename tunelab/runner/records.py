@@ -98,7 +98,7 @@ def _host(env: dict[str, Any]) -> dict[str, Any]:
     """The parts of ``env.json`` that say which machine made a figure."""
     packages = env.get("packages", {})
     return {"cpu": env.get("cpu"), "cpu_flags": env.get("cpu_flags", []), "cores": env.get("cores"),
-            "cuda": env.get("cuda"), "precision": env.get("precision"),
+            "cuda": env.get("cuda"), "precision": env.get("precision"), "allocator": env.get("allocator"),
             "torch": packages.get("torch"), "transformers": packages.get("transformers"),
             "peft": packages.get("peft"), "tunelab": packages.get("tunelab")}
 

@@ -45,8 +45,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import os
 import platform
 import shutil
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -183,6 +185,24 @@ def glibc_malloc() -> ctypes.CDLL | None:
         return None
     libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return libc
+
+
+def allocator() -> str:
+    """Which ``malloc`` this process runs on, for ``env.json``: ``jemalloc``, ``tcmalloc`` or ``mimalloc``
+    with the library's path when one is mapped in (preloaded: see :mod:`tunelab.launch`), ``glibc`` when
+    glibc's own is in use, else the C library's name."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        maps = []
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        for line in maps:
+            path = line.split()[-1] if line.split() else ""
+            if f"lib{name}" in os.path.basename(path):
+                return f"{name} ({path})"
+    if glibc_malloc() is not None:
+        return "glibc"
+    return platform.libc_ver()[0] or platform.system() or "unknown"
 
 
 def trim_heap() -> bool:
