@@ -91,6 +91,19 @@ def test_auto_passes_bound_multi_sequence_steps_and_checkpointing_steps_aside(ki
     assert decide_passes(512, "tokens", True) == (512, {"requested": 512})
 
 
+def test_online_passes_are_smaller_under_jemalloc(monkeypatch):
+    from tunelab.train import speed
+
+    monkeypatch.setattr(speed, "allocator", lambda: "jemalloc (/usr/lib/libjemalloc.so.2)")
+    got, info = decide_passes("auto", "online", True)
+    assert got == speed.ONLINE_JEMALLOC_TOKENS_PER_PASS == 512 and "under jemalloc" in info["why"][1]
+    assert info["allocator"].startswith("jemalloc")
+    assert decide_passes("auto", "pairs", True)[0] == AUTO_TOKENS_PER_PASS  # measured for GRPO only
+    assert decide_passes(2048, "online", True)[0] == 2048  # a number is kept
+    monkeypatch.setattr(speed, "allocator", lambda: "glibc")
+    assert decide_passes("auto", "online", True)[0] == AUTO_TOKENS_PER_PASS  # glibc: 512 measured slower
+
+
 @pytest.mark.parametrize("kind", ["online", "pairs", "tokens", "unpaired"])
 def test_auto_leaves_the_heap_alone_and_says_why(kind):
     got, info = decide_heap_trim("auto", kind)
