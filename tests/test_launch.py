@@ -20,32 +20,39 @@ def found() -> str:
 
 
 def test_auto_preloads_the_library_found_and_marks_the_environment() -> None:
-    env = preload({"PATH": "/bin", "LD_PRELOAD": "/opt/other.so"}, platform="linux", find=found)
+    env = preload({"PATH": "/bin", "LD_PRELOAD": "/opt/other.so"}, system="linux", find=found)
     assert env is not None
     assert env["LD_PRELOAD"] == f"{LIB}:/opt/other.so"  # in front of what was preloaded, which stays
     assert env[MARK] == LIB and env["PATH"] == "/bin"  # everything else passes through
 
 
-@pytest.mark.parametrize("environ, platform, why", [
+@pytest.mark.parametrize("environ, system, why", [
     ({SETTING: "system"}, "linux", "opted out"),
     ({MARK: LIB}, "linux", "already re-executed: never loop"),
     ({"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4"}, "linux", "another allocator is preloaded"),
     ({}, "darwin", "LD_PRELOAD is Linux's"),
 ])
-def test_no_reexecution(environ, platform, why) -> None:
-    assert preload(environ, platform=platform, find=found) is None, why
+def test_no_reexecution(environ, system, why) -> None:
+    assert preload(environ, system=system, find=found) is None, why
 
 
 def test_without_jemalloc_installed_auto_goes_on_with_the_c_library() -> None:
-    assert preload({}, platform="linux", find=lambda: None) is None
+    assert preload({}, system="linux", find=lambda: None) is None
+    with pytest.raises(LaunchError, match="no libjemalloc found"):  # asked for by name: said, not ignored
+        preload({SETTING: "jemalloc"}, system="linux", find=lambda: None)
+
+
+def test_an_allocator_already_preloaded_is_kept_and_said(capsys) -> None:
+    assert preload({SETTING: "jemalloc", "LD_PRELOAD": "/x/libtcmalloc.so.4"}, system="linux", find=found) is None
+    assert "already names an allocator" in capsys.readouterr().err
 
 
 def test_an_explicit_library_must_exist(tmp_path: Path) -> None:
     lib = tmp_path / "libtcmalloc.so.4"
     with pytest.raises(LaunchError, match="no such shared library"):
-        preload({SETTING: str(lib)}, platform="linux", find=found)
+        preload({SETTING: str(lib)}, system="linux", find=found)
     lib.write_bytes(b"")
-    env = preload({SETTING: str(lib)}, platform="linux", find=lambda: None)
+    env = preload({SETTING: str(lib)}, system="linux", find=lambda: None)
     assert env is not None and env["LD_PRELOAD"] == str(lib)
 
 
@@ -74,11 +81,19 @@ entry()
 @pytest.mark.skipif(not sys.platform.startswith("linux") or find_jemalloc() is None,
                     reason="jemalloc not installed (Debian: libjemalloc2)")
 @pytest.mark.parametrize("setting", ["auto", "system"])
-def test_the_command_reexecutes_itself_under_jemalloc(setting: str) -> None:
+@pytest.mark.parametrize("started_as", ["-c", "script"])
+def test_the_command_reexecutes_itself_under_jemalloc(setting: str, started_as: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (MARK, "LD_PRELOAD")}
     env[SETTING] = setting
-    out = subprocess.run([sys.executable, "-c", PROGRAM, "sweep", "x.yaml"], capture_output=True, text=True,
-                         env=env, check=True, timeout=60)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    if started_as == "script":  # as a console script: the script's path is the interpreter's first argument
+        script = tmp_path / "tunelab"
+        script.write_text(PROGRAM)
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = [sys.executable, "-c", PROGRAM]
+    out = subprocess.run([*cmd, "sweep", "x.yaml"], capture_output=True, text=True, env=env, check=True,
+                         timeout=60)
     kind, mark, argv = out.stdout.strip().split(" ", 2)
     assert argv == "['sweep', 'x.yaml']"  # the arguments survive the re-execution
     if setting == "auto":

@@ -2,23 +2,28 @@
 
 PyTorch on a CPU allocates and frees large blocks all the time (activations, logits, KV caches). glibc's
 malloc keeps much of what is freed in its heap and serves it back slowly; jemalloc returns pages to the OS
-on a timer and reuses blocks by size class. Measured on an idle AMD EPYC host (README, "Online learning"),
-GRPO on SmolLM2 with passes of 512 tokens ran 0.069 steps/s at 2467 MB under jemalloc against 0.056 and
-2668 MB under glibc. An allocator must be in place before the process's first ``malloc``, so it cannot be
+on a timer and reuses blocks by size class. Measured on an idle AMD EPYC host (README, "Online objectives"),
+GRPO on SmolLM2 ran 0.069 steps/s at 2467 MB peak under jemalloc (passes of 512 tokens, its default there)
+against 0.061 and 3170 MB under glibc's malloc (passes of 1024, glibc's default). An allocator must be in place before the process's first ``malloc``, so it cannot be
 switched from Python: the console command re-executes itself once with ``LD_PRELOAD`` naming the library.
 What a run used is in its ``env.json`` (``allocator``).
 
 ``TUNELAB_ALLOCATOR`` chooses:
 
 * ``auto`` (the default): jemalloc where its shared library is found (Debian and Ubuntu:
-  ``apt install libjemalloc2``; ``make install`` adds it where it can), else the C library's malloc;
+  ``apt install libjemalloc2``), else the C library's malloc;
+* ``jemalloc``: the same, but an error where it is not found;
 * ``system``: never re-execute (the C library's malloc, or whatever ``LD_PRELOAD`` already names);
 * a path to a shared library (jemalloc or tcmalloc): that one, an error if it does not exist.
 
-Nothing is re-executed where ``LD_PRELOAD`` already names jemalloc or tcmalloc, off Linux, or in a process
-started by this launch (a marker in the environment stops loops). Sweeps' run processes inherit the
-environment, so they run under the same allocator as the ``tunelab sweep`` that started them. Library code
-(``tunelab.run`` from Python, the tests) never re-executes anything: only the command does.
+Nothing is re-executed where ``LD_PRELOAD`` already names an allocator (that one is kept, said on stderr
+when ``TUNELAB_ALLOCATOR`` asked for another), off Linux, or in a process started by this launch (a marker
+in the environment stops loops). A local sweep's run processes inherit the environment, so they run under
+the allocator of the ``tunelab sweep`` that started them; Ray workers on another machine, and library code
+(``tunelab.run`` from Python, the tests), run under whatever their process started with: only the command
+re-executes. The allocator is not neutral: ``tokens_per_pass: auto`` picks smaller passes for online
+objectives under jemalloc (:data:`tunelab.train.speed.ONLINE_JEMALLOC_TOKENS_PER_PASS`), the same loss in
+another summation order, so a run's ``env.json`` says which allocator and which passes it had.
 
 This module imports nothing but the standard library, so the re-execution costs an interpreter start,
 not torch's import.
@@ -27,8 +32,9 @@ not torch's import.
 from __future__ import annotations
 
 import os
+import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 SETTING = "TUNELAB_ALLOCATOR"
 """Environment variable: ``auto`` (default), ``system``, or a shared library's path."""
@@ -36,9 +42,13 @@ MARK = "TUNELAB_ALLOCATOR_LAUNCHED"
 """Set in the re-executed process's environment (to the library's path): never re-execute twice."""
 
 JEMALLOC_NAMES = ("libjemalloc.so.2", "libjemalloc.so")
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-                "/usr/local/lib", "/opt/conda/lib")
-"""Where :func:`find_jemalloc` looks, after the Python installation's own ``lib`` (conda ships jemalloc there)."""
+
+def library_dirs() -> list[str]:
+    """Where :func:`find_jemalloc` looks: the Python installation's own ``lib`` (conda ships jemalloc there),
+    then the system's directories for this machine's architecture (Debian's multiarch one first)."""
+    prefixes = dict.fromkeys([os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib")])
+    return [*prefixes, f"/usr/lib/{platform.machine()}-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"]
+
 
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -49,9 +59,7 @@ class LaunchError(ValueError):
 
 def find_jemalloc(dirs: Sequence[str] | None = None) -> str | None:
     """The path of an installed jemalloc shared library, or None."""
-    search = [os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib"), *LIBRARY_DIRS] \
-        if dirs is None else list(dirs)
-    for d in search:
+    for d in library_dirs() if dirs is None else dirs:
         for name in JEMALLOC_NAMES:
             path = os.path.join(d, name)
             if os.path.isfile(path):
@@ -59,22 +67,28 @@ def find_jemalloc(dirs: Sequence[str] | None = None) -> str | None:
     return None
 
 
-def preload(environ: Mapping[str, str], *, platform: str = sys.platform,
-            find: object = find_jemalloc) -> dict[str, str] | None:
+def preload(environ: Mapping[str, str], *, system: str = sys.platform,
+            find: Callable[[], str | None] = find_jemalloc) -> dict[str, str] | None:
     """The environment to re-execute the command in, with the allocator preloaded; None to go on as is
-    (see the module docstring for when). Raises :class:`LaunchError` for a ``TUNELAB_ALLOCATOR`` path that
-    is not a file."""
+    (see the module docstring for when). Raises :class:`LaunchError` where ``TUNELAB_ALLOCATOR`` names
+    jemalloc and none is found, or a path that is not a file."""
     setting = (environ.get(SETTING) or "auto").strip()
     if setting.lower() in ("system", "off", "none", "glibc", "0", "false"):
         return None
-    if not platform.startswith("linux") or environ.get(MARK):
+    if not system.startswith("linux") or environ.get(MARK):
         return None
     already = environ.get("LD_PRELOAD", "")
     if any(name in already for name in _ALLOCATORS):
+        if setting.lower() != "auto":
+            print(f"[tunelab] {SETTING}={setting}: LD_PRELOAD already names an allocator ({already}); keeping it",
+                  file=sys.stderr)
         return None
     if setting.lower() in ("auto", "jemalloc", ""):
-        library = find()  # type: ignore[operator]
+        library = find()
         if library is None:
+            if setting.lower() == "jemalloc":
+                raise LaunchError(f"{SETTING}=jemalloc: no libjemalloc found in {', '.join(library_dirs())} "
+                                  "(Debian/Ubuntu: apt install libjemalloc2; or give the library's path)")
             return None
     else:
         library = os.path.expanduser(setting)

@@ -48,7 +48,6 @@ import importlib.util
 import os
 import platform
 import shutil
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -200,23 +199,45 @@ def glibc_malloc() -> ctypes.CDLL | None:
     return libc
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _malloc_library() -> str | None:
+    """The path of the shared library whose ``malloc`` this process calls (``dladdr`` on the address the
+    process resolves ``malloc`` to), or None where that cannot be asked."""
+    try:
+        process = ctypes.CDLL(None)
+        try:
+            dladdr = process.dladdr
+        except AttributeError:  # glibc < 2.34 keeps it in libdl
+            dladdr = ctypes.CDLL("libdl.so.2").dladdr
+    except (OSError, AttributeError):
+        return None
+    dladdr.argtypes, dladdr.restype = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)], ctypes.c_int
+    info = _DlInfo()
+    if not dladdr(ctypes.cast(process.malloc, ctypes.c_void_p), ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.fsdecode(info.dli_fname)
+
+
 @functools.cache
 def allocator() -> str:
     """Which ``malloc`` this process runs on, for ``env.json``: ``jemalloc``, ``tcmalloc`` or ``mimalloc``
-    with the library's path when one is mapped in (preloaded: see :mod:`tunelab.launch`), ``glibc`` when
-    glibc's own is in use, else the C library's name."""
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        maps = []
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        for line in maps:
-            path = line.split()[-1] if line.split() else ""
-            if f"lib{name}" in os.path.basename(path):
+    with the library's path (preloaded: see :mod:`tunelab.launch`), ``glibc`` when glibc's own is in use,
+    else the library that provides ``malloc`` (or the C library's name where that cannot be asked). Asked
+    of the dynamic linker, not read off the mapped files: a library can be loaded without its ``malloc``
+    being the process's."""
+    path = _malloc_library()
+    if path:
+        base = os.path.basename(path)
+        for name in ("jemalloc", "tcmalloc", "mimalloc"):
+            if base.startswith(f"lib{name}"):
                 return f"{name} ({path})"
     if glibc_malloc() is not None:
         return "glibc"
-    return platform.libc_ver()[0] or platform.system() or "unknown"
+    return path or platform.libc_ver()[0] or platform.system() or "unknown"
 
 
 def trim_heap() -> bool:
