@@ -327,6 +327,24 @@ def test_inference_costs_per_regime_are_averaged_per_arm_with_the_untrained_row_
     assert [on_amd in line for line in rows] == [True] * 6 + [False] * 4  # grouped by host
 
 
+def test_resources_keep_a_row_per_host_when_a_study_spans_hosts():
+    from types import SimpleNamespace
+
+    from tunelab.report.findings import resources
+
+    def rec(arm: str, cpu: str, step_s: float) -> dict:
+        return {"arm": SimpleNamespace(label=arm), "record": {"host": {"cpu": cpu, "precision": "bf16"},
+                                                              "peak_mem_mb": 100.0, "seconds": 60.0},
+                "results": {"run": {"train": {"median_step_seconds": step_s, "final_loss": 0.5}}}}
+
+    one = resources([rec("b", "AMD", 2.0), rec("a", "AMD", 1.0), rec("a", "AMD", 3.0)])
+    assert list(one) == ["b", "a"]  # one host: one row per arm, in the records' order
+    assert one["a"]["median_step_seconds"] == pytest.approx(2.0)
+    two = resources([rec("b", "AMD", 2.0), rec("a", "Intel", 1.0), rec("a", "AMD", 1.5)])
+    assert list(two) == ["b on AMD / bf16", "a on AMD / bf16", "a on Intel / bf16"]  # never averaged across
+    assert two["a on Intel / bf16"]["median_step_seconds"] == pytest.approx(1.0)
+
+
 def test_gradient_interference_is_set_beside_each_arms_effects(tmp_path: Path) -> None:
     """A mixing study's mechanism table: per arm the sources' gradient cosine and conflict share (from the
     runs' grad_interference diagnostic) beside every task's delta against the baseline."""

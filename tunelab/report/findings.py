@@ -352,11 +352,21 @@ def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict
 def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """arm -> mean over its runs of training seconds, trainable parameters, the last step's training
     loss, the returned model's held-out loss and the step it was selected at, peak memory (MB) and the
-    run's wall seconds (diagnostics included), from the records."""
+    run's wall seconds (diagnostics included), from the records. Where the study's runs ran on more than
+    one kind of host (``records.host_kind``), seconds are not comparable across them: each arm then has a
+    row per host, labelled ``<arm> on <host>``."""
+    kinds = {host_kind(r.get("record", {}).get("host") or {}) for r in records}
+    arms = list(dict.fromkeys(r["arm"].label for r in records))  # the records' order
+    if len(kinds) > 1:  # each arm's hosts under it
+        records = sorted(records, key=lambda r: (arms.index(r["arm"].label),
+                                                 host_kind(r.get("record", {}).get("host") or {})))
     acc: dict[str, dict[str, list[float]]] = {}
     for r in records:
         train = r["results"]["run"].get("train", {})
-        arm = acc.setdefault(r["arm"].label, {})
+        label = r["arm"].label
+        if len(kinds) > 1:
+            label = f"{label} on {host_kind(r.get('record', {}).get('host') or {})}"
+        arm = acc.setdefault(label, {})
         for key in ("train_seconds", "trainable_parameters", "final_loss", "heldout_loss", "best_step",
                     "optimizer_state_bytes", "median_step_seconds"):
             if isinstance(train.get(key), (int, float)) and not isinstance(train.get(key), bool):
