@@ -28,8 +28,9 @@ def test_tiny_run_through_cli_writes_the_run_folder(tmp_path, capsys):
         assert set(score) >= {"value", "ci", "n"} and score["n"] == 8 and 0 <= score["ci"][0] <= score["ci"][1] <= 1
     env = json.loads((run_dir / "env.json").read_text())
     assert env["precision"] == "fp32" and env["model"]["kind"] in ("tiny", "cached")
-    from tunelab.train.speed import allocator
-    assert env["allocator"] == allocator()  # the process's own malloc (glibc, unless the tests were preloaded)
+    from tunelab.train.speed import glibc_malloc
+    # the process's own malloc: "glibc" exactly when glibc's is the one in use (unless the tests were preloaded)
+    assert (env["allocator"] == "glibc") == (glibc_malloc() is not None) and env["allocator"]
     assert env["speed"]["compile"] is False and env["speed"]["compile_decision"]["requested"] == "auto"
     assert any("parameters" in why for why in env["speed"]["compile_decision"]["why"])  # tiny: eager, and why
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

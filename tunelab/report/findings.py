@@ -349,24 +349,28 @@ def diagnostics(records: list[dict[str, Any]], limit: int = 8) -> dict[str, dict
             for d, arms in acc.items()}
 
 
+def _host(record: dict[str, Any]) -> str:
+    """The kind of host a study record's run ran on (``records.host_kind``): seconds compare only within one."""
+    return host_kind(record.get("record", {}).get("host") or {})
+
+
 def resources(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """arm -> mean over its runs of training seconds, trainable parameters, the last step's training
     loss, the returned model's held-out loss and the step it was selected at, peak memory (MB) and the
     run's wall seconds (diagnostics included), from the records. Where the study's runs ran on more than
-    one kind of host (``records.host_kind``), seconds are not comparable across them: each arm then has a
+    one kind of host (:func:`_host`), seconds are not comparable across them: each arm then has a
     row per host, labelled ``<arm> on <host>``."""
-    kinds = {host_kind(r.get("record", {}).get("host") or {}) for r in records}
-    arms = list(dict.fromkeys(r["arm"].label for r in records))  # the records' order
-    if len(kinds) > 1:  # each arm's hosts under it
-        records = sorted(records, key=lambda r: (arms.index(r["arm"].label),
-                                                 host_kind(r.get("record", {}).get("host") or {})))
+    hosts = [_host(r) for r in records]
+    rows = list(zip(records, hosts))
+    if len(set(hosts)) > 1:  # a row per arm and host, each arm's hosts under it, arms in the records' order
+        order = {arm: i for i, arm in enumerate(dict.fromkeys(r["arm"].label for r in records))}
+        rows = [(r, f" on {host}") for r, host in sorted(rows, key=lambda rh: (order[rh[0]["arm"].label], rh[1]))]
+    else:
+        rows = [(r, "") for r in records]
     acc: dict[str, dict[str, list[float]]] = {}
-    for r in records:
+    for r, where in rows:
         train = r["results"]["run"].get("train", {})
-        label = r["arm"].label
-        if len(kinds) > 1:
-            label = f"{label} on {host_kind(r.get('record', {}).get('host') or {})}"
-        arm = acc.setdefault(label, {})
+        arm = acc.setdefault(r["arm"].label + where, {})
         for key in ("train_seconds", "trainable_parameters", "final_loss", "heldout_loss", "best_step",
                     "optimizer_state_bytes", "median_step_seconds"):
             if isinstance(train.get(key), (int, float)) and not isinstance(train.get(key), bool):
@@ -404,16 +408,16 @@ COST_KEYS = ("input_tokens", "token_saving", "seconds_per_item", "latency_batch1
 
 
 def inference_costs(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str, str], dict[str, float]]]:
-    """suite -> (arm, regime, host) -> the mean over the arm's runs on that kind of host (``records.host_kind``) of input
-    tokens per item, the share of the full prompt's tokens saved, seconds per item in the batched evaluation
-    and at batch 1 (when ``eval.latency_items`` measured it), from each run's prompt-regime table; the
-    untrained model's row (arm ``no fine-tuning``) from the runs' base evaluations. Seconds are never averaged
-    across hosts: a study whose runs ran on two kinds of CPU gets a row per host. Studies without prompt
-    regimes: {}."""
+    """suite -> (arm, regime, host) -> the mean over the arm's runs on that kind of host (:func:`_host`) of
+    input tokens per item, the share of the full prompt's tokens saved, seconds per item in the batched
+    evaluation and at batch 1 (when ``eval.latency_items`` measured it), from each run's prompt-regime
+    table; the untrained model's row (arm ``no fine-tuning``) from the runs' base evaluations. Seconds are
+    never averaged across hosts: a study whose runs ran on two kinds of CPU gets a row per host. Studies
+    without prompt regimes: {}."""
     found: dict[str, dict[tuple[str, str, str], dict[str, list[float]]]] = {}
     for r in records:
         regimes = r["results"].get("run", {}).get("regimes") or {}
-        host = host_kind(r.get("record", {}).get("host") or {})
+        host = _host(r)
         for when, arm in (("base", UNTRAINED), ("tuned", r["arm"].label)):
             for suite, entries in (regimes.get(when) or {}).items():
                 for regime, e in entries.items():
