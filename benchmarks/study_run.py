@@ -15,6 +15,7 @@ tuned evaluation; and the process's wall time and peak memory.
 
     python benchmarks/study_run.py                      # SmolLM2, 100 steps, 200 arith items
     python benchmarks/study_run.py --model tiny --steps 5 --items 8   # a smoke run (seconds)
+    python benchmarks/study_run.py --profile 5          # and where 5 of the first run's steps go
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import common  # noqa: E402
 
 
 def one_run(model: str, steps: int, items: int, task: str, seed: int, out: str, data_cache: str,
-            eval_cache: str, compile: str, precision: str) -> dict[str, Any]:
+            eval_cache: str, compile: str, precision: str, profile: int = 0) -> dict[str, Any]:
     """One run in this process (called in a child by :func:`main`): its phases, summary and peak RSS."""
     t0 = time.perf_counter()
     from tunelab.config import RunConfig, from_dict
@@ -45,7 +46,7 @@ def one_run(model: str, steps: int, items: int, task: str, seed: int, out: str, 
                  "packing": False, "heldout": 32},
         "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"max_steps": steps, "batch_size": 8, "lr": 6.0e-4, "warmup_ratio": 0.05, "precision": precision,
-                  "seed": seed, "save_every": 0, "compile": compile},
+                  "seed": seed, "save_every": 0, "compile": compile, "profile_steps": profile},
         "eval": {"tasks": [task], "limit": items, "max_new_tokens": 64, "batch_size": 32},
         "out": out,
     })
@@ -54,7 +55,8 @@ def one_run(model: str, steps: int, items: int, task: str, seed: int, out: str, 
     return {"imports": round(t_imports, 2), "phases": results["run"]["phases"], "train": results["run"]["train"],
             "seconds": results["run"]["seconds"], "reused": results["run"].get("reused", {}),
             "score": results[task]["tuned"], "base": results[task].get("base"),
-            "precision": results["run"]["precision"], "peak_rss_mb": round(common.peak_rss_mb(), 1)}
+            "precision": results["run"]["precision"], "peak_rss_mb": round(common.peak_rss_mb(), 1),
+            "profile": results["run"]["train"].get("profile")}
 
 
 def breakdown(r: dict[str, Any]) -> dict[str, float]:
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N training steps of the first run (after its first 3; train.profile_steps): "
+                        "where a step's time goes, by category of operator (the first run's train figure then "
+                        "includes the profiler's overhead; the repeat's does not)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     compile_ = {"auto": "auto", "true": True, "false": False}[args.compile]
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for which, seed in (("first", 0), ("repeat", 1)):
             kw = {"model": args.model, "steps": args.steps, "items": args.items, "task": args.task, "seed": seed,
                   "out": f"{tmp}/runs", "data_cache": f"{tmp}/data", "eval_cache": f"{tmp}/base_eval",
-                  "compile": compile_, "precision": args.precision}
+                  "compile": compile_, "precision": args.precision,
+                  "profile": args.profile if which == "first" else 0}
             print(f"[bench] {which} run (seed {seed})", flush=True)
             runs[which] = common.run_in_subprocess("study_run:one_run", kw, args.threads, verbose=args.verbose)
     print()
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     body.append(["peak RSS MB", runs["first"]["peak_rss_mb"], runs["repeat"]["peak_rss_mb"]])
     body.append([f"{args.task} tuned accuracy", runs["first"]["score"]["value"], runs["repeat"]["score"]["value"]])
     print(common.table(["seconds", "first run", "repeat (caches warm)"], body))
+    if runs["first"].get("profile"):
+        from tunelab.train.profile import format_summary
+
+        print("\nthe first run's " + format_summary(runs["first"]["profile"]))
     result = {"host": host, "runs": runs, "breakdown": parts, "target_seconds": 120}
     print(common.dumps(result))
     return result

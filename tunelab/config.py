@@ -197,6 +197,13 @@ class TrainConfig:
     decision and its reasons are in the run's ``env.json``)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
+    profile_steps: int = field(default=0, metadata=bound(ge=0))
+    """Profile this many optimizer steps with ``torch.profiler`` (0: none): ``<run>/profile/`` gets the
+    step's seconds by category of operator (matmuls and their GFLOP/s, attention, compiled fused kernels,
+    the optimizer, copies, Python outside operators), the operator table and a timeline
+    (``tunelab.train.profile``); ``results.json`` keeps the summary. The profiled steps run slower."""
+    profile_after: int = field(default=3, metadata=bound(ge=0))
+    """Steps before the profiled ones (the first steps compile and warm up)."""
     keep_checkpoints: int = 2
     """How many of the newest step checkpoints to keep (0: keep all)."""
     loss_chunk: int = 2048

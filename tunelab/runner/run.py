@@ -48,6 +48,7 @@ from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
 from tunelab.train.objectives import build_objective, reference_logps, set_reference
+from tunelab.train.profile import format_summary
 from tunelab.train.speed import (
     decide_checkpointing,
     decide_compile,
@@ -352,6 +353,8 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                                 cfg.data.max_length, cfg.train.seed)
     model, summary = train(job)
     phases.lap("train")
+    if summary.get("profile"):
+        say(format_summary(summary["profile"]) + f"\n  (details: {run_dir / 'profile'})")
     summary.update({"trainable_parameters": trainable, "total_parameters": total,
                     "train_seconds": round(time.perf_counter() - t_start, 1)})
     method.save_final(model, tok, run_dir / "final")

@@ -104,6 +104,9 @@ def validate(cfg: RunConfig | str | Path, overrides: list[str] | None = None, *,
     if cfg.eval.backend != "hf":
         problems.append(f"eval.backend: a run evaluates its in-memory model with 'hf', got {cfg.eval.backend!r} "
                         "(a finished run on another backend: `tunelab eval RUN --backend vllm`)")
+    if t.profile_steps and t.profile_after + t.profile_steps > t.max_steps:
+        problems.append(f"train.profile_steps: steps {t.profile_after + 1}-{t.profile_after + t.profile_steps} "
+                        f"(after train.profile_after = {t.profile_after}) go past train.max_steps = {t.max_steps}")
     problems += _best_problems(cfg) + tracker_problems(t.report_to) + _pass_problems(cfg)
     if raise_errors and problems:
         raise ConfigError(f"{recipe_file or 'recipe'}: invalid recipe:\n  - " + "\n  - ".join(problems))

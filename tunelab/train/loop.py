@@ -40,6 +40,7 @@ from tunelab.train.objectives.base import Objective
 from tunelab.train.objectives.sft import SFT
 from tunelab.train.optim import build_optimizer, lr_at, set_lr
 from tunelab.train.precision import cast_frozen_linears
+from tunelab.train.profile import StepProfiler
 from tunelab.train.speed import (
     decide_checkpointing,
     decide_compile,
@@ -397,10 +398,14 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
     opt_bytes = 0  # the most the optimizer's state held after any step (LISA's changes with its layers)
     step_seconds: list[float] = []
     heldout_seconds = 0.0  # held-out evaluations between steps (not in the step times)
+    profiler = StepProfiler.of(cfg.profile_steps, cfg.profile_after, job.run_dir / "profile", start,
+                               acc.device.type) if acc.is_main_process else None
     with trackers.tracking(acc, cfg, job.run_dir) as track:
         metrics = MetricsLog(job.run_dir / "metrics.jsonl", start, acc.is_main_process, also=track)
         try:
             for step in range(start, cfg.max_steps):
+                if profiler is not None:
+                    profiler.before(step)
                 t0, step_rng = time.perf_counter(), checkpoint.rng_state()  # an interrupted step restarts here
                 if method.on_step(step, acc.unwrap_model(model)):
                     optimizer = build_optimizer(acc.unwrap_model(model), method, cfg, previous=optimizer)
@@ -431,6 +436,8 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
                     avg.update(acc.unwrap_model(model))
                 done, dt = step + 1, time.perf_counter() - t0
                 step_seconds.append(dt)
+                if profiler is not None:
+                    profiler.after_step(step, dt)
                 for probe in job.probes:
                     probe(done, acc.unwrap_model(model))
                 row = _metrics_row(job, done, sums, counts, tokens, dt, {
@@ -456,10 +463,13 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
             bar.close()
             metrics.close()
             restore()
+            profiled = profiler.close() if profiler is not None else None
         model = acc.unwrap_model(model)
         summary = {"steps": done, "final_loss": last_loss, "resumed_from": start, "optimizer_state_bytes": opt_bytes,
                    "median_step_seconds": float(sorted(step_seconds)[len(step_seconds) // 2]) if step_seconds else None,
                    "first_step_seconds": round(step_seconds[0], 3) if step_seconds else None,
                    "step_seconds": round(sum(step_seconds), 2), "heldout_seconds": round(heldout_seconds, 2),
                    **_finish(job, model, metrics, best, done, avg)}
+        if profiled is not None:
+            summary["profile"] = profiled
     return model, summary
