@@ -375,3 +375,37 @@ def test_gradient_interference_is_set_beside_each_arms_effects(tmp_path: Path) -
     assert row == (f"| mix=AC | {grad['mix=AC']['conflict.arith~code']:.3f} | {grad['mix=AC']['cosine.arith~code']:.3f}"
                    f" | {grad['mix=AC']['mean_conflict_rate']:.3f} | {delta:+.3f} |")
     assert next(line for line in section if line.startswith("| mix=A | ")) == "| mix=A | - | - | - | - |"
+
+
+def test_the_glance_table_lists_every_claim_with_its_runs_and_marks_unfinished_studies():
+    from types import SimpleNamespace
+
+    from tunelab.report.findings_doc import glance
+
+    def sweep(runs):
+        cfg = SimpleNamespace(model=SimpleNamespace(name="smollm2-135m-instruct"))
+        return SimpleNamespace(runs=[SimpleNamespace(cfg=cfg)] * runs)
+
+    test = {"delta": 0.118, "ci": [0.088, 0.148]}
+    studies = [
+        {"name": "done", "_sweep": sweep(4), "_records": [{}] * 4,
+         "hypotheses": [{"claim": "A beats B", "test": test, "seed_p": 0.035, "verdict": "replicates"},
+                        {"claim": "C matches B", "verdict": "not tested: no finished runs on both arms"}],
+         "interaction_claim": {"claim": "A x D", "test": {"delta": -0.2, "ci": [-0.3, -0.1]},
+                               "verdict": "does not replicate"},
+         "judged": {"claims": [{"claim": "E wins", "test": {}, "win_rate": 0.55, "win_ci": [0.51, 0.59],
+                                "seed_test": {"p_value": 0.2}, "verdict": "inconclusive"}]}},
+        {"name": "running", "_sweep": sweep(9), "_records": [{}] * 4, "hypotheses": []},
+    ]
+    lines = glance(studies)
+    rows = [line for line in lines if line.startswith("| [")]
+    assert rows == [
+        "| [done](#done) | smollm2-135m-instruct | 4/4 | A beats B | +0.118 [+0.088, +0.148] | 0.035 | replicates |",
+        "| [done](#done) | smollm2-135m-instruct | 4/4 | C matches B | - | - | not tested: no finished runs on both arms |",
+        "| [done](#done) | smollm2-135m-instruct | 4/4 | A x D (interaction) | -0.200 [-0.300, -0.100] | - | "
+        "does not replicate |",
+        "| [done](#done) | smollm2-135m-instruct | 4/4 | E wins (judged) | win rate 0.550 [0.510, 0.590] | 0.2 | "
+        "inconclusive |",
+        "| [running](#running) | smollm2-135m-instruct | 4/9 (interim) | (no claim under test: a descriptive study) "
+        "| - | - | - |"]
+    assert lines[0] == "## At a glance"

@@ -329,6 +329,39 @@ def section(study: dict[str, Any], report_href: str | None = None) -> str:
     return f"{BEGIN.format(name)}\n{markdown(study, report_href=report_href)}{END.format(name)}\n"
 
 
+def glance(studies: list[dict[str, Any]]) -> list[str]:
+    """The document's first table: every claim under test of every study, one row each (the hypotheses,
+    the interaction claim, the judged claims), with its model, the runs recorded of those planned, the
+    effect with its CI and the verdict, as each study's section words them; a study that states no claim
+    gets one row saying so. A study whose runs are not all recorded is marked interim."""
+    out = ["## At a glance", "",
+           "Every claim under test, as the sections below state and judge it (delta: arm minus comparison, "
+           "higher is better, a loss negated; judged claims give the win rate; a study with runs still to record "
+           "is interim: its verdicts may change).", "",
+           "| study | model | runs | claim | delta [95% CI] | seed-level p | verdict |", "|---|---|---|---|---|---|---|"]
+    for study in studies:
+        sweep, name = study["_sweep"], study["name"]
+        done, planned = len(study["_records"]), len(sweep.runs)
+        head = (f"| [{name}](#{name}) | {sweep.runs[0].cfg.model.name} | {done}/{planned}"
+                + (" (interim)" if done < planned else "") + " | ")
+        rows = []
+        for h in study["hypotheses"]:
+            t = h.get("test")
+            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
+            rows.append(f"{h['claim']} | {delta} | {fmt(h.get('seed_p'), '.3g')} | {h['verdict']} |")
+        if i := study.get("interaction_claim"):
+            t = i.get("test")
+            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
+            rows.append(f"{i['claim']} (interaction) | {delta} | {fmt(i.get('seed_p'), '.3g')} | {i['verdict']} |")
+        for c in (study.get("judged") or {}).get("claims", []):
+            win = (f"win rate {c['win_rate']:.3f} [{fmt(c['win_ci'][0])}, {fmt(c['win_ci'][1])}]"
+                   if "test" in c else "-")
+            seed_p = fmt(c["seed_test"]["p_value"], ".3g") if "seed_test" in c else "-"
+            rows.append(f"{c['claim']} (judged) | {win} | {seed_p} | {c['verdict']} |")
+        out += [head + r for r in rows] or [head + "(no claim under test: a descriptive study) | - | - | - |"]
+    return out + [""]
+
+
 def write_findings(studies: str | Path = "studies", out: str | Path = "docs/findings.md",
                    pages: bool = True) -> tuple[Path, list[str]]:
     """``docs/findings.md`` from every study folder under ``studies`` (one with a ``study.json``), in
@@ -342,16 +375,17 @@ def write_findings(studies: str | Path = "studies", out: str | Path = "docs/find
     folders = sorted(p.parent for p in studies.glob("*/study.json"))
     if not folders:
         raise ConfigError(f"{studies}: no study folders (each <study>/study.json, written by `tunelab sweep`)")
-    parts, names = [], []
+    parts, names, found = [], [], []
     for folder in folders:
         study = report(folder)
+        found.append(study)
         page = out.parent / "studies" / f"{study['name']}.html"
         if pages:
             sweep_report({k: v for k, v in study.items() if not k.startswith("_")}, path=page)
         href = f"studies/{study['name']}.html"
         parts.append(section(study, href))
         names.append(study["name"])
-    write_text(out, HEADER + "\n" + "\n".join(parts))
+    write_text(out, HEADER + "\n" + "\n".join(glance(found)) + "\n" + "\n".join(parts))
     return out, names
 
 
