@@ -200,6 +200,11 @@ def _judged_lines(judged: dict[str, Any] | None) -> list[str]:
     return out + [""]
 
 
+def _delta(test: dict[str, Any] | None) -> str:
+    """A paired test's ``+d [lo, hi]`` cell, or ``-`` without a test."""
+    return f"{test['delta']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}]" if test else "-"
+
+
 def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str | None = None) -> str:
     """The study's section of ``docs/findings.md``, from its records only (no absolute paths, no
     dates: the same records give the same bytes). ``report_href``: the link to the study's report page."""
@@ -250,7 +255,7 @@ def markdown(study: dict[str, Any], dest: Path | None = None, report_href: str |
                 "|---|---|---|---|---|---|---|---|---|"]
         for h in study["hypotheses"]:
             t = h.get("test")
-            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
+            delta = _delta(t)
             test = (f"TOST +-{h['effect']:g}" if h["direction"] == "equal" else
                     (t["method"].split(" (")[0] if t and t.get("method") else "-"))
             vs = h["versus"] + (f" (on {h['versus_task']})" if h.get("versus_task", h["task"]) != h["task"] else "")
@@ -346,13 +351,9 @@ def glance(studies: list[dict[str, Any]]) -> list[str]:
                 + (" (interim)" if done < planned else "") + " | ")
         rows = []
         for h in study["hypotheses"]:
-            t = h.get("test")
-            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
-            rows.append(f"{h['claim']} | {delta} | {fmt(h.get('seed_p'), '.3g')} | {h['verdict']} |")
+            rows.append(f"{h['claim']} | {_delta(h.get('test'))} | {fmt(h.get('seed_p'), '.3g')} | {h['verdict']} |")
         if i := study.get("interaction_claim"):
-            t = i.get("test")
-            delta = f"{t['delta']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]" if t else "-"
-            rows.append(f"{i['claim']} (interaction) | {delta} | {fmt(i.get('seed_p'), '.3g')} | {i['verdict']} |")
+            rows.append(f"{i['claim']} (interaction) | {_delta(i.get('test'))} | {fmt(i.get('seed_p'), '.3g')} | {i['verdict']} |")
         for c in (study.get("judged") or {}).get("claims", []):
             win = (f"win rate {c['win_rate']:.3f} [{fmt(c['win_ci'][0])}, {fmt(c['win_ci'][1])}]"
                    if "test" in c else "-")
