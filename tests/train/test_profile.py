@@ -88,3 +88,4 @@ def test_a_window_past_the_last_step_is_refused_before_any_work():
     assert any("train.profile_steps" in p and "steps 4-11" in p and "max_steps = 10" in p for p in problems)
     with pytest.raises(ConfigError):
         validate(cfg, raise_errors=True)
+

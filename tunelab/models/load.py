@@ -52,23 +52,37 @@ def keep_last(n: int = 1, device: torch.device | str | None = None) -> torch.Ten
     return torch.arange(-n, 0, device=device)
 
 
+class _DecoderDone(Exception):
+    """Raised by :func:`final_hidden_states`' hook once the decoder has run: the rest of the forward (the
+    LM head) is not needed."""
+
+
 def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     """The decoder's last hidden states (B, T, C), after the final norm, from a forward pass of
-    ``model`` (peft wrappers included) with the head on the last position only (:func:`keep_last`).
+    ``model`` (peft wrappers included). The forward stops when the decoder returns, so the LM head
+    never runs: a tied head's weight would otherwise be cast to bf16 under autocast at every forward
+    (frozen weights' casts are not cached; 57 MB for SmolLM2's tied embedding) at the moment the
+    activations peak, only for logits nobody reads. Under ``DistributedDataParallel`` (whose wrapper
+    must see its forward end) the forward runs whole, with the head on the last position only.
 
     Read with a hook on the decoder rather than ``output_hidden_states=True``: transformers
     collects hidden states through hooks on every layer that read a ``ContextVar``, which
     torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
     """
     captured = []
+    stop = not isinstance(model, nn.parallel.DistributedDataParallel)
 
     def keep(module, args, output):
         captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+        if stop:
+            raise _DecoderDone
 
     handle = base_model(model).get_decoder().register_forward_hook(keep)
     try:
         ids = inputs.get("input_ids")
         model(**{"use_cache": False, **inputs}, logits_to_keep=keep_last(device=ids.device if ids is not None else None))
+    except _DecoderDone:
+        pass
     finally:
         handle.remove()
     return captured[-1]
