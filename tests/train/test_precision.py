@@ -128,3 +128,33 @@ def test_the_bf16_decode_copy_shares_frozen_bf16_weights_and_decodes_alike() -> 
     cfg = GenerationConfig(max_new_tokens=6)
     prompts = ["hi", "what is 2+2?", "a longer prompt about nothing"]
     assert gen.generate(prompts, cfg) == HFGenerator(full, tok, precision="bf16", progress=False).generate(prompts, cfg)
+
+
+def test_the_decode_copy_takes_the_tied_heads_cached_cast_and_decodes_alike() -> None:
+    """A frozen fp32 tied head whose bf16 cast the loss keeps (cast_once) is shared with the decode copy
+    as that cast, not cloned and cast again; a changed weight is cast anew; the tokens are a full copy's."""
+    from tunelab.generate.base import GenerationConfig
+    from tunelab.generate.hf import HFGenerator
+    from tunelab.train.precision import cached_cast, cast_once
+
+    tok = tiny_tokenizer()
+    base = tiny_model(len(tok), seed=1)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    model = build_method({"name": "lora", "dropout": 0.0}).apply(base)
+    cast_frozen_linears(model)
+    head = model.get_base_model().lm_head.weight
+    assert head.dtype == torch.float32 and cached_cast(head, torch.bfloat16) is None
+    cast = cast_once(head, torch.bfloat16)
+    assert cast_once(head, torch.bfloat16) is cast and cached_cast(head, torch.bfloat16) is cast
+    full = copy.deepcopy(model).to(torch.bfloat16)
+    gen = HFGenerator(model, tok, precision="bf16", progress=False)
+    copy_head = gen.model.get_base_model()
+    assert copy_head.lm_head.weight.data_ptr() == cast.data_ptr() == copy_head.model.embed_tokens.weight.data_ptr()
+    assert head.dtype == torch.float32  # the trained model untouched
+    cfg = GenerationConfig(max_new_tokens=6)
+    prompts = ["hi", "what is 2+2?"]
+    assert gen.generate(prompts, cfg) == HFGenerator(full, tok, precision="bf16", progress=False).generate(prompts, cfg)
+    with torch.no_grad():
+        head.mul_(1.0)  # an in-place change bumps the version: the old cast no longer stands for it
+    assert cached_cast(head, torch.bfloat16) is None and cast_once(head, torch.bfloat16) is not cast

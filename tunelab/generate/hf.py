@@ -30,6 +30,7 @@ from tunelab.generate.base import GenerationConfig, Prompt, cut_at_stop, encode_
 from tunelab.generate.engine import DecodeEngine
 from tunelab.generate.kv_cache import decode_step
 from tunelab.models.load import cache_kwarg, keep_last
+from tunelab.train.precision import cached_cast
 
 
 def fingerprint(model: nn.Module, tok) -> str:
@@ -81,9 +82,18 @@ class HFGenerator:
         # copy, not copied: generation only reads them, and an online objective (GRPO, RLOO) builds a
         # generator every step, which used to copy the whole model each time. A shared weight changed in
         # place while the generator lives (a merge, a cast) changes the decode copy too: build a new one.
+        # The same for a frozen fp32 weight whose bf16 cast training's loss already keeps (a tied LM head,
+        # :func:`tunelab.train.precision.cast_once`): the copy takes that cast instead of cloning the fp32
+        # weight and casting it again (113 + 57 MB per generator for SmolLM2's tied embedding).
         if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
-            shared: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()
-                                      if p.dtype == torch.bfloat16 and not p.requires_grad}
+            shared: dict[int, nn.Parameter] = {}
+            for p in model.parameters():
+                if p.requires_grad:
+                    continue
+                if p.dtype == torch.bfloat16:
+                    shared[id(p)] = p
+                elif (cast := cached_cast(p, torch.bfloat16)) is not None:
+                    shared[id(p)] = nn.Parameter(cast, requires_grad=False)
             model = copy.deepcopy(model, shared).to(torch.bfloat16)
         self.model = model.eval()
         self._own_loop = not _is_prompt_learning(model)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunelab.data.tokenize import IGNORE
 from tunelab.models.load import base_model, final_hidden_states
+from tunelab.train.precision import cast_once
 
 
 def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -68,17 +69,6 @@ def compiled_ce_and_grad():
     return torch.compile(ce_and_grad, dynamic=True)
 
 
-def _cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``weight`` in ``dtype``, cast once per weight version (a frozen tied head: once per run)."""
-    if weight.dtype == dtype:
-        return weight
-    hit = getattr(weight, "_tunelab_cast", None)  # kept on the parameter: it lives as long as the weight
-    if hit is None or hit[0] != weight._version or hit[1].dtype != dtype:
-        hit = (weight._version, weight.detach().to(dtype))
-        weight._tunelab_cast = hit
-    return hit[1]
-
-
 class LinearCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of ``h @ weight.T`` against ``y`` for a frozen ``weight``.
 
@@ -89,7 +79,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, y, softcap, chunk, compute_dtype, compiled):
         fn = compiled_ce_and_grad() if compiled else ce_and_grad
-        w = _cast_once(weight, compute_dtype)
+        w = cast_once(weight, compute_dtype)
         losses, grads = [], []
         for i in range(0, h.shape[0], chunk):
             hc = h[i : i + chunk].to(compute_dtype)
@@ -156,7 +146,7 @@ def token_losses(
         if torch.is_grad_enabled() and h.requires_grad:
             losses = LinearCrossEntropy.apply(h, head.weight, y, softcap, chunk, dtype, compiled)
         else:
-            w = _cast_once(head.weight, dtype)
+            w = cast_once(head.weight, dtype)
             losses = torch.cat([F.cross_entropy(_capped((h[i : i + chunk].to(dtype) @ w.t()).float(), softcap),
                                                 y[i : i + chunk], reduction="none") for i in range(0, h.shape[0], chunk)])
         return losses, batch["source_idx"][mask]

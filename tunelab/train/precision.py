@@ -33,3 +33,23 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
             module.weight.data = w.data.to(dtype)
             cast += 1
     return cast
+
+
+def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, cast once per weight version and kept on the parameter as long as it
+    lives (a frozen tied LM head, left in fp32 by :func:`cast_frozen_linears`: once per run)."""
+    if weight.dtype == dtype:
+        return weight
+    hit = cached_cast(weight, dtype)
+    if hit is None:
+        hit = weight.detach().to(dtype)
+        weight._tunelab_cast = (weight._version, hit)
+    return hit
+
+
+def cached_cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """The copy :func:`cast_once` keeps of ``weight`` in ``dtype`` at its current version, or None (never
+    made, or the weight changed since). A bf16 decoding copy of the model shares it instead of casting
+    the weight again (:class:`tunelab.generate.hf.HFGenerator`)."""
+    hit = getattr(weight, "_tunelab_cast", None)
+    return hit[1] if hit is not None and hit[0] == weight._version and hit[1].dtype == dtype else None
