@@ -214,18 +214,19 @@ def peak_rss_mb() -> float:
 class PhaseMemory:
     """Peak resident memory by phase, sampled by a thread every ``interval`` seconds: the caller names the
     phase (:meth:`enter`); each phase keeps its highest RSS and, at that moment, the bytes glibc's malloc
-    had handed out (``mallinfo2``: heap in use + mapped blocks; None where glibc's malloc is not the one in
-    use). RSS well above the live bytes is memory the allocator holds after frees, not tensors."""
+    had handed out (``mallinfo2``: heap in use + mapped blocks; under jemalloc its ``stats.allocated``; None
+    under another allocator). RSS well above the live bytes is memory the allocator holds after frees, not
+    tensors."""
 
     def __init__(self, interval: float = 0.005) -> None:
         import ctypes
         import threading
 
-        from tunelab.train.speed import glibc_malloc
+        from tunelab.train.speed import glibc_malloc, jemalloc_allocated
 
         self.phase, self.interval = "setup", interval
         self.peaks: dict[str, dict[str, float | None]] = {}
-        self._mallinfo = None
+        self._mallinfo, self._jemalloc = None, jemalloc_allocated
         libc = glibc_malloc()  # None under another C library or a preloaded allocator: live bytes unknown
         if libc is not None and hasattr(libc, "mallinfo2"):  # glibc >= 2.33
 
@@ -251,7 +252,8 @@ class PhaseMemory:
             if rss > peak["peak_rss_mb"]:
                 info = self._mallinfo() if self._mallinfo else None
                 peak["peak_rss_mb"] = round(rss, 1)
-                peak["malloc_live_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1) if info else None
+                live = info.uordblks + info.hblkhd if info else self._jemalloc()
+                peak["malloc_live_mb"] = round(live / 2**20, 1) if live is not None else None
             self._stop.wait(self.interval)
 
     def enter(self, phase: str) -> None:

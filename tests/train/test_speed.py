@@ -166,8 +166,48 @@ def test_glibc_malloc_is_none_when_another_allocator_is_preloaded(preload):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[0] == str(preload is not None)  # jemalloc in front: glibc's heap is not the heap
     if preload:
-        assert out.stdout.split()[1] == "False"  # nothing trimmed through glibc
+        assert out.stdout.split()[1] == "True"  # trimmed through jemalloc's purge, not glibc's malloc_trim
         assert out.stdout.split(maxsplit=2)[2].strip() == f"jemalloc ({preload})"  # what env.json says
     else:
         assert out.stdout.split()[2] == "glibc"
 
+
+
+JEMALLOC_HEAP = """
+import ctypes, os
+from tunelab.train.speed import jemalloc_allocated, trim_heap
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+c = ctypes.CDLL(None)
+c.malloc.restype, c.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+c.free.argtypes = [ctypes.c_void_p]
+c.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+trim_heap()
+base, live0 = rss(), jemalloc_allocated()
+blocks = [c.malloc(64 << 10) for _ in range(3200)]
+for b in blocks:
+    c.memset(b, 1, 64 << 10)
+grown, live1 = rss(), jemalloc_allocated()
+for b in blocks:
+    c.free(b)
+kept, live2 = rss(), jemalloc_allocated()
+done = trim_heap()
+print(grown - base, kept - base, rss() - base, (live1 - live0) / 2**20, (live2 - live0) / 2**20, done)
+"""
+
+
+@pytest.mark.skipif(not JEMALLOC.exists(), reason="libjemalloc2 not installed")
+def test_under_jemalloc_live_bytes_are_read_and_freed_pages_purged():
+    """jemalloc keeps freed pages for seconds (its decay); trim_heap purges them at once, and
+    jemalloc_allocated() tells the bytes handed out from the pages kept."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"LD_PRELOAD": str(JEMALLOC)}
+    out = subprocess.run([sys.executable, "-c", JEMALLOC_HEAP], capture_output=True, text=True, env=env, check=True)
+    grown, kept, purged, live_grown, live_freed, done = out.stdout.split()
+    assert float(grown) > 150 and 190 < float(live_grown) < 215  # 200 MB handed out, resident
+    assert abs(float(live_freed)) < 10 and float(kept) > 30  # handed back, part of it still resident (its decay)
+    assert done == "True" and float(purged) < 10, out.stdout  # purged: back to the OS at once
+    code = "from tunelab.train.speed import jemalloc_allocated; print(jemalloc_allocated())"
+    bare = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=bare,
+                          check=True).stdout.strip() == "None"  # glibc's malloc: not asked

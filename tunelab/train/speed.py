@@ -48,6 +48,7 @@ import importlib.util
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -240,11 +241,46 @@ def allocator() -> str:
     return path or platform.libc_ver()[0] or platform.system() or "unknown"
 
 
+@functools.cache
+def jemalloc_ctl() -> Callable[..., int] | None:
+    """jemalloc's ``mallctl`` when jemalloc is this process's ``malloc`` (:func:`allocator`), else None."""
+    if not allocator().startswith("jemalloc"):
+        return None
+    try:
+        ctl = ctypes.CDLL(None).mallctl
+    except AttributeError:  # a jemalloc built with a prefix (je_mallctl): not the one preloaded here
+        return None
+    ctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                    ctypes.c_size_t]
+    ctl.restype = ctypes.c_int
+    return ctl
+
+
+_ARENAS_ALL = 4096  # jemalloc's MALLCTL_ARENAS_ALL: "arena.4096.purge" purges every arena
+
+
+def jemalloc_allocated() -> int | None:
+    """Bytes jemalloc has handed out and not had back (``stats.allocated``, refreshed through ``epoch``);
+    None where jemalloc is not the process's ``malloc``. Set beside the RSS, the rest is freed memory
+    jemalloc keeps (dirty and muzzy pages it returns after ``dirty_decay_ms``)."""
+    ctl = jemalloc_ctl()
+    if ctl is None:
+        return None
+    epoch, size = ctypes.c_uint64(1), ctypes.c_size_t(8)
+    ctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch))
+    value = ctypes.c_size_t(0)
+    return value.value if ctl(b"stats.allocated", ctypes.byref(value), ctypes.byref(size), None, 0) == 0 else None
+
+
 def trim_heap() -> bool:
-    """Give the heap's free pages back to the operating system (glibc ``malloc_trim(0)``); whether
-    anything was released (False where the C library has no ``malloc_trim``)."""
+    """Give the heap's free pages back to the operating system: glibc ``malloc_trim(0)``, or under jemalloc
+    a purge of every arena's unused pages (``arena.<all>.purge``); whether it was done (False where the
+    allocator offers neither)."""
     libc = glibc_malloc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
+    if libc is not None:
+        return bool(libc.malloc_trim(0))
+    ctl = jemalloc_ctl()
+    return ctl is not None and ctl(f"arena.{_ARENAS_ALL}.purge".encode(), None, None, None, 0) == 0
 
 
 MMAP_THRESHOLD = 128 << 10
