@@ -207,8 +207,10 @@ class TrainConfig:
     """Steps before the profiled ones (the first steps compile and warm up)."""
     keep_checkpoints: int = 2
     """How many of the newest step checkpoints to keep (0: keep all)."""
-    loss_chunk: int = 2048
-    """Target positions per chunk of the LM-head + cross-entropy (bounds logits memory)."""
+    loss_chunk: int | Literal["auto"] = field(default="auto", metadata=bound(ge=1))
+    """Target positions per chunk of the LM-head + cross-entropy (bounds logits memory). ``auto``: 2048 at a
+    49,152-word vocabulary (SmolLM2's), proportionally fewer for larger ones (384 for Gemma 3's 262,144), so
+    a chunk's logits take the same memory whatever the vocabulary (``tunelab.train.loss.head_chunk``)."""
     select_best: bool = False
     """Return (and save as ``final/``) the trainable weights of the held-out evaluation with the lowest
     ``best_metric`` instead of the last step's; evaluations run every ``eval_every`` steps and at the last

@@ -130,7 +130,7 @@ class Batches:
 
 @torch.no_grad()
 def heldout_loss(model: nn.Module, rows: list[Row], sources: list[str], pad_id: int, precision: str, *,
-                 packing: bool = True, batch_size: int = 8, loss_chunk: int = 2048,
+                 packing: bool = True, batch_size: int = 8, loss_chunk: int | str = "auto",
                  virtual_tokens: int = 0) -> dict[str, float]:
     """Mean loss per target token on ``rows``, overall (``heldout_loss``) and per source
     (``heldout_loss/<source>``); dropout off, no gradients. Benchmarks score every side with it."""

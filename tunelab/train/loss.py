@@ -100,10 +100,23 @@ def _fused_ok(head: nn.Module) -> bool:
             and not head._forward_hooks)
 
 
+AUTO_CHUNK_LOGITS = 2048 * 49152
+"""Logit elements per head chunk under ``train.loss_chunk: auto``: 2048 positions of a 49,152-word
+vocabulary (SmolLM2's), fewer positions for a larger one (384 for Gemma 3's 262,144), so the chunk's
+bf16 logits, their fp32 copy and their bf16 gradient (8 bytes an element, ~800 MB) stay the same size
+whatever the vocabulary, instead of growing with it (3.1 GB at 1,500 target positions of Gemma 3)."""
+
+
+def head_chunk(chunk: int | str, vocab: int) -> int:
+    """Target positions per head chunk: ``chunk``, or for ``auto`` :data:`AUTO_CHUNK_LOGITS` over the
+    vocabulary size (at least 64)."""
+    return max(64, AUTO_CHUNK_LOGITS // max(vocab, 1)) if chunk == "auto" else int(chunk)
+
+
 def token_losses(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
-    chunk: int = 2048,
+    chunk: int | str = "auto",
     virtual_tokens: int = 0,
     compiled: bool = False,
     temperature: float = 1.0,
@@ -131,6 +144,7 @@ def token_losses(
     h, y = hidden[mask], batch["targets"][mask]  # (n, C), (n,)
     base = base_model(model)
     head = base.get_output_embeddings()
+    chunk = head_chunk(chunk, head.weight.shape[0])
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if temperature != 1.0:
         if softcap:
