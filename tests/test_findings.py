@@ -382,9 +382,9 @@ def test_the_glance_table_lists_every_claim_with_its_runs_and_marks_unfinished_s
 
     from tunelab.report.findings_doc import glance
 
-    def sweep(runs):
-        cfg = SimpleNamespace(model=SimpleNamespace(name="smollm2-135m-instruct"))
-        return SimpleNamespace(runs=[SimpleNamespace(cfg=cfg)] * runs)
+    def sweep(runs, models=("smollm2-135m-instruct",)):
+        return SimpleNamespace(runs=[SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(name=models[i % len(models)])))
+                                     for i in range(runs)])
 
     test = {"delta": 0.118, "ci": [0.088, 0.148]}
     studies = [
@@ -395,7 +395,8 @@ def test_the_glance_table_lists_every_claim_with_its_runs_and_marks_unfinished_s
                                "verdict": "does not replicate"},
          "judged": {"claims": [{"claim": "E wins", "test": {}, "win_rate": 0.55, "win_ci": [0.51, 0.59],
                                 "seed_test": {"p_value": 0.2}, "verdict": "inconclusive"}]}},
-        {"name": "running", "_sweep": sweep(9), "_records": [{}] * 4, "hypotheses": []},
+        {"name": "running", "_sweep": sweep(9, ("smollm2-135m-instruct", "gemma3-270m")), "_records": [{}] * 4,
+         "hypotheses": []},
     ]
     lines = glance(studies)
     rows = [line for line in lines if line.startswith("| [")]
@@ -406,6 +407,6 @@ def test_the_glance_table_lists_every_claim_with_its_runs_and_marks_unfinished_s
         "does not replicate |",
         "| [done](#done) | smollm2-135m-instruct | 4/4 | E wins (judged) | win rate 0.550 [0.510, 0.590] | 0.2 | "
         "inconclusive |",
-        "| [running](#running) | smollm2-135m-instruct | 4/9 (interim) | (no claim under test: a descriptive study) "
+        "| [running](#running) | gemma3-270m, smollm2-135m-instruct | 4/9 (interim) | (no claim under test: a descriptive study) "
         "| - | - | - |"]
     assert lines[0] == "## At a glance"

@@ -205,13 +205,15 @@ def test_batch_without_targets_gives_empty_losses_that_backpropagate():
 
 def test_auto_head_chunk_holds_the_logits_memory_whatever_the_vocabulary():
     """train.loss_chunk auto: SmolLM2's 49,152 words keep 2048 positions a chunk, Gemma 3's 262,144 get 384
-    (the same logit elements), a number is kept, and a chunk never falls below 64 positions."""
+    (the same logit elements), smaller vocabularies keep 2048, a number is kept, and a chunk never falls
+    below 64 positions."""
     from tunelab.config import ConfigError, RunConfig, from_dict
     from tunelab.train.loss import AUTO_CHUNK_LOGITS, head_chunk
 
     assert head_chunk("auto", 49152) == 2048 and head_chunk("auto", 262144) == 384
     assert 384 * 262144 <= AUTO_CHUNK_LOGITS < 385 * 262144
     assert head_chunk(7, 262144) == 7 and head_chunk("auto", 10**8) == 64
+    assert head_chunk("auto", 32000) == 2048 and head_chunk("auto", 300) == 2048  # smaller vocabularies: as before
     assert from_dict(RunConfig, {"model": "tiny"}).train.loss_chunk == "auto"
     with pytest.raises(ConfigError):
         from_dict(RunConfig, {"model": "tiny", "train": {"loss_chunk": 0}})

@@ -46,15 +46,15 @@ def test_operators_fall_in_their_category(name, expected):
 def test_summary_adds_self_times_per_category_and_rates_the_matmuls():
     ops = [("aten::mm", 0.6, 40, 3e9), ("aten::addmm", 0.2, 10, 1e9), ("aten::bmm", 0.2, 8, 5e8),
            ("aten::mul", 0.3, 100, 0.0), ("aten::_fused_adamw_", 0.1, 2, 0.0)]
-    s = summarize(ops, steps=2, step_seconds=2.0, window=2.2)
-    assert s["step_seconds"] == 1.0
-    assert s["categories"]["matmul"] == {"seconds_per_step": 0.4, "share": 0.4, "calls_per_step": 25.0}
+    s = summarize(ops, steps=2, step_seconds=2.0, window=2.5)
+    assert s["step_seconds"] == 1.0 and s["between_steps_seconds"] == 0.5
+    assert s["categories"]["matmul"] == {"seconds_per_step": 0.4, "share": 0.32, "calls_per_step": 25.0}
     assert s["categories"]["attention"]["seconds_per_step"] == 0.1
-    assert s["categories"]["other operators"]["share"] == 0.15
+    assert s["categories"]["other operators"]["share"] == 0.12
     assert list(s["categories"])[0] == "matmul"  # largest first
     assert s["matmul_gflop_per_step"] == 2.0  # (3 + 1) GFLOP over 2 steps; bmm is attention's
     assert s["matmul_gflops"] == 5.0  # 4 GFLOP in 0.8 s
-    assert s["outside_operators"]["seconds_per_step"] == pytest.approx((2.2 - 1.4) / 2, abs=1e-4)
+    assert s["outside_operators"]["seconds_per_step"] == pytest.approx((2.5 - 1.4) / 2, abs=1e-4)
     assert "matmul" in format_summary(s) and "5.0 GFLOP/s" in format_summary(s)
 
 
@@ -73,7 +73,7 @@ def test_a_window_of_real_steps_is_profiled_and_written(tmp_path):
     assert any(e.get("name") == "aten::mm" for e in trace["traceEvents"])
 
 
-def test_no_profile_by_default_and_a_resume_past_the_window_profiles_nothing(tmp_path):
+def test_no_profile_by_default_and_the_window_a_resumed_run_profiles(tmp_path):
     _, summary = train(_job(tmp_path / "run", max_steps=3))
     assert "profile" not in summary and not (tmp_path / "run" / "profile").exists()
     assert StepProfiler.of(2, 3, tmp_path, start=5) is None
@@ -89,3 +89,8 @@ def test_a_window_past_the_last_step_is_refused_before_any_work():
     with pytest.raises(ConfigError):
         validate(cfg, raise_errors=True)
 
+
+def test_a_window_whose_first_step_never_ended_writes_nothing(tmp_path):
+    prof = StepProfiler(tmp_path / "profile", after=0, steps=2)
+    prof.before(0)
+    assert prof.close() is None and not (tmp_path / "profile").exists()

@@ -172,7 +172,6 @@ def test_glibc_malloc_is_none_when_another_allocator_is_preloaded(preload):
         assert out.stdout.split()[2] == "glibc"
 
 
-
 JEMALLOC_HEAP = """
 import ctypes, os
 from tunelab.train.speed import jemalloc_allocated, trim_heap
@@ -201,7 +200,7 @@ print(grown - base, kept - base, rss() - base, (live1 - live0) / 2**20, (live2 -
 def test_under_jemalloc_live_bytes_are_read_and_freed_pages_purged():
     """jemalloc keeps freed pages for seconds (its decay); trim_heap purges them at once, and
     jemalloc_allocated() tells the bytes handed out from the pages kept."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"LD_PRELOAD": str(JEMALLOC)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")} | {"LD_PRELOAD": str(JEMALLOC)}
     out = subprocess.run([sys.executable, "-c", JEMALLOC_HEAP], capture_output=True, text=True, env=env, check=True)
     grown, kept, purged, live_grown, live_freed, done = out.stdout.split()
     assert float(grown) > 150 and 190 < float(live_grown) < 215  # 200 MB handed out, resident

@@ -84,7 +84,8 @@ class HFGenerator:
         # place while the generator lives (a merge, a cast) changes the decode copy too: build a new one.
         # The same for a frozen fp32 weight whose bf16 cast training's loss already keeps (a tied LM head,
         # :func:`tunelab.train.precision.cast_once`): the copy takes that cast instead of cloning the fp32
-        # weight and casting it again (113 + 57 MB per generator for SmolLM2's tied embedding).
+        # weight and casting it again (113 + 57 MB per generator for SmolLM2's tied embedding). That tensor is
+        # training's own cached cast: the decode copy must never change it in place (no merge into the copy).
         if precision == "bf16" and any(p.dtype != torch.bfloat16 for p in model.parameters()):
             shared: dict[int, nn.Parameter] = {}
             for p in model.parameters():

@@ -62,15 +62,19 @@ def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     ``model`` (peft wrappers included). The forward stops when the decoder returns, so the LM head
     never runs: a tied head's weight would otherwise be cast to bf16 under autocast at every forward
     (frozen weights' casts are not cached; 57 MB for SmolLM2's tied embedding) at the moment the
-    activations peak, only for logits nobody reads. Under ``DistributedDataParallel`` (whose wrapper
-    must see its forward end) the forward runs whole, with the head on the last position only.
+    activations peak, only for logits nobody reads. The forward runs whole, with the head on the last
+    position only, under ``DistributedDataParallel`` (whose wrapper must see its forward end) and where the
+    head is not a plain linear layer without hooks (very large dropout's pre-hook, a LoRA on the head): their
+    random draws there are part of a run's random stream, which a seed must reproduce.
 
     Read with a hook on the decoder rather than ``output_hidden_states=True``: transformers
     collects hidden states through hooks on every layer that read a ``ContextVar``, which
     torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
     """
     captured = []
-    stop = not isinstance(model, nn.parallel.DistributedDataParallel)
+    head = base_model(model).get_output_embeddings()
+    stop = (not isinstance(model, nn.parallel.DistributedDataParallel) and type(head) is nn.Linear
+            and not head._forward_pre_hooks and not head._forward_hooks)
 
     def keep(module, args, output):
         captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])

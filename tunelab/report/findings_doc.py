@@ -347,7 +347,8 @@ def glance(studies: list[dict[str, Any]]) -> list[str]:
     for study in studies:
         sweep, name = study["_sweep"], study["name"]
         done, planned = len(study["_records"]), len(sweep.runs)
-        head = (f"| [{name}](#{name}) | {sweep.runs[0].cfg.model.name} | {done}/{planned}"
+        models = ", ".join(sorted({r.cfg.model.name for r in sweep.runs}))
+        head = (f"| [{name}](#{name}) | {models} | {done}/{planned}"
                 + (" (interim)" if done < planned else "") + " | ")
         rows = []
         for h in study["hypotheses"]:

@@ -33,7 +33,7 @@ from tunelab.generate.build import build_generator
 from tunelab.io import DataError, FolderLock, digest, write_json, write_jsonl
 from tunelab.methods import build_method, count_parameters
 from tunelab.models.heads import HEAD_FILE, save_head
-from tunelab.models.load import ModelError, cache_dir
+from tunelab.models.load import ModelError, base_model, cache_dir
 from tunelab.models.surprisal import Scorer, model_scorer, surprisal_scorer
 from tunelab.promptintern.rows import stage_rows
 from tunelab.promptintern.schedule import recipe_transform
@@ -47,6 +47,7 @@ from tunelab.runner.validate import validate
 from tunelab.train.artifacts import load_start
 from tunelab.train.interference import GradInterference
 from tunelab.train.loop import TrainJob, train
+from tunelab.train.loss import head_chunk
 from tunelab.train.objectives import build_objective, reference_logps, set_reference
 from tunelab.train.profile import format_summary
 from tunelab.train.speed import (
@@ -336,6 +337,7 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
                                                        "gradient_checkpointing": ckpt, "checkpointing_decision": ckpt_why,
                                                        "tokens_per_pass": passes, "passes_decision": passes_why,
                                                        "trim_heap": trim, "trim_heap_decision": trim_why,
+                                                       "loss_chunk": head_chunk(cfg.train.loss_chunk, _vocab(model) or 0),
                                                        "packing": data.report.get("packing")}})
     say(f"train: compile {'on' if compiled else 'off'} ({'; '.join(compile_why.get('why', ['as requested']))}); "
         f"gradient checkpointing {'on' if ckpt else 'off'} ({'; '.join(ckpt_why.get('why', ['as requested']))}); "
@@ -390,6 +392,12 @@ def _execute(cfg: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, data_c
     if report is not None:
         say(f"report: {report}")
     return run_dir
+
+
+def _vocab(model) -> int | None:
+    """The LM head's rows (the vocabulary the loss's head chunks span), or None without one."""
+    head = base_model(model).get_output_embeddings()
+    return None if head is None else int(head.weight.shape[0])
 
 
 def _train_recipe_model(recipe: Path, runs: Path, say: Callable[[str], None]) -> Path:

@@ -463,7 +463,11 @@ def train(job: TrainJob) -> tuple[nn.Module, dict[str, Any]]:
             bar.close()
             metrics.close()
             restore()
-            profiled = profiler.close() if profiler is not None else None
+            try:
+                profiled = profiler.close() if profiler is not None else None
+            except Exception as e:  # noqa: BLE001 - a failed profile must not hide the run's own outcome
+                profiled = None
+                print(f"[tunelab] train.profile_steps: the profile could not be written ({e})")
         model = acc.unwrap_model(model)
         summary = {"steps": done, "final_loss": last_loss, "resumed_from": start, "optimizer_state_bytes": opt_bytes,
                    "median_step_seconds": float(sorted(step_seconds)[len(step_seconds) // 2]) if step_seconds else None,

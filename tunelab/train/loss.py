@@ -109,8 +109,8 @@ whatever the vocabulary, instead of growing with it (3.1 GB at 1,500 target posi
 
 def head_chunk(chunk: int | str, vocab: int) -> int:
     """Target positions per head chunk: ``chunk``, or for ``auto`` :data:`AUTO_CHUNK_LOGITS` over the
-    vocabulary size (at least 64)."""
-    return max(64, AUTO_CHUNK_LOGITS // max(vocab, 1)) if chunk == "auto" else int(chunk)
+    vocabulary size, between 64 and 2048 (a smaller vocabulary keeps the 2048 it always had)."""
+    return max(64, min(2048, AUTO_CHUNK_LOGITS // max(vocab, 1))) if chunk == "auto" else int(chunk)
 
 
 def token_losses(

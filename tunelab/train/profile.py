@@ -3,8 +3,8 @@ optimizer steps (after ``train.profile_after`` steps, so that compilation and wa
 writes ``<run>/profile/``:
 
 * ``summary.json``: the window's mean step seconds and, per category of operator, seconds per step and
-  share of the step (:data:`CATEGORIES`, by operator name; each operator's *self* time, so nothing is
-  counted twice), the 2-D matmuls' FLOPs and achieved GFLOP/s (the profiler's FLOP estimate for
+  share of the profiled wall time (:data:`CATEGORIES`, by operator name; each operator's *self* time, so
+  nothing is counted twice), the 2-D matmuls' FLOPs and achieved GFLOP/s (the profiler's FLOP estimate for
   ``mm``/``addmm``), and the time outside any operator (Python, the loop, dispatch gaps);
 * ``ops.txt``: the profiler's own table of operators by self time (the evidence behind the categories);
 * ``trace.json.gz``: the timeline, for Perfetto or ``chrome://tracing``.
@@ -16,7 +16,6 @@ elementwise work, the optimizer, Python) is what to make faster, not the matmuls
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -92,13 +91,15 @@ class StepProfiler:
                 self.close()
 
     def close(self) -> dict[str, Any] | None:
-        """Stop (if profiling) and write the folder; returns the summary (None if no step was profiled)."""
+        """Stop (if profiling) and write the folder; returns the summary (None if no step was profiled:
+        nothing is written then)."""
         if not self._on:
             return self.summary
         window = time.perf_counter() - self._t0
         self._prof.__exit__(None, None, None)
         self._on = False
-        self.summary = self._write(window)
+        if self._seconds:
+            self.summary = self._write(window)
         return self.summary
 
     def _write(self, window: float) -> dict[str, Any]:
@@ -116,9 +117,10 @@ class StepProfiler:
 def summarize(ops: list[tuple[str, float, int, float]], steps: int, step_seconds: float,
               window: float) -> dict[str, Any]:
     """The summary of a profiled window: ``ops`` as (name, self seconds, calls, FLOPs) over ``steps`` steps
-    whose wall seconds add up to ``step_seconds`` (``window``: the profiled wall time, between-step work
-    included). Seconds per step per category, each category's share of the mean step, the time outside
-    any operator, and the matmuls' FLOPs per step and GFLOP/s."""
+    whose wall seconds add up to ``step_seconds``, in a profiled wall time of ``window`` (which also holds
+    the work between steps: held-out evaluations, checkpoints, probes). Per category, seconds per step
+    and share of the window; the time outside any operator; the time between steps; the matmuls' FLOPs
+    per step and GFLOP/s."""
     per = max(steps, 1)
     seconds: dict[str, float] = {}
     calls: dict[str, int] = {}
@@ -130,11 +132,12 @@ def summarize(ops: list[tuple[str, float, int, float]], steps: int, step_seconds
     traced = sum(seconds.values())
     mm_flops = sum(f for name, _, _, f in ops if name in MATMUL_OPS)
     mm_seconds = sum(s for name, s, _, _ in ops if name in MATMUL_OPS)
-    table = {c: {"seconds_per_step": round(s / per, 4), "share": round(s / step_seconds, 4) if step_seconds else None,
+    table = {c: {"seconds_per_step": round(s / per, 4), "share": round(s / window, 4) if window else None,
                  "calls_per_step": round(calls[c] / per, 1)}
              for c, s in sorted(seconds.items(), key=lambda kv: -kv[1])}
     outside = max(window - traced, 0.0)
     return {"steps": steps, "step_seconds": round(step, 4), "window_seconds": round(window, 3),
+            "between_steps_seconds": round(max(window - step_seconds, 0.0), 3),
             "categories": table,
             "outside_operators": {"seconds_per_step": round(outside / per, 4),
                                   "share": round(outside / window, 4) if window else None},
@@ -143,7 +146,7 @@ def summarize(ops: list[tuple[str, float, int, float]], steps: int, step_seconds
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A few lines for the console: the categories by share of the step, and the matmuls' rate."""
+    """A few lines for the console: the categories by share of the profiled time, and the matmuls' rate."""
     lines = [f"profile: {summary['steps']} steps, {summary['step_seconds']:.3f} s a step"]
     for c, row in summary["categories"].items():
         share = f"{100 * row['share']:5.1f}%" if row["share"] is not None else "    -"
@@ -153,9 +156,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["matmul_gflops"]:
         lines.append(f"  matmuls: {summary['matmul_gflop_per_step']} GFLOP a step at {summary['matmul_gflops']} GFLOP/s")
     return "\n".join(lines)
-
-
-def load_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A run's ``profile/summary.json``, or None."""
-    path = Path(run_dir) / "profile" / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
