@@ -72,7 +72,8 @@ def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
     torch.compile cannot trace, so each compiled decoder layer broke into several graphs.
     """
     captured = []
-    head = base_model(model).get_output_embeddings()
+    inner = base_model(model)
+    head = inner.get_output_embeddings()
     stop = (not isinstance(model, nn.parallel.DistributedDataParallel) and type(head) is nn.Linear
             and not head._forward_pre_hooks and not head._forward_hooks)
 
@@ -81,7 +82,7 @@ def final_hidden_states(model: nn.Module, **inputs) -> torch.Tensor:
         if stop:
             raise _DecoderDone
 
-    handle = base_model(model).get_decoder().register_forward_hook(keep)
+    handle = inner.get_decoder().register_forward_hook(keep)
     try:
         ids = inputs.get("input_ids")
         model(**{"use_cache": False, **inputs}, logits_to_keep=keep_last(device=ids.device if ids is not None else None))

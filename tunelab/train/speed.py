@@ -30,7 +30,7 @@ in one of two ways:
   process's peak memory grows well past what its tensors ever hold at once (a SmolLM2 DPO step, 8 pairs,
   checkpointed: 4617 MB peak RSS by default, 2797 MB with the threshold held at 128 KiB).
 * ``train.trim_heap: true`` hands the heap's free pages back to the operating system (glibc's
-  ``malloc_trim``) at the turns of an online step, after sampling and after the optimizer step: sampling
+  ``malloc_trim``; under jemalloc a purge of every arena, :func:`trim_heap`) at the turns of an online step, after sampling and after the optimizer step: sampling
   and training each leave the other megabytes of freed blocks in the heap, which the process's peak
   memory otherwise counts twice. Measured with ``benchmarks/grpo_throughput.py --memory-phases``
   (SmolLM2-135M, LoRA, GRPO, 8 completions a step, passes of 1024, bf16, AMD EPYC 2 cores, 2026-12-07):
